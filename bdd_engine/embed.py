@@ -1,0 +1,458 @@
+"""Image embedders behind one interface, and a cached, resumable embedding store.
+
+Embedders (``cfg.embed_model``):
+
+``gradhist``
+    An offline, weight-free global image descriptor (no download, no training):
+    Hellinger-mapped (square-rooted) histograms in three equally weighted blocks —
+    (a) global colour: hue (weighted by chroma, plus an achromatic bin), saturation and
+    value histograms; (b) layout: a 4x4 grid of 4-bin luminance histograms; (c) a
+    HOG-style 4x4 grid of gradient-orientation histograms (8 unsigned orientations x
+    {weak, strong} magnitude + a "flat" bin). Every sub-histogram sums to 1, so the
+    cosine of two descriptors is the mean Bhattacharyya coefficient of their blocks.
+    Why this one: the conditions that make a detector fail (fog, night, rain, glare)
+    change exactly what it measures — contrast (flat-bin mass, weak vs strong edges),
+    brightness layout and colour cast — while scene type shows in the edge layout.
+    It is *not* a learned or pretrained network and is never labelled as one.
+``clip``
+    open_clip (default ViT-B-32) image tower, weights from a local file under weights/.
+``dinov2``
+    transformers ``Dinov2Model`` (CLS token after the final layer norm), from a local
+    folder under weights/.
+
+Model embedders never touch a hub: missing weights raise :class:`WeightsMissingError`
+naming ``./setup.sh --weights``.
+
+:func:`embed_frames` streams images from disk through a ``torch`` DataLoader (decode +
+preprocessing in worker processes), writes L2-normalised float32 rows into a
+memory-mapped ``.npy`` (row i ↔ ``names[i]``), caches by (embedder name + params,
+weights hash, frame-set hash) and resumes an interrupted run from its last flushed
+row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+import warnings
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+from PIL import Image
+
+from bdd_engine.checkpoint import atomic_write_json, sha256_file
+
+EMBEDDERS = ("gradhist", "clip", "dinov2")
+WEIGHTS_HINT = "run `./setup.sh --weights` to fetch the model weights into weights/ (needs internet once)"
+DEFAULT_CLIP_WEIGHTS = "weights/open_clip_vit_b32_laion2b.bin"
+DEFAULT_DINOV2_DIR = "weights/dinov2-small"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class WeightsMissingError(FileNotFoundError):
+    """A model embedder was asked for but its local weights are absent."""
+
+
+# ----------------------------------------------------------------------------- interface
+class Embedder(ABC):
+    """One image → one float32 vector.
+
+    Attributes: ``name`` (str, no pretrained name for random nets), ``dim`` (D),
+    ``weights_hash`` (sha256 hex of the weights + preprocessing params; a constant for
+    weight-free descriptors). ``preprocess`` runs per image in DataLoader workers
+    and must return a fixed-shape float32 array; ``forward`` maps a stacked batch to
+    (N, D) float32 (not yet normalised).
+    """
+
+    name: str
+    dim: int
+    weights_hash: str
+
+    @abstractmethod
+    def preprocess(self, image: Image.Image) -> np.ndarray: ...
+
+    @abstractmethod
+    def forward(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def embed_batch(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """PIL images → (N, D) float32, *not* L2-normalised (``embed_frames`` normalises)."""
+        if not images:
+            return np.zeros((0, self.dim), np.float32)
+        x = np.stack([self.preprocess(im.convert("RGB")) for im in images])
+        return np.ascontiguousarray(self.forward(x), dtype=np.float32)
+
+
+# ----------------------------------------------------------------------------- gradhist
+class GradHistEmbedder(Embedder):
+    """Weight-free colour + luminance-layout + gradient-orientation histogram descriptor.
+
+    ``imgsz``: shorter image side (px) after resizing; ``grid``: cells per side for the
+    layout and gradient blocks. D = (13 + 8 + 16) + grid² x 4 + grid² x (2*8 + 1)
+    (= 373 for grid 4). Gradient magnitudes are in luminance units (0..1) per pixel at
+    the resized scale; ``weak``/``strong`` are the magnitude thresholds of the votes.
+    """
+
+    VERSION = "1"
+    N_HUE, N_SAT, N_VAL, N_LUM, N_ORI = 12, 8, 16, 4, 8
+
+    def __init__(self, imgsz: int = 224, grid: int = 4, weak: float = 0.02, strong: float = 0.08):
+        self.imgsz, self.grid, self.weak, self.strong = int(imgsz), int(grid), float(weak), float(strong)
+        g2 = self.grid**2
+        self.dim = (self.N_HUE + 1 + self.N_SAT + self.N_VAL) + g2 * self.N_LUM + g2 * (2 * self.N_ORI + 1)
+        self.name = "gradhist"
+        self.weights_hash = _hash_json({"v": self.VERSION, "imgsz": self.imgsz, "grid": self.grid,
+                                        "weak": self.weak, "strong": self.strong})
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        return gradhist_descriptor(_resize_short(image, self.imgsz), self.grid, self.weak, self.strong)
+
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(batch, np.float32)  # descriptors are computed in the workers
+
+
+def gradhist_descriptor(image: Image.Image, grid: int = 4, weak: float = 0.02, strong: float = 0.08) -> np.ndarray:
+    """RGB PIL image → (D,) float32 descriptor, see :class:`GradHistEmbedder`."""
+    g = GradHistEmbedder
+    hsv = np.asarray(image.convert("HSV"), dtype=np.float32) / 255.0
+    h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+    rgb = np.asarray(image, dtype=np.float32) / 255.0
+    lum = rgb @ np.array([0.299, 0.587, 0.114], np.float32)  # (H, W) in 0..1
+
+    # (a) colour: hue weighted by chroma (s*v) so grey pixels vote "achromatic" instead
+    chroma = (s * v).ravel()
+    hue_bins = np.minimum((h.ravel() * g.N_HUE).astype(np.int64), g.N_HUE - 1)
+    hue = np.bincount(hue_bins, weights=chroma, minlength=g.N_HUE)
+    hue = np.append(hue, (1.0 - chroma).sum())
+    colour = [hue, _hist01(s, g.N_SAT), _hist01(v, g.N_VAL)]
+
+    # (b) layout: per-cell luminance histograms (dark .. bright)
+    lum_bin = np.minimum((lum * g.N_LUM).astype(np.int64), g.N_LUM - 1)
+    # (c) HOG-style: unsigned orientation x {weak, strong}, plus "flat" (below weak)
+    gy, gx = np.gradient(lum)
+    mag = np.hypot(gx, gy)
+    ori = np.minimum(((np.arctan2(gy, gx) % np.pi) / np.pi * g.N_ORI).astype(np.int64), g.N_ORI - 1)
+    grad_bin = np.where(mag < weak, 2 * g.N_ORI, ori + g.N_ORI * (mag >= strong))
+
+    cell = _cell_index(lum.shape, grid)  # (H, W) cell id, row-major
+    n_cells = grid * grid
+    layout = np.bincount((cell * g.N_LUM + lum_bin).ravel(), minlength=n_cells * g.N_LUM).reshape(n_cells, g.N_LUM)
+    nb = 2 * g.N_ORI + 1
+    grads = np.bincount((cell * nb + grad_bin).ravel(), minlength=n_cells * nb).reshape(n_cells, nb)
+
+    blocks = [colour, list(layout.astype(np.float64)), list(grads.astype(np.float64))]
+    parts = []
+    for hists in blocks:
+        # each histogram → distribution → sqrt (Hellinger); each block gets unit weight
+        scale = 1.0 / np.sqrt(len(hists))
+        parts += [np.sqrt(hh / max(hh.sum(), 1e-12)) * scale for hh in hists]
+    out = np.concatenate(parts).astype(np.float32)
+    return out / np.float32(np.sqrt(len(blocks)))
+
+
+def _hist01(x: np.ndarray, bins: int) -> np.ndarray:
+    return np.bincount(np.minimum((x.ravel() * bins).astype(np.int64), bins - 1), minlength=bins).astype(np.float64)
+
+
+def _cell_index(shape: tuple[int, int], grid: int) -> np.ndarray:
+    H, W = shape
+    ry = np.minimum(np.arange(H) * grid // H, grid - 1)
+    rx = np.minimum(np.arange(W) * grid // W, grid - 1)
+    return ry[:, None] * grid + rx[None, :]
+
+
+def _resize_short(image: Image.Image, short: int) -> Image.Image:
+    w, h = image.size
+    scale = short / min(w, h)
+    return image.convert("RGB").resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
+
+
+# ----------------------------------------------------------------------------- torch models
+class _TorchEmbedder(Embedder):
+    model: Any
+    device: str
+
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+            return self._encode(x).float().cpu().numpy()
+
+    @abstractmethod
+    def _encode(self, x: Any) -> Any: ...
+
+
+class ClipEmbedder(_TorchEmbedder):
+    """open_clip image tower. ``weights``: a local checkpoint file (state dict, .bin/.pt/
+    .safetensors) for architecture ``arch``; never a hub tag. Output: ``encode_image``
+    (N, embed_dim)."""
+
+    def __init__(self, arch: str = "ViT-B-32", weights: str | os.PathLike = DEFAULT_CLIP_WEIGHTS, device: str = "cpu"):
+        path = Path(weights)
+        if not path.is_file():
+            raise WeightsMissingError(f"embedder 'clip' ({arch}) needs its weights file {path}, which is missing; {WEIGHTS_HINT}")
+        import open_clip
+
+        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=str(path), device=device)
+        self.model, self._tf, self.device = model.eval(), preprocess, device
+        self.dim = int(model.visual.output_dim)
+        self.name = f"clip-{arch}"
+        self.weights_hash = _hash_json({"file": sha256_file(path), "arch": arch})
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        return self._tf(image.convert("RGB")).numpy()
+
+    def _encode(self, x: Any) -> Any:
+        return self.model.encode_image(x)
+
+
+class Dinov2Embedder(_TorchEmbedder):
+    """transformers DINOv2 from a local ``save_pretrained`` folder. Preprocessing as the
+    official processor: resize shorter side to imgsz*256/224, centre-crop imgsz (rounded
+    to the patch size), ImageNet mean/std. Output: ``pooler_output`` (N, hidden_size)."""
+
+    def __init__(self, folder: str | os.PathLike = DEFAULT_DINOV2_DIR, imgsz: int = 224, device: str = "cpu"):
+        folder = Path(folder)
+        if not (folder / "config.json").is_file():
+            raise WeightsMissingError(f"embedder 'dinov2' needs a model folder {folder} (config.json + weights), which is missing; {WEIGHTS_HINT}")
+        from transformers import Dinov2Model
+
+        model = Dinov2Model.from_pretrained(str(folder), local_files_only=True)
+        self.model, self.device = model.eval().to(device), device
+        patch = int(model.config.patch_size)
+        self.crop = max(patch, int(imgsz) // patch * patch)
+        self.resize = round(self.crop * 256 / 224)
+        self.dim = int(model.config.hidden_size)
+        self.name = "dinov2"
+        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".json", ".safetensors", ".bin"))
+        self.weights_hash = _hash_json({"files": {p.name: sha256_file(p) for p in files}, "crop": self.crop})
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        im = _resize_short(image, self.resize)
+        w, h = im.size
+        left, top = (w - self.crop) // 2, (h - self.crop) // 2
+        im = im.crop((left, top, left + self.crop, top + self.crop))
+        x = np.asarray(im, np.float32) / 255.0
+        x = (x - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)
+        return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+    def _encode(self, x: Any) -> Any:
+        return self.model(pixel_values=x).pooler_output
+
+
+# ----------------------------------------------------------------------------- factory
+def get_embedder(cfg: Mapping[str, Any]) -> Embedder:
+    """Build the embedder named by ``cfg.embed_model`` (see :data:`EMBEDDERS`).
+
+    Keys read: ``embed_model``, ``embed_imgsz`` (gradhist/dinov2), ``embed_clip_arch``
+    (default ViT-B-32), ``embed_clip_weights``, ``embed_dinov2_dir``, ``device``.
+    """
+    kind = str(cfg.get("embed_model", "gradhist"))
+    device = _device(cfg.get("device", "cpu"))
+    imgsz = int(cfg.get("embed_imgsz", 224))
+    if kind == "gradhist":
+        return GradHistEmbedder(imgsz=imgsz)
+    if kind == "clip":
+        return ClipEmbedder(cfg.get("embed_clip_arch", "ViT-B-32"), _cfg_path(cfg, "embed_clip_weights", DEFAULT_CLIP_WEIGHTS), device)
+    if kind == "dinov2":
+        return Dinov2Embedder(_cfg_path(cfg, "embed_dinov2_dir", DEFAULT_DINOV2_DIR), imgsz, device)
+    raise ValueError(f"unknown embed_model {kind!r}; choose one of {EMBEDDERS}")
+
+
+def _cfg_path(cfg: Mapping[str, Any], key: str, default: str) -> Path:
+    if key in cfg and hasattr(cfg, "path"):
+        return cfg.path(key)  # type: ignore[attr-defined]  # resolved against the project root
+    p = Path(os.path.expanduser(str(cfg.get(key, default))))
+    if p.is_absolute():
+        return p
+    from bdd_engine.env import PROJECT_ROOT
+
+    return PROJECT_ROOT / p
+
+
+def _device(device: Any) -> str:
+    if device in (None, "auto"):
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(device)
+
+
+# ----------------------------------------------------------------------------- store
+class _Frames:
+    """torch Dataset over image paths [start, n): (row, preprocessed array, ok flag).
+
+    A missing or undecodable image yields a zero array and ok=False (the row is
+    zeroed, counted and reported; it never raises mid-run)."""
+
+    def __init__(self, paths: Sequence[str], preprocess: Callable[[Image.Image], np.ndarray], start: int):
+        self.paths, self.pre, self.start = list(paths), preprocess, start
+        self.blank = np.zeros_like(preprocess(Image.new("RGB", (64, 36))))
+
+    def __len__(self) -> int:
+        return len(self.paths) - self.start
+
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray, bool]:
+        row = self.start + i
+        try:
+            with Image.open(self.paths[row]) as im:
+                return row, self.pre(im.convert("RGB")), True
+        except (OSError, ValueError, SyntaxError):  # missing / truncated / not an image
+            return row, self.blank, False
+
+
+def frameset_hash(names: Sequence[str], image_paths: Sequence[str | os.PathLike]) -> str:
+    """sha256 over (name, size, mtime_ns) in row order: renaming, reordering or
+    re-generating a frame gives a new cache entry. Missing files hash as (-1, -1)."""
+    h = hashlib.sha256()
+    for n, p in zip(names, image_paths):
+        try:
+            st = os.stat(p)
+            size, mtime = st.st_size, st.st_mtime_ns
+        except OSError:
+            size, mtime = -1, -1
+        h.update(f"{n}\t{size}\t{mtime}\n".encode())
+    return h.hexdigest()
+
+
+def cache_key(embedder: Embedder, fset_hash: str) -> str:
+    """Folder name of a cache entry: ``<name>-<weights hash 12>-<frame-set hash 12>``."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", embedder.name)
+    return f"{safe}-{embedder.weights_hash[:12]}-{fset_hash[:12]}"
+
+
+def embed_frames(
+    embedder: Embedder,
+    image_paths: Sequence[str | os.PathLike],
+    names: Sequence[str],
+    cache_dir: str | os.PathLike,
+    batch_size: int = 64,
+    workers: int = 0,
+    flush_every: int = 8,
+    progress: bool = True,
+) -> tuple[np.memmap, list[str]]:
+    """Embed every image; return ((N, D) read-only memmap of L2-normalised float32, names).
+
+    Row i belongs to ``names[i]``. The result lives in
+    ``cache_dir/<cache_key>/embeddings.npy`` (+ ``names.json``, ``meta.json``); an
+    existing entry is returned without recomputation. While running, rows go to
+    ``embeddings.npy.partial`` and ``progress.json`` records the rows flushed to disk
+    (every ``flush_every`` batches and on any exception, including Ctrl-C); a re-run
+    resumes from there with the batch size recorded then, so the result is
+    bit-identical to an uninterrupted run. The final rename is atomic.
+    Unreadable or missing images get an all-zero row, are listed in ``meta.json``
+    ("unreadable") and warned about; consumers skip zero rows.
+    """
+    names = [str(n) for n in names]
+    paths = [str(p) for p in image_paths]
+    if len(names) != len(paths):
+        raise ValueError(f"embed_frames: {len(names)} names but {len(paths)} image paths")
+    if len(set(names)) != len(names):
+        raise ValueError("embed_frames: frame names must be unique (they index the rows)")
+    if not names:
+        raise ValueError("embed_frames: no frames to embed")
+    entry = Path(cache_dir) / cache_key(embedder, frameset_hash(names, paths))
+    final, partial, prog = entry / "embeddings.npy", entry / "embeddings.npy.partial", entry / "progress.json"
+    if final.exists() and (entry / "names.json").exists():
+        return _open_entry(entry)
+    entry.mkdir(parents=True, exist_ok=True)
+
+    n, d = len(names), int(embedder.dim)
+    state = _read_progress(prog)
+    if partial.exists() and state and state.get("shape") == [n, d]:
+        arr = np.lib.format.open_memmap(partial, mode="r+")
+        start, batch_size = int(state["rows_done"]), int(state["batch_size"])
+        unreadable = list(state.get("unreadable", []))
+    else:
+        arr = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(n, d))
+        start, unreadable = 0, []
+        _write_progress(prog, arr, 0, batch_size, unreadable, n, d)
+
+    done = start
+    if start < n:
+        loader = _loader(_Frames(paths, embedder.preprocess, start), batch_size, workers)
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, initial=start, unit="img", desc=f"embed {embedder.name}", disable=not progress)
+        try:
+            for i, (rows, x, ok) in enumerate(loader):
+                rows, ok = rows.numpy(), ok.numpy().astype(bool)
+                emb = l2_normalize(embedder.forward(x.numpy()))
+                emb[~ok] = 0.0
+                if emb.shape != (len(rows), d):
+                    raise RuntimeError(f"embedder {embedder.name} returned {emb.shape}, expected ({len(rows)}, {d})")
+                arr[rows[0]: rows[-1] + 1] = emb
+                unreadable += [names[r] for r in rows[~ok]]
+                done = int(rows[-1]) + 1
+                bar.update(len(rows))
+                if (i + 1) % max(1, flush_every) == 0:
+                    _write_progress(prog, arr, done, batch_size, unreadable, n, d)
+        finally:
+            bar.close()
+            _write_progress(prog, arr, done, batch_size, unreadable, n, d)  # Ctrl-C keeps finished rows
+    arr.flush()
+    del arr
+    if unreadable:
+        warnings.warn(f"embed_frames: {len(unreadable)} of {n} images missing or unreadable; their rows are zero "
+                      f"(first: {unreadable[:3]})", stacklevel=2)
+    atomic_write_json(entry / "names.json", names, indent=None)
+    atomic_write_json(entry / "meta.json", {
+        "embedder": embedder.name, "dim": d, "n": n, "weights_hash": embedder.weights_hash,
+        "batch_size": batch_size, "unreadable": unreadable, "l2_normalised": True, "dtype": "float32",
+    })
+    os.replace(partial, final)  # atomic: embeddings.npy exists only when complete
+    prog.unlink(missing_ok=True)
+    return _open_entry(entry)
+
+
+def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Row-wise L2 normalisation in float32; all-zero rows stay zero."""
+    x = np.asarray(x, np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(norms, np.float32(eps))).astype(np.float32)
+
+
+def load_meta(embeddings: np.memmap) -> dict[str, Any]:
+    """``meta.json`` of the cache entry an :func:`embed_frames` result came from."""
+    return json.loads((Path(embeddings.filename).parent / "meta.json").read_text())
+
+
+def _open_entry(entry: Path) -> tuple[np.memmap, list[str]]:
+    arr = np.load(entry / "embeddings.npy", mmap_mode="r")
+    names = json.loads((entry / "names.json").read_text())
+    if arr.shape[0] != len(names):
+        raise RuntimeError(f"corrupt embedding cache {entry}: {arr.shape[0]} rows vs {len(names)} names; delete the folder")
+    return arr, names
+
+
+def _loader(ds: _Frames, batch_size: int, workers: int) -> Any:
+    from torch.utils.data import DataLoader
+
+    kw: dict[str, Any] = {}
+    if workers > 0:
+        kw = {"multiprocessing_context": "fork", "persistent_workers": False, "prefetch_factor": 2}
+    # shuffle=False: rows are written in order, so "rows done" is a prefix (resumable)
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, **kw)
+
+
+def _read_progress(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _write_progress(path: Path, arr: np.memmap, rows_done: int, batch_size: int, unreadable: list[str], n: int, d: int) -> None:
+    arr.flush()  # rows on disk before the progress file claims them
+    atomic_write_json(path, {"rows_done": rows_done, "batch_size": batch_size, "shape": [n, d],
+                             "unreadable": unreadable, "time": time.time()}, indent=None)
+
+
+def _hash_json(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
