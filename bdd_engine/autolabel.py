@@ -937,7 +937,7 @@ def cost_table(run: LabelRun, accept: float, review: float, usd_per_frame: tuple
     n = run.n_frames
     humans = len(frames_for_humans(run, accept, review))
     comp = run.seconds / 3600 * compute_usd_per_hour if compute_usd_per_hour is not None else np.nan
-    price = f"${lo:g}-${hi:g} per human-labelled frame (assumed range, not a quote)"
+    price = f"${lo:.2f}-${hi:.2f} per human-labelled frame (assumed range, not a quote)"
     rows = [
         {"option": "human labelling, every frame", "frames": n, "human_frames": n, "wall_clock_s": np.nan,
          "usd_low": n * lo, "usd_high": n * hi, "assumption": price + "; wall-clock = vendor turnaround, not measured"},
@@ -953,3 +953,60 @@ def cost_table(run: LabelRun, accept: float, review: float, usd_per_frame: tuple
     df = pd.DataFrame(rows)
     df["share_human_skipped"] = 1 - df["human_frames"] / max(n, 1)
     return df
+
+
+# ----------------------------------------------------------------------------- one call for §7
+def write_outputs(out_dir: str | os.PathLike, run: LabelRun, gt_frames: Sequence[Mapping[str, Any]] | None,
+                  image_paths: Mapping[str, str | os.PathLike], *, accept: float, review: float,
+                  spot_check: int = 20, seed: int = 42, usd_per_frame: tuple[float, float] = (0.5, 10.0),
+                  yolo: bool = True) -> dict[str, Any]:
+    """Write every labelling artefact of one run under ``out_dir`` (atomic writes) and return the tables.
+
+    Files: ``labels.json`` (all labels, BDD + score), ``quality_all.csv``,
+    ``quality_spot.csv``, ``missed.csv``, ``confusions.csv``, ``router.csv``,
+    ``cost.csv``, ``coco.json`` (all labels), ``label_studio_review.json`` (+ its
+    ``.label_config.xml``: review-queue frames with their labels >= ``review`` as
+    pre-annotations), ``yolo/`` (accepted labels of non-failed frames, for iter1) and
+    ``summary.md``. An oracle run gets its quality tables but no auto-label exports.
+    """
+    from bdd_engine.bdd import write_bdd_json
+    from bdd_engine.checkpoint import atomic_write_df, df_to_markdown
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tables: dict[str, Any] = {"run": run}
+    write_bdd_json(run.frames, out / "labels.json")
+    quality = label_quality(run, gt_frames, spot_check=spot_check, seed=seed) if gt_frames is not None else None
+    tables["quality"] = quality
+    if quality is not None:
+        for key, df in (("quality_all", quality.all_frames), ("quality_spot", quality.spot_check),
+                        ("missed", quality.missed), ("confusions", quality.confusions)):
+            atomic_write_df(out / f"{key}.csv", df)
+    tables["router"] = router_table(quality, run, accept, review)
+    tables["cost"] = cost_table(run, accept, review, usd_per_frame)
+    atomic_write_df(out / "router.csv", tables["router"])
+    atomic_write_df(out / "cost.csv", tables["cost"])
+    lines = [f"# Labelling: {run.summary()}", ""]
+    if quality is not None:
+        lines += [quality.summary(), "", "## Precision / recall at IoU 0.5, all frames", "",
+                  df_to_markdown(quality.all_frames), "", f"## Spot check ({len(quality.spot_names)} frames, seed {seed})",
+                  "", df_to_markdown(quality.spot_check), "", "## Most missed classes", "",
+                  df_to_markdown(quality.missed), "", "## Most common confusions", "",
+                  df_to_markdown(quality.confusions.head(10)), ""]
+    lines += ["## Router", "", df_to_markdown(tables["router"]), "", "## Cost", "", df_to_markdown(tables["cost"]), ""]
+    if not run.is_oracle:
+        ok = run.ok_frames()
+        export_coco(ok, image_paths, out / "coco.json", description=f"{run.labeler} auto-labels")
+        need = set(frames_for_humans(run, accept, review))
+        queue = [{**fr, "labels": [lb for lb in fr["labels"] if float(lb.get("score", 1.0)) >= review]}
+                 for fr in ok if fr["name"] in need]
+        export_label_studio(queue, image_paths, out / "label_studio_review.json", model_version=run.labeler)
+        tables["train_frames"] = accepted_frames(run, accept)
+        if yolo:
+            tables["yolo"] = export_yolo_set(tables["train_frames"], image_paths, out / "yolo")
+        lines += [f"Review queue: {len(queue)} frames in label_studio_review.json "
+                  f"(+{len(need) - len(queue)} failed frames to label from scratch); "
+                  f"training set: {len(tables['train_frames'])} frames, "
+                  f"{sum(len(f['labels']) for f in tables['train_frames'])} accepted labels.", ""]
+    atomic_write_text(out / "summary.md", "\n".join(lines))
+    return tables

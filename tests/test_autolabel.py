@@ -464,3 +464,36 @@ def test_export_yolo_passes_ultralytics_checker(export_case, tmp_path):
     rows = [r for r in txts[Path(frames[0]["name"]).stem] if r.strip()]
     cls, cx, cy, w, h = rows[0].split()
     assert int(cls) == 2 and float(cx) == pytest.approx(60 / W, abs=1e-4) and float(w) == pytest.approx(100 / W, abs=1e-4)
+
+
+def test_write_outputs_from_a_gsam2_run(labeler, images, tmp_path):
+    frames, paths = images
+    keep = [0, 1, 4]
+    run = labeler.label([frames[i] for i in keep], [paths[i] for i in keep], progress=False)
+    idx = {p.name: p for p in paths}
+    yolo = _has_yolo()
+    t = al.write_outputs(tmp_path / "out", run, [frames[i] for i in keep], idx, accept=0.9999, review=0.3,
+                         spot_check=2, yolo=yolo)
+    names = {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"labels.json", "quality_all.csv", "quality_spot.csv", "missed.csv", "confusions.csv", "router.csv",
+            "cost.csv", "coco.json", "label_studio_review.json", "summary.md"} <= names
+    assert ("yolo" in names) == yolo
+    q = t["quality"]
+    assert q.n_frames == 3 and q.n_failed == 1 and len(q.spot_names) == 2
+    assert q.all_frames.set_index("class").loc["car", "n_gt"] == 3  # the failed frame's GT stays counted
+    r = t["router"].set_index("bucket")
+    assert r["n_labels"].sum() == run.n_labels
+    need = al.frames_for_humans(run, 0.9999, 0.3)
+    tasks = json.loads((tmp_path / "out" / "label_studio_review.json").read_text())
+    assert len(tasks) == len(need) - 1  # the failed frame is in the human count, not in the pre-annotated queue
+    assert "synthetic-corrupt.jpg" in need
+    assert sum(len(f["labels"]) for f in t["train_frames"]) == int(r.loc["accept", "n_labels"])
+    assert "1 failed" in (tmp_path / "out" / "summary.md").read_text()
+
+
+def _has_yolo() -> bool:
+    try:
+        import bdd_engine.yolo  # noqa: F401
+        return True
+    except ImportError:
+        return False
