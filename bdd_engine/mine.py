@@ -1,0 +1,451 @@
+"""§6 Mine: find unlabelled pool frames that look like the frames the model fails on.
+
+Pipeline (:func:`mine`):
+
+1. failure frames = eval frames of the worst slice whose frame AP@0.5 <= ``mine_fail_ap``
+   or recall@0.5 < ``mine_fail_recall`` (frames without GT have NaN metrics and are
+   never failures: there is nothing to miss);
+2. the selection, by ``mine_strategy``:
+   ``prototype`` — top-K pool frames by inner product with the L2-normalised mean of
+   the failure embeddings; ``hybrid`` — ``mine_hybrid_targeted`` (0.7) of K from the
+   k-NN lists of every failure frame (round-robin union, de-duplicated) + the rest by
+   greedy k-center coverage of the pool; ``uncertainty`` — top-K by the iter0 model's
+   per-frame uncertainty (1 − max box score);
+3. the search index: FAISS ``IndexFlatIP`` (exact) up to ``mine_ivf_above`` pool frames,
+   ``IndexIVFFlat`` above, with ``nprobe`` raised until recall@K against exact search
+   on calibration queries reaches ``mine_ivf_recall``;
+4. mining precision: the share of mined frames whose slice attributes match the worst
+   slice (all of them, and each one alone), next to that value's base rate in the pool.
+
+Embeddings are cosine-ready: (N, D) float32 rows with unit L2 norm (``embed.embed_frames``);
+all-zero rows (unreadable images) are excluded and counted.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from bdd_engine.bdd import SLICE_ATTRS, SLICE_SEP, boxes_table
+
+STRATEGIES = ("prototype", "hybrid", "uncertainty")
+_ENTROPY_MIN_SCORE = 0.1  # boxes below this are the detector's noise floor, not hesitation
+
+
+# ----------------------------------------------------------------------------- index
+@dataclass
+class SearchIndex:
+    """A FAISS inner-product index over (N, D) unit vectors plus how it was built."""
+
+    index: Any
+    info: dict[str, Any]
+    keep: Any = None  # the IVF's coarse quantizer must outlive the index (SWIG holds no reference)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(Q, D) float32 → (scores (Q, k) float32 inner products, ids (Q, k) int64; −1 = none)."""
+        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        return self.index.search(q, int(min(k, self.info["n"])))
+
+
+def build_index(
+    xb: np.ndarray,
+    ivf_above: int = 200_000,
+    seed: int = 42,
+    k: int = 100,
+    target_recall: float = 0.95,
+    calib_queries: np.ndarray | None = None,
+    nlist: int | None = None,
+    train_per_list: int = 64,
+    niter: int = 10,
+) -> SearchIndex:
+    """Exact ``IndexFlatIP`` when N <= ``ivf_above``, else ``IndexIVFFlat`` (inner product).
+
+    IVF: ``nlist`` defaults to ~sqrt(N) (power of two, >= 39 rows per list); k-means (``niter`` iterations,
+    seeded) trains on ``train_per_list``·nlist sampled rows; ``nprobe`` is the smallest
+    power of two whose mean recall@k against exact search reaches ``target_recall`` on
+    ``calib_queries`` plus 50 sampled database rows. ``info`` records kind, nlist,
+    nprobe, calibration recall and build seconds.
+    """
+    import faiss
+
+    xb = np.ascontiguousarray(xb, dtype=np.float32)
+    n, d = xb.shape
+    t0 = time.perf_counter()
+    if n <= ivf_above:
+        index = faiss.IndexFlatIP(d)
+        index.add(xb)
+        return SearchIndex(index, {"kind": "flat", "n": n, "dim": d, "build_s": time.perf_counter() - t0})
+    rng = np.random.default_rng(seed)
+    # ~sqrt(N) lists (power of two), and >= 39 points per list as FAISS's k-means wants
+    nlist = int(nlist or min(2 ** round(math.log2(max(16.0, math.sqrt(n)))), 2 ** int(math.log2(max(16, n // 39)))))
+    quantizer = faiss.IndexFlatIP(d)
+    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = int(seed)
+    index.cp.niter = int(niter)
+    index.cp.max_points_per_centroid = int(train_per_list)
+    n_train = min(n, nlist * train_per_list)
+    train_ids = np.sort(rng.choice(n, size=n_train, replace=False))
+    index.train(xb[train_ids])
+    index.add(xb)
+    sample = xb[np.sort(rng.choice(n, size=min(50, n), replace=False))]
+    calib = sample if calib_queries is None else np.vstack([np.asarray(calib_queries, np.float32), sample])
+    kk = int(min(k, n))
+    _, exact = faiss.knn(calib, xb, kk, faiss.METRIC_INNER_PRODUCT)
+    nprobe, rec = 1, 0.0
+    while True:
+        index.nprobe = nprobe
+        _, ids = index.search(calib, kk)
+        rec = recall_at_k(ids, exact)
+        if rec >= target_recall or nprobe >= nlist:
+            break
+        nprobe = min(nlist, nprobe * 2)
+    info = {"kind": "ivf", "n": n, "dim": d, "nlist": nlist, "nprobe": nprobe, "calib_recall": rec,
+            "calib_queries": int(len(calib)), "target_recall": target_recall, "build_s": time.perf_counter() - t0}
+    return SearchIndex(index, info, keep=quantizer)
+
+
+def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
+    """Mean over queries of |found ∩ exact| / |exact| (ids, (Q, k) each; −1 ignored)."""
+    tot = 0.0
+    for f, e in zip(np.atleast_2d(found), np.atleast_2d(exact)):
+        e = set(int(i) for i in e if i >= 0)
+        tot += len(e & set(int(i) for i in f if i >= 0)) / max(1, len(e))
+    return tot / max(1, len(np.atleast_2d(exact)))
+
+
+# ----------------------------------------------------------------------------- selection
+def greedy_k_center(x: np.ndarray, n_pick: int, init: Sequence[int] = (), seed: int = 42,
+                    chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """Farthest-point selection on unit vectors (distance 1 − cosine).
+
+    Starts from ``init`` (already selected rows; a seeded random row if empty) and
+    repeatedly adds the row farthest from everything selected. Returns (picked ids
+    (n_pick,), their distance to the selection at pick time). Ties → lowest row id.
+    """
+    n = len(x)
+    n_pick = int(min(n_pick, n - len(set(init))))
+    if n_pick <= 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    min_d = np.full(n, np.inf, np.float32)
+    selected = list(dict.fromkeys(int(i) for i in init))
+    if not selected:
+        selected = [int(np.random.default_rng(seed).integers(n))]
+        seeds_are_picks = True
+    else:
+        seeds_are_picks = False
+    for s in selected:
+        _update_min_dist(min_d, x, x[s], chunk)
+    picks, dists = ([selected[0]], [np.float32(np.inf)]) if seeds_are_picks else ([], [])
+    while len(picks) < n_pick:
+        j = int(np.argmax(min_d))  # argmax returns the first maximum → deterministic
+        picks.append(j)
+        dists.append(min_d[j])
+        _update_min_dist(min_d, x, x[j], chunk)
+    return np.asarray(picks, np.int64), np.asarray(dists, np.float32)
+
+
+def _update_min_dist(min_d: np.ndarray, x: np.ndarray, c: np.ndarray, chunk: int) -> None:
+    for a in range(0, len(x), chunk):
+        dist = 1.0 - np.asarray(x[a: a + chunk], np.float32) @ np.asarray(c, np.float32)
+        np.minimum(min_d[a: a + chunk], dist, out=min_d[a: a + chunk])
+
+
+def round_robin_union(ids: np.ndarray, scores: np.ndarray, n: int) -> tuple[list[int], list[float]]:
+    """Union of per-query k-NN lists taken rank by rank (rank 1 of every query, then rank
+    2, ...), de-duplicated, until ``n`` ids: every failure frame gets neighbours, none
+    dominates. ``ids``/``scores``: (Q, k) from :meth:`SearchIndex.search`."""
+    out: list[int] = []
+    sc: list[float] = []
+    seen: set[int] = set()
+    for r in range(ids.shape[1]):
+        for q in range(ids.shape[0]):
+            i = int(ids[q, r])
+            if i >= 0 and i not in seen:
+                seen.add(i)
+                out.append(i)
+                sc.append(float(scores[q, r]))
+                if len(out) >= n:
+                    return out, sc
+    return out, sc
+
+
+# ----------------------------------------------------------------------------- uncertainty
+def uncertainty_scores(preds: Any, names: Iterable[str]) -> pd.DataFrame:
+    """Per-frame uncertainty of a detector's predictions.
+
+    ``preds``: a box table (``bdd.boxes_table`` of prediction frames: columns name,
+    score) or a list of BDD prediction frames. Returns one row per name in ``names``:
+    ``n_pred``, ``max_score``, ``uncertainty`` = 1 − max score (1.0 when the model
+    found nothing: it is blind there), ``entropy`` = mean binary entropy (bits) of the
+    scores >= 0.1 (NaN when there are none).
+    """
+    boxes = preds if isinstance(preds, pd.DataFrame) else boxes_table(preds)
+    if not {"name", "score"} <= set(boxes.columns):
+        raise ValueError("uncertainty_scores: predictions need columns 'name' and 'score'")
+    b = boxes[["name", "score"]].dropna()
+    p = b["score"].clip(1e-6, 1 - 1e-6).to_numpy()
+    ent = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+    b = b.assign(entropy=np.where(b["score"].to_numpy() >= _ENTROPY_MIN_SCORE, ent, np.nan))
+    g = b.groupby("name").agg(n_pred=("score", "size"), max_score=("score", "max"), entropy=("entropy", "mean"))
+    out = pd.DataFrame({"name": list(names)}).merge(g, left_on="name", right_index=True, how="left")
+    out["n_pred"] = out["n_pred"].fillna(0).astype(int)
+    out["max_score"] = out["max_score"].fillna(0.0)
+    out["uncertainty"] = 1.0 - out["max_score"]
+    return out[["name", "n_pred", "max_score", "uncertainty", "entropy"]].reset_index(drop=True)
+
+
+def uncertainty_by_slice(unc: pd.DataFrame, frames: pd.DataFrame) -> pd.DataFrame:
+    """Mean uncertainty / entropy per slice (columns slice, n_frames, mean_uncertainty,
+    mean_entropy), most uncertain first."""
+    m = unc.merge(frames[["name", "slice"]], on="name", how="left")
+    g = m.groupby("slice", dropna=False).agg(n_frames=("name", "size"), mean_uncertainty=("uncertainty", "mean"),
+                                              mean_entropy=("entropy", "mean")).reset_index()
+    return g.sort_values(["mean_uncertainty", "slice"], ascending=[False, True]).reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- failures
+def failure_frames(per_frame: pd.DataFrame, eval_frames: pd.DataFrame, worst_slice: str,
+                   fail_ap: float = 0.0, fail_recall: float = 0.3) -> tuple[list[str], str]:
+    """Names of the worst slice's failure frames (sorted) and the rule that chose them.
+
+    Rule: ``ap50 <= fail_ap or recall50 < fail_recall`` among the slice's eval frames
+    with GT. If none qualifies (a slice that is merely *worse*, not failing), fall back
+    to the slice's frames with below-median AP@0.5 and say so in the rule.
+    """
+    need = {"name", "ap50", "recall50"}
+    if not need <= set(per_frame.columns):
+        raise ValueError(f"per-frame eval needs columns {sorted(need)}, got {sorted(per_frame.columns)}")
+    names = set(eval_frames.loc[eval_frames["slice"] == worst_slice, "name"])
+    if not names:
+        raise ValueError(f"worst slice {worst_slice!r} has no frames in the eval frame table")
+    pf = per_frame[per_frame["name"].isin(names)].dropna(subset=["ap50"])
+    if pf.empty:
+        raise ValueError(f"worst slice {worst_slice!r}: no eval frame with ground truth in the per-frame results")
+    rule = f"ap50 <= {fail_ap} or recall50 < {fail_recall}"
+    fail = pf[(pf["ap50"] <= fail_ap) | (pf["recall50"] < fail_recall)]
+    if fail.empty:
+        med = float(pf["ap50"].median())
+        fail = pf[pf["ap50"] <= med]
+        rule = f"fallback: no frame met '{rule}'; used ap50 <= slice median {med:.3f}"
+    return sorted(fail["name"].astype(str)), rule
+
+
+def worst_slice_by_frames(per_frame: pd.DataFrame, eval_frames: pd.DataFrame, min_frames: int = 15) -> str:
+    """Fallback when no slice-level evaluation is given: the slice with the lowest mean
+    frame AP@0.5 among slices with >= ``min_frames`` eval frames with GT (ties → name)."""
+    m = per_frame.dropna(subset=["ap50"]).merge(eval_frames[["name", "slice"]], on="name").dropna(subset=["slice"])
+    g = m.groupby("slice")["ap50"].agg(["mean", "size"])
+    g = g[g["size"] >= min_frames]
+    if g.empty:
+        raise ValueError(f"no slice has >= {min_frames} evaluated frames with ground truth")
+    return str(g.reset_index().sort_values(["mean", "slice"]).iloc[0]["slice"])
+
+
+# ----------------------------------------------------------------------------- precision
+def mining_precision(mined: pd.DataFrame, pool: pd.DataFrame, target: Mapping[str, str],
+                     cutoffs: Sequence[int] = (10, 50)) -> pd.DataFrame:
+    """Share of mined frames matching the target slice, overall and per attribute.
+
+    Rows: ``level`` ∈ {"slice", <each attribute>}, ``top`` (first N mined by rank; the
+    full list is always included), ``target`` value, ``n_mined``, ``precision``,
+    ``base_rate`` (share of the pool with that value = the expected precision of a
+    random pick), ``lift`` = precision / base rate.
+    """
+    attrs = list(target)
+    def match(df: pd.DataFrame, level: str) -> np.ndarray:
+        cols = attrs if level == "slice" else [level]
+        return np.logical_and.reduce([df[a].astype(str).to_numpy() == target[a] for a in cols])
+
+    mined = mined.sort_values("rank")
+    tops = sorted({int(c) for c in cutoffs if 0 < c < len(mined)} | {len(mined)})
+    rows = []
+    for level in ["slice", *attrs]:
+        base = float(match(pool, level).mean()) if len(pool) else float("nan")
+        tgt = SLICE_SEP.join(target[a] for a in attrs) if level == "slice" else target[level]
+        for top in tops:
+            prec = float(match(mined.head(top), level).mean()) if top else float("nan")
+            rows.append({"level": level, "top": top, "target": tgt, "n_mined": top, "precision": prec,
+                         "base_rate": base, "lift": prec / base if base > 0 else float("nan")})
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- mine
+@dataclass
+class MineResult:
+    """What §6 found. ``mined`` columns: rank (1 = best), name, score (meaning by
+    ``source``: cosine to the prototype / best failure-frame cosine for targeted, distance
+    to the selection for coverage, uncertainty), source, the slice attributes, slice,
+    match_slice, uncertainty (NaN without predictions)."""
+
+    worst_slice: str
+    target: dict[str, str]
+    strategy: str
+    failure_names: list[str]
+    failure_rule: str
+    mined: pd.DataFrame
+    precision: pd.DataFrame
+    index_info: dict[str, Any]
+    uncertainty: pd.DataFrame | None = None
+    uncertainty_by_slice: pd.DataFrame | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    synthetic: bool = False  # figures then say so
+
+    def headline(self) -> dict[str, Any]:
+        """Mining precision for the worst slice over the whole mined list."""
+        r = self.precision[(self.precision["level"] == "slice") & (self.precision["top"] == len(self.mined))].iloc[0]
+        return {"worst_slice": self.worst_slice, "strategy": self.strategy, "k": int(len(self.mined)),
+                "precision": float(r["precision"]), "base_rate": float(r["base_rate"]), "lift": float(r["lift"]),
+                "n_failure_frames": len(self.failure_names), "index": self.index_info.get("kind")}
+
+
+def mine(
+    cfg: Mapping[str, Any],
+    per_frame_eval_df: pd.DataFrame,
+    eval_frames_df: pd.DataFrame,
+    pool_frames_df: pd.DataFrame,
+    emb: np.ndarray,
+    emb_names: Sequence[str],
+    preds_pool: Any = None,
+    worst_slice: str | None = None,
+) -> MineResult:
+    """Mine ``cfg.mine_k`` pool frames for the worst slice (see module docstring).
+
+    Inputs: ``per_frame_eval_df`` (name, ap50, recall50, …; the evaluation contract),
+    ``eval_frames_df`` / ``pool_frames_df`` (frame tables: name + slice attributes +
+    slice), ``emb`` (N, D) unit rows with ``emb_names`` (must cover the failure and pool
+    frames), ``preds_pool`` (iter0 predictions on the pool: box table or BDD frames;
+    needed for ``uncertainty``), ``worst_slice`` (from the slice-level evaluation; if
+    None, :func:`worst_slice_by_frames`). Deterministic given ``cfg.seed``.
+    """
+    seed = int(cfg.get("seed", 42))
+    k = int(cfg.get("mine_k", 100))
+    strategy = str(cfg.get("mine_strategy", "prototype"))
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown mine_strategy {strategy!r}; choose one of {STRATEGIES}")
+    attrs = list(cfg.get("eval_by", SLICE_ATTRS))
+    if worst_slice is None:
+        worst_slice = worst_slice_by_frames(per_frame_eval_df, eval_frames_df, int(cfg.get("eval_min_frames", 15)))
+    parts = str(worst_slice).split(SLICE_SEP)
+    if len(parts) != len(attrs):
+        raise ValueError(f"worst slice {worst_slice!r} does not have one value per attribute {attrs}")
+    target = dict(zip(attrs, parts))
+
+    fail_names, rule = failure_frames(per_frame_eval_df, eval_frames_df, worst_slice,
+                                      float(cfg.get("mine_fail_ap", 0.0)), float(cfg.get("mine_fail_recall", 0.3)))
+    row_of = {n: i for i, n in enumerate(emb_names)}
+    counts: dict[str, int] = {}
+    fail_rows = _rows(fail_names, row_of, emb, counts, "failure")
+    if not len(fail_rows):
+        raise ValueError(f"none of the {len(fail_names)} failure frames has a (non-zero) embedding")
+    pool = pool_frames_df.drop_duplicates("name").reset_index(drop=True)
+    pool_rows = _rows(list(pool["name"]), row_of, emb, counts, "pool")
+    keep = np.asarray([n in row_of and np.any(emb[row_of[n]]) for n in pool["name"]], bool)
+    pool = pool[keep].reset_index(drop=True)
+    if len(pool) == 0:
+        raise ValueError("mining pool is empty (or has no embedded frames)")
+    xb = np.ascontiguousarray(emb[pool_rows], dtype=np.float32)
+    xf = np.ascontiguousarray(emb[fail_rows], dtype=np.float32)
+    k = min(k, len(pool))
+
+    unc = uncertainty_scores(preds_pool, pool["name"]) if preds_pool is not None else None
+    index = build_index(xb, int(cfg.get("mine_ivf_above", 200_000)), seed, k,
+                        float(cfg.get("mine_ivf_recall", 0.95)), calib_queries=xf[:50])
+    prototype = xf.mean(axis=0)
+    prototype = (prototype / max(float(np.linalg.norm(prototype)), 1e-12)).astype(np.float32)
+
+    if strategy == "prototype":
+        s, i = index.search(prototype, k)
+        ids, scores, source = i[0][i[0] >= 0], s[0][i[0] >= 0], ["prototype"] * k
+    elif strategy == "hybrid":
+        n_t = int(round(k * float(cfg.get("mine_hybrid_targeted", 0.7))))
+        s, i = index.search(xf, max(n_t, 1))
+        t_ids, t_sc = round_robin_union(i, s, n_t)
+        c_ids, c_d = greedy_k_center(xb, k - len(t_ids), init=t_ids, seed=seed)
+        ids = np.asarray(t_ids + list(c_ids), np.int64)
+        scores = np.asarray(t_sc + list(c_d), np.float32)
+        source = ["targeted"] * len(t_ids) + ["coverage"] * len(c_ids)
+    else:
+        if unc is None:
+            raise ValueError("mine_strategy 'uncertainty' needs preds_pool (the iter0 model's predictions on the pool)")
+        order = unc.sort_values(["uncertainty", "name"], ascending=[False, True]).index[:k]
+        ids, scores, source = order.to_numpy(), unc.loc[order, "uncertainty"].to_numpy(), ["uncertainty"] * k
+
+    mined = pool.iloc[ids][["name", *attrs]].reset_index(drop=True)
+    mined.insert(0, "rank", np.arange(1, len(mined) + 1))
+    mined.insert(2, "score", np.round(np.asarray(scores, np.float64), 6))
+    mined.insert(3, "source", source[: len(mined)])
+    mined["slice"] = [SLICE_SEP.join(str(r[a]) for a in attrs) for _, r in mined.iterrows()]
+    mined["match_slice"] = mined["slice"] == worst_slice
+    if unc is not None:
+        mined = mined.merge(unc[["name", "uncertainty"]], on="name", how="left")
+    else:
+        mined["uncertainty"] = np.nan
+    precision = mining_precision(mined, pool, target, cutoffs=(10, 50))
+    counts.update({"pool": int(len(pool)), "failure_frames": len(fail_names), "mined": int(len(mined))})
+    return MineResult(
+        worst_slice=worst_slice, target=target, strategy=strategy, failure_names=fail_names, failure_rule=rule,
+        mined=mined, precision=precision, index_info=index.info, uncertainty=unc,
+        uncertainty_by_slice=uncertainty_by_slice(unc, pool) if unc is not None else None, counts=counts,
+        synthetic=bool(cfg.get("synthetic", False)),
+    )
+
+
+def _rows(names: Sequence[str], row_of: Mapping[str, int], emb: np.ndarray, counts: dict[str, int], what: str) -> np.ndarray:
+    """Embedding rows of ``names``; frames without a row or with an all-zero row
+    (unreadable image) are skipped and counted in ``counts``."""
+    rows, missing, zero = [], 0, 0
+    for n in names:
+        r = row_of.get(n)
+        if r is None:
+            missing += 1
+        elif not np.any(emb[r]):
+            zero += 1
+        else:
+            rows.append(r)
+    if missing:
+        counts[f"{what}_without_embedding"] = missing
+    if zero:
+        counts[f"{what}_unreadable_image"] = zero
+    return np.asarray(rows, np.int64)
+
+
+# ----------------------------------------------------------------------------- artefacts
+def mined_grid_figure(result: MineResult, image_paths: Mapping[str, Any], n: int = 100, ncols: int = 10) -> Any:
+    """10x10 thumbnails of the top-``n`` mined frames, captioned ``#rank weather/timeofday``
+    + scene; captions of frames in the worst slice are green, others red."""
+    from bdd_engine.viz import thumb_grid
+
+    top = result.mined.sort_values("rank").head(n)
+    caps, colors = [], []
+    for _, r in top.iterrows():
+        vals = [str(r[a]) for a in result.target]
+        caps.append(f"#{r['rank']} {' / '.join(vals[:2])}\n{' / '.join(vals[2:])}")
+        colors.append("#1a7f1a" if r["match_slice"] else "#b00020")
+    h = result.headline()
+    title = (f"Mined frames ({result.strategy}) for worst slice '{result.worst_slice}': precision {h['precision']:.2f} "
+             f"vs base rate {h['base_rate']:.3f} (green = in slice){' — SYNTHETIC data' if result.synthetic else ''}")
+    return thumb_grid([image_paths.get(nm, "") for nm in top["name"]], caps, ncols=ncols, caption_colors=colors, title=title)
+
+
+def write_artifacts(result: MineResult, writer: Any, image_paths: Mapping[str, Any]) -> None:
+    """Write §6 artefacts through a ``checkpoint.SectionWriter``: mined.csv,
+    mining_precision.csv, mining_summary.json (+ uncertainty_by_slice.csv when
+    predictions were given) and figures/mined_frames_grid.png."""
+    import matplotlib.pyplot as plt
+
+    writer.write_df("mined.csv", result.mined)
+    writer.write_df("mining_precision.csv", result.precision)
+    if result.uncertainty_by_slice is not None:
+        writer.write_df("uncertainty_by_slice.csv", result.uncertainty_by_slice)
+    info = {k: v for k, v in result.index_info.items() if not k.endswith("_s")}  # timings are not deterministic
+    writer.write_json("mining_summary.json", {**result.headline(), "failure_rule": result.failure_rule,
+                                               "failure_frames": result.failure_names, "index": info,
+                                               "counts": result.counts})
+    fig = mined_grid_figure(result, image_paths)
+    writer.save_fig("mined_frames_grid.png", fig)
+    plt.close(fig)
