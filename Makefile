@@ -1,0 +1,34 @@
+# The newcomer path is two commands: `make demo` and `make test`. Both create the venv if needed.
+PY      := .venv/bin/python
+PROFILE ?= demo
+
+.PHONY: venv demo test test-slow test-all bench status app clean-outputs
+
+venv:                      ## create .venv + install pinned requirements (no-op when up to date)
+	@./setup.sh
+
+demo: venv                 ## synthetic world (if missing) + the whole notebook headless on the demo profile
+	$(PY) -m bdd_engine synth --profile $(PROFILE)
+	$(PY) -m bdd_engine run --profile $(PROFILE)
+
+test: venv                 ## the test suite (< ~10 min on 2 cores; excludes @slow)
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: venv            ## slow tests only (e.g. full-notebook re-runs)
+	$(PY) -m pytest -q -m slow
+
+test-all: venv
+	$(PY) -m pytest -q
+
+bench: venv                ## benchmarks/ (each ends with a RESULT {json} line)
+	$(PY) benchmarks/bench_eval.py
+	$(PY) benchmarks/bench_mine.py
+
+status: venv               ## which notebook sections are fresh
+	$(PY) -m bdd_engine status --profile $(PROFILE)
+
+app: venv                  ## FiftyOne App on 127.0.0.1
+	$(PY) -m bdd_engine app --profile $(PROFILE)
+
+clean-outputs:             ## delete every generated artifact (data/ is left alone)
+	rm -rf outputs/0* outputs/runs outputs/figures outputs/case_study outputs/*.ipynb outputs/.cache

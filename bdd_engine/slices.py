@@ -1,0 +1,180 @@
+"""ODD slices, stratified collection, pools and the leakage check.
+
+A *slice* is BDD's own frame attributes, verbatim: ``weather | timeofday | scene``
+(two-attribute keys such as ``weather | timeofday`` are used for stratification).
+
+Pools (§3) are disjoint by **drive group** (first hex block of the video name), because
+frames of one drive are near-duplicates: an eval frame whose drive-mate is in train or
+in the mining pool would flatter the model. Eval groups are reserved first; their
+frames outside the eval quota become ``holdout`` (used nowhere), never train or pool.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from bdd_engine.bdd import SLICE_ATTRS, SLICE_SEP
+
+STRATA = ("weather", "timeofday")
+
+
+class LeakageError(AssertionError):
+    """An eval drive group also appears in train or in the mining pool."""
+
+
+def key(df: pd.DataFrame, attrs: Sequence[str] = SLICE_ATTRS) -> pd.Series:
+    """Vectorised slice key for a frame table; NaN where any attribute is missing."""
+    parts = df[list(attrs)]
+    out = parts.astype(str).agg(SLICE_SEP.join, axis=1)
+    return out.where(parts.notna().all(axis=1))
+
+
+def slice_index(df: pd.DataFrame, attrs: Sequence[str] = SLICE_ATTRS) -> pd.DataFrame:
+    """Counts per slice, most frequent first (ties by name, so the order is stable)."""
+    k = key(df, attrs).dropna()
+    counts = k.value_counts()
+    out = counts.rename_axis("slice").reset_index(name="n_frames")
+    for i, a in enumerate(attrs):
+        out[a] = out["slice"].str.split(SLICE_SEP, regex=False).str[i]
+    out["share"] = out["n_frames"] / max(len(df), 1)
+    return out.sort_values(["n_frames", "slice"], ascending=[False, True], kind="stable").reset_index(drop=True)[["slice", *attrs, "n_frames", "share"]]
+
+
+def _allocate(sizes: pd.Series, total: int, floor: int = 0) -> pd.Series:
+    """Split ``total`` over strata ∝ size, each stratum >= min(floor, its size), never > its size.
+
+    Largest-remainder rounding; deterministic (ties broken by stratum name).
+    """
+    sizes = sizes.sort_index()
+    total = min(int(total), int(sizes.sum()))
+    alloc = np.minimum(sizes.values, floor).astype(float)
+    for _ in range(100):  # water-filling: give the rest ∝ size, capped by availability
+        rest = total - alloc.sum()
+        room = sizes.values - alloc
+        if rest <= 1e-9 or room.sum() <= 0:
+            break
+        share = np.where(room > 0, sizes.values, 0).astype(float)
+        add = np.minimum(room, rest * share / share.sum())
+        alloc += add
+        if add.sum() < 1e-9:
+            break
+    base = np.floor(alloc).astype(int)
+    rem = total - base.sum()
+    order = np.lexsort((sizes.index.astype(str), -(alloc - base)))
+    for i in order:
+        if rem <= 0:
+            break
+        if base[i] < sizes.values[i]:
+            base[i] += 1
+            rem -= 1
+    return pd.Series(base, index=sizes.index)
+
+
+def _shuffled(df: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """Seeded permutation that does not depend on the input's row order."""
+    df = df.sort_values("name", kind="stable")
+    return df.iloc[np.random.default_rng(seed).permutation(len(df))]
+
+
+def collect(frames: pd.DataFrame, total: int, floor: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """§1: stratified sample by weather x timeofday → (collected frames, per-stratum table).
+
+    Each stratum gets a share ∝ its size in the source, at least ``floor`` frames (or all
+    it has): rare conditions (fog, dawn/dusk) survive the cut. Frames without an image
+    on disk are not eligible (the caller reports how many).
+    """
+    src = frames[frames["image_path"].astype(bool)].copy()
+    src["stratum"] = key(src, STRATA).fillna("(missing)")
+    alloc = _allocate(src.groupby("stratum").size(), total, floor)
+    picked = []
+    for i, (stratum, n) in enumerate(alloc.items()):
+        picked.append(_shuffled(src[src["stratum"] == stratum], seed + i).head(int(n)))
+    out = pd.concat(picked).sort_values("name", kind="stable").reset_index(drop=True)
+    table = pd.DataFrame({"source": src.groupby("stratum").size(), "collected": alloc}).rename_axis("stratum").reset_index()
+    table["share_source"] = table["source"] / table["source"].sum()
+    table["share_collected"] = table["collected"] / max(table["collected"].sum(), 1)
+    return out.drop(columns="stratum"), table.sort_values("source", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def make_pools(frames: pd.DataFrame, train_size: int, eval_size: int, top_slices: int,
+               golden_size: int, seed: int) -> pd.DataFrame:
+    """§3: assign every collected frame to ``eval``, ``train``, ``pool`` (mining) or ``holdout``.
+
+    - eval: balanced over the ``top_slices`` most frequent full slices (equal quota each,
+      rarest slice first so it is not starved), whole drive groups reserved;
+    - train: stratified by weather x timeofday over the remaining groups, whole groups;
+    - pool: everything else (unlabelled to us: its labels are read only to score
+      auto-labels and for the oracle control);
+    - golden: a fixed, slice-balanced subset of eval for label QA.
+    Returns the frame table with columns ``pool`` and ``golden`` added.
+    """
+    df = frames.copy()
+    df["slice"] = key(df)
+    df["pool"] = ""
+    idx = slice_index(df)
+    top = list(idx["slice"].head(top_slices))
+    quota = {s: eval_size // max(len(top), 1) for s in top}
+    for s in top[: eval_size - sum(quota.values())]:
+        quota[s] += 1
+    eval_groups: set[str] = set()
+    order = _shuffled(df, seed)
+    for s in sorted(top, key=lambda s: (int(idx.set_index("slice").loc[s, "n_frames"]), s)):
+        taken = int(((df["pool"] == "eval") & (df["slice"] == s)).sum())
+        for g in order.loc[(order["slice"] == s), "group"]:
+            if taken >= quota[s]:
+                break
+            if g in eval_groups:
+                continue
+            eval_groups.add(g)
+            members = df.index[(df["group"] == g) & (df["pool"] == "")]
+            for i in members:  # drive-mates fill their own slice's quota, else are held out
+                si = df.at[i, "slice"]
+                n_si = int(((df["pool"] == "eval") & (df["slice"] == si)).sum())
+                df.at[i, "pool"] = "eval" if si in quota and n_si < quota[si] else "holdout"
+            taken = int(((df["pool"] == "eval") & (df["slice"] == s)).sum())
+
+    rest = df[df["pool"] == ""].copy()
+    rest["stratum"] = key(rest, STRATA).fillna("(missing)")
+    gstrat = rest.groupby("group")["stratum"].agg(lambda x: x.value_counts().index[0])  # dominant stratum
+    alloc = _allocate(rest.groupby("stratum").size(), train_size)
+    groups = _shuffled(pd.DataFrame({"name": gstrat.index, "stratum": gstrat.values}), seed + 1)
+    gsize = rest.groupby("group").size()
+    got = {s: 0 for s in alloc.index}
+    train_groups = []
+    for g, s in zip(groups["name"], groups["stratum"]):
+        # take a whole group only if that lands closer to the quota than stopping short
+        if got.get(s, 0) + gsize[g] / 2 <= alloc.get(s, 0):
+            train_groups.append(g)
+            got[s] += int(gsize[g])
+    df.loc[df["group"].isin(train_groups) & (df["pool"] == ""), "pool"] = "train"
+    df.loc[df["pool"] == "", "pool"] = "pool"
+
+    ev = _shuffled(df[df["pool"] == "eval"], seed + 2)
+    ev["_r"] = ev.groupby("slice").cumcount()  # round-robin over slices → balanced golden set
+    golden = set(ev.sort_values(["_r", "slice", "name"], kind="stable")["name"].head(golden_size))
+    df["golden"] = df["name"].isin(golden)
+    check_leakage(df)
+    return df.sort_values("name", kind="stable").reset_index(drop=True)
+
+
+def check_leakage(pools: pd.DataFrame) -> None:
+    """Fail loudly if any eval drive group also appears in train or in the mining pool."""
+    ev = set(pools.loc[pools["pool"] == "eval", "group"])
+    for other in ("train", "pool"):
+        shared = sorted(ev & set(pools.loc[pools["pool"] == other, "group"]))
+        if shared:
+            names = pools.loc[pools["group"].isin(shared[:3]) & (pools["pool"] == other), "name"].tolist()[:5]
+            raise LeakageError(
+                f"{len(shared)} eval drive group(s) also in {other!r} (e.g. {shared[:3]}, frames {names}): "
+                "near-duplicate frames of one drive would leak into the evaluation. Re-run §3 pools."
+            )
+
+
+def pool_summary(pools: pd.DataFrame) -> pd.DataFrame:
+    """Frames and drive groups per pool (for the §3 checkpoint)."""
+    g = pools.groupby("pool").agg(frames=("name", "size"), groups=("group", "nunique"), slices=("slice", "nunique"))
+    return g.reindex([p for p in ("train", "eval", "pool", "holdout") if p in g.index]).reset_index()
+
