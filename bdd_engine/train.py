@@ -1,0 +1,311 @@
+"""Ultralytics training and one-pass prediction, offline-safe, resumable, idempotent.
+
+``train`` is a thin layer over ``YOLO.train``: the profile's ``train_*`` keys become
+Ultralytics arguments, the run lands in ``<out_dir>/<name>/`` (Ultralytics' own
+``weights/last.pt``, ``results.csv``, ...) next to a ``run_card.json``. A second call with
+the same fingerprint (config, data hash, model, init weights, epochs) is a no-op; a run
+that was interrupted resumes with Ultralytics' own ``resume``.
+
+``predict`` runs one inference pass over a list of images and returns BDD frames
+(``box2d`` in pixels of the original image, ``score`` per label), ready for
+:func:`bdd_engine.evaluate.evaluate`. Box convention: Ultralytics' xyxy is used as
+``box2d`` unchanged, matching ``yolo.export_yolo`` which writes ``w = x2 - x1``; the
+evaluator then applies BDD's +1 to GT and predictions alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from bdd_engine import bdd
+from bdd_engine.checkpoint import atomic_write_df, atomic_write_json, sha256_file
+from bdd_engine.env import PROJECT_ROOT
+
+log = logging.getLogger(__name__)
+
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+WEIGHTS_DIR = PROJECT_ROOT / "weights"
+WEIGHTS_HINT = "run `./setup.sh --weights` to fetch the pretrained weights into weights/ (needs internet once)"
+# Ultralytics arguments taken from the profile: config key -> (Ultralytics name, default)
+TRAIN_ARGS: dict[str, tuple[str, Any]] = {
+    "train_imgsz": ("imgsz", 640),
+    "train_batch": ("batch", 16),
+    "train_nbs": ("nbs", 64),
+    "train_optimizer": ("optimizer", "AdamW"),
+    "train_lr0": ("lr0", 0.001),
+    "train_cos_lr": ("cos_lr", True),
+    "train_warmup_epochs": ("warmup_epochs", 3),
+    "train_close_mosaic": ("close_mosaic", 10),
+    "train_mosaic": ("mosaic", 1.0),
+    "train_val": ("val", False),
+    "train_patience": ("patience", 100),
+}
+
+
+# ----------------------------------------------------------------------------- resolution
+def resolve_device(device: str | None = "auto") -> str:
+    """``auto`` → ``"0"`` (first CUDA GPU) if available, else ``"cpu"``; anything else verbatim."""
+    if device in (None, "", "auto"):
+        import torch
+
+        return "0" if torch.cuda.is_available() else "cpu"
+    return str(device)
+
+
+def _weights_path(name: str | os.PathLike) -> Path:
+    """A .pt by path (absolute or project-relative) or by bare name under weights/."""
+    p = Path(name)
+    for cand in ([p] if p.is_absolute() else [PROJECT_ROOT / p, WEIGHTS_DIR / p.name]):
+        if cand.is_file():
+            return cand
+    raise FileNotFoundError(f"weights {str(name)!r} not found (looked in {PROJECT_ROOT / p} and {WEIGHTS_DIR}); {WEIGHTS_HINT}")
+
+
+def resolve_model(model: str, init_weights: str | os.PathLike | None = None) -> tuple[str, bool]:
+    """(what to pass to ``YOLO()``, pretrained flag).
+
+    ``init_weights`` (a .pt: COCO weights or a previous iteration) wins; else a ``.pt``
+    model name must exist locally; else a ``.yaml`` from ``bdd_engine/models/`` or one of
+    Ultralytics' bundled yamls (e.g. ``yolov8n.yaml``), built offline from scratch.
+    """
+    if init_weights:
+        return str(_weights_path(init_weights)), True
+    if str(model).endswith(".pt"):
+        return str(_weights_path(model)), True
+    if str(model).endswith((".yaml", ".yml")):
+        local = MODELS_DIR / Path(model).name
+        return (str(local) if local.is_file() else str(model)), False
+    raise ValueError(f"train_model {model!r}: expected a .yaml (from scratch) or a .pt (weights/)")
+
+
+def git_commit() -> str:
+    """HEAD commit of the project (+ ``-dirty`` when tracked files changed), or ``unknown``."""
+    try:
+        head = subprocess.run(["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(PROJECT_ROOT), "status", "--porcelain", "-uno"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (head + ("-dirty" if dirty else "")) if head else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _is_unfinished(last: Path) -> bool:
+    """Ultralytics strips the optimizer and sets epoch=-1 when a run finishes."""
+    import torch
+
+    try:
+        ck = torch.load(last, map_location="cpu", weights_only=False)
+    except Exception as e:  # a truncated last.pt cannot be resumed; say so
+        log.warning("cannot read %s (%s); starting the run again", last, e)
+        return False
+    return int(ck.get("epoch", -1)) >= 0 and ck.get("optimizer") is not None
+
+
+def _prepare_amp(device: str) -> bool:
+    """AMP only on GPU, and only when its check can run offline: Ultralytics' AMP check
+    loads ``yolo26n.pt`` (downloading it when absent). We copy ``weights/yolo26n.pt``
+    into Ultralytics' weights dir if shipped; otherwise AMP is off (slower, never hangs)."""
+    if device == "cpu" or device.startswith("mps"):
+        return False
+    from ultralytics.utils import WEIGHTS_DIR as UL_WEIGHTS
+
+    target = Path(UL_WEIGHTS) / "yolo26n.pt"
+    src = WEIGHTS_DIR / "yolo26n.pt"
+    if not target.is_file() and src.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, target)
+    if not target.is_file():
+        log.warning("AMP disabled: weights/yolo26n.pt (Ultralytics' AMP self-check model) is absent; %s", WEIGHTS_HINT)
+        return False
+    return True
+
+
+# ----------------------------------------------------------------------------- train
+def train_args(cfg: Mapping[str, Any], epochs: int | None = None) -> dict[str, Any]:
+    """Ultralytics keyword arguments from the profile (without model/data/project)."""
+    args = {ul: cfg.get(key, default) for key, (ul, default) in TRAIN_ARGS.items()}
+    args["epochs"] = int(epochs if epochs is not None else cfg.get("train_epochs", 1))
+    args["seed"] = int(cfg.get("seed", 42))
+    args["deterministic"] = True
+    args["workers"] = int(cfg.get("workers", 0))
+    args["plots"] = bool(cfg.get("train_plots", False))
+    return args
+
+
+def fingerprint(cfg: Mapping[str, Any], data_hash: str, model: str, init_weights: str | None,
+                epochs: int) -> str:
+    """Everything that changes the trained weights (device and paths excluded)."""
+    init_hash = sha256_file(init_weights) if init_weights and Path(init_weights).is_file() else None
+    model_hash = sha256_file(model) if Path(model).is_file() else model
+    payload = {"args": {k: v for k, v in train_args(cfg, epochs).items() if k != "workers"},
+               "data": data_hash, "model": model_hash, "init": init_hash}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _read_card(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _weights_of(run_dir: Path, val: bool) -> Path:
+    """With val=False Ultralytics' 'best' is just the last epoch; return last.pt then."""
+    w = run_dir / "weights"
+    return w / "best.pt" if val and (w / "best.pt").exists() else w / "last.pt"
+
+
+def train(cfg: Mapping[str, Any], data_yaml: str | os.PathLike, out_dir: str | os.PathLike,
+          init_weights: str | os.PathLike | None = None, epochs: int | None = None, name: str = "iter0",
+          data_hash: str | None = None, callbacks: Mapping[str, Callable] | None = None) -> Path:
+    """Train (or resume, or skip when fresh) and return the weights path.
+
+    Run folder: ``<out_dir>/<name>/`` with Ultralytics' outputs and ``run_card.json``
+    (config, data hash, git commit, device, wall time, final Ultralytics val metrics).
+    ``init_weights`` defaults to ``cfg.train_init_weights``; ``data_hash`` to the sha256
+    of the data yaml (pass the data manifest hash: the yaml alone does not change when
+    labels do). ``callbacks``: extra Ultralytics callbacks {event: fn} (tests use them to
+    interrupt a run).
+    """
+    import ultralytics
+    from ultralytics import YOLO
+
+    data_yaml = Path(data_yaml).resolve()
+    if not data_yaml.is_file():
+        raise FileNotFoundError(f"data yaml not found: {data_yaml} (export it with bdd_engine.yolo.export_yolo)")
+    run_dir = Path(out_dir).resolve() / name
+    card_path = run_dir / "run_card.json"
+    init = init_weights if init_weights is not None else cfg.get("train_init_weights")
+    model_src, pretrained = resolve_model(str(cfg.get("train_model", "yolov8n.yaml")), init)
+    n_epochs = int(epochs if epochs is not None else cfg.get("train_epochs", 1))
+    dhash = data_hash or sha256_file(data_yaml)
+    fp = fingerprint(cfg, dhash, model_src, model_src if pretrained else None, n_epochs)
+    args = train_args(cfg, n_epochs)
+    weights = _weights_of(run_dir, bool(args["val"]))
+
+    card = _read_card(card_path)
+    if card.get("fingerprint") == fp and card.get("finished") and weights.is_file():
+        log.info("training %s is fresh (fingerprint %s): reusing %s", name, fp, weights)
+        return weights
+
+    device = resolve_device(cfg.get("device", "auto"))
+    last = run_dir / "weights" / "last.pt"
+    resume = card.get("fingerprint") == fp and last.is_file() and _is_unfinished(last)
+    if run_dir.exists() and not resume:
+        log.info("discarding %s (different fingerprint or unusable checkpoint)", run_dir)
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    base_card = {
+        "name": name, "fingerprint": fp, "finished": False, "synthetic": bool(cfg.get("synthetic", False)),
+        "profile": cfg.get("profile"), "model": model_src, "pretrained": pretrained,
+        "init_weights": str(init) if init else None, "data_yaml": str(data_yaml), "data_hash": dhash,
+        "config": {**{k: cfg.get(k) for k in TRAIN_ARGS if k in cfg}, **args},
+        "git_commit": git_commit(), "device": device, "torch": _torch_version(),
+        "ultralytics": ultralytics.__version__, "python": platform.python_version(),
+    }
+    if not resume:
+        atomic_write_json(card_path, base_card)   # the fingerprint a later resume must match
+
+    t0 = time.time()
+    if resume:
+        log.info("resuming interrupted training %s from %s", name, last)
+        model = YOLO(str(last))
+    else:
+        model = YOLO(model_src)
+    for event, fn in (callbacks or {}).items():
+        model.add_callback(event, fn)
+    if resume:
+        model.train(resume=True, data=str(data_yaml), device=device, workers=args["workers"])
+    else:
+        model.train(data=str(data_yaml), project=str(run_dir.parent), name=run_dir.name, exist_ok=True,
+                    pretrained=pretrained, device=device, amp=_prepare_amp(device), verbose=False, **args)
+    trainer = model.trainer
+    weights = _weights_of(run_dir, bool(args["val"]))
+    if not weights.is_file():
+        raise RuntimeError(f"Ultralytics finished without {weights}; see {run_dir}")
+    prev_wall = float(card.get("wall_time_s", 0.0)) if resume else 0.0
+    metrics = {k: float(v) for k, v in (getattr(trainer, "metrics", None) or {}).items()
+               if isinstance(v, (int, float, np.floating))}
+    atomic_write_json(card_path, {
+        **base_card, "finished": True, "resumed": bool(resume or card.get("resumed", False)),
+        "epochs": n_epochs, "wall_time_s": round(prev_wall + time.time() - t0, 2),
+        "weights": str(weights), "weights_sha256": sha256_file(weights),
+        "final_metrics": {"source": "ultralytics val on data.yaml val split (not the BDD metric)", **metrics},
+    })
+    return weights
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+# ----------------------------------------------------------------------------- predict
+def predict(weights: str | os.PathLike, image_paths: Sequence[str | os.PathLike], conf: float = 0.001,
+            imgsz: int = 640, batch: int = 16, device: str | None = "auto", iou: float = 0.7,
+            max_det: int = 300, progress: bool = True) -> list[dict[str, Any]]:
+    """One inference pass → BDD frames ``{"name", "attributes": {}, "labels": [...]}``.
+
+    Labels: ``category`` (the model's class name, must be a BDD class), ``box2d`` xyxy in
+    pixels of the original image, ``score``. ``conf`` 0.001 is for mAP (COCO/BDD eval
+    expects low-score detections); filter later for pictures. NMS IoU 0.7 and
+    ``max_det`` 300 are Ultralytics' validation defaults. Missing image files raise.
+    """
+    from tqdm.auto import tqdm
+    from ultralytics import YOLO
+
+    paths = [Path(p) for p in image_paths]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} of {len(paths)} images missing, e.g. {missing[0]}")
+    names = [p.name for p in paths]
+    if len(set(names)) != len(names):
+        raise ValueError("image file names must be unique (they are the BDD frame names)")
+    model = YOLO(str(_weights_path(weights)))
+    class_names = dict(model.names)
+    unknown = sorted(set(class_names.values()) - set(bdd.CLASSES))
+    if unknown:
+        raise ValueError(f"model classes {unknown} are not BDD classes; was it trained on a BDD export?")
+    dev = resolve_device(device)
+    frames: list[dict[str, Any]] = []
+    chunks = range(0, len(paths), batch)
+    for i in tqdm(chunks, desc="predict", unit="batch", disable=not progress):
+        chunk = [str(p) for p in paths[i:i + batch]]
+        for path, r in zip(chunk, model.predict(chunk, conf=conf, iou=iou, imgsz=imgsz, max_det=max_det,
+                                                device=dev, verbose=False, batch=len(chunk))):
+            xyxy = r.boxes.xyxy.cpu().numpy().astype(float)
+            cls = r.boxes.cls.cpu().numpy().astype(int)
+            score = r.boxes.conf.cpu().numpy().astype(float)
+            labels = [{"id": str(j), "category": class_names[int(c)],
+                       "box2d": {"x1": b[0], "y1": b[1], "x2": b[2], "y2": b[3]}, "score": s}
+                      for j, (b, c, s) in enumerate(zip(xyxy.tolist(), cls, score.tolist()))]
+            frames.append({"name": Path(path).name, "attributes": {}, "labels": labels})
+    return frames
+
+
+def save_predictions(frames: Iterable[Mapping[str, Any]], json_path: str | os.PathLike,
+                     parquet_path: str | os.PathLike | None = None) -> tuple[Path, Path | None]:
+    """Write predictions as BDD JSON and (optionally) a columnar box table
+    (``bdd.BOX_COLUMNS``; :func:`bdd_engine.evaluate.evaluate` accepts it directly)."""
+    frames = list(frames)
+    j = bdd.write_bdd_json(frames, json_path)
+    p = atomic_write_df(parquet_path, bdd.boxes_table(frames)) if parquet_path else None
+    return j, p
+
+
+def filter_conf(frames: Iterable[Mapping[str, Any]], conf: float) -> list[dict[str, Any]]:
+    """Copy of prediction frames keeping labels with ``score >= conf`` (for pictures)."""
+    return [{**fr, "labels": [lb for lb in fr.get("labels") or [] if lb.get("score", 1.0) >= conf]} for fr in frames]

@@ -1,0 +1,125 @@
+"""Tiny real Ultralytics training: fresh no-op, interrupted resume, one-pass predict → evaluate."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from bdd_engine import bdd
+from bdd_engine.config import load_config
+from bdd_engine.evaluate import evaluate
+from bdd_engine.train import filter_conf, predict, resolve_model, save_predictions, train
+
+W, H = 128, 96
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _make_dataset(root: Path, n: int = 12, seed: int = 0) -> tuple[Path, list[dict]]:
+    """Coloured boxes on grey frames as a YOLO dataset (w = x2 - x1, as yolo.export_yolo)
+    and the matching BDD GT frames."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for split in ("train", "val"):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+    for i in range(n):
+        split = "train" if i < n - 4 else "val"
+        img = np.full((H, W, 3), 110, np.uint8)
+        lines, labels = [], []
+        for j in range(int(rng.integers(1, 4))):
+            k = int(rng.choice([2, 0]))            # car (red, wide) or pedestrian (blue, tall)
+            w, h = (int(rng.integers(24, 40)), int(rng.integers(14, 22))) if k == 2 else (int(rng.integers(8, 12)), int(rng.integers(22, 34)))
+            x1, y1 = int(rng.integers(0, W - w)), int(rng.integers(0, H - h))
+            img[y1:y1 + h, x1:x1 + w] = (220, 30, 30) if k == 2 else (30, 30, 220)
+            lines.append(f"{k} {(x1 + w / 2) / W:.6f} {(y1 + h / 2) / H:.6f} {w / W:.6f} {h / H:.6f}")
+            labels.append({"id": str(j), "category": bdd.CLASSES[k], "attributes": {"crowd": False},
+                           "box2d": {"x1": float(x1), "y1": float(y1), "x2": float(x1 + w), "y2": float(y1 + h)}})
+        name = f"f{i:03d}-{seed}.jpg"
+        Image.fromarray(img).save(root / "images" / split / name, quality=95)
+        (root / "labels" / split / name.replace(".jpg", ".txt")).write_text("\n".join(lines) + "\n")
+        frames.append({"name": name, "attributes": {"weather": "clear", "timeofday": "daytime", "scene": "highway"},
+                       "labels": labels, "split": split})
+    names = "\n".join(f"  {i}: {c}" for i, c in enumerate(bdd.CLASSES))
+    (root / "data.yaml").write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n{names}\n")
+    return root / "data.yaml", frames
+
+
+@pytest.fixture()
+def cfg():
+    return load_config("tiny", overrides={"train_epochs": 2, "train_imgsz": 64, "train_batch": 4,
+                                          "train_nbs": 4, "train_warmup_epochs": 0, "device": "cpu"})
+
+
+def test_train_fresh_resume_and_predict(tmp_path, cfg):
+    data_yaml, frames = _make_dataset(tmp_path / "data")
+    runs = tmp_path / "runs"
+
+    # 1) interrupted after the first epoch (last.pt saved, run unfinished)
+    def stop(trainer):
+        if trainer.epoch == 0:
+            raise Interrupt()
+    t0 = time.time()
+    with pytest.raises(Interrupt):
+        train(cfg, data_yaml, runs, name="iter0", callbacks={"on_fit_epoch_end": stop})
+    card = json.loads((runs / "iter0" / "run_card.json").read_text())
+    assert card["finished"] is False and (runs / "iter0" / "weights" / "last.pt").is_file()
+
+    # 2) same call again → Ultralytics resume, finishes epoch 2
+    w = train(cfg, data_yaml, runs, name="iter0")
+    card = json.loads((runs / "iter0" / "run_card.json").read_text())
+    assert card["finished"] and card["resumed"] and card["epochs"] == 2
+    assert w == runs / "iter0" / "weights" / "last.pt" and w.is_file()
+    res = pd.read_csv(runs / "iter0" / "results.csv")
+    assert len(res) == 2                                # epoch 1 from the first call, epoch 2 resumed
+    assert card["device"] == "cpu" and card["git_commit"] and card["data_hash"]
+    assert card["config"]["nbs"] == 4 and card["config"]["val"] is False and card["config"]["seed"] == 42
+    assert "metrics/mAP50(B)" in card["final_metrics"]
+    assert time.time() - t0 < 120
+
+    # 3) unchanged config and data → no-op (same file, untouched)
+    mtime = w.stat().st_mtime_ns
+    t1 = time.time()
+    assert train(cfg, data_yaml, runs, name="iter0") == w
+    assert w.stat().st_mtime_ns == mtime and time.time() - t1 < 5
+
+    # 4) one pass of predictions → BDD frames the evaluator accepts (JSON and parquet alike)
+    val = [f for f in frames if f["split"] == "val"]
+    paths = [tmp_path / "data" / "images" / "val" / f["name"] for f in val]
+    preds = predict(w, paths, conf=0.001, imgsz=64, batch=3, device="cpu", progress=False)
+    assert [p["name"] for p in preds] == [f["name"] for f in val]
+    lbs = [lb for p in preds for lb in p["labels"]]
+    assert lbs and all(lb["category"] in bdd.CLASSES and 0.001 <= lb["score"] <= 1 for lb in lbs)
+    assert all(0 <= lb["box2d"]["x1"] <= lb["box2d"]["x2"] <= W + 1 for lb in lbs)   # original-image pixels
+    j, pq = save_predictions(preds, tmp_path / "pred.json", tmp_path / "pred.parquet")
+    r1 = evaluate(val, bdd.load_frames(j), n_boot=0)
+    r2 = evaluate(val, pd.read_parquet(pq), n_boot=0)
+    assert 0 <= r1.AP50 <= 1 and r1.AP50 == pytest.approx(r2.AP50, abs=1e-12)
+    assert sum(len(f["labels"]) for f in filter_conf(preds, 0.5)) <= len(lbs)
+
+
+def test_changed_config_retrains(tmp_path, cfg):
+    data_yaml, _ = _make_dataset(tmp_path / "data", n=8, seed=1)
+    cfg1 = dict(cfg, train_epochs=1)
+    w = train(cfg1, data_yaml, tmp_path / "runs", name="a")
+    fp1 = json.loads((tmp_path / "runs" / "a" / "run_card.json").read_text())["fingerprint"]
+    train(dict(cfg1, train_lr0=0.01), data_yaml, tmp_path / "runs", name="a")
+    card = json.loads((tmp_path / "runs" / "a" / "run_card.json").read_text())
+    assert card["fingerprint"] != fp1 and card["finished"] and not card["resumed"] and w.is_file()
+
+
+def test_missing_weights_names_setup(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"setup\.sh --weights"):
+        resolve_model("yolov8m.pt", None)
+    with pytest.raises(FileNotFoundError, match=r"setup\.sh --weights"):
+        resolve_model("yolov8n-w0125.yaml", tmp_path / "nope.pt")
+    src, pretrained = resolve_model("yolov8n-w0125.yaml")
+    assert Path(src).is_file() and not pretrained      # shipped slim yaml, from scratch
