@@ -916,11 +916,26 @@ def export_label_studio(frames: Sequence[Mapping[str, Any]], image_paths: Mappin
 
 
 def export_yolo_set(frames: Sequence[Mapping[str, Any]], image_paths: Mapping[str, str | os.PathLike],
-                    out_dir: str | os.PathLike, **kwargs: Any) -> Any:
-    """The auto-labelled set as a YOLO dataset, through the one converter: ``bdd_engine.yolo.export_yolo``."""
+                    out_dir: str | os.PathLike, val_frames: Sequence[Mapping[str, Any]] | None = None) -> tuple[Path, Counter]:
+    """The auto-labelled set as a YOLO dataset through the one converter, ``bdd_engine.yolo.export_yolo``.
+
+    ``frames`` become the ``train`` split; ``val_frames`` (optional) the ``val`` split,
+    else data.yaml's val points at the train images so the folder is a complete,
+    checkable dataset on its own (iter1's real evaluation is §5's, not Ultralytics' val).
+    Every image must have the same size (export_yolo normalises with one width/height).
+    Returns (data.yaml path, counts).
+    """
     from bdd_engine.yolo import export_yolo
 
-    return export_yolo(frames, image_paths, out_dir, **kwargs)
+    every = list(frames) + list(val_frames or [])
+    sizes = {image_size(image_paths[fr["name"]]) for fr in every if fr["name"] in image_paths}
+    if len(sizes) > 1:
+        raise ValueError(f"export_yolo_set: frames have different image sizes {sorted(sizes)}")
+    if not sizes:
+        raise ValueError("export_yolo_set: none of the frames has an image path")
+    splits = {"train": frames, **({"val": val_frames} if val_frames is not None else {})}
+    return export_yolo(splits, image_paths, out_dir, image_wh=sizes.pop(),
+                       val_split="val" if val_frames is not None else "train")
 
 
 # ----------------------------------------------------------------------------- cost

@@ -451,19 +451,19 @@ def test_export_label_studio(export_case, tmp_path):
 
 
 def test_export_yolo_passes_ultralytics_checker(export_case, tmp_path):
-    pytest.importorskip("bdd_engine.yolo", reason="bdd_engine/yolo.py (lead) not written yet")
     from ultralytics.data.utils import check_det_dataset
 
     frames, paths = export_case
-    al.export_yolo_set(frames, paths, tmp_path / "yolo")
-    yamls = list((tmp_path / "yolo").rglob("*.yaml"))
-    assert len(yamls) == 1
-    info = check_det_dataset(str(yamls[0]), autodownload=False)
+    yaml_path, counts = al.export_yolo_set(frames, paths, tmp_path / "yolo")
+    assert counts["frames"] == 2 and counts["boxes written"] == 2
+    info = check_det_dataset(str(yaml_path), autodownload=False)
     assert info["nc"] == 10 and list(info["names"].values()) == list(CLASSES)
-    txts = {p.stem: p.read_text().split("\n") for p in (tmp_path / "yolo").rglob("labels/**/*.txt")}
-    rows = [r for r in txts[Path(frames[0]["name"]).stem] if r.strip()]
-    cls, cx, cy, w, h = rows[0].split()
-    assert int(cls) == 2 and float(cx) == pytest.approx(60 / W, abs=1e-4) and float(w) == pytest.approx(100 / W, abs=1e-4)
+    assert Path(info["train"]).resolve() == (tmp_path / "yolo" / "images" / "train").resolve()
+    rows = (tmp_path / "yolo" / "labels" / "train" / (Path(frames[0]["name"]).stem + ".txt")).read_text().split()
+    cls, cx, cy, w, h = rows[:5]
+    assert int(cls) == 2 and float(cx) == pytest.approx(60 / W, abs=1e-5) and float(w) == pytest.approx(100 / W, abs=1e-5)
+    assert float(cy) == pytest.approx(45 / H, abs=1e-5) and float(h) == pytest.approx(50 / H, abs=1e-5)
+    assert (tmp_path / "yolo" / "labels" / "train" / (Path(frames[1]["name"]).stem + ".txt")).read_text() == ""
 
 
 def test_write_outputs_from_a_gsam2_run(labeler, images, tmp_path):
@@ -471,7 +471,7 @@ def test_write_outputs_from_a_gsam2_run(labeler, images, tmp_path):
     keep = [0, 1, 4]
     run = labeler.label([frames[i] for i in keep], [paths[i] for i in keep], progress=False)
     idx = {p.name: p for p in paths}
-    yolo = _has_yolo()
+    yolo = True
     t = al.write_outputs(tmp_path / "out", run, [frames[i] for i in keep], idx, accept=0.9999, review=0.3,
                          spot_check=2, yolo=yolo)
     names = {p.name for p in (tmp_path / "out").iterdir()}
@@ -490,10 +490,3 @@ def test_write_outputs_from_a_gsam2_run(labeler, images, tmp_path):
     assert sum(len(f["labels"]) for f in t["train_frames"]) == int(r.loc["accept", "n_labels"])
     assert "1 failed" in (tmp_path / "out" / "summary.md").read_text()
 
-
-def _has_yolo() -> bool:
-    try:
-        import bdd_engine.yolo  # noqa: F401
-        return True
-    except ImportError:
-        return False
