@@ -1,0 +1,230 @@
+"""§2 Curate: slice analytics over the collected frames and a 2-D map of the embeddings.
+
+A *slice* is one weather x timeofday x scene combination (``bdd.slice_key``). This
+module counts them (the slice index), measures how imbalanced they are, and draws:
+``slice_distribution.png`` (stacked weather x timeofday bars), ``slice_long_tail.png``
+(every slice by count, log scale) and ``embedding_map.png`` (2-D projection of the
+embeddings coloured by slice). Writing goes through a ``checkpoint.SectionWriter``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from bdd_engine.bdd import ATTRIBUTE_VALUES, SLICE_ATTRS
+
+MAP_METHODS = ("pca", "tsne", "umap")
+TOD_COLORS = {"daytime": "#f2b705", "dawn/dusk": "#d9622b", "night": "#1f3a93", "undefined": "#9e9e9e"}
+
+
+# ----------------------------------------------------------------------------- analytics
+def slice_index(frames: pd.DataFrame, attrs: Sequence[str] = SLICE_ATTRS) -> pd.DataFrame:
+    """One row per slice: the attribute values, ``slice``, ``n_frames``, ``share`` and
+    ``n_<split>`` per split present. Frames with no slice (missing attribute) are
+    excluded here (count them with ``frames['slice'].isna()``). Most frequent first,
+    ties by slice name."""
+    f = frames.dropna(subset=["slice"])
+    g = f.groupby([*attrs, "slice"], dropna=False).size().rename("n_frames").reset_index()
+    g["share"] = g["n_frames"] / max(1, int(g["n_frames"].sum()))
+    if "split" in f.columns and f["split"].astype(str).str.len().gt(0).any():
+        per = f.pivot_table(index="slice", columns="split", values="name", aggfunc="count", fill_value=0)
+        per.columns = [f"n_{c}" for c in per.columns]
+        g = g.merge(per.reset_index(), on="slice", how="left")
+    return g.sort_values(["n_frames", "slice"], ascending=[False, True]).reset_index(drop=True)
+
+
+def imbalance_stats(index: pd.DataFrame, small: int = 50, n_rarest: int = 5) -> dict[str, Any]:
+    """Imbalance figures of a :func:`slice_index` table.
+
+    ``rarest_operational``: the ``n_rarest`` smallest slices with no "undefined"
+    attribute (conditions an ODD would name). ``effective_slices`` = exp(entropy) of
+    the slice shares (= number of equally common slices with the same entropy);
+    ``imbalance_ratio`` = largest / smallest slice count.
+    """
+    n = index["n_frames"].to_numpy(float)
+    total = n.sum()
+    p = n / total if total else n
+    op = index[~index["slice"].str.contains("undefined", regex=False)]
+    rare = op.sort_values(["n_frames", "slice"]).head(n_rarest)
+    top = index.iloc[0] if len(index) else None
+    return {
+        "n_frames": int(total),
+        "n_slices": int(len(index)),
+        "most_common_slice": None if top is None else str(top["slice"]),
+        "most_common_share": None if top is None else float(top["share"]),
+        "rarest_operational": [{"slice": str(r.slice), "n_frames": int(r.n_frames)} for r in rare.itertuples()],
+        "small_threshold": int(small),
+        "n_slices_below_small": int((n < small).sum()),
+        "share_frames_in_small_slices": float(n[n < small].sum() / total) if total else 0.0,
+        "imbalance_ratio": float(n.max() / n.min()) if len(n) else float("nan"),
+        "effective_slices": float(np.exp(-(p[p > 0] * np.log(p[p > 0])).sum())) if len(n) else 0.0,
+    }
+
+
+# ----------------------------------------------------------------------------- figures
+def slice_distribution_figure(frames: pd.DataFrame, title_note: str = "") -> Any:
+    """Stacked bars: frames per weather (x, most frequent first), stacked by time of day."""
+    import matplotlib.pyplot as plt
+
+    ct = pd.crosstab(frames["weather"].fillna("missing"), frames["timeofday"].fillna("missing"))
+    ct = ct.loc[ct.sum(axis=1).sort_values(ascending=False).index]
+    tods = [t for t in ATTRIBUTE_VALUES["timeofday"] if t in ct.columns] + [t for t in ct.columns if t not in TOD_COLORS]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    bottom = np.zeros(len(ct))
+    for t in tods:
+        ax.bar(ct.index, ct[t].to_numpy(), bottom=bottom, label=t, color=TOD_COLORS.get(t, "#555555"))
+        bottom += ct[t].to_numpy()
+    for x, total in enumerate(bottom):
+        ax.text(x, total, f"{int(total)}", ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("frames")
+    ax.set_xlabel("weather")
+    ax.set_title(f"Frames by weather x time of day{title_note}")
+    ax.legend(title="time of day", fontsize=8)
+    ax.tick_params(axis="x", rotation=20)
+    ax.margins(y=0.1)
+    fig.tight_layout()
+    return fig
+
+
+def long_tail_figure(index: pd.DataFrame, small: int = 50, n_labels: int = 4, title_note: str = "") -> Any:
+    """Every slice's frame count, sorted (log y), slices below ``small`` shaded; the
+    ``n_labels`` largest and smallest slices are named."""
+    import matplotlib.pyplot as plt
+
+    n = index["n_frames"].to_numpy()
+    x = np.arange(len(n))
+    fig, ax = plt.subplots(figsize=(9, 4))
+    ax.bar(x, n, width=1.0, color=np.where(n < small, "#c0392b", "#2c7fb8"))
+    ax.axhline(small, color="k", lw=0.8, ls="--")
+    ax.text(len(n) - 0.5, small * 1.08, f"{small} frames", ha="right", va="bottom", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_xlim(-0.5, len(n) - 0.5)
+    ax.set_xlabel(f"slice rank (weather | timeofday | scene), {len(n)} slices")
+    ax.set_ylabel("frames (log)")
+    below = int((n < small).sum())
+    ax.set_title(f"Slice long tail: {below} of {len(n)} slices have < {small} frames{title_note}")
+    ymax = n.max() if len(n) else 1
+    for i in list(range(min(n_labels, len(n)))) + list(range(max(n_labels, len(n) - n_labels), len(n))):
+        ax.annotate(f"{index['slice'].iloc[i]} ({n[i]})", (i, n[i]), xytext=(3, 0), textcoords="offset points",
+                    rotation=90, fontsize=6, va="bottom", ha="center")
+    ax.set_ylim(0.8, ymax * 40)  # room for the rotated labels
+    fig.tight_layout()
+    return fig
+
+
+def project_2d(emb: np.ndarray, method: str = "pca", seed: int = 42) -> np.ndarray:
+    """(N, D) → (N, 2) float64. ``pca`` (deterministic), ``tsne`` (PCA init, fixed
+    random_state) or ``umap`` (needs umap-learn; fixed random_state)."""
+    x = np.asarray(emb, np.float32)
+    if method == "pca" or len(x) < 5:
+        from sklearn.decomposition import PCA
+
+        return PCA(n_components=2, svd_solver="full").fit_transform(x).astype(np.float64)
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        perplexity = float(min(30.0, max(2.0, (len(x) - 1) / 3)))
+        return TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed,
+                    learning_rate="auto").fit_transform(x).astype(np.float64)
+    if method == "umap":
+        try:
+            import umap  # type: ignore
+        except ImportError:
+            raise ValueError("curate_map_method 'umap' needs the umap-learn package; use 'pca' or 'tsne'") from None
+        return umap.UMAP(n_components=2, random_state=seed).fit_transform(x).astype(np.float64)
+    raise ValueError(f"unknown map method {method!r}; choose one of {MAP_METHODS}")
+
+
+def embedding_map(emb: np.ndarray, names: Sequence[str], frames: pd.DataFrame, method: str = "pca",
+                  max_points: int = 3000, top_slices: int = 9, seed: int = 42) -> pd.DataFrame:
+    """2-D coordinates of (a seeded subsample of) the embedded frames with their slice.
+
+    Returns columns name, x, y, slice, colour_group (the slice for the ``top_slices``
+    most frequent slices among the plotted frames, else "other"). All-zero rows
+    (unreadable images) and frames without a slice are left out.
+    """
+    row_of = {n: i for i, n in enumerate(names)}
+    f = frames.dropna(subset=["slice"])
+    f = f[f["name"].isin(row_of)].sort_values("name").reset_index(drop=True)
+    rows = np.asarray([row_of[n] for n in f["name"]], np.int64)
+    nz = np.asarray([np.any(emb[r]) for r in rows], bool) if len(rows) else np.zeros(0, bool)
+    f, rows = f[nz].reset_index(drop=True), rows[nz]
+    if len(f) > max_points:
+        pick = np.sort(np.random.default_rng(seed).choice(len(f), size=max_points, replace=False))
+        f, rows = f.iloc[pick].reset_index(drop=True), rows[pick]
+    if len(f) < 3:
+        raise ValueError(f"embedding map needs >= 3 embedded frames with a slice, got {len(f)}")
+    xy = project_2d(np.asarray(emb[rows]), method, seed)
+    top = f["slice"].value_counts().sort_index().sort_values(ascending=False, kind="stable").index[:top_slices]
+    return pd.DataFrame({"name": f["name"], "x": xy[:, 0], "y": xy[:, 1], "slice": f["slice"],
+                         "colour_group": np.where(f["slice"].isin(top), f["slice"], "other")})
+
+
+def embedding_map_figure(coords: pd.DataFrame, embedder_name: str, method: str, title_note: str = "") -> Any:
+    """Scatter of :func:`embedding_map` coordinates, one colour per top slice, grey = other."""
+    import matplotlib.pyplot as plt
+
+    groups = [g for g in coords["colour_group"].value_counts().index if g != "other"]
+    cmap = plt.get_cmap("tab10")
+    fig, ax = plt.subplots(figsize=(8, 6))
+    other = coords[coords["colour_group"] == "other"]
+    if len(other):
+        ax.scatter(other["x"], other["y"], s=4, c="#c8c8c8", label=f"other slices ({len(other)})", linewidths=0)
+    for i, g in enumerate(groups):
+        d = coords[coords["colour_group"] == g]
+        ax.scatter(d["x"], d["y"], s=6, color=cmap(i % 10), label=f"{g} ({len(d)})", linewidths=0)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(f"Embedding map ({embedder_name}, {method.upper()}), {len(coords)} frames{title_note}")
+    ax.legend(fontsize=6, markerscale=2.5, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- §2 driver
+@dataclass
+class CurateResult:
+    index: pd.DataFrame
+    stats: dict[str, Any]
+    coords: pd.DataFrame | None
+    figures: dict[str, Any] = field(default_factory=dict)  # file name -> matplotlib Figure
+
+
+def curate(cfg: Mapping[str, Any], frames: pd.DataFrame, emb: np.ndarray | None = None,
+           emb_names: Sequence[str] | None = None, embedder_name: str = "") -> CurateResult:
+    """Slice index + imbalance stats + the three §2 figures (embedding map only when
+    embeddings are given). Keys: ``curate_small_slice`` (50), ``curate_map_method``
+    (pca), ``curate_map_points`` (3000), ``seed``; titles say SYNTHETIC when
+    ``cfg.synthetic``."""
+    small = int(cfg.get("curate_small_slice", 50))
+    note = " — SYNTHETIC data" if cfg.get("synthetic") else ""
+    idx = slice_index(frames)
+    stats = imbalance_stats(idx, small=small)
+    stats["n_frames_without_slice"] = int(frames["slice"].isna().sum())
+    figs = {"slice_distribution.png": slice_distribution_figure(frames, note),
+            "slice_long_tail.png": long_tail_figure(idx, small=small, title_note=note)}
+    coords = None
+    if emb is not None and emb_names is not None:
+        method = str(cfg.get("curate_map_method", "pca"))
+        coords = embedding_map(emb, emb_names, frames, method, int(cfg.get("curate_map_points", 3000)),
+                               seed=int(cfg.get("seed", 42)))
+        figs["embedding_map.png"] = embedding_map_figure(coords, embedder_name or "embeddings", method, note)
+    return CurateResult(idx, stats, coords, figs)
+
+
+def write_artifacts(result: CurateResult, writer: Any) -> None:
+    """slice_index.csv, imbalance.json, embedding_map.csv (if any) + figures/*.png via a
+    ``checkpoint.SectionWriter``; figures are closed after saving."""
+    import matplotlib.pyplot as plt
+
+    writer.write_df("slice_index.csv", result.index)
+    writer.write_json("imbalance.json", result.stats)
+    if result.coords is not None:
+        writer.write_df("embedding_map.csv", result.coords.round(6))
+    for name, fig in result.figures.items():
+        writer.save_fig(name, fig)
+        plt.close(fig)
