@@ -88,7 +88,8 @@ IOU_THRS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoi
 REC_THRS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
 AREA_RNGS = np.array([[0**2, 1e5**2], [0**2, 32**2], [32**2, 96**2], [96**2, 1e5**2]], dtype=float)
 AREA_NAMES = ("all", "small", "medium", "large")
-MAX_DETS = 100
+MAX_DETS = 100        # per image *and class* (evaluateImg truncates each (image, category) list)
+PIXEL_SHIFT = 1.0     # Scalabel box2d_to_bbox: w = x2 - x1 + 1 (explorer.rel_boxes reads this)
 CLASSES = bdd.CLASSES
 DEFAULT_BY = ("weather", "timeofday", "scene")
 WILDCARD = "*"
@@ -141,8 +142,8 @@ def _coco_xywh(df: pd.DataFrame) -> tuple[np.ndarray, ...]:
     """xyxy pixels → COCO (x, y, w, h, area) with Scalabel's +1 width/height."""
     x = df["x1"].to_numpy(float)
     y = df["y1"].to_numpy(float)
-    w = df["x2"].to_numpy(float) - x + 1
-    h = df["y2"].to_numpy(float) - y + 1
+    w = df["x2"].to_numpy(float) - x + PIXEL_SHIFT
+    h = df["y2"].to_numpy(float) - y + PIXEL_SHIFT
     return x, y, w, h, w * h
 
 

@@ -31,12 +31,13 @@ import numpy as np
 from bdd_engine import bdd
 from bdd_engine.checkpoint import atomic_write_df, atomic_write_json, sha256_file
 from bdd_engine.env import PROJECT_ROOT
+from bdd_engine.weights import WEIGHTS_DIR, MissingWeightsError
 
 log = logging.getLogger(__name__)
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
-WEIGHTS_DIR = PROJECT_ROOT / "weights"
-WEIGHTS_HINT = "run `./setup.sh --weights` to fetch the pretrained weights into weights/ (needs internet once)"
+WEIGHTS_HINT = ("run `./setup.sh --weights` on a machine with internet access to fetch them into weights/ "
+                "(the offline demo profile does not need them: `make demo`)")
 # Ultralytics arguments taken from the profile: config key -> (Ultralytics name, default)
 TRAIN_ARGS: dict[str, tuple[str, Any]] = {
     "train_imgsz": ("imgsz", 640),
@@ -69,7 +70,7 @@ def _weights_path(name: str | os.PathLike) -> Path:
     for cand in ([p] if p.is_absolute() else [PROJECT_ROOT / p, WEIGHTS_DIR / p.name]):
         if cand.is_file():
             return cand
-    raise FileNotFoundError(f"weights {str(name)!r} not found (looked in {PROJECT_ROOT / p} and {WEIGHTS_DIR}); {WEIGHTS_HINT}")
+    raise MissingWeightsError(f"weights {str(name)!r} not found (looked in {PROJECT_ROOT / p} and {WEIGHTS_DIR}); {WEIGHTS_HINT}")
 
 
 def resolve_model(model: str, init_weights: str | os.PathLike | None = None) -> tuple[str, bool]:
