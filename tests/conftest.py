@@ -1,0 +1,34 @@
+"""Shared fixtures: one tiny synthetic world per test session, isolated outputs per test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import bdd_engine  # noqa: F401  offline-safe env before anything imports ultralytics/fiftyone
+from bdd_engine import synth
+from bdd_engine.config import load_config
+
+# Tests never see the developer's own BDD_* overrides.
+for _k in [k for k in os.environ if k.startswith("BDD_") and k != "BDD_CACHE_DIR"]:
+    del os.environ[_k]
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory) -> Path:
+    """The tiny profile's synthetic world, generated once (~10 s) into a session tmp dir."""
+    root = tmp_path_factory.mktemp("world") / "synth_tiny"
+    synth.generate(load_config("tiny", env=False), root)
+    return root
+
+
+def make_cfg(world: Path, outputs: Path, **overrides):
+    return load_config("tiny", {"data_root": str(world), "outputs_dir": str(outputs), **overrides}, env=False)
+
+
+@pytest.fixture
+def tiny_cfg(tiny_world, tmp_path):
+    """tiny profile pointed at the session world and a fresh outputs dir."""
+    return make_cfg(tiny_world, tmp_path / "outputs")
