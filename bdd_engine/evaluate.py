@@ -735,6 +735,78 @@ def delta_table(res0: EvalResult, res1: EvalResult, min_frames: int = 0, n_boot:
     return df
 
 
+# ============================================================================ reference
+def pycocotools_reference(gt_frames: Sequence[Mapping[str, Any]], pred_frames: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The official pipeline, slowly: Scalabel's conversion + pycocotools ``COCOeval``.
+
+    For tests and benchmarks only. Conversion as ``scalabel2coco_detection`` (det.toml
+    mappings via ``bdd.map_category``, ``box2d_to_bbox`` +1, ``iscrowd = crowd or
+    ignored``), scores as ``COCOevalV2.get_score`` (``mean(s[s > -1])``), predictions
+    matched to GT frames by name. Returns AP50, AP, APs, APm, APl and per-class arrays
+    ``cls_AP50``, ``cls_AP`` (K,), NaN for classes without GT.
+    """
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    names = sorted(f["name"] for f in gt_frames)
+    img_id = {n: i + 1 for i, n in enumerate(names)}
+    gts = {f["name"]: f for f in gt_frames}
+
+    def coco_box(b: Mapping[str, float]) -> tuple[list[float], float]:
+        w, h = b["x2"] - b["x1"] + PIXEL_SHIFT, b["y2"] - b["y1"] + PIXEL_SHIFT
+        return [b["x1"], b["y1"], w, h], float(w * h)
+
+    anns, dts = [], []
+    for n in names:
+        for lb in gts[n].get("labels") or []:
+            cls, ign = bdd.map_category(lb.get("category"))
+            if cls is None or not lb.get("box2d"):
+                continue
+            bb, area = coco_box(lb["box2d"])
+            crowd = bool((lb.get("attributes") or {}).get("crowd", False))
+            anns.append(dict(id=len(anns) + 1, image_id=img_id[n], category_id=bdd.CLASS_ID[cls] + 1,
+                             iscrowd=int(crowd or ign), ignore=0, bbox=bb, area=area))
+    for f in sorted(pred_frames, key=lambda f: f["name"]):
+        if f["name"] not in img_id:
+            continue
+        for lb in f.get("labels") or []:
+            cls, _ = bdd.map_category(lb.get("category"))
+            if cls is None or not lb.get("box2d"):
+                continue
+            bb, _ = coco_box(lb["box2d"])
+            dts.append(dict(image_id=img_id[f["name"]], category_id=bdd.CLASS_ID[cls] + 1,
+                            score=float(lb["score"]), bbox=bb))
+    cats = [dict(id=i + 1, name=c) for i, c in enumerate(CLASSES)]
+    images = [dict(id=i, file_name=n, height=720, width=1280) for n, i in img_id.items()]
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = dict(images=images, annotations=anns, categories=cats)
+        gt.createIndex()
+        if dts:
+            dt = gt.loadRes(dts)
+        else:  # loadRes cannot take an empty list
+            dt = COCO()
+            dt.dataset = dict(images=images, annotations=[], categories=cats)
+            dt.createIndex()
+        ev = COCOeval(gt, dt, "bbox")
+        ev.params.imgIds = sorted(img_id.values())
+        ev.evaluate()
+        ev.accumulate()
+    P = ev.eval["precision"]  # (T, R, K, A, M); M index 2 = maxDets 100
+
+    def score(x: np.ndarray) -> float:
+        x = x[x > -1]
+        return float(np.mean(x)) if len(x) else math.nan
+
+    return {"AP50": score(P[0, :, :, 0, 2]), "AP": score(P[:, :, :, 0, 2]),
+            "APs": score(P[:, :, :, 1, 2]), "APm": score(P[:, :, :, 2, 2]), "APl": score(P[:, :, :, 3, 2]),
+            "cls_AP50": np.array([score(P[0, :, k, 0, 2]) for k in range(len(CLASSES))]),
+            "cls_AP": np.array([score(P[:, :, k, 0, 2]) for k in range(len(CLASSES))])}
+
+
 # ============================================================================ CLI
 def format_result(res: EvalResult, max_slices: int = 40) -> str:
     """Plain-text tables: overall, per class, slices sorted by AP50 (with CIs)."""

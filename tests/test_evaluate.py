@@ -2,72 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 from bdd_engine import bdd
 from bdd_engine.evaluate import (boot_map50, evaluate, main_evaluate, paired_delta, resample_weights,
                                  worst_slice)
-
-# ----------------------------------------------------------------------------- reference
-def coco_reference(gt_frames, pred_frames) -> dict:
-    """Scalabel's evaluate_det, reproduced with pycocotools: det.toml mappings, box2d_to_bbox
-    (+1), iscrowd = crowd or ignored, COCOevalV2.get_score = mean(s[s > -1])."""
-    names = sorted(f["name"] for f in gt_frames)
-    img_id = {n: i + 1 for i, n in enumerate(names)}
-    gts = {f["name"]: f for f in gt_frames}
-
-    def coco_box(b):
-        w, h = b["x2"] - b["x1"] + 1, b["y2"] - b["y1"] + 1
-        return [b["x1"], b["y1"], w, h], float(w * h)
-
-    anns, dts = [], []
-    for n in names:
-        for lb in gts[n].get("labels") or []:
-            cls, ign = bdd.map_category(lb["category"])
-            if cls is None or not lb.get("box2d"):
-                continue
-            bb, area = coco_box(lb["box2d"])
-            crowd = bool((lb.get("attributes") or {}).get("crowd", False))
-            anns.append(dict(id=len(anns) + 1, image_id=img_id[n], category_id=bdd.CLASS_ID[cls] + 1,
-                             iscrowd=int(crowd or ign), ignore=0, bbox=bb, area=area))
-    for f in sorted(pred_frames, key=lambda f: f["name"]):
-        for lb in f.get("labels") or []:
-            cls, _ = bdd.map_category(lb["category"])
-            if cls is None or f["name"] not in img_id:
-                continue
-            bb, _ = coco_box(lb["box2d"])
-            dts.append(dict(image_id=img_id[f["name"]], category_id=bdd.CLASS_ID[cls] + 1,
-                            score=lb["score"], bbox=bb))
-    cats = [dict(id=i + 1, name=c) for i, c in enumerate(bdd.CLASSES)]
-    images = [dict(id=i, file_name=n, height=720, width=1280) for n, i in img_id.items()]
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO()
-        gt.dataset = dict(images=images, annotations=anns, categories=cats)
-        gt.createIndex()
-        dt = gt.loadRes(dts)
-        ev = COCOeval(gt, dt, "bbox")
-        ev.params.imgIds = sorted(img_id.values())
-        ev.evaluate()
-        ev.accumulate()
-    P = ev.eval["precision"]  # (T, R, K, A, M)
-
-    def score(s):
-        s = s[s > -1]
-        return float(np.mean(s)) if len(s) else np.nan
-
-    return {"AP50": score(P[0, :, :, 0, 2]), "AP": score(P[:, :, :, 0, 2]),
-            "APs": score(P[:, :, :, 1, 2]), "APl": score(P[:, :, :, 3, 2]),
-            "cls_AP50": np.array([score(P[0, :, k, 0, 2]) for k in range(10)]),
-            "cls_AP": np.array([score(P[:, :, k, 0, 2]) for k in range(10)])}
-
+from bdd_engine.evaluate import pycocotools_reference as coco_reference
 
 # ----------------------------------------------------------------------------- generated cases
 RAW = ["pedestrian", "person", "rider", "car", "van", "caravan", "truck", "bus", "motor", "bike",
