@@ -42,17 +42,17 @@ from tqdm.auto import tqdm
 
 from bdd_engine.bdd import CLASS_ID, CLASSES, boxes_table
 from bdd_engine.checkpoint import atomic_write_json, atomic_write_text
+from bdd_engine import weights
 from bdd_engine.env import PROJECT_ROOT
 
 # ----------------------------------------------------------------------------- constants
 SETUP_HINT = "./setup.sh --weights"
-# Local folders (HF `save_pretrained` layout) that setup.sh fills when online:
-#   IDEA-Research/grounding-dino-tiny -> weights/grounding-dino-tiny
-#   facebook/sam2.1-hiera-tiny        -> weights/sam2.1-hiera-tiny
-GDINO_DIR = "weights/grounding-dino-tiny"
-SAM2_DIR = "weights/sam2.1-hiera-tiny"
-GDINO_HUB_ID = "IDEA-Research/grounding-dino-tiny"
-SAM2_HUB_ID = "facebook/sam2.1-hiera-tiny"
+# Local HF `save_pretrained` folders from bdd_engine.weights' registry (setup.sh fills them
+# when online): weights/grounding-dino-tiny (IDEA-Research/grounding-dino-tiny) and
+# weights/sam2.1-hiera-tiny (facebook/sam2.1-hiera-tiny; a `sam2_video` checkpoint whose
+# image-path weights Sam2Model loads, with a Sam2VideoProcessor — both handled below).
+GDINO_DIR = weights.path("grounding-dino")
+SAM2_DIR = weights.path("sam2")
 
 DEFAULT_PROMPT = (
     "car . truck . bus . pedestrian . bicycle . motorcycle . traffic light . traffic sign . train . rider"
@@ -85,8 +85,7 @@ LABEL_STUDIO_CONFIG = """<View>
 """
 
 
-class WeightsMissingError(FileNotFoundError):
-    """Foundation-model weights are not in their local folder (never fetched at run time)."""
+WeightsMissingError = weights.MissingWeightsError  # one error type for every absent model
 
 
 # ----------------------------------------------------------------------------- run record
@@ -172,7 +171,7 @@ class Labeler(ABC):
 
     def label(self, frames: Sequence[Mapping[str, Any]], image_paths: Sequence[str | os.PathLike],
               progress: bool = True) -> LabelRun:
-        """Label ``frames`` (only ``name``/``attributes`` are read) from ``image_paths`` (aligned).
+        """Label ``frames`` (only ``name``/``attributes``/``timestamp`` are read) from ``image_paths`` (aligned).
 
         Unreadable images and frames whose prediction raises are counted as failures;
         a batch that raises is retried frame by frame so one bad frame fails alone.
@@ -182,43 +181,51 @@ class Labeler(ABC):
         names = [fr["name"] for fr in frames]
         if len(set(names)) != len(names):
             raise ValueError("duplicate frame names in the input; a label run is keyed by name")
-        out = [_blank(fr) for fr in frames]
-        run = LabelRun(labeler=self.name, frames=out, is_oracle=self.is_oracle, model_info=self.model_info())
+        run = LabelRun(labeler=self.name, frames=[_blank(fr) for fr in frames], is_oracle=self.is_oracle,
+                       model_info=self.model_info())
         t0 = time.perf_counter()
-        idx = list(range(len(frames)))
+        self._run(run, [Path(p) for p in image_paths], progress)
+        run.seconds = time.perf_counter() - t0
+        return run
+
+    def _run(self, run: LabelRun, paths: list[Path], progress: bool) -> None:
+        """Default driver: decode a batch of images, predict it, fill ``run`` in place."""
+        idx = list(range(len(paths)))
         batches = [idx[i:i + self.batch_size] for i in range(0, len(idx), self.batch_size)]
         for batch in tqdm(batches, desc=f"label[{self.name}]", disable=not progress, unit="batch"):
             ready = []
             for i in batch:
                 try:
-                    ready.append((i, load_rgb(image_paths[i])))
+                    ready.append((i, load_rgb(paths[i])))
                 except Exception as e:  # noqa: BLE001 - any decode error is a counted failure
-                    run.failures[names[i]] = f"unreadable image: {type(e).__name__}: {e}"
-            if not ready:
+                    run.failures[run.frames[i]["name"]] = f"unreadable image: {type(e).__name__}: {e}"
+            if ready:
+                self._predict_into(run, [i for i, _ in ready], [im for _, im in ready], paths)
+
+    def _predict_into(self, run: LabelRun, idx: list[int], images: list | None, paths: list[Path]) -> None:
+        """Predict frames ``idx`` together; if that raises, one by one, so a bad frame fails alone.
+        Stats go to a scratch Counter per attempt so a failed batch is not counted twice."""
+        ims = images if images is not None else [None] * len(idx)
+        try:
+            st: Counter = Counter()
+            results = self._predict(ims, [paths[i] for i in idx], st)
+            run.stats.update(st)
+        except Exception:  # noqa: BLE001 - isolate the failing frame(s)
+            results = []
+            for i, im in zip(idx, ims):
+                try:
+                    st = Counter()
+                    results.extend(self._predict([im], [paths[i]], st))
+                    run.stats.update(st)
+                except Exception as e:  # noqa: BLE001
+                    run.failures[run.frames[i]["name"]] = f"labeler error: {type(e).__name__}: {e}"
+                    results.append(None)
+        for i, labels in zip(idx, results):
+            if labels is None:
                 continue
-            # stats go to a scratch Counter per attempt so a failed batch is not counted twice
-            try:
-                st = Counter()
-                results = self._predict([im for _, im in ready], [Path(image_paths[i]) for i, _ in ready], st)
-                run.stats.update(st)
-            except Exception:  # noqa: BLE001 - isolate the failing frame(s)
-                results = []
-                for i, im in ready:
-                    try:
-                        st = Counter()
-                        results.extend(self._predict([im], [Path(image_paths[i])], st))
-                        run.stats.update(st)
-                    except Exception as e:  # noqa: BLE001
-                        run.failures[names[i]] = f"labeler error: {type(e).__name__}: {e}"
-                        results.append(None)
-            for (i, _), labels in zip(ready, results):
-                if labels is None:
-                    continue
-                out[i]["labels"] = [_make_label(k, c, b, s) for k, (c, b, s) in enumerate(labels)]
-                if not labels:
-                    run.stats["empty frames"] += 1
-        run.seconds = time.perf_counter() - t0
-        return run
+            run.frames[i]["labels"] = [_make_label(k, c, b, s) for k, (c, b, s) in enumerate(labels)]
+            if not labels:
+                run.stats["empty frames"] += 1
 
     def model_info(self) -> dict[str, str]:
         return {}
@@ -385,17 +392,16 @@ def apply_rider_rule(categories: list[str], boxes: np.ndarray, overlap: float) -
     return cats, n
 
 
-def resolve_device(device: str = "auto") -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``."""
-    import torch
+def _torch_device(device: str | None = "auto") -> str:
+    """Ultralytics-style device (``train.resolve_device``: "0" = first GPU) -> a torch device string."""
+    from bdd_engine.train import resolve_device
 
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
+    d = resolve_device(device)
+    return f"cuda:{d}" if d.isdigit() else d
 
 
 def check_weights(*dirs: Path) -> None:
-    """Raise one :class:`WeightsMissingError` naming every missing folder and the fix."""
+    """Raise one ``MissingWeightsError`` naming every missing/incomplete folder and the fix."""
     missing = []
     for d in dirs:
         d = Path(d)
@@ -405,8 +411,9 @@ def check_weights(*dirs: Path) -> None:
     if missing:
         raise WeightsMissingError(
             "Grounded-SAM-2 needs local weights and never downloads at run time; missing or incomplete "
-            f"(need config.json + *.safetensors): {', '.join(missing)}. Run `{SETUP_HINT}` once while online "
-            f"({GDINO_HUB_ID} -> {GDINO_DIR}, {SAM2_HUB_ID} -> {SAM2_DIR}), or use label_labeler: teacher.")
+            f"(need config.json + *.safetensors): {', '.join(missing)}. Run `{SETUP_HINT}` on a machine with "
+            f"internet access ({weights.REGISTRY['grounding-dino'][1]} -> {GDINO_DIR}, "
+            f"{weights.REGISTRY['sam2'][1]} -> {SAM2_DIR}), or use label_labeler: teacher (what `make demo` does).")
 
 
 class GroundedSam2Labeler(Labeler):
@@ -437,7 +444,7 @@ class GroundedSam2Labeler(Labeler):
         self.nms_iou, self.max_dets = float(nms_iou), int(max_dets)
         self.rider_overlap, self.refine, self.min_mask_pixels = float(rider_overlap), bool(refine), int(min_mask_pixels)
         self.batch_size = int(batch_size)
-        self.device = resolve_device(device)
+        self.device = _torch_device(device)
         self.gd_proc = AutoProcessor.from_pretrained(self.gdino_dir, local_files_only=True)
         self.gd_model = GroundingDinoForObjectDetection.from_pretrained(self.gdino_dir, local_files_only=True)
         self.gd_model.to(self.device).eval()
@@ -555,13 +562,14 @@ class TeacherLabeler(Labeler):
     name = "teacher"
 
     def __init__(self, weights: str | os.PathLike, conf: float = 0.35, tta: bool = False, imgsz: int = 640,
-                 batch_size: int = 16):
+                 batch_size: int = 16, device: str = "auto"):
         self.weights = _abs(weights)
         if not self.weights.exists():
             raise FileNotFoundError(
                 f"teacher weights not found: {self.weights} (default: the iter0 model from §4 — run it first, "
                 "or pass any Ultralytics .pt)")
         self.conf, self.tta, self.imgsz, self.batch_size = float(conf), bool(tta), int(imgsz), int(batch_size)
+        self.device = device
         from bdd_engine import train
 
         self._predict_fn = train.predict
@@ -571,17 +579,33 @@ class TeacherLabeler(Labeler):
     def model_info(self) -> dict[str, str]:
         return {"weights": str(self.weights), "conf": str(self.conf), "tta": str(self.tta)}
 
+    def _run(self, run: LabelRun, paths: list[Path], progress: bool) -> None:
+        """Check every image decodes (a corrupt file is a counted failure, not a crash inside
+        Ultralytics), then one ``train.predict`` call over the rest: the model loads once."""
+        ok = []
+        for i, p in enumerate(tqdm(paths, desc="label[teacher] check images", disable=not progress, unit="img")):
+            try:
+                load_rgb(p)
+                ok.append(i)
+            except Exception as e:  # noqa: BLE001
+                run.failures[run.frames[i]["name"]] = f"unreadable image: {type(e).__name__}: {e}"
+        if ok:
+            self._progress = progress
+            self._predict_into(run, ok, None, paths)
+
     def _predict(self, images, paths, stats):
         kw = {"augment": True} if self.tta else {}
         frames = self._predict_fn(self.weights, [str(p) for p in paths], conf=self.conf, imgsz=self.imgsz,
-                                  batch=self.batch_size, **kw)
-        if len(frames) != len(paths):
-            raise RuntimeError(f"train.predict returned {len(frames)} frames for {len(paths)} images")
+                                  batch=self.batch_size, device=self.device,
+                                  progress=getattr(self, "_progress", False) and len(paths) > 1, **kw)
+        if [fr["name"] for fr in frames] != [Path(p).name for p in paths]:
+            raise RuntimeError(f"train.predict returned {len(frames)} frames that do not match the {len(paths)} images")
         out = []
         for fr in frames:
             labs = []
             for lb in fr.get("labels") or []:
                 if lb.get("score", 1.0) < self.conf or lb.get("category") not in CLASS_ID:
+                    stats["teacher labels below conf / not a class"] += 1
                     continue
                 b = lb["box2d"]
                 labs.append((lb["category"], np.array([b["x1"], b["y1"], b["x2"], b["y2"]], float), float(lb["score"])))
@@ -640,7 +664,8 @@ def get_labeler(cfg: Mapping[str, Any], name: str | None = None, *, teacher_weig
         if teacher_weights is None:
             raise ValueError("teacher labeler needs teacher_weights= (the iter0 best.pt from §4)")
         return TeacherLabeler(teacher_weights, conf=g("label_teacher_conf", 0.35), tta=g("label_teacher_tta", False),
-                              imgsz=g("label_teacher_imgsz", g("train_imgsz", 640)), batch_size=g("train_batch", 16))
+                              imgsz=g("label_teacher_imgsz", g("train_imgsz", 640)), batch_size=g("train_batch", 16),
+                              device=g("device", "auto"))
     if name == "oracle":
         if gt_frames is None:
             raise ValueError("oracle labeler needs gt_frames= (the mining pool's held-back labels)")

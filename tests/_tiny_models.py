@@ -79,3 +79,45 @@ def build_tiny_sam2(out: Path, seed: int = 0, size: int = 128) -> Path:
     model.save_pretrained(out)
     proc.save_pretrained(out)
     return out
+
+
+def build_tiny_sam2_hub_layout(out: Path, seed: int = 0, size: int = 128) -> Path:
+    """Like the hub's facebook/sam2.1-hiera-tiny: a ``sam2_video`` checkpoint + Sam2VideoProcessor.
+
+    The image path (Sam2Model) must load its vision/prompt/mask-decoder weights from it.
+    """
+    import torch
+    from transformers import (Sam2Config, Sam2VideoConfig, Sam2VideoModel, Sam2VideoProcessor,
+                              Sam2VideoVideoProcessor)
+    from transformers import Sam2ImageProcessor
+
+    base = build_tiny_sam2(out.with_name(out.name + "-base"), seed, size)
+    c = Sam2Config.from_pretrained(base)
+    torch.manual_seed(seed)
+    vc = Sam2VideoConfig(vision_config=c.vision_config.to_dict(), prompt_encoder_config=c.prompt_encoder_config.to_dict(),
+                         mask_decoder_config=c.mask_decoder_config.to_dict(), image_size=size,
+                         memory_attention_hidden_size=32, memory_attention_num_layers=1,
+                         memory_attention_feed_forward_hidden_size=32, memory_encoder_hidden_size=32,
+                         memory_encoder_output_channels=16, mask_downsampler_embed_dim=32, memory_fuser_embed_dim=32)
+    model = Sam2VideoModel(vc).eval()
+    proc = Sam2VideoProcessor(image_processor=Sam2ImageProcessor(size={"height": size, "width": size}),
+                              video_processor=Sam2VideoVideoProcessor(size={"height": size, "width": size}))
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    proc.save_pretrained(out)
+    return out
+
+
+def build_tiny_yolo(out: Path, seed: int = 0) -> Path:
+    """A randomly initialised width-0.125 YOLOv8 with the 10 BDD class names, saved as a .pt."""
+    import torch
+    from ultralytics import YOLO
+
+    from bdd_engine.bdd import CLASSES
+
+    torch.manual_seed(seed)
+    model = YOLO(str(Path(__file__).resolve().parent.parent / "bdd_engine" / "models" / "yolov8n-w0125.yaml"))
+    model.model.names = dict(enumerate(CLASSES))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model.save(str(out))
+    return out

@@ -19,7 +19,7 @@ from bdd_engine import autolabel as al
 from bdd_engine.bdd import CLASSES
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _tiny_models import build_tiny_gdino, build_tiny_sam2  # noqa: E402
+from _tiny_models import build_tiny_gdino, build_tiny_sam2, build_tiny_sam2_hub_layout, build_tiny_yolo  # noqa: E402
 
 W, H = 320, 180
 PROMPT = "car . person . bike . traffic light"
@@ -167,6 +167,22 @@ def test_missing_weights_one_clear_message(tmp_path):
     assert "./setup.sh --weights" in msg and "grounding-dino-tiny" in msg and "sam2.1-hiera-tiny" in msg
 
 
+def test_gsam2_loads_the_hub_sam2_video_layout(tiny_weights, images, tmp_path):
+    """facebook/sam2.1-hiera-tiny ships a sam2_video checkpoint + Sam2VideoProcessor: the image
+    path must load every weight it needs from it (equal tensors) and run."""
+    import torch
+    from transformers import Sam2VideoModel
+
+    hub = build_tiny_sam2_hub_layout(tmp_path / "tiny-random-sam2-video")
+    lab = al.GroundedSam2Labeler(tiny_weights[0], hub, prompt="car . person", batch_size=2)
+    video = Sam2VideoModel.from_pretrained(hub).state_dict()
+    mine = lab.sam_model.state_dict()
+    assert mine and all(torch.equal(v, video[k]) for k, v in mine.items())
+    frames, paths = images
+    run = lab.label(frames[:1], paths[:1], progress=False)
+    assert run.n_failed == 0 and run.stats["boxes tightened to mask"] + run.stats["empty masks (box kept)"] == run.n_labels
+
+
 def test_gsam2_end_to_end(labeler, images):
     frames, paths = images
     run = labeler.label(frames, paths, progress=False)
@@ -295,7 +311,7 @@ def test_teacher_uses_train_predict(images, tmp_path, monkeypatch):
     frames, paths = images
     calls = []
 
-    def fake_predict(weights, image_paths, conf, imgsz, batch):
+    def fake_predict(weights, image_paths, conf, imgsz, batch, device, progress):
         calls.append((Path(weights).name, len(image_paths), conf, imgsz, batch))
         return [{"name": Path(p).name, "labels": [_lb("car", [10, 10, 50, 40], 0.9),
                                                   _lb("bus", [60, 10, 90, 40], 0.2)]} for p in image_paths]
@@ -309,13 +325,27 @@ def test_teacher_uses_train_predict(images, tmp_path, monkeypatch):
     lab = al.get_labeler({"label_labeler": "teacher", "label_teacher_conf": 0.5, "train_imgsz": 320,
                           "train_batch": 4}, teacher_weights=w)
     run = lab.label(frames, paths, progress=False)
-    assert calls[0] == ("best.pt", 4, 0.5, 320, 4)
+    assert calls == [("best.pt", 4, 0.5, 320, 4)]  # one predict call: the model loads once
     assert list(run.failures) == ["synthetic-corrupt.jpg"]
     assert [[lb["category"] for lb in f["labels"]] for f in run.frames] == [["car"]] * 4 + [[]]
+    assert run.stats["teacher labels below conf / not a class"] == 4
     with pytest.raises(ValueError, match="augment"):
         al.TeacherLabeler(w, tta=True)
     with pytest.raises(FileNotFoundError, match="iter0"):
         al.TeacherLabeler(tmp_path / "missing.pt")
+
+
+def test_teacher_real_ultralytics_model(images, tmp_path):
+    """The real train.predict path with a random tiny YOLO (labels are noise; plumbing is real)."""
+    frames, paths = images
+    w = build_tiny_yolo(tmp_path / "tiny-random-yolo.pt")
+    lab = al.TeacherLabeler(w, conf=0.0005, imgsz=128, batch_size=4, device="cpu")
+    run = lab.label(frames, paths, progress=False)
+    assert [f["name"] for f in run.frames] == [f["name"] for f in frames]
+    assert list(run.failures) == ["synthetic-corrupt.jpg"]
+    labels = [lb for f in run.frames for lb in f["labels"]]
+    assert labels and all(lb["score"] >= 0.0005 and lb["category"] in CLASSES for lb in labels)
+    assert all(0 <= lb["box2d"]["x1"] <= lb["box2d"]["x2"] <= W for lb in labels)
 
 
 def test_oracle_is_flagged_and_never_exported_as_autolabels():
