@@ -562,23 +562,29 @@ def add_predictions(
 
 
 def tag_mined(ds, mined_df: pd.DataFrame, tag: str = "mined") -> int:
-    """Tag mined frames and store ``mined_rank`` (1 = best) and ``mined_similarity``.
+    """Tag mined frames; store ``mined_rank`` (1 = best), ``mined_score`` and ``mined_source``.
 
-    ``mined_df``: name, rank[, similarity]. Returns the number tagged (ValueError for
-    names not in the dataset: mining must only return frames we have).
+    ``mined_df``: ``mine.MineResult.mined`` — name, rank[, score (cosine similarity to
+    the prototype for the prototype strategy; see MineResult), source]; a ``similarity``
+    column is accepted for ``score``. Re-tagging replaces the previous mined set.
+    Returns the number tagged (ValueError for names not in the dataset).
     """
+    names_in = [str(n) for n in mined_df["name"]]
     ids = _ids_by_name(ds)
-    missing = [n for n in mined_df["name"] if n not in ids]
+    missing = [n for n in names_in if n not in ids]
     if missing:
         raise ValueError(f"{len(missing)} mined name(s) not in dataset, e.g. {missing[:3]}")
     ds.untag_samples(tag)
-    view = _aligned_view(ds, [str(n) for n in mined_df["name"]])
+    view = _aligned_view(ds, names_in)
     view.tag_samples(tag)
-    rank = {str(n): int(r) for n, r in zip(mined_df["name"], mined_df["rank"])}
-    sim = dict(zip(mined_df["name"].astype(str), mined_df["similarity"])) if "similarity" in mined_df else {}
+    score_col = "score" if "score" in mined_df else ("similarity" if "similarity" in mined_df else None)
+    cols = {"mined_rank": ("rank", int), "mined_score": (score_col, float), "mined_source": ("source", str)}
     names = ds.values("name")
-    ds.set_values("mined_rank", [rank.get(n) for n in names])
-    ds.set_values("mined_similarity", [_plain(sim.get(n)) if n in sim else None for n in names])
+    for fld, (col, typ) in cols.items():
+        if col is None or col not in mined_df:
+            continue
+        m = {n: typ(v) for n, v in zip(names_in, mined_df[col])}
+        ds.set_values(fld, [m.get(n) for n in names])
     return len(view)
 
 

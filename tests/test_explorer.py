@@ -164,37 +164,42 @@ def test_max_dets_caps_predictions_per_class(ds, world):
     ds.delete_sample_field("pred_cap")
 
 
-def test_similarity_top10_equals_faiss(ds, world):
-    import faiss
+def test_similarity_top10_equals_faiss_mining(ds, world):
+    """sort_by_similarity on the failure prototype == mine.mine()'s FAISS top-10."""
+    from bdd_engine import mine
 
-    _, ft, _, pools = world
+    cfg, ft, _, pools = world
     rng = np.random.default_rng(3)
     names = ft["name"].tolist()
     emb = rng.normal(size=(len(names), 32)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)  # embed.py's contract: unit rows
     explorer.add_embeddings(ds, names, emb, brain_key="img_sim", viz_key="img_viz")
     assert {"img_sim", "img_viz"} <= set(ds.list_brain_runs())
-    u = ds.values("uniqueness")
-    assert all(v is not None and 0 <= v <= 1 for v in u)
-    # prototype = mean of "failure" frames, searched over the mining pool (as mine.py does)
-    proto = emb[:5].mean(0)
-    norm = emb / np.linalg.norm(emb, axis=1, keepdims=True)
-    pool_idx = [names.index(n) for n in pools["pool"]]
-    index = faiss.IndexFlatIP(norm.shape[1])
-    index.add(norm[pool_idx])
-    q = (proto / np.linalg.norm(proto))[None].astype(np.float32)
-    _, I = index.search(q, 10)
-    want = [pools["pool"][i] for i in I[0]]
+    u = np.asarray(ds.values("uniqueness"), float)
+    assert np.all((u >= 0) & (u <= 1)) and u.std() > 0
+    pts = ds.load_brain_results("img_viz").current_points
+    assert pts.shape == (len(names), 2) and np.isfinite(pts).all()
+
+    eval_df = ft[ft["name"].isin(pools["eval"])]
+    worst = eval_df["slice"].value_counts().index[0]
+    per_frame = pd.DataFrame({"name": eval_df["name"], "ap50": 0.0, "recall50": 0.0, "n_gt": 3, "n_pred": 1})
+    res = mine.mine({**cfg, "mine_k": 10, "mine_strategy": "prototype"}, per_frame, eval_df,
+                    ft[ft["name"].isin(pools["pool"])], emb, names, worst_slice=worst)
+    assert len(res.failure_names) >= 2
+    proto = emb[[names.index(n) for n in res.failure_names]].mean(0)
     got = ds.match_tags("pool").sort_by_similarity(proto, k=10, brain_key="img_sim").values("name")
-    assert got == want
-    # and over the whole dataset
-    full = faiss.IndexFlatIP(norm.shape[1]); full.add(norm)
-    _, J = full.search(q, 10)
-    assert ds.sort_by_similarity(proto, k=10, brain_key="img_sim").values("name") == [names[j] for j in J[0]]
+    assert got == res.mined["name"].tolist()
+
+    explorer.tag_mined(ds, res.mined)
+    m = ds.match_tags("mined").sort_by("mined_rank")
+    assert m.values("name") == res.mined["name"].tolist()
+    np.testing.assert_allclose(m.values("mined_score"), res.mined["score"], atol=1e-6)
+    assert set(m.values("mined_source")) == {"prototype"}
 
 
 def test_mined_autolabels_and_saved_views(ds, world):
     _, ft, frames, pools = world
-    mined = pd.DataFrame({"name": pools["pool"][:6], "rank": range(1, 7), "similarity": np.linspace(0.9, 0.4, 6)})
+    mined = pd.DataFrame({"name": pools["pool"][:6], "rank": range(1, 7), "score": np.linspace(0.9, 0.4, 6)})
     assert explorer.tag_mined(ds, mined) == 6
     assert ds.count_sample_tags()["mined"] == 6
     assert ds.match_tags("mined").sort_by("mined_rank").values("name") == mined["name"].tolist()
