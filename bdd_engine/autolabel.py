@@ -850,18 +850,31 @@ def router_table(report: QualityReport | None, run: LabelRun, accept: float, rev
 
 
 def frames_for_humans(run: LabelRun, accept: float, review: float) -> list[str]:
-    """Frames a human must touch: any label in the review bucket, or the labeler failed on it."""
-    need = {fr["name"] for fr in route(run.frames, accept, review)["review"] if fr["labels"]}
-    need |= set(run.failures)
-    return [fr["name"] for fr in run.frames if fr["name"] in need]
+    """Frames a human must touch, in run order: the labeler failed on it, or it has a label in
+    the review bucket, or it has no label >= ``review`` at all (empty output: the labeler
+    offered nothing to accept, and an empty driving frame is rare enough to need a look)."""
+    need = []
+    for fr in run.frames:
+        scores = [float(lb.get("score", 1.0)) for lb in fr["labels"]]
+        if (fr["name"] in run.failures or any(review <= s < accept for s in scores)
+                or not any(s >= review for s in scores)):
+            need.append(fr["name"])
+    return need
 
 
-def accepted_frames(run: LabelRun, accept: float) -> list[dict[str, Any]]:
-    """The auto-labelled training set: labels with score >= ``accept`` on frames that did not fail."""
+def accepted_frames(run: LabelRun, accept: float, keep_empty: bool = False) -> list[dict[str, Any]]:
+    """The auto-labelled training set: labels with score >= ``accept`` on frames that did not fail.
+
+    Frames left with no accepted label are dropped unless ``keep_empty``: as YOLO
+    background images they would teach the detector that a street full of objects the
+    labeler missed is empty. (Low-score objects on kept frames are still missing: the
+    known cost of pseudo-labels, measured by the recall in :func:`label_quality`.)
+    """
     if run.is_oracle:
         raise ValueError("an oracle run is ground truth, not auto-labels; export it as the oracle control")
-    return [{**fr, "labels": [lb for lb in fr["labels"] if float(lb.get("score", 1.0)) >= accept]}
-            for fr in run.ok_frames()]
+    out = [{**fr, "labels": [lb for lb in fr["labels"] if float(lb.get("score", 1.0)) >= accept]}
+           for fr in run.ok_frames()]
+    return out if keep_empty else [fr for fr in out if fr["labels"]]
 
 
 # ----------------------------------------------------------------------------- exports
@@ -987,7 +1000,8 @@ def cost_table(run: LabelRun, accept: float, review: float, usd_per_frame: tuple
         {"option": f"auto-label ({run.labeler}) + human review queue", "frames": n, "human_frames": humans,
          "wall_clock_s": run.seconds, "usd_low": humans * lo + (0 if np.isnan(comp) else comp),
          "usd_high": humans * hi + (0 if np.isnan(comp) else comp),
-         "assumption": f"review = frames with a label in [{review:g}, {accept:g}) or a labeler failure; "
+         "assumption": f"humans get frames with a label in [{review:g}, {accept:g}), no label >= {review:g}, "
+                       "or a labeler failure; "
                        "assumed: reviewing a frame costs as much as labelling it"},
     ]
     df = pd.DataFrame(rows)
@@ -1038,15 +1052,25 @@ def write_outputs(out_dir: str | os.PathLike, run: LabelRun, gt_frames: Sequence
         ok = run.ok_frames()
         export_coco(ok, image_paths, out / "coco.json", description=f"{run.labeler} auto-labels")
         need = set(frames_for_humans(run, accept, review))
+        # review queue = every frame a human must touch that Label Studio can show (failed,
+        # unreadable frames are listed in summary.md instead); empty-output frames are in it
+        # with no pre-annotations, to be labelled from scratch
         queue = [{**fr, "labels": [lb for lb in fr["labels"] if float(lb.get("score", 1.0)) >= review]}
                  for fr in ok if fr["name"] in need]
         export_label_studio(queue, image_paths, out / "label_studio_review.json", model_version=run.labeler)
         tables["train_frames"] = accepted_frames(run, accept)
-        if yolo:
+        tables["yolo"] = None
+        if yolo and tables["train_frames"]:
             tables["yolo"] = export_yolo_set(tables["train_frames"], image_paths, out / "yolo")
-        lines += [f"Review queue: {len(queue)} frames in label_studio_review.json "
-                  f"(+{len(need) - len(queue)} failed frames to label from scratch); "
-                  f"training set: {len(tables['train_frames'])} frames, "
+        elif yolo:
+            lines += ["**No frame has an accepted label: no YOLO set written** (lower label_accept or "
+                      "check the labeler).", ""]
+        n_empty = sum(1 for fr in queue if not fr["labels"])
+        lines += [f"Review queue: {len(queue)} frames in label_studio_review.json ({n_empty} with no usable "
+                  f"label, to label from scratch) + {len(need) - len(queue)} frames the labeler failed on "
+                  f"({', '.join(sorted(run.failures)[:5])}{' ...' if run.n_failed > 5 else ''}); "
+                  f"training set: {len(tables['train_frames'])} frames with >= 1 accepted label "
+                  f"({len(ok) - len(tables['train_frames'])} labelled frames without one left out), "
                   f"{sum(len(f['labels']) for f in tables['train_frames'])} accepted labels.", ""]
     atomic_write_text(out / "summary.md", "\n".join(lines))
     return tables

@@ -417,10 +417,17 @@ def test_router_buckets_and_precision():
     assert r.loc["review", ["tp", "fp"]].tolist() == [0, 2]
     assert r.loc["discard", ["tp", "fp"]].tolist() == [1, 0]
     assert r.loc["accept", "precision"] == 0.5 and r.loc["review", "precision"] == 0.0
+    # f1: review labels; f2: has an accepted label, no review one -> skipped; f3: failed; f4: accepted
     assert al.frames_for_humans(run, 0.6, 0.35) == ["f1.jpg", "f3.jpg"]
+    # a frame with nothing >= review (empty output, or only discards) goes to humans too
+    only_discard = al.LabelRun("t", [_frame("e.jpg", [_lb("car", [0, 0, 9, 9], 0.1)]), _frame("z.jpg", [])])
+    assert al.frames_for_humans(only_discard, 0.6, 0.35) == ["e.jpg", "z.jpg"]
     acc = al.accepted_frames(run, 0.6)
     assert [f["name"] for f in acc] == ["f1.jpg", "f2.jpg", "f4.jpg"]  # failed f3 excluded
     assert [[lb["score"] for lb in f["labels"]] for f in acc] == [[0.9, 0.7], [0.8], [0.95]]
+    acc = al.accepted_frames(run, 0.85)  # f2 keeps nothing: left out, unless asked for
+    assert [f["name"] for f in acc] == ["f1.jpg", "f4.jpg"]
+    assert [f["name"] for f in al.accepted_frames(run, 0.85, keep_empty=True)] == ["f1.jpg", "f2.jpg", "f4.jpg"]
     with pytest.raises(ValueError):
         al.bucket_of(0.5, accept=0.3, review=0.6)
 
@@ -515,7 +522,7 @@ def test_write_outputs_from_a_gsam2_run(labeler, images, tmp_path):
     assert r["n_labels"].sum() == run.n_labels
     need = al.frames_for_humans(run, 0.9999, 0.3)
     tasks = json.loads((tmp_path / "out" / "label_studio_review.json").read_text())
-    assert len(tasks) == len(need) - 1  # the failed frame is in the human count, not in the pre-annotated queue
+    assert len(tasks) == len(need) - 1  # the failed frame is in the human count, not in the Label Studio queue
     assert "synthetic-corrupt.jpg" in need
     assert sum(len(f["labels"]) for f in t["train_frames"]) == int(r.loc["accept", "n_labels"])
     assert "1 failed" in (tmp_path / "out" / "summary.md").read_text()
