@@ -11,10 +11,11 @@ Labelers (``get_labeler(cfg, name)``), all ``label(frames, image_paths) -> Label
   labelling"); its runs carry ``is_oracle=True`` and every export/quality table names it.
 
 Then: :func:`label_quality` (P/R at IoU 0.5 per class, all frames + seeded spot check,
-classes most often missed, confusions), :func:`route` / :func:`router_table`
-(accept / review / discard by score, precision per bucket), exports (YOLO via
-``bdd_engine.yolo``, COCO JSON, Label Studio import with pre-annotations) and
-:func:`cost_table`.
+classes most often missed, confusions; matching is ``evaluate.build_cache``'s),
+:func:`route` / :func:`router_table` (accept / review / discard by score, precision per
+bucket), exports (YOLO via ``bdd_engine.yolo``, COCO JSON, Label Studio import with
+pre-annotations), :func:`cost_table`, and :func:`write_outputs`, which writes all of it
+for one run (what §7 calls).
 
 Failure accounting: a frame the labeler cannot read or process keeps its place in
 ``LabelRun.frames`` (with ``labels: []``) and its reason in ``LabelRun.failures``; quality
@@ -26,7 +27,6 @@ Boxes are xyxy pixels of the original image everywhere (BDD ``box2d``).
 from __future__ import annotations
 
 import inspect
-import json
 import os
 import time
 from abc import ABC, abstractmethod
