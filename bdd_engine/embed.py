@@ -14,6 +14,11 @@ Embedders (``cfg.embed_model``):
     change exactly what it measures — contrast (flat-bin mass, weak vs strong edges),
     brightness layout and colour cast — while scene type shows in the edge layout.
     It is *not* a learned or pretrained network and is never labelled as one.
+    Measured on the demo synthetic world (``benchmarks/bench_embed_retrieval.py``:
+    prototype of <= 15 val frames per slice, top-100 of 3.1K train frames): mean slice
+    precision 0.44, lift over base rate >= 4.8 on all 20 slices (median 12.6); the naive
+    32x18 RGB thumbnail reaches 0.22 and finds nothing on night slices (lift < 1 on 10
+    of 20). Time of day is near-trivial for it (0.999 match), weather is not (0.67).
 ``clip``
     open_clip (default ViT-B-32) image tower, weights from a local file under weights/.
 ``dinov2``
