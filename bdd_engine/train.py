@@ -256,14 +256,15 @@ def _torch_version() -> str:
 
 # ----------------------------------------------------------------------------- predict
 def predict(weights: str | os.PathLike, image_paths: Sequence[str | os.PathLike], conf: float = 0.001,
-            imgsz: int = 640, batch: int = 16, device: str | None = "auto", iou: float = 0.7,
+            imgsz: int | None = None, batch: int = 16, device: str | None = "auto", iou: float = 0.7,
             max_det: int = 300, progress: bool = True) -> list[dict[str, Any]]:
     """One inference pass → BDD frames ``{"name", "attributes": {}, "labels": [...]}``.
 
     Labels: ``category`` (the model's class name, must be a BDD class), ``box2d`` xyxy in
     pixels of the original image, ``score``. ``conf`` 0.001 is for mAP (COCO/BDD eval
     expects low-score detections); filter later for pictures. NMS IoU 0.7 and
-    ``max_det`` 300 are Ultralytics' validation defaults. Missing image files raise.
+    ``max_det`` 300 are Ultralytics' validation defaults. ``imgsz`` None = the size the
+    weights were trained at (from the checkpoint; 640 if unknown). Missing image files raise.
     """
     from tqdm.auto import tqdm
     from ultralytics import YOLO
@@ -280,6 +281,8 @@ def predict(weights: str | os.PathLike, image_paths: Sequence[str | os.PathLike]
     unknown = sorted(set(class_names.values()) - set(bdd.CLASSES))
     if unknown:
         raise ValueError(f"model classes {unknown} are not BDD classes; was it trained on a BDD export?")
+    if imgsz is None:  # infer at the training resolution, not Ultralytics' 640 default
+        imgsz = int(((getattr(model, "ckpt", None) or {}).get("train_args") or {}).get("imgsz", 640))
     dev = resolve_device(device)
     frames: list[dict[str, Any]] = []
     chunks = range(0, len(paths), batch)

@@ -94,7 +94,9 @@ def test_train_fresh_resume_and_predict(tmp_path, cfg):
     # 4) one pass of predictions → BDD frames the evaluator accepts (JSON and parquet alike)
     val = [f for f in frames if f["split"] == "val"]
     paths = [tmp_path / "data" / "images" / "val" / f["name"] for f in val]
-    preds = predict(w, paths, conf=0.001, imgsz=64, batch=3, device="cpu", progress=False)
+    preds = predict(w, paths, conf=0.001, batch=3, device="cpu", progress=False)   # imgsz from the checkpoint
+    assert preds == predict(w, paths, conf=0.001, imgsz=64, batch=4, device="cpu", progress=False)
+    assert preds != predict(w, paths, conf=0.001, imgsz=128, batch=4, device="cpu", progress=False)
     assert [p["name"] for p in preds] == [f["name"] for f in val]
     lbs = [lb for p in preds for lb in p["labels"]]
     assert lbs and all(lb["category"] in bdd.CLASSES and 0.001 <= lb["score"] <= 1 for lb in lbs)
