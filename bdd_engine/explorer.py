@@ -328,12 +328,16 @@ def _boxes_by_name(frames: Sequence[Mapping[str, Any]]) -> tuple[dict[str, pd.Da
 
 
 def _pool_map(frames_df: pd.DataFrame, pools: Mapping[str, Iterable[str]] | None) -> dict[str, list[str]]:
-    """name → pool tags, from an optional ``pool`` column and/or a ``pools`` mapping."""
+    """name → pool tags, from optional ``pool``/``golden`` columns and/or a ``pools`` mapping."""
     out: dict[str, list[str]] = {}
     if "pool" in frames_df.columns:
         for name, pool in zip(frames_df["name"], frames_df["pool"]):
             if isinstance(pool, str) and pool:
                 out.setdefault(str(name), []).append(pool)
+    if "golden" in frames_df.columns:  # slices.make_pools: bool column (CSV: "True"/"False")
+        for name, g in zip(frames_df["name"], frames_df["golden"]):
+            if g is True or str(g).lower() in ("true", "1"):
+                out.setdefault(str(name), []).append("golden")
     for tag, names in (pools or {}).items():
         for name in names:
             tags = out.setdefault(str(name), [])
@@ -354,7 +358,7 @@ def build_dataset(
 
     Args:
         frames_df: frame table (bdd.frames_table): name, split, weather, timeofday, scene,
-            slice, video, group, image_path[, n_boxes, pool].
+            slice, video, group, image_path[, n_boxes, pool, golden] (§3's pools.csv fits).
         gt_frames: BDD frames (det_20 schema) holding the ground truth of those names.
         pools: optional {tag: names} (train / eval / pool / golden) → sample tags.
         name: dataset name (default :func:`dataset_name`); overwrite replaces it.
@@ -442,12 +446,62 @@ def get_dataset(cfg: Mapping[str, Any], rebuild: Callable[[], Any] | None = None
     if fo.dataset_exists(name):
         return fo.load_dataset(name)
     if rebuild is None:
-        raise ExplorerError(
-            f"FiftyOne dataset {name!r} does not exist in {default_db_dir()}; run the notebook "
-            f"(§1 builds it from the checkpoints) with profile {cfg.get('profile')!r}"
-        )
+        from bdd_engine.checkpoint import Section
+
+        if not hasattr(cfg, "out") or Section(cfg, 1).manifest() is None:
+            raise ExplorerError(
+                f"FiftyOne dataset {name!r} does not exist in {default_db_dir()} and there is no §1 "
+                f"checkpoint to rebuild it from; run the notebook with profile {cfg.get('profile')!r}"
+            )
+        rebuild = lambda: sync_from_checkpoints(cfg, name=name)  # noqa: E731
     log.info("explorer: dataset %s missing, rebuilding from checkpoints", name)
     return rebuild()
+
+
+def sync_from_checkpoints(cfg: Any, name: str | None = None) -> Any:
+    """(Re)build the dataset from the checkpoint folders alone — the files stay the truth.
+
+    §1 frames.csv + gt_collected.json (or §3 pools.csv for pool/golden tags when fresh);
+    §2 embeddings → similarity index, uniqueness, 2-D map; §5 predictions.json →
+    ``predictions_iter0`` + eval run ``eval_iter0`` on the eval pool, worst_slice.json →
+    saved views. Stale or missing sections are skipped; ``ds.info["synced"]`` says which
+    (section folder → "ok" or the reason).
+    """
+    from bdd_engine import bdd
+    from bdd_engine.checkpoint import Section
+
+    s1 = Section(cfg, 1)
+    if (why := s1.staleness()) is not None:
+        raise ExplorerError(f"cannot build the explorer dataset: §1 checkpoint {s1.dir} is not usable ({why})")
+    synced: dict[str, str] = {s1.name: "ok"}
+    frames_df = s1.read_df("frames.csv")
+    s3 = Section(cfg, 3)
+    if (why := s3.staleness()) is None:
+        frames_df = s3.read_df("pools.csv")
+    synced[s3.name] = why or "ok"
+    gt = bdd.load_frames(s1.dir / "gt_collected.json")
+    ds = build_dataset(cfg, frames_df, gt, name=name, overwrite=True)
+
+    s2 = Section(cfg, 2)
+    if (why := s2.staleness()) is None:
+        from bdd_engine.flywheel import load_embeddings
+
+        emb, names = load_embeddings(cfg)
+        ids = _ids_by_name(ds)
+        keep = [i for i, n in enumerate(names) if n in ids]
+        add_embeddings(ds, [names[i] for i in keep], np.asarray(emb)[keep], seed=int(cfg.get("seed", 42)))
+    synced[s2.name] = why or "ok"
+
+    s5 = Section(cfg, 5)
+    worst = None
+    if (why := s5.staleness()) is None:
+        add_predictions(ds, bdd.load_frames(s5.dir / "predictions.json"), "predictions_iter0", "eval_iter0", eval_on="eval")
+        worst = s5.load_json("worst_slice.json").get("worst_slice")
+    synced[s5.name] = why or "ok"
+    save_views(ds, worst_slice=worst, eval_key="eval_iter0" if worst else None)
+    ds.info["synced"] = synced
+    ds.save()
+    return ds
 
 
 def _ids_by_name(ds) -> dict[str, str]:

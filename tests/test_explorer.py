@@ -258,7 +258,8 @@ def _snapshot(ds):
         d.pop("_id", None)
         d.pop("created_at", None), d.pop("last_modified_at", None)
         for det in (d.get("ground_truth") or {}).get("detections", []):
-            det.pop("_id", None)
+            for k in [k for k in det if k.endswith("_id")]:  # ObjectIds (own, matched prediction)
+                det.pop(k)
         d["tags"] = sorted(d.get("tags", []))
         rows.append(d)
     return sorted(rows, key=lambda r: r["name"])
@@ -316,3 +317,56 @@ def test_mongod_failure_message_names_the_fix(tmp_path):
         holder.terminate()
         holder.wait(timeout=30)
     assert explorer._mongod_pids(db_dir) == []
+
+
+def test_sync_from_checkpoints_rebuilds_after_delete(tiny_cfg, db):
+    """§1–§3 run for real (flywheel), §4/§5 checkpoints written by hand (no training
+    here): the dataset mirrors them, and deleting it then get_dataset() rebuilds the
+    same fields from the files alone."""
+    from bdd_engine import flywheel
+    from bdd_engine.checkpoint import Section
+
+    cfg = tiny_cfg
+    flywheel.s1_collect(cfg)
+    flywheel.s2_curate(cfg)
+    flywheel.s3_pools(cfg)
+    pools = Section(cfg, 3).read_df("pools.csv")
+    with Section(cfg, 4).writer() as w:  # stand-in for a trained iter0 (not a model)
+        w.write_json("run_card.json", {"stand_in": True})
+        w.write_json("weights.json", {"weights": "none.pt"})
+    eval_names = set(pools.loc[pools["pool"] == "eval", "name"])
+    gt = bdd.load_frames(Section(cfg, 1).dir / "gt_collected.json")
+    preds = _fake_predictions([f for f in gt if f["name"] in eval_names])
+    worst = pools.loc[pools["pool"] == "eval", "slice"].value_counts().index[0]
+    with Section(cfg, 5).writer() as w:
+        bdd.write_bdd_json(preds, w.path("predictions.json"))
+        w.write_json("worst_slice.json", {"worst_slice": worst})
+
+    name = "t-sync"
+    ds1 = explorer.sync_from_checkpoints(cfg, name=name)
+    assert ds1.info["synced"] == {s: "ok" for s in ("01_collect", "03_pools", "02_curate", "05_eval_iter0")}
+    assert len(ds1) == len(pools)
+    tags = ds1.count_sample_tags()
+    for p, n in pools["pool"].value_counts().items():
+        assert tags[p] == n
+    assert tags["golden"] == int(pools["golden"].astype(str).str.lower().eq("true").sum()) > 0
+    emb, emb_names = flywheel.load_embeddings(cfg)
+    assert ds1.exists("uniqueness").count() == len(set(emb_names) & set(pools["name"]))
+    ours = evaluate.evaluate([f for f in gt if f["name"] in eval_names], preds, n_boot=0).AP
+    assert ds1.load_evaluation_results("eval_iter0").mAP() == pytest.approx(ours, abs=1e-3)
+    assert {"worst_slice", "worst_slice_failures", "golden_qa"} <= set(ds1.list_saved_views())
+
+    schema = {k: str(v) for k, v in ds1.get_field_schema().items()}
+    snap, views = _snapshot(ds1), sorted(ds1.list_saved_views())
+    ds1.delete()
+    ds2 = explorer.get_dataset(cfg, name=name)  # missing → rebuilt from the checkpoints
+    assert {k: str(v) for k, v in ds2.get_field_schema().items()} == schema
+    assert _snapshot(ds2) == snap and sorted(ds2.list_saved_views()) == views
+    assert ds2.load_evaluation_results("eval_iter0").mAP() == pytest.approx(ours, abs=1e-3)
+
+    # a stale section is skipped and said so, not mirrored
+    cfg2 = load_config("tiny", {**{k: cfg[k] for k in ("data_root", "outputs_dir")}, "eval_conf": 0.5}, env=False)
+    ds3 = explorer.sync_from_checkpoints(cfg2, name=name)
+    assert ds3.info["synced"]["05_eval_iter0"] == "config changed"
+    assert "eval_iter0" not in ds3.list_evaluations()
+    ds3.delete()
