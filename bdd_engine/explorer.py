@@ -914,8 +914,12 @@ def grid_thumbnails(dom: str) -> int:
     return len(re.findall(r'<canvas class="_lookerCanvas[^"]*"[^>]*canvas-loaded="true"', dom))
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    # default SIGTERM kills Python without cleanup and leaves the App server running
+_STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, n))
+
+
+def _on_stop_signal(signum: int, frame: Any) -> None:
+    # default SIGTERM/SIGHUP kill Python without cleanup and leave the App server running;
+    # SIGINT is installed explicitly because a shell's background job starts with it ignored
     raise KeyboardInterrupt
 
 
@@ -929,7 +933,7 @@ def main_app(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--address", default="127.0.0.1", help="bind address (default loopback only)")
     args = ap.parse_args(argv)
     cfg = load_config(args.profile)
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    previous = {sig: signal.signal(sig, _on_stop_signal) for sig in _STOP_SIGNALS}
     handle = None
     try:
         handle = launch_app(cfg, port=args.port, address=args.address)
@@ -942,8 +946,11 @@ def main_app(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for sig in _STOP_SIGNALS:  # a second Ctrl-C must not interrupt the clean-up
+            signal.signal(sig, signal.SIG_IGN)
         if handle is not None:
             handle.stop()
         disconnect()
+        for sig, h in previous.items():
+            signal.signal(sig, h)
     return 0

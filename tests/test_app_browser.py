@@ -1,4 +1,4 @@
-"""End to end: `main_app` serves the FiftyOne App, headless Chromium renders its grid,
+"""End to end: `python -m bdd_engine app` serves the FiftyOne App, headless Chromium renders its grid,
 SIGTERM stops it and leaves no process behind.
 
 Marked ``browser`` (~60 s). Chromium comes from Debian (`.ci/install_chromium.sh`, run
@@ -85,9 +85,8 @@ def test_app_renders_grid_and_stops_clean(chromium, app_db, tmp_path):
     port = explorer.free_port()
     env = {**os.environ, "FIFTYONE_DATABASE_DIR": str(db_dir), "PYTHONUNBUFFERED": "1"}
     env.pop("FIFTYONE_PRIVATE_DATABASE_PORT", None)  # the app finds our mongod by folder
-    code = "import sys; from bdd_engine.explorer import main_app; sys.exit(main_app(sys.argv[1:]))"
     t0 = time.time()
-    proc = subprocess.Popen([sys.executable, "-c", code, "--profile", "tiny", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "bdd_engine", "app", "--profile", "tiny", "--port", str(port)],
                             cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     tree: list[int] = []
     try:
