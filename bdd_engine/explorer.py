@@ -44,7 +44,6 @@ from bdd_engine.env import PROJECT_ROOT
 log = logging.getLogger(__name__)
 
 GT_FIELD = "ground_truth"
-POOL_TAGS = ("train", "eval", "pool", "golden")
 SAVED_VIEWS = ("worst_slice", "worst_slice_failures", "mined", "autolabel_review", "golden_qa")
 
 DB_FIX = (
