@@ -285,18 +285,19 @@ def predict(weights: str | os.PathLike, image_paths: Sequence[str | os.PathLike]
         imgsz = int(((getattr(model, "ckpt", None) or {}).get("train_args") or {}).get("imgsz", 640))
     dev = resolve_device(device)
     frames: list[dict[str, Any]] = []
-    chunks = range(0, len(paths), batch)
-    for i in tqdm(chunks, desc="predict", unit="batch", disable=not progress):
-        chunk = [str(p) for p in paths[i:i + batch]]
-        for path, r in zip(chunk, model.predict(chunk, conf=conf, iou=iou, imgsz=imgsz, max_det=max_det,
-                                                device=dev, verbose=False, batch=len(chunk))):
-            xyxy = r.boxes.xyxy.cpu().numpy().astype(float)
-            cls = r.boxes.cls.cpu().numpy().astype(int)
-            score = r.boxes.conf.cpu().numpy().astype(float)
-            labels = [{"id": str(j), "category": class_names[int(c)],
-                       "box2d": {"x1": b[0], "y1": b[1], "x2": b[2], "y2": b[3]}, "score": s}
-                      for j, (b, c, s) in enumerate(zip(xyxy.tolist(), cls, score.tolist()))]
-            frames.append({"name": Path(path).name, "attributes": {}, "labels": labels})
+    # one streaming call: per-call predictor setup costs ~70% extra when chunked by hand
+    results = model.predict([str(p) for p in paths], stream=True, batch=batch, conf=conf, iou=iou, imgsz=imgsz,
+                            max_det=max_det, device=dev, verbose=False)
+    for path, r in zip(paths, tqdm(results, total=len(paths), desc="predict", unit="img", disable=not progress)):
+        if Path(r.path).name != path.name:  # results come back in input order; guard it
+            raise RuntimeError(f"prediction order mismatch: {r.path} vs {path}")
+        xyxy = r.boxes.xyxy.cpu().numpy().astype(float)
+        cls = r.boxes.cls.cpu().numpy().astype(int)
+        score = r.boxes.conf.cpu().numpy().astype(float)
+        labels = [{"id": str(j), "category": class_names[int(c)],
+                   "box2d": {"x1": b[0], "y1": b[1], "x2": b[2], "y2": b[3]}, "score": s}
+                  for j, (b, c, s) in enumerate(zip(xyxy.tolist(), cls, score.tolist()))]
+        frames.append({"name": path.name, "attributes": {}, "labels": labels})
     return frames
 
 

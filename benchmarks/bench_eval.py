@@ -27,8 +27,6 @@ trained first (minutes on CPU) in a temp dir.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import logging
 import shutil
@@ -169,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         # ---- FiftyOne per slice view
         t_fo = np.nan
         if "fiftyone" not in skip:
+            logging.getLogger("fiftyone").setLevel(logging.WARNING)   # it logs twice per call
             explorer.connect(work / "fo_db")
             ds = _fiftyone_dataset(pool, preds, _image_wh(cfg), images)
             ids = dict(zip(*ds.values(["name", "id"])))
@@ -177,9 +176,8 @@ def main(argv: list[str] | None = None) -> int:
                 t = time.perf_counter()
                 for s in sl["slice"]:
                     view = ds.select([ids[n] for n in members[s]])
-                    with contextlib.redirect_stdout(io.StringIO()):   # it prints per call regardless
-                        r = view.evaluate_detections("pred", gt_field="gt", method="coco", compute_mAP=True,
-                                                     iou_threshs=[0.5], iscrowd="iscrowd", progress=False)
+                    r = view.evaluate_detections("pred", gt_field="gt", method="coco", compute_mAP=True,
+                                                 iou_threshs=[0.5], iscrowd="iscrowd", progress=False)
                     m = r.mAP()
                     vals.append(np.nan if m == -1 else float(m))
                 t_fo = time.perf_counter() - t
