@@ -25,7 +25,7 @@ Embedders (``cfg.embed_model``):
     transformers ``Dinov2Model`` (CLS token after the final layer norm), from a local
     folder under weights/.
 
-Model embedders never touch a hub: missing weights raise :class:`WeightsMissingError`
+Model embedders never touch a hub: missing weights raise ``weights.MissingWeightsError``
 naming ``./setup.sh --weights``.
 
 :func:`embed_frames` streams images from disk through a ``torch`` DataLoader (decode +
@@ -50,18 +50,14 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
+from bdd_engine import weights
 from bdd_engine.checkpoint import atomic_write_json, sha256_file
+from bdd_engine.weights import MissingWeightsError
 
 EMBEDDERS = ("gradhist", "clip", "dinov2")
-WEIGHTS_HINT = "run `./setup.sh --weights` to fetch the model weights into weights/ (needs internet once)"
-DEFAULT_CLIP_WEIGHTS = "weights/open_clip_vit_b32_laion2b.bin"
-DEFAULT_DINOV2_DIR = "weights/dinov2-small"
+WEIGHTS_HINT = "run `./setup.sh --weights` on a machine with internet access, or copy them there"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class WeightsMissingError(FileNotFoundError):
-    """A model embedder was asked for but its local weights are absent."""
 
 
 # ----------------------------------------------------------------------------- interface
@@ -198,10 +194,10 @@ class ClipEmbedder(_TorchEmbedder):
     .safetensors) for architecture ``arch``; never a hub tag. Output: ``encode_image``
     (N, embed_dim)."""
 
-    def __init__(self, arch: str = "ViT-B-32", weights: str | os.PathLike = DEFAULT_CLIP_WEIGHTS, device: str = "cpu"):
-        path = Path(weights)
+    def __init__(self, arch: str, weights_file: str | os.PathLike, device: str = "cpu"):
+        path = Path(weights_file)
         if not path.is_file():
-            raise WeightsMissingError(f"embedder 'clip' ({arch}) needs its weights file {path}, which is missing; {WEIGHTS_HINT}")
+            raise MissingWeightsError(f"embedder 'clip' ({arch}) needs its weights file {path}, which is missing; {WEIGHTS_HINT}")
         import open_clip
 
         model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=str(path), device=device)
@@ -222,10 +218,10 @@ class Dinov2Embedder(_TorchEmbedder):
     official processor: resize shorter side to imgsz*256/224, centre-crop imgsz (rounded
     to the patch size), ImageNet mean/std. Output: ``pooler_output`` (N, hidden_size)."""
 
-    def __init__(self, folder: str | os.PathLike = DEFAULT_DINOV2_DIR, imgsz: int = 224, device: str = "cpu"):
+    def __init__(self, folder: str | os.PathLike, imgsz: int = 224, device: str = "cpu"):
         folder = Path(folder)
         if not (folder / "config.json").is_file():
-            raise WeightsMissingError(f"embedder 'dinov2' needs a model folder {folder} (config.json + weights), which is missing; {WEIGHTS_HINT}")
+            raise MissingWeightsError(f"embedder 'dinov2' needs a model folder {folder} (config.json + weights), which is missing; {WEIGHTS_HINT}")
         from transformers import Dinov2Model
 
         model = Dinov2Model.from_pretrained(str(folder), local_files_only=True)
@@ -256,7 +252,8 @@ def get_embedder(cfg: Mapping[str, Any]) -> Embedder:
     """Build the embedder named by ``cfg.embed_model`` (see :data:`EMBEDDERS`).
 
     Keys read: ``embed_model``, ``embed_imgsz`` (gradhist/dinov2), ``embed_clip_arch``
-    (default ViT-B-32), ``embed_clip_weights``, ``embed_dinov2_dir``, ``device``.
+    (default ViT-B-32), ``embed_clip_weights`` / ``embed_dinov2_dir`` (optional; default:
+    the ``weights.REGISTRY`` paths), ``device``.
     """
     kind = str(cfg.get("embed_model", "gradhist"))
     device = _device(cfg.get("device", "cpu"))
@@ -264,16 +261,18 @@ def get_embedder(cfg: Mapping[str, Any]) -> Embedder:
     if kind == "gradhist":
         return GradHistEmbedder(imgsz=imgsz)
     if kind == "clip":
-        return ClipEmbedder(cfg.get("embed_clip_arch", "ViT-B-32"), _cfg_path(cfg, "embed_clip_weights", DEFAULT_CLIP_WEIGHTS), device)
+        return ClipEmbedder(cfg.get("embed_clip_arch") or "ViT-B-32", _weights_path(cfg, "embed_clip_weights", "clip"), device)
     if kind == "dinov2":
-        return Dinov2Embedder(_cfg_path(cfg, "embed_dinov2_dir", DEFAULT_DINOV2_DIR), imgsz, device)
+        return Dinov2Embedder(_weights_path(cfg, "embed_dinov2_dir", "dinov2"), imgsz, device)
     raise ValueError(f"unknown embed_model {kind!r}; choose one of {EMBEDDERS}")
 
 
-def _cfg_path(cfg: Mapping[str, Any], key: str, default: str) -> Path:
-    if key in cfg and hasattr(cfg, "path"):
-        return cfg.path(key)  # type: ignore[attr-defined]  # resolved against the project root
-    p = Path(os.path.expanduser(str(cfg.get(key, default))))
+def _weights_path(cfg: Mapping[str, Any], key: str, registry_name: str) -> Path:
+    """``cfg[key]`` (relative → project root) if set, else the registry path, which
+    must exist (``weights.require`` raises the one setup message)."""
+    if not cfg.get(key):
+        return weights.require(registry_name)
+    p = Path(os.path.expanduser(str(cfg[key])))
     if p.is_absolute():
         return p
     from bdd_engine.env import PROJECT_ROOT

@@ -17,8 +17,12 @@ draws from the same mixture. Ground truth is a float64 brute-force top-100.
 Each method runs in its own subprocess so peak memory can be read from the kernel
 (``VmHWM`` after resetting it through ``/proc/self/clear_refs``; FAISS allocates outside
 Python, so tracemalloc would not see it). Reported per method: build seconds, median
-query seconds, peak extra RSS (MB) for build and for querying, speed ratio vs exact
-FAISS and vs sklearn, recall@100 vs ground truth. The last line is ``RESULT {json}``.
+query seconds, peak extra RSS (MB) over the data already in RAM — for the build, for
+querying, and overall (``peak_mb`` = max(build peak, what the index keeps + query
+peak); FAISS indexes keep their own copy of the vectors, sklearn copies them per call
+to normalise) — speed ratios vs exact FAISS and vs sklearn, and recall@100 vs ground
+truth. The last line is ``RESULT {json}``. Other processes on the same cores slow every
+method (FAISS's OpenMP regions most), so the load average is printed and recorded.
 
 Run: ``.venv/bin/python benchmarks/bench_mine.py`` (about 5 min, ~9 GB RAM peak, 2 GB
 temporary disk at 1M) or ``--sizes 20000`` for a quick look.
@@ -135,14 +139,17 @@ def run_method(method: str, xb: np.ndarray, q: np.ndarray, calib: np.ndarray, k:
         raise ValueError(method)
     build_s = time.perf_counter() - t0
     build_mb = _peak_mb(base)
-    base = _reset_peak()
+    resident_mb = max(0, _rss_kb("VmRSS") - base) / 1024  # what the index keeps (FAISS: its copy of xb)
+    qbase = _reset_peak()
     times, ids = [], None
     for _ in range(repeats):
         t = time.perf_counter()
         ids = search()
         times.append(time.perf_counter() - t)
+    query_mb = _peak_mb(qbase)
     return {"build_s": build_s, "query_s": float(np.median(times)), "build_peak_mb": build_mb,
-            "query_peak_mb": _peak_mb(base), "ids": np.asarray(ids).tolist(), **info}
+            "query_peak_mb": query_mb, "peak_mb": max(build_mb, resident_mb + query_mb),
+            "ids": np.asarray(ids).tolist(), **info}
 
 
 def _worker(args: argparse.Namespace) -> None:
@@ -222,10 +229,10 @@ def main(argv: list[str] | None = None) -> int:
                     r["speedup_vs_sklearn"] = rows["sklearn"]["query_s"] / r["query_s"]
             results[key] = {m: {kk: (round(v, 4) if isinstance(v, float) else v) for kk, v in r.items()} for m, r in rows.items()}
             print(f"-- {nq} quer{'y' if nq == 1 else 'ies'}, top-{args.k}")
-            print(f"   {'method':<11}{'build s':>9}{'query s':>10}{'build MB':>10}{'query MB':>10}{'x flat':>8}{'x sklearn':>10}{'recall':>8}  notes")
+            print(f"   {'method':<11}{'build s':>9}{'query s':>10}{'build MB':>10}{'query MB':>10}{'peak MB':>9}{'x flat':>8}{'x sklearn':>10}{'recall':>8}  notes")
             for m, r in rows.items():
                 note = f"nlist {r['nlist']}, nprobe {r['nprobe']}" if "nprobe" in r else ""
-                print(f"   {m:<11}{r['build_s']:>9.3f}{r['query_s']:>10.4f}{r['build_peak_mb']:>10.0f}{r['query_peak_mb']:>10.0f}"
+                print(f"   {m:<11}{r['build_s']:>9.3f}{r['query_s']:>10.4f}{r['build_peak_mb']:>10.0f}{r['query_peak_mb']:>10.0f}{r['peak_mb']:>9.0f}"
                       f"{r.get('speedup_vs_faiss_flat', float('nan')):>8.2f}{r.get('speedup_vs_sklearn', float('nan')):>10.2f}"
                       f"{r['recall_at_k']:>8.4f}  {note}")
         data.unlink()

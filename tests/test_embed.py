@@ -12,6 +12,8 @@ from PIL import Image
 
 import bdd_engine  # noqa: F401  (offline env first)
 from bdd_engine import embed as E
+from bdd_engine import weights
+from bdd_engine.weights import MissingWeightsError
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -156,12 +158,18 @@ def test_bad_input_errors(tmp_path, images):
 
 
 # ----------------------------------------------------------------------------- clip / dinov2
-def test_missing_weights_name_setup_script(tmp_path):
+def test_missing_weights_name_setup_script(tmp_path, monkeypatch):
     for cfg in ({"embed_model": "clip", "embed_clip_weights": str(tmp_path / "nope.bin")},
                 {"embed_model": "dinov2", "embed_dinov2_dir": str(tmp_path / "nope")}):
-        with pytest.raises(E.WeightsMissingError, match=r"\./setup\.sh --weights") as ei:
+        with pytest.raises(MissingWeightsError, match=r"\./setup\.sh --weights") as ei:
             E.get_embedder({**cfg, "device": "cpu"})
         assert str(tmp_path / "nope") in str(ei.value)
+    # default location (weights/ registry), as the full profile uses it
+    monkeypatch.setattr(weights, "WEIGHTS_DIR", tmp_path / "weights")
+    for kind in ("clip", "dinov2"):
+        with pytest.raises(MissingWeightsError, match=r"\./setup\.sh --weights") as ei:
+            E.get_embedder({"embed_model": kind, "device": "cpu"})
+        assert str(tmp_path / "weights") in str(ei.value)
 
 
 def build_tiny_clip(tmp_path: Path) -> Path:
