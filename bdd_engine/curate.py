@@ -90,28 +90,29 @@ def slice_distribution_figure(frames: pd.DataFrame, title_note: str = "") -> Any
     return fig
 
 
-def long_tail_figure(index: pd.DataFrame, small: int = 50, n_labels: int = 4, title_note: str = "") -> Any:
-    """Every slice's frame count, sorted (log y), slices below ``small`` shaded; the
-    ``n_labels`` largest and smallest slices are named."""
+def long_tail_figure(index: pd.DataFrame, small: int = 50, n_labels: int = 3, title_note: str = "") -> Any:
+    """Every slice's frame count, sorted (log y); slices below ``small`` in red; a box
+    names the ``n_labels`` largest and smallest slices."""
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     n = index["n_frames"].to_numpy()
-    x = np.arange(len(n))
     fig, ax = plt.subplots(figsize=(9, 4))
-    ax.bar(x, n, width=1.0, color=np.where(n < small, "#c0392b", "#2c7fb8"))
+    ax.bar(np.arange(len(n)), n, width=0.9, color=np.where(n < small, "#c0392b", "#2c7fb8"))
     ax.axhline(small, color="k", lw=0.8, ls="--")
-    ax.text(len(n) - 0.5, small * 1.08, f"{small} frames", ha="right", va="bottom", fontsize=8)
     ax.set_yscale("log")
-    ax.set_xlim(-0.5, len(n) - 0.5)
+    ax.set_xlim(-0.7, len(n) - 0.3)
     ax.set_xlabel(f"slice rank (weather | timeofday | scene), {len(n)} slices")
     ax.set_ylabel("frames (log)")
     below = int((n < small).sum())
     ax.set_title(f"Slice long tail: {below} of {len(n)} slices have < {small} frames{title_note}")
-    ymax = n.max() if len(n) else 1
-    for i in list(range(min(n_labels, len(n)))) + list(range(max(n_labels, len(n) - n_labels), len(n))):
-        ax.annotate(f"{index['slice'].iloc[i]} ({n[i]})", (i, n[i]), xytext=(3, 0), textcoords="offset points",
-                    rotation=90, fontsize=6, va="bottom", ha="center")
-    ax.set_ylim(0.8, ymax * 40)  # room for the rotated labels
+    ax.legend(handles=[Patch(color="#2c7fb8", label=f">= {small} frames"), Patch(color="#c0392b", label=f"< {small} frames")],
+              loc="lower left", fontsize=8)
+    head = [f"#{i + 1} {index['slice'].iloc[i]}: {n[i]}" for i in range(min(n_labels, len(n)))]
+    tail = [f"#{i + 1} {index['slice'].iloc[i]}: {n[i]}" for i in range(max(n_labels, len(n) - n_labels), len(n))]
+    ax.text(0.99, 0.97, "\n".join(["largest:", *head, "smallest:", *tail]), transform=ax.transAxes, ha="right",
+            va="top", multialignment="left", fontsize=7, family="monospace", bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "#999999"})
+    ax.set_ylim(0.8, max(n.max() if len(n) else 1, small) * 30)  # headroom for the text box
     fig.tight_layout()
     return fig
 
