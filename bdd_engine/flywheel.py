@@ -9,6 +9,7 @@ section can run first in a fresh kernel.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -166,3 +167,310 @@ def s3_pools(cfg: Any) -> Result:
         "pools": sec.read_df("pools.csv"), "summary": sec.read_df("pool_summary.csv"),
         "eval_slices": sec.read_df("eval_slices.csv"),
     }, {"yolo_export": sec.load_json("yolo_export.json"), "data_yaml": sec.dir / "yolo" / "data.yaml"})
+
+
+# ----------------------------------------------------------------------------- §2
+def embeddings(cfg: Any, frames: pd.DataFrame) -> tuple[Any, list[str], Any]:
+    """(L2-normalised (N, D) memmap, names, embedder) for ``frames``, cached under outputs/.cache."""
+    from bdd_engine import embed
+
+    emb_model = embed.get_embedder(cfg)
+    arr, names = embed.embed_frames(emb_model, list(frames["image_path"]), list(frames["name"]),
+                                    cfg.out / ".cache" / "embeddings", batch_size=int(cfg.embed_batch),
+                                    workers=int(cfg.workers))
+    return arr, names, emb_model
+
+
+def s2_curate(cfg: Any) -> Result:
+    """Embed every collected frame; slice index, imbalance stats, distribution figures, embedding map.
+
+    Artifacts: ``02_curate/`` slice_index.csv, imbalance.json, embedding_map.csv,
+    embeddings.json (which cache entry); figures slice_distribution.png,
+    slice_long_tail.png, embedding_map.png.
+    """
+    from bdd_engine import curate, embed
+
+    sec = Section(cfg, 2)
+    if needs_run(sec):
+        frames = Section(cfg, 1).read_df("frames.csv")
+        emb, names, model = embeddings(cfg, frames)
+        res = curate.curate(cfg, frames, emb, names, embedder_name=model.name)
+        with sec.writer() as w:
+            curate.write_artifacts(res, w)
+            w.write_json("embeddings.json", {**embed.load_meta(emb), "path": str(Path(emb.filename).relative_to(cfg.out))})
+            w.add_external(emb.filename)
+            w.counts.update({"embedded": len(names), "dim": int(emb.shape[1]), "slices": len(res.index)})
+    return Result(2, sec.dir, {"slice_index": sec.read_df("slice_index.csv")},
+                  {"imbalance": sec.load_json("imbalance.json"), "embeddings": sec.load_json("embeddings.json")})
+
+
+def load_embeddings(cfg: Any) -> tuple[Any, list[str]]:
+    """§2's embeddings (memmap, names) from its checkpoint."""
+    import json
+
+    import numpy as np
+
+    meta = Section(cfg, 2).load_json("embeddings.json")
+    path = cfg.out / meta["path"]
+    names = json.loads((path.parent / "names.json").read_text())
+    return np.load(path, mmap_mode="r"), names
+
+
+# ----------------------------------------------------------------------------- §4
+def s4_train(cfg: Any) -> Result:
+    """Train iter0 on the train pool (Ultralytics). Run in ``runs/iter0``; card in ``04_train/``."""
+    from bdd_engine import train
+
+    sec = Section(cfg, 4)
+    if needs_run(sec):
+        pools_sec = Section(cfg, 3)
+        weights = train.train(cfg, pools_sec.dir / "yolo" / "data.yaml", cfg.out / "runs", name="iter0",
+                              data_hash=pools_sec.manifest_hash())
+        card = json.loads((weights.parent.parent / "run_card.json").read_text()) \
+            if (weights.parent.parent / "run_card.json").exists() else {}
+        with sec.writer() as w:
+            w.write_json("run_card.json", card)
+            w.write_json("weights.json", {"weights": str(Path(weights).resolve().relative_to(cfg.out.resolve()))})
+            w.add_external(weights)
+            w.counts["epochs"] = int(cfg.train_epochs)
+    card = sec.load_json("run_card.json")
+    return Result(4, sec.dir, {}, {"run_card": card, "weights": cfg.out / sec.load_json("weights.json")["weights"]})
+
+
+def iter0_weights(cfg: Any) -> Path:
+    return cfg.out / Section(cfg, 4).load_json("weights.json")["weights"]
+
+
+# ----------------------------------------------------------------------------- §5 / §8 shared
+def synthetic_note(cfg: Any) -> str:
+    return " — SYNTHETIC data" if cfg.synthetic else ""
+
+
+def predict_frames(cfg: Any, weights: Path, frames: pd.DataFrame) -> list[dict[str, Any]]:
+    """One inference pass over ``frames`` at the eval threshold; BDD frames with scores."""
+    from bdd_engine import train
+
+    return train.predict(weights, list(frames["image_path"]), conf=float(cfg.eval_conf))
+
+
+def evaluate_on_eval_pool(cfg: Any, preds: Any) -> Any:
+    """Official metric on §3's eval pool for a prediction set (frames or box table)."""
+    from bdd_engine import evaluate
+
+    gt = load_gt(cfg, 3, "eval")
+    return evaluate.evaluate(gt, preds, by=cfg.eval_by, n_boot=int(cfg.eval_n_boot), seed=int(cfg.seed))
+
+
+def slice_figure(cfg: Any, slices_df: pd.DataFrame, title: str, worst: str | None) -> Any:
+    from bdd_engine import viz
+
+    t = slices_df[(slices_df["level"] == "full") & (slices_df["n_frames"] >= int(cfg.eval_min_frames))]
+    t = t.sort_values("AP50", ascending=True, kind="stable")
+    labels = [f"{s}  (n={n})" for s, n in zip(t["slice"], t["n_frames"])]
+    hl = [lab for lab, s in zip(labels, t["slice"]) if s == worst]
+    return viz.ci_bars(labels, t["AP50"], t["ci_lo"], t["ci_hi"], title + synthetic_note(cfg),
+                       "mAP@0.5 (bars) with bootstrap 95% CI (whiskers)", highlight=hl)
+
+
+def failures_figure(cfg: Any, worst: str, per_frame: pd.DataFrame, gt: list, preds: list, n: int = 12) -> Any:
+    """GT (green) vs predictions >= eval_vis_conf (red) on the worst slice's weakest frames."""
+    from bdd_engine import train, viz
+
+    pools = Section(cfg, 3).read_df("pools.csv")
+    in_slice = pools.loc[(pools["pool"] == "eval") & (pools["slice"] == worst), ["name", "image_path"]]
+    pf = per_frame.merge(in_slice, on="name").sort_values(["ap50", "recall50", "name"], na_position="last").head(n)
+    gtb = bdd.boxes_table(gt)
+    pdb = bdd.boxes_table(train.filter_conf(preds, float(cfg.eval_vis_conf)))
+    images, caps = [], []
+    for r in pf.itertuples(index=False):
+        g, p = gtb[gtb["name"] == r.name], pdb[pdb["name"] == r.name]
+        boxes = pd.concat([g, p])[["x1", "y1", "x2", "y2"]].values
+        colors = [(40, 220, 60)] * len(g) + [(255, 50, 50)] * len(p)
+        images.append(viz.draw_boxes(r.image_path, boxes, colors=colors))
+        caps.append(f"{r.name[:17]}  AP50={r.ap50:.2f} R={r.recall50:.2f}")
+    fig = viz.thumb_grid(images, caps, ncols=4, thumb_wh=(320, 180))
+    fig.suptitle(f"Worst slice '{worst}': GT green, prediction red (score >= {cfg.eval_vis_conf}){synthetic_note(cfg)}", fontsize=10)
+    return fig
+
+
+def write_eval(w: Any, res: Any, preds: list, prefix: str = "") -> None:
+    """Standard evaluation artifacts of one model into a section writer."""
+    from bdd_engine import train
+
+    train.save_predictions(preds, w.path(f"{prefix}predictions.json"), w.path(f"{prefix}predictions.parquet"))
+    res.write_json(w.path(f"{prefix}eval.json"))
+    w.write_df(f"{prefix}slices.csv", res.slices)
+    w.write_df(f"{prefix}per_class.csv", res.per_class.reset_index())
+    w.write_df(f"{prefix}per_frame.csv", res.per_frame)
+
+
+# ----------------------------------------------------------------------------- §5
+def s5_eval(cfg: Any) -> Result:
+    """Predict once on the eval pool; official mAP overall / per class / per slice / per frame; worst slice.
+
+    Artifacts (``05_eval_iter0/``): predictions.json/.parquet, eval.json, slices.csv,
+    slices.md, per_class.csv, per_frame.csv, worst_slice.json; figures
+    slice_map_iter0.png, worst_slice_failures.png.
+    """
+    from bdd_engine import evaluate
+
+    sec = Section(cfg, 5)
+    if needs_run(sec):
+        pools = Section(cfg, 3).read_df("pools.csv")
+        ev = pools[pools["pool"] == "eval"]
+        preds = predict_frames(cfg, iter0_weights(cfg), ev)
+        res = evaluate_on_eval_pool(cfg, preds)
+        worst = evaluate.worst_slice(res.slices, int(cfg.eval_min_frames))
+        full = res.slices[(res.slices["level"] == "full") & (res.slices["n_frames"] >= int(cfg.eval_min_frames))]
+        best = full.sort_values("AP50", ascending=False).iloc[0]
+        info = {"worst_slice": worst["slice"], "n_eval": int(worst["n_frames"]), "AP50": float(worst["AP50"]),
+                "ci": [float(worst["ci_lo"]), float(worst["ci_hi"])], "best_slice": best["slice"],
+                "best_AP50": float(best["AP50"]), "best_ci": [float(best["ci_lo"]), float(best["ci_hi"])],
+                "gap": float(best["AP50"] - worst["AP50"]), "overall_AP50": res.AP50, "overall_AP": res.AP,
+                "ranked_slices": int(len(full)), "min_eval_frames": int(cfg.eval_min_frames)}
+        with sec.writer() as w:
+            write_eval(w, res, preds)
+            w.write_text("slices.md", res.slices.pipe(lambda d: d[d["level"] == "full"]).pipe(_md) + "\n")
+            w.write_json("worst_slice.json", info)
+            w.save_fig("slice_map_iter0.png", slice_figure(cfg, res.slices, "iter0 mAP@0.5 per slice (eval pool)", worst["slice"]))
+            w.save_fig("worst_slice_failures.png", failures_figure(cfg, worst["slice"], res.per_frame, load_gt(cfg, 3, "eval"), preds))
+            w.counts.update({"eval_frames": len(ev), "slices_ranked": len(full)})
+        _close_figs()
+    return Result(5, sec.dir, {"slices": sec.read_df("slices.csv"), "per_class": sec.read_df("per_class.csv"),
+                               "per_frame": sec.read_df("per_frame.csv")}, sec.load_json("worst_slice.json"))
+
+
+def _md(df: pd.DataFrame) -> str:
+    from bdd_engine.checkpoint import df_to_markdown
+
+    return df_to_markdown(df)
+
+
+def _close_figs() -> None:
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+# ----------------------------------------------------------------------------- notebook helpers
+def cfg() -> Any:
+    """The run's config: profile from ``$BDD_PROFILE`` (default demo) + ``BDD_<KEY>`` overrides."""
+    from bdd_engine.config import load_config
+
+    return load_config()
+
+
+def banner(cfg: Any) -> None:
+    """Title-cell summary: profile, config hash, the synthetic banner, section status."""
+    from bdd_engine.checkpoint import status
+
+    if cfg.synthetic:
+        print("SYNTHETIC DATA — every number below is measured on a generated BDD100K-format world, "
+              "not on BDD100K.")
+    print(f"profile {cfg.profile} · config {cfg.hash()} · data {cfg.data_dir} · outputs {cfg.out} · seed {cfg.seed}")
+    _display(status(cfg))
+
+
+def _display(obj: Any) -> None:
+    try:
+        from IPython.display import display
+
+        display(obj)
+    except ImportError:
+        print(obj)
+
+
+def show(cfg: Any, *names: str) -> None:
+    """Display figures from outputs/figures (inline in Jupyter, paths when headless)."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import Image, display
+
+        inline = get_ipython() is not None
+    except ImportError:
+        inline = False
+    for n in names:
+        p = cfg.out / "figures" / n
+        if not p.exists():
+            print(f"(figure not produced: {p})")
+        elif inline:
+            display(Image(filename=str(p)))
+        else:
+            print(f"figure: {p}")
+
+
+CHECKPOINT_NOTES: dict[int, tuple[str, str]] = {
+    # section: (what to check by eye, what is safe to delete)
+    1: ("validation.json says 0 issues on synthetic data (real BDD: read validation_issues.csv); the coverage line; "
+        "strata.csv keeps rare conditions at the floor.",
+        "01_collect/ (recomputes in seconds; every later section recomputes after it). Never delete data/."),
+    2: ("figures/slice_distribution.png: night ≈ a third, fog nearly absent (BDD's shape); slice_long_tail.png: a long tail; "
+        "embedding_map.png: adverse conditions form regions, not noise.",
+        "02_curate/ and outputs/.cache/embeddings/ (embeddings are recomputed, ~1 min on the demo)."),
+    3: ("pool_summary.csv: train/eval/pool sizes; eval_slices.csv: eval balanced over the top slices; "
+        "open a few files under 03_pools/yolo/labels/train to see YOLO lines.",
+        "03_pools/ (then §4 onward recompute: training is the expensive part)."),
+    4: ("runs/iter0/results.csv: the loss goes down; run_card.json: device, wall time, data hash.",
+        "runs/iter0/weights/epoch*.pt if any; deleting 04_train/ or runs/iter0 retrains iter0."),
+    5: ("figures/slice_map_iter0.png: the worst slice is an adverse condition and its CI is wide; "
+        "worst_slice_failures.png: green GT boxes without red predictions are the misses.",
+        "05_eval_iter0/ (re-predicts in seconds)."),
+    6: ("figures/mined_frames_grid.png: mined frames look like the worst slice (captions give their real attributes); "
+        "mining.json: precision vs base rate.",
+        "06_mine/ (seconds)."),
+    7: ("label_quality tables: head classes best, rare classes worst; router bucket precision rises with the threshold; "
+        "runs/runs.csv: every arm finished with the same epochs.",
+        "runs/<arm>/weights/ except last.pt; deleting 07_autolabel_retrain/ retrains every arm (the longest step)."),
+    8: ("08_delta/headline.json and figures/slice_delta.png: the worst-slice Δ beside its CI and the controls; "
+        "case_study/case_study_v1.md reads end to end with no placeholders.",
+        "08_delta/ and case_study/ (regenerated in seconds from §5–§7)."),
+}
+
+
+def checkpoint_note(cfg: Any, n: int) -> None:
+    """What section n saved (from its manifest), what to check by eye, what is safe to delete."""
+    sec = Section(cfg, n)
+    man = sec.manifest()
+    if man is None:
+        print(f"§{n}: no checkpoint yet ({sec.dir})")
+        return
+    arts = man["artifacts"]
+    own = [a for a in arts if a.startswith(sec.name + "/")]
+    tops = sorted({a.split("/")[1] if a.count("/") > 1 else a.split("/")[-1] for a in own})
+    ext = [a for a in arts if not a.startswith(sec.name + "/")]
+    print(f"saved in {sec.dir}: {', '.join(tops)}  ({len(own)} files)")
+    if ext:
+        print("also:", ", ".join(ext))
+    print("counts:", man.get("counts", {}))
+    check, delete = CHECKPOINT_NOTES[n]
+    print("check by eye:", check)
+    print("safe to delete:", delete)
+
+
+def imbalance_table(r2: Result) -> pd.DataFrame:
+    s = r2.info["imbalance"]
+    rows = [("frames", s["n_frames"]), ("slices", s["n_slices"]),
+            ("most common slice", f"{s['most_common_slice']} ({s['most_common_share']:.1%})"),
+            (f"slices < {s['small_threshold']} frames", s["n_slices_below_small"]),
+            ("rarest slices", "; ".join(f"{r['slice']} ({r['n_frames']})" for r in s["rarest_operational"])),
+            ("embedder", f"{r2.info['embeddings']['embedder']} (dim {r2.info['embeddings']['dim']})")]
+    return pd.DataFrame(rows, columns=["statistic", "value"])
+
+
+def run_card_table(r4: Result) -> pd.DataFrame:
+    c = r4.info["run_card"]
+    keep = ("model", "device", "epochs", "wall_time_s", "commit", "data_hash", "finished")
+    return pd.DataFrame([(k, c.get(k)) for k in keep if k in c], columns=["key", "value"])
+
+
+def worst_slice_table(r5: Result) -> pd.DataFrame:
+    i = r5.info
+    return pd.DataFrame([
+        {"": "worst slice", "slice": i["worst_slice"], "n_eval": i["n_eval"], "mAP@0.5": i["AP50"], "95% CI": _ci(i["ci"])},
+        {"": "best slice", "slice": i["best_slice"], "n_eval": None, "mAP@0.5": i["best_AP50"], "95% CI": _ci(i["best_ci"])},
+        {"": "overall", "slice": "all eval frames", "n_eval": None, "mAP@0.5": i["overall_AP50"], "95% CI": ""},
+    ])
+
+
+def _ci(ci: Any) -> str:
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci and ci[0] is not None else "–"

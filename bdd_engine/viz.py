@@ -118,3 +118,37 @@ def _load_thumb(src: Any, wh: tuple[int, int]) -> np.ndarray | None:
         return np.asarray(im.resize(wh, Image.BILINEAR))
     except (OSError, ValueError, SyntaxError):
         return None
+
+
+def ci_bars(labels: Sequence[str], values: Sequence[float], lo: Sequence[float], hi: Sequence[float],
+            title: str, xlabel: str, highlight: Sequence[str] = (), zero_line: bool = False,
+            series: Sequence[tuple[str, Sequence[float]]] = ()) -> Any:
+    """Horizontal bars with 95% CI whiskers, one row per label (top row = first label).
+
+    ``highlight``: labels drawn in red (e.g. the worst slice). ``series``: extra
+    (name, values) drawn as markers on the same rows (e.g. control arms). NaN values
+    are drawn as empty rows, never as zero.
+    """
+    import matplotlib.pyplot as plt
+
+    n = len(labels)
+    fig, ax = plt.subplots(figsize=(9, 0.32 * n + 1.4))
+    y = np.arange(n)[::-1]
+    v = np.asarray(values, float)
+    colors = ["#d62728" if lab in set(highlight) else "#4c72b0" for lab in labels]
+    ax.barh(y, np.nan_to_num(v), color=colors, alpha=0.85)
+    err = np.vstack([np.clip(v - np.asarray(lo, float), 0, None), np.clip(np.asarray(hi, float) - v, 0, None)])
+    ok = ~np.isnan(v) & ~np.isnan(err).any(axis=0)
+    ax.errorbar(v[ok], y[ok], xerr=err[:, ok], fmt="none", ecolor="black", elinewidth=1, capsize=2)
+    for (name, vals), marker in zip(series, ("o", "s", "^", "D")):
+        ax.scatter(np.asarray(vals, float), y, marker=marker, s=22, zorder=3, label=name)
+    if series:
+        ax.legend(loc="lower right", fontsize=8)
+    if zero_line:
+        ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(y, [str(s) for s in labels], fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig

@@ -14,6 +14,10 @@ from bdd_engine.config import load_config
 # Tests never see the developer's own BDD_* overrides.
 for _k in [k for k in os.environ if k.startswith("BDD_") and k != "BDD_CACHE_DIR"]:
     del os.environ[_k]
+# Never attach tests to the project's own FiftyOne database (outputs/.fiftyone/db).
+import tempfile as _tempfile  # noqa: E402
+
+os.environ["FIFTYONE_DATABASE_DIR"] = _tempfile.mkdtemp(prefix="bdd_test_fodb_")
 
 
 @pytest.fixture(scope="session")

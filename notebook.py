@@ -1,0 +1,219 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # BDD100K mini data-engine — one turn of the driving-data flywheel
+#
+# collect → curate → label → train → **evaluate by ODD slice** → **mine the worst slice** →
+# auto-label → retrain → report.
+#
+# The one number this notebook exists for: the iter-0 → iter-1 change in mAP@0.5 on the
+# worst-performing slice (`weather | timeofday | scene`, BDD's own attributes verbatim),
+# next to its confidence interval and the controls that say whether mining earned it.
+#
+# Run it cell by cell, headless (`make demo`, `python -m bdd_engine run --profile P`), or
+# from any section in a fresh kernel: every section reads only the checkpoints of the
+# sections before it (`outputs/0N_*`), and recomputes only what is stale.
+# The profile comes from `$BDD_PROFILE` (default `demo`); any key can be overridden with
+# `BDD_<KEY>=value`.
+
+# %%
+from bdd_engine import flywheel as fw
+
+cfg = fw.cfg()
+fw.banner(cfg)
+
+# %% [markdown]
+# ## §1 Collect
+# Load the det_20 labels, index the images that are actually on disk, validate every record
+# (each bad record is counted and listed, never silently dropped), then draw a stratified
+# sample by `weather × timeofday`: every condition keeps at least `collect_min_floor` frames,
+# so rare conditions survive the cut.
+
+# %%
+from bdd_engine import flywheel as fw
+
+cfg = fw.cfg()
+r1 = fw.s1_collect(cfg)
+print(r1.info["coverage"])
+print("validation:", r1.info["summary"])
+display(r1["strata"])
+
+# %% [markdown]
+# ## Checkpoint
+
+# %%
+fw.checkpoint_note(cfg, 1)
+
+# %% [markdown]
+# ## §2 Curate
+# Embed every collected frame (the profile's embedder; the demo uses an offline classic
+# descriptor, never a random network posing as CLIP), then look at the data the way a
+# curator does: how the slices are distributed, how long the tail is, and whether
+# conditions separate in embedding space.
+
+# %%
+from bdd_engine import flywheel as fw
+
+cfg = fw.cfg()
+r2 = fw.s2_curate(cfg)
+display(fw.imbalance_table(r2))
+fw.show(cfg, "slice_distribution.png", "slice_long_tail.png", "embedding_map.png")
+
+# %% [markdown]
+# The same data in FiftyOne (a persistent view over the checkpoints; `make app` opens it):
+# `count_values` per attribute and `match_tags` on a condition.
+
+# %%
+fw.explorer_demo(cfg, 2)
+
+# %% [markdown]
+# ## Checkpoint
+
+# %%
+fw.checkpoint_note(cfg, 2)
+
+# %% [markdown]
+# ## §3 Pools
+# Split by **drive group** (first hex block of the video name), so near-duplicate frames of
+# one drive never straddle train and eval: eval is balanced over the most frequent slices,
+# train is stratified by `weather × timeofday`, the rest is the mining pool — unlabelled to
+# us (its labels are read only to score auto-labels and for the oracle control).
+# A leakage check fails loudly if any eval drive leaks.
+
+# %%
+from bdd_engine import flywheel as fw
+
+cfg = fw.cfg()
+r3 = fw.s3_pools(cfg)
+display(r3["summary"])
+display(r3["eval_slices"])
+
+# %% [markdown]
+# ## Checkpoint
+
+# %%
+fw.checkpoint_note(cfg, 3)
+
+# %% [markdown]
+# ## §4 Train iter0
+# Ultralytics YOLO on the train pool, offline-safe (no font or AMP download), seeded,
+# resumable with Ultralytics' own `resume` if interrupted.
+
+# %%
+from bdd_engine import flywheel as fw
+
+cfg = fw.cfg()
+r4 = fw.s4_train(cfg)
+display(fw.run_card_table(r4))
+
+# %% [markdown]
+# ## Checkpoint
+
+# %%
+fw.checkpoint_note(cfg, 4)
+
+# %% [markdown]
+# ## §5 Evaluate iter0 per slice
+# One inference pass over the eval pool; the official BDD metric (COCO-style AP, crowd and
+# ignored categories as ignore regions) computed once per (frame, class) match and then
+# aggregated for every slice, with a bootstrap 95% CI — slices have only 15–25 frames.
+
+# %%
+from bdd_engine import flywheel as fw
+
+cfg = fw.cfg()
+r5 = fw.s5_eval(cfg)
+display(fw.worst_slice_table(r5))
+fw.show(cfg, "slice_map_iter0.png", "worst_slice_failures.png")
+
+# %% [markdown]
+# ## Checkpoint
+
+# %%
+fw.checkpoint_note(cfg, 5)
+
+# %% [markdown]
+# ## §6 Mine the worst slice
+# Failure frames = worst-slice eval frames with frame AP@0.5 = 0 or recall < 0.3. Their
+# normalised mean embedding is the query; FAISS searches the mining pool (exact inner
+# product, IVF above `mine_ivf_above`). Mining precision — how many mined frames really are
+# of the worst slice — is measured against the slice's base rate in the pool.
+
+# %%
+from bdd_engine import flywheel as fw
+
+cfg = fw.cfg()
+r6 = fw.s6_mine(cfg)
+display(fw.mining_table(r6))
+fw.show(cfg, "mined_frames_grid.png")
+
+# %% [markdown]
+# In FiftyOne: `sort_by_similarity` on the failure prototype and the saved `mined` view.
+
+# %%
+fw.explorer_demo(cfg, 6)
+
+# %% [markdown]
+# ## Checkpoint
+
+# %%
+fw.checkpoint_note(cfg, 6)
+
+# %% [markdown]
+# ## §7 Auto-label the mined frames, retrain iter1 (and the controls)
+# The profile's labeler (`gsam2` with real weights; `teacher` = the iter0 model in the demo)
+# labels the mined frames; label quality is measured against the held-back GT and routed by
+# confidence (accept / review / discard). Then every arm trains with identical epochs, seed
+# and hyper-parameters: **iter1** (train ∪ mined, auto-labels), **random** (train ∪ as many
+# random pool frames, same labeler), **oracle** (train ∪ mined, GT labels) and, when arms
+# warm-start from iter0, **continue** (the same extra epochs on train alone).
+
+# %%
+from bdd_engine import flywheel as fw
+
+cfg = fw.cfg()
+r7 = fw.s7_autolabel_retrain(cfg)
+display(r7["quality"])
+display(r7["router"])
+display(r7["cost"])
+display(r7["runs"])
+
+# %% [markdown]
+# ## Checkpoint
+
+# %%
+fw.checkpoint_note(cfg, 7)
+
+# %% [markdown]
+# ## §8 Evaluate iter1 and the delta
+# The same predict-once evaluation for every arm, then the headline: the worst slice's Δ
+# mAP@0.5 with a paired-bootstrap 95% CI (both models scored on the same resampled frames),
+# beside the random, oracle and continue controls. Then golden-set QA, the action plan, the
+# runs table and the generated case study.
+
+# %%
+from bdd_engine import flywheel as fw
+
+cfg = fw.cfg()
+r8 = fw.s8_delta(cfg)
+display(r8["headline"])
+fw.show(cfg, "slice_delta.png")
+print(r8.info["verdict"])
+print("case study:", r8.info["case_study"])
+
+# %% [markdown]
+# ## Checkpoint
+
+# %%
+fw.checkpoint_note(cfg, 8)
