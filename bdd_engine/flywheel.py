@@ -474,3 +474,41 @@ def worst_slice_table(r5: Result) -> pd.DataFrame:
 
 def _ci(ci: Any) -> str:
     return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci and ci[0] is not None else "–"
+
+
+# ----------------------------------------------------------------------------- §6
+def s6_mine(cfg: Any) -> Result:
+    """Mine the worst slice from the pool: failure prototype → FAISS → top-K; precision vs base rate.
+
+    Also predicts once on the mining pool with iter0 (uncertainty signal, reported per slice).
+    Artifacts (``06_mine/``): mined.csv, mining_precision.csv, mining_summary.json,
+    uncertainty_by_slice.csv, pool_predictions.parquet; figure mined_frames_grid.png.
+    """
+    from bdd_engine import mine, train
+
+    sec = Section(cfg, 6)
+    if needs_run(sec):
+        pools = Section(cfg, 3).read_df("pools.csv")
+        ev5 = Section(cfg, 5)
+        per_frame = ev5.read_df("per_frame.csv")
+        worst = ev5.load_json("worst_slice.json")["worst_slice"]
+        emb, names = load_embeddings(cfg)
+        pool = pools[pools["pool"] == "pool"]
+        preds_pool = predict_frames(cfg, iter0_weights(cfg), pool)
+        res = mine.mine(cfg, per_frame, pools[pools["pool"] == "eval"], pool, emb, names,
+                        preds_pool=preds_pool, worst_slice=worst)
+        res.synthetic = bool(cfg.synthetic)
+        with sec.writer() as w:
+            mine.write_artifacts(res, w, dict(zip(pools["name"], pools["image_path"])))
+            train.save_predictions(preds_pool, w.path("pool_predictions.json"), w.path("pool_predictions.parquet"))
+            w.counts.update({"mined": len(res.mined), "failure_frames": len(res.failure_names), "pool": len(pool)})
+        _close_figs()
+    return Result(6, sec.dir, {"mined": sec.read_df("mined.csv"), "precision": sec.read_df("mining_precision.csv")},
+                  sec.load_json("mining_summary.json"))
+
+
+def mining_table(r6: Result) -> pd.DataFrame:
+    i = r6.info
+    return pd.DataFrame([{"worst slice": i["worst_slice"], "strategy": i["strategy"], "mined": i["k"],
+                          "failure frames": i["n_failure_frames"], "precision": i["precision"],
+                          "base rate in pool": i["base_rate"], "lift": i["lift"], "index": i["index"]}])
