@@ -307,7 +307,9 @@ class _Frames:
         try:
             with Image.open(self.paths[row]) as im:
                 return row, self.pre(im.convert("RGB")), True
-        except (OSError, ValueError, SyntaxError):  # missing / truncated / not an image
+        # Exception, not just OSError: Ultralytics' PIL hook turns an undecodable file into an
+        # ImportError (it tries the optional pi_heif) once ultralytics has been imported.
+        except Exception:  # missing / truncated / not an image
             return row, self.blank, False
 
 
