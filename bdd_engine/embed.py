@@ -55,7 +55,6 @@ from bdd_engine.checkpoint import atomic_write_json, sha256_file
 from bdd_engine.weights import MissingWeightsError
 
 EMBEDDERS = ("gradhist", "clip", "dinov2")
-WEIGHTS_HINT = "run `./setup.sh --weights` on a machine with internet access, or copy them there"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -197,7 +196,7 @@ class ClipEmbedder(_TorchEmbedder):
     def __init__(self, arch: str, weights_file: str | os.PathLike, device: str = "cpu"):
         path = Path(weights_file)
         if not path.is_file():
-            raise MissingWeightsError(f"embedder 'clip' ({arch}) needs its weights file {path}, which is missing; {WEIGHTS_HINT}")
+            raise MissingWeightsError(f"embedder 'clip' ({arch}) needs its weights file {path}, which is missing; {weights.HINT}")
         import open_clip
 
         model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=str(path), device=device)
@@ -221,7 +220,7 @@ class Dinov2Embedder(_TorchEmbedder):
     def __init__(self, folder: str | os.PathLike, imgsz: int = 224, device: str = "cpu"):
         folder = Path(folder)
         if not (folder / "config.json").is_file():
-            raise MissingWeightsError(f"embedder 'dinov2' needs a model folder {folder} (config.json + weights), which is missing; {WEIGHTS_HINT}")
+            raise MissingWeightsError(f"embedder 'dinov2' needs a model folder {folder} (config.json + weights), which is missing; {weights.HINT}")
         from transformers import Dinov2Model
 
         model = Dinov2Model.from_pretrained(str(folder), local_files_only=True)

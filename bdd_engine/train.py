@@ -31,13 +31,12 @@ import numpy as np
 from bdd_engine import bdd
 from bdd_engine.checkpoint import atomic_write_df, atomic_write_json, sha256_file
 from bdd_engine.env import PROJECT_ROOT
+from bdd_engine import weights
 from bdd_engine.weights import WEIGHTS_DIR, MissingWeightsError
 
 log = logging.getLogger(__name__)
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
-WEIGHTS_HINT = ("run `./setup.sh --weights` on a machine with internet access to fetch them into weights/ "
-                "(the offline demo profile does not need them: `make demo`)")
 # Ultralytics arguments taken from the profile: config key -> (Ultralytics name, default)
 TRAIN_ARGS: dict[str, tuple[str, Any]] = {
     "train_imgsz": ("imgsz", 640),
@@ -70,7 +69,7 @@ def _weights_path(name: str | os.PathLike) -> Path:
     for cand in ([p] if p.is_absolute() else [PROJECT_ROOT / p, WEIGHTS_DIR / p.name]):
         if cand.is_file():
             return cand
-    raise MissingWeightsError(f"weights {str(name)!r} not found (looked in {PROJECT_ROOT / p} and {WEIGHTS_DIR}); {WEIGHTS_HINT}")
+    raise MissingWeightsError(f"weights {str(name)!r} not found (looked in {PROJECT_ROOT / p} and {WEIGHTS_DIR}); {weights.HINT}")
 
 
 def resolve_model(model: str, init_weights: str | os.PathLike | None = None) -> tuple[str, bool]:
@@ -128,7 +127,7 @@ def _prepare_amp(device: str) -> bool:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, target)
     if not target.is_file():
-        log.warning("AMP disabled: weights/yolo26n.pt (Ultralytics' AMP self-check model) is absent; %s", WEIGHTS_HINT)
+        log.warning("AMP disabled: weights/yolo26n.pt (Ultralytics' AMP self-check model) is absent; %s", weights.HINT)
         return False
     return True
 

@@ -24,6 +24,11 @@ REGISTRY: dict[str, tuple[str, str, str]] = {
 }
 
 
+# The one fix every missing-weights message names.
+HINT = ("run `./setup.sh --weights` on a machine with internet access to fetch them into weights/, or copy "
+        "them there (the offline demo profile does not need them: `make demo`)")
+
+
 class MissingWeightsError(FileNotFoundError):
     """Raised when a model's local weights are absent (we never fetch them at run time)."""
 
