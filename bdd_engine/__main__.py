@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import bdd_engine  # noqa: F401  (offline-safe environment first)
 from bdd_engine.config import load_config, parse_overrides
@@ -39,13 +40,29 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def import_jupytext() -> Any:
+    """``import jupytext`` without running our notebook.
+
+    Without jupyter_server installed, jupytext falls back to ``import notebook.transutils``;
+    with the project root on ``sys.path`` (``python -m`` puts the cwd there) that imports
+    *our* ``notebook.py`` and executes it as a module. Hide the root for the import.
+    """
+    saved = sys.path[:]
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != PROJECT_ROOT.resolve()]
+    try:
+        import jupytext
+    finally:
+        sys.path[:] = saved
+    return jupytext
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Execute notebook.py headless; the executed .ipynb is saved beside the outputs."""
-    import jupytext
     from nbclient import NotebookClient
 
     from bdd_engine.checkpoint import atomic_write_text
 
+    jupytext = import_jupytext()
     cfg = _cfg(args)
     env = {"BDD_PROFILE": cfg.profile}
     for k, v in parse_overrides(args.set or []).items():

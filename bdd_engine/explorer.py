@@ -443,7 +443,12 @@ def get_dataset(cfg: Mapping[str, Any], rebuild: Callable[[], Any] | None = None
     connect()
     name = name or dataset_name(cfg)
     if fo.dataset_exists(name):
-        return fo.load_dataset(name)
+        ds = fo.load_dataset(name)
+        # a dataset built from checkpoints follows them: rebuilt when any of them changed
+        if rebuild is None and "sync_key" in ds.info and hasattr(cfg, "out") and ds.info["sync_key"] != sync_key(cfg):
+            log.info("explorer: checkpoints changed since dataset %s was built, rebuilding", name)
+            return sync_from_checkpoints(cfg, name=name)
+        return ds
     if rebuild is None:
         from bdd_engine.checkpoint import Section
 
@@ -497,10 +502,42 @@ def sync_from_checkpoints(cfg: Any, name: str | None = None) -> Any:
         add_predictions(ds, bdd.load_frames(s5.dir / "predictions.json"), "predictions_iter0", "eval_iter0", eval_on="eval")
         worst = s5.load_json("worst_slice.json").get("worst_slice")
     synced[s5.name] = why or "ok"
+
+    s6 = Section(cfg, 6)
+    if (why := s6.staleness()) is None:
+        tag_mined(ds, s6.read_df("mined.csv"))
+    synced[s6.name] = why or "ok"
+
+    s7 = Section(cfg, 7)
+    if (why := s7.staleness()) is None and (s7.dir / "labels_mined" / "labels.json").exists():
+        from bdd_engine.autolabel import bucket_of
+
+        acc, rev = float(cfg.get("label_accept")), float(cfg.get("label_review"))
+        add_autolabels(ds, bdd.load_frames(s7.dir / "labels_mined" / "labels.json"),
+                       route=lambda sc: bucket_of(sc, acc, rev))
+    synced[s7.name] = why or "ok"
+
+    s8 = Section(cfg, 8)
+    if (why := s8.staleness()) is None and (s8.dir / "iter1_predictions.json").exists():
+        add_predictions(ds, bdd.load_frames(s8.dir / "iter1_predictions.json"), "predictions_iter1", "eval_iter1",
+                        eval_on="eval")
+    synced[s8.name] = why or "ok"
     save_views(ds, worst_slice=worst, eval_key="eval_iter0" if worst else None)
     ds.info["synced"] = synced
+    ds.info["sync_key"] = sync_key(cfg)
     ds.save()
     return ds
+
+
+SYNC_SECTIONS = (1, 2, 3, 5, 6, 7, 8)
+
+
+def sync_key(cfg: Any) -> str:
+    """Hash of the checkpoint manifests the dataset mirrors: any change there → rebuild."""
+    from bdd_engine.checkpoint import Section
+
+    parts = [str(Section(cfg, n).manifest_hash()) for n in SYNC_SECTIONS]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def _ids_by_name(ds) -> dict[str, str]:

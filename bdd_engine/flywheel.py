@@ -512,3 +512,181 @@ def mining_table(r6: Result) -> pd.DataFrame:
     return pd.DataFrame([{"worst slice": i["worst_slice"], "strategy": i["strategy"], "mined": i["k"],
                           "failure frames": i["n_failure_frames"], "precision": i["precision"],
                           "base rate in pool": i["base_rate"], "lift": i["lift"], "index": i["index"]}])
+
+
+# ----------------------------------------------------------------------------- FiftyOne cells (§2, §6)
+def explorer_demo(cfg: Any, n: int) -> pd.DataFrame:
+    """The seed's FiftyOne idioms on our dataset, as a table of (idiom, call, result).
+
+    §2: ``count_values`` of each slice attribute, ``match_tags`` for a rare condition,
+    ``sort_by_similarity`` from one night frame. §6: ``sort_by_similarity`` on the failure
+    prototype (checked against the FAISS mined top-10) and the saved ``mined`` view.
+    The dataset is (re)built from the checkpoints when they changed (explorer.get_dataset).
+    """
+    import numpy as np
+
+    from bdd_engine import explorer
+
+    ds = explorer.get_dataset(cfg)
+    rows: list[tuple[str, str, Any]] = [("dataset", f"fo.load_dataset({ds.name!r})", f"{len(ds)} samples")]
+    if n == 2:
+        for attr in ("weather", "timeofday", "scene"):
+            counts = ds.count_values(attr)
+            rows.append(("count_values", f"ds.count_values({attr!r})",
+                         ", ".join(f"{k}: {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))))
+        for tags in (["timeofday:night", "weather:rainy"], ["weather:foggy"]):
+            rows.append(("match_tags", f"ds.match_tags({tags}, all=True).count()",
+                         ds.match_tags(tags, all=True).count()))
+        if "img_sim" in ds.list_brain_runs():
+            night = ds.match_tags("timeofday:night").first()
+            top = ds.sort_by_similarity(night.id, k=10, brain_key="img_sim")
+            share = np.mean([t == "night" for t in top.values("timeofday")])
+            rows.append(("sort_by_similarity", f"ds.sort_by_similarity(<night frame {night['name']}>, k=10)",
+                         f"{share:.0%} of the 10 nearest frames are night too"))
+    elif n == 6:
+        s6 = Section(cfg, 6)
+        info, mined = s6.load_json("mining_summary.json"), s6.read_df("mined.csv")
+        emb, names = load_embeddings(cfg)
+        idx = {nm: i for i, nm in enumerate(names)}
+        proto = np.asarray(emb)[[idx[f] for f in info["failure_frames"]]].mean(0)
+        top = ds.match_tags("pool").sort_by_similarity(proto, k=10, brain_key="img_sim").values("name")
+        same = top == mined["name"].head(10).tolist()
+        rows.append(("sort_by_similarity", "ds.match_tags('pool').sort_by_similarity(prototype, k=10)",
+                     f"top-10 {'identical to' if same else 'DIFFERS from'} FAISS mining"
+                     + ("" if info["strategy"] == "prototype" else f" (strategy {info['strategy']}: not comparable)")))
+        view = ds.load_saved_view("mined")
+        rows.append(("saved view", "ds.load_saved_view('mined').count_values('slice')",
+                     ", ".join(f"{k}: {v}" for k, v in sorted(view.count_values("slice").items(), key=lambda kv: -kv[1])[:5])))
+        rows.append(("match_tags", f"ds.match_tags('mined').match(F('slice') == {info['worst_slice']!r}).count()",
+                     f"{int((mined['slice'] == info['worst_slice']).sum()) if 'slice' in mined else 'n/a'} of {len(mined)}"))
+    rows.append(("saved views", "ds.list_saved_views()", ", ".join(ds.list_saved_views())))
+    rows.append(("App", "python -m bdd_engine app --profile " + str(cfg.profile), "opens these views in a browser"))
+    return pd.DataFrame(rows, columns=["idiom", "call", "result"])
+
+
+# ----------------------------------------------------------------------------- §7
+def retrain_runs(cfg: Any) -> list[tuple[str, str, int]]:
+    """(run name, arm, seed) for every §7 training run; arm ``iter1`` first.
+
+    One seed → runs are named by arm (``iter1``, ``random``, ...); several seeds →
+    ``<arm>_s<seed>``. Warm-starting without the ``continue`` control is refused: extra
+    epochs alone move the numbers, so Δ would be uninterpretable without it.
+    """
+    arms = ["iter1", *[a for a in cfg.retrain_controls if a != "iter1"]]
+    unknown = set(arms) - {"iter1", "random", "oracle", "continue"}
+    if unknown:
+        raise ValueError(f"unknown retrain_controls {sorted(unknown)}; choose from random, oracle, continue")
+    if cfg.retrain_warm_start and "continue" not in arms:
+        raise ValueError("retrain_warm_start: true needs the `continue` control in retrain_controls "
+                         "(extra epochs alone move mAP; without it the Δ cannot be attributed to the data)")
+    seeds = [int(s) for s in cfg.retrain_seeds]
+    return [(a if len(seeds) == 1 else f"{a}_s{s}", a, s) for a in arms for s in seeds]
+
+
+def frames_hash(frames: list[dict[str, Any]]) -> str:
+    """Content hash of a training set (names + labels): what makes two YOLO sets equal."""
+    import hashlib
+
+    payload = json.dumps([[f["name"], f.get("labels") or []] for f in sorted(frames, key=lambda f: f["name"])],
+                         sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def random_pool_names(cfg: Any, pools: pd.DataFrame, k: int) -> list[str]:
+    """The random control's frames: ``k`` pool frames drawn with the run's seed."""
+    import numpy as np
+
+    names = sorted(pools.loc[pools["pool"] == "pool", "name"])
+    rng = np.random.default_rng(int(cfg.seed))
+    return sorted(rng.choice(names, size=min(k, len(names)), replace=False).tolist())
+
+
+def s7_autolabel_retrain(cfg: Any) -> Result:
+    """Auto-label the mined frames (and the random control's), then retrain every arm.
+
+    Arms (identical epochs, hyper-parameters and start point): ``iter1`` = train ∪
+    mined frames with the profile's labeler (auto-accepted labels only); ``random`` =
+    train ∪ as many random pool frames, same labeler; ``oracle`` = train ∪ mined frames
+    with their GT; ``continue`` = train alone (the extra epochs without new data).
+    Artifacts (``07_autolabel_retrain/``): labels_mined/ and labels_random/ (labels,
+    quality, router, cost, exports — :func:`autolabel.write_outputs`), arms.csv,
+    random_frames.csv, labeling.json. Runs in ``runs/<run>/``, YOLO sets in ``runs/data/<run>/``.
+    """
+    import shutil
+
+    from bdd_engine import autolabel, train
+    from bdd_engine.config import Config
+    from bdd_engine.yolo import export_yolo
+
+    sec = Section(cfg, 7)
+    if needs_run(sec):
+        pools = Section(cfg, 3).read_df("pools.csv")
+        paths = dict(zip(pools["name"], pools["image_path"]))
+        wh = tuple(Section(cfg, 1).load_json("validation.json")["image_wh"])
+        mined = Section(cfg, 6).read_df("mined.csv")["name"].tolist()
+        gt_pool = {f["name"]: f for f in load_gt(cfg, 3, "pool")}
+        gt_train = load_gt(cfg, 3, "train")
+        w0 = iter0_weights(cfg)
+        runs = retrain_runs(cfg)
+        accept, review = float(cfg.label_accept), float(cfg.label_review)
+        labeler = autolabel.get_labeler(cfg, teacher_weights=w0, gt_frames=list(gt_pool.values()))
+        sets = {"mined": mined}
+        if any(a == "random" for _, a, _ in runs):
+            sets["random"] = random_pool_names(cfg, pools, len(mined))
+        with sec.writer() as w:
+            extra, labeling = {}, {}
+            for which, names in sets.items():
+                frames = [gt_pool[n] for n in names]
+                run = labeler.label(frames, [paths[n] for n in names])
+                t = autolabel.write_outputs(w.path(f"labels_{which}"), run, frames, paths, accept=accept,
+                                            review=review, spot_check=int(cfg.label_spot_check), seed=int(cfg.seed))
+                extra[which] = frames if run.is_oracle else autolabel.accepted_frames(run, accept)
+                q = t["quality"]
+                labeling[which] = {"labeler": run.labeler, "frames": run.n_frames, "failed": run.n_failed,
+                                   "labels": run.n_labels, "seconds": round(run.seconds, 2),
+                                   "train_frames": len(extra[which]),
+                                   "train_labels": sum(len(f["labels"]) for f in extra[which]),
+                                   **(_overall_pr(q.all_frames) if q is not None else {})}
+            extra["oracle"] = [gt_pool[n] for n in mined]
+            extra["continue"] = []
+            warm = bool(cfg.retrain_warm_start)
+            rows = []
+            for run_name, arm, seed in runs:
+                add = extra["mined" if arm == "iter1" else arm]
+                frames = gt_train + add
+                dhash = frames_hash(frames)
+                data_dir = cfg.out / "runs" / "data" / run_name
+                shutil.rmtree(data_dir, ignore_errors=True)   # never train on a previous set's leftovers
+                # Ultralytics needs a val split; the first train frames keep eval out of training
+                data_yaml, _ = export_yolo({"train": frames, "val": gt_train[:32]}, paths, data_dir, wh)
+                c = Config(cfg)
+                c["seed"] = seed
+                epochs = int(cfg.retrain_epochs) if warm else int(cfg.train_epochs)
+                weights = train.train(c, data_yaml, cfg.out / "runs", init_weights=w0 if warm else None,
+                                      epochs=epochs, name=run_name, data_hash=dhash)
+                card = json.loads((weights.parent.parent / "run_card.json").read_text())
+                rows.append({"run": run_name, "arm": arm, "seed": seed, "init": "iter0" if warm else "scratch/config",
+                             "epochs": epochs, "train_frames": len(frames), "extra_frames": len(add),
+                             "extra_labels": sum(len(f.get("labels") or []) for f in add), "data_hash": dhash,
+                             "wall_time_s": card.get("wall_time_s"), "device": card.get("device"),
+                             "commit": card.get("git_commit"),
+                             "weights": str(Path(weights).resolve().relative_to(cfg.out.resolve()))})
+                w.add_external(weights)
+            w.write_df("arms.csv", pd.DataFrame(rows))
+            w.write_df("random_frames.csv", pd.DataFrame({"name": sets.get("random", [])}))
+            w.write_json("labeling.json", labeling)
+            w.counts.update({"runs": len(rows), "mined_labelled": len(mined)})
+    arms = sec.read_df("arms.csv")
+    tables = {"runs": arms}
+    for which in ("mined", "random"):
+        d = sec.dir / f"labels_{which}"
+        for key in ("quality_all", "router", "cost"):
+            if (d / f"{key}.csv").exists():
+                tables[f"{key}_{which}" if which != "mined" else key] = pd.read_csv(d / f"{key}.csv")
+    tables["quality"] = tables.get("quality_all", pd.DataFrame())
+    return Result(7, sec.dir, tables, {"labeling": sec.load_json("labeling.json")})
+
+
+def _overall_pr(pr: pd.DataFrame) -> dict[str, float]:
+    o = pr.set_index("class").loc["overall"]
+    return {"precision": float(o["precision"]), "recall": float(o["recall"])}
