@@ -58,6 +58,10 @@ UPSTREAM: dict[int, tuple[int, ...]] = {
 
 
 # ----------------------------------------------------------------------------- atomic I/O
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path in the target's folder; on success rename it onto ``path``.
@@ -69,6 +73,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a normal file honours the umask
     tmp_path = Path(tmp)
     try:
         yield tmp_path

@@ -40,6 +40,9 @@ SECTION_PREFIXES: dict[int, tuple[str, ...]] = {
     8: ("report_",),
 }
 
+# BDD_* environment variables that are not config keys (profile choice, cache dir, `run --from`).
+RESERVED_ENV = ("BDD_PROFILE", "BDD_CACHE_DIR", "BDD_FROM")
+
 # Keys that never change results (where things go, how loud they are).
 NON_RESULT_KEYS = ("profile", "outputs_dir", "device", "workers", "fiftyone_dataset")
 
@@ -122,7 +125,7 @@ def load_config(
     merged: dict[str, Any] = {}
     if env:
         for key, value in os.environ.items():
-            if key.startswith("BDD_") and key not in ("BDD_PROFILE", "BDD_CACHE_DIR"):
+            if key.startswith("BDD_") and key not in RESERVED_ENV:
                 merged[key[4:].lower()] = yaml.safe_load(value)
     merged.update(overrides or {})
     unknown = sorted(k for k in merged if k not in cfg)

@@ -690,3 +690,241 @@ def s7_autolabel_retrain(cfg: Any) -> Result:
 def _overall_pr(pr: pd.DataFrame) -> dict[str, float]:
     o = pr.set_index("class").loc["overall"]
     return {"precision": float(o["precision"]), "recall": float(o["recall"])}
+
+
+# ----------------------------------------------------------------------------- §8
+def _agg(d: pd.DataFrame) -> pd.Series:
+    """Mean Δ over seeds (+ sd when several); the CI is the first seed's paired bootstrap."""
+    first = d.sort_values("seed").iloc[0]
+    return pd.Series({"delta": d["delta"].mean(), "sd": d["delta"].std(ddof=1) if len(d) > 1 else float("nan"),
+                      "ci_lo": first["ci_lo"], "ci_hi": first["ci_hi"], "AP50_1": d["AP50_1"].mean(),
+                      "p_le0": first["p_le0"]})
+
+
+def report_slices(cfg: Any, slices_df: pd.DataFrame, worst: str) -> list[str | None]:
+    """The headline table's rows: the worst slice, the top-N ranked slices by eval frames, overall (None)."""
+    full = slices_df[(slices_df["level"] == "full") & (slices_df["n_frames"] >= int(cfg.eval_min_frames))]
+    top = full[full["slice"] != worst].sort_values(["n_frames", "slice"], ascending=[False, True])
+    return [worst, *top["slice"].head(int(cfg.report_top_slices)).tolist(), None]
+
+
+def s8_delta(cfg: Any) -> Result:
+    """Evaluate every §7 arm on the eval pool; paired Δ vs iter0 per slice; runs table,
+    registry, golden QA, action plan and the case study.
+
+    Artifacts (``08_delta/``): deltas.csv (every run × slice), headline.csv/.md/.json,
+    <run>_eval.json / _slices.csv / _per_class.csv / _per_frame.csv / _predictions.*,
+    failure_modes.csv, action_plan.md, golden_qa.json (this run's entry); outside it:
+    runs/runs.csv/.md, runs/registry.json, golden_qa.json (history),
+    case_study/case_study_v1.md/.pdf, figures slice_delta.png and architecture.png.
+    """
+    from bdd_engine import evaluate, report
+
+    sec = Section(cfg, 8)
+    if needs_run(sec):
+        s5, s6, s7 = Section(cfg, 5), Section(cfg, 6), Section(cfg, 7)
+        pools = Section(cfg, 3).read_df("pools.csv")
+        ev = pools[pools["pool"] == "eval"]
+        w5 = s5.load_json("worst_slice.json")
+        worst = w5["worst_slice"]
+        res0 = evaluate_on_eval_pool(cfg, bdd.load_frames(s5.dir / "predictions.json"))
+        arms = s7.read_df("arms.csv")
+        rows_sel = report_slices(cfg, res0.slices, worst)
+        n_boot, seed = int(cfg.eval_n_boot), int(cfg.seed)
+        with sec.writer() as w:
+            results, deltas = {}, []
+            for r in arms.itertuples(index=False):
+                preds = predict_frames(cfg, cfg.out / r.weights, ev)
+                res = evaluate_on_eval_pool(cfg, preds)
+                results[r.run] = res
+                write_eval(w, res, preds, prefix=f"{r.run}_")
+                for s in rows_sel:
+                    d = evaluate.paired_delta(res0, res, s, n_boot, seed)
+                    deltas.append({"run": r.run, "arm": r.arm, "seed": r.seed, **{k: v for k, v in d.items() if k != "ci"},
+                                   "ci_lo": d["ci"][0], "ci_hi": d["ci"][1]})
+            deltas = pd.DataFrame(deltas)
+            w.write_df("deltas.csv", deltas)
+            agg = deltas.groupby(["arm", "slice"], sort=False).apply(_agg, include_groups=False).reset_index()
+            head = headline_table(agg, deltas, rows_sel, warm=bool(cfg.retrain_warm_start))
+            w.write_df("headline.csv", head)
+            w.write_text("headline.md", _md(head) + "\n")
+            it1 = agg[(agg["arm"] == "iter1")].set_index("slice")
+            arm_d = {a: agg[(agg["arm"] == a) & (agg["slice"] == worst)]["delta"] for a in ("random", "oracle", "continue")}
+            s6i = s6.load_json("mining_summary.json")
+            labeling = s7.load_json("labeling.json")
+            headline = {
+                "worst_slice": worst, "n_eval": int(w5["n_eval"]),
+                "iter0": float(res0.slices.set_index("slice").loc[worst, "AP50"]),
+                "iter1": float(it1.loc[worst, "AP50_1"]), "delta": float(it1.loc[worst, "delta"]),
+                "delta_ci": [float(it1.loc[worst, "ci_lo"]), float(it1.loc[worst, "ci_hi"])],
+                "delta_sd": _num(it1.loc[worst, "sd"]), "p_delta_le0": float(it1.loc[worst, "p_le0"]),
+                **{f"{a}_delta": (float(v.iloc[0]) if len(v) else None) for a, v in arm_d.items()},
+                "overall_iter0": float(res0.AP50), "overall_iter1": float(it1.loc["__all__", "AP50_1"]),
+                "mining_precision": s6i["precision"], "slice_base_rate": s6i["base_rate"],
+                "labeler": labeling["mined"]["labeler"], "label_precision": labeling["mined"].get("precision"),
+                "label_recall": labeling["mined"].get("recall"), "synthetic": bool(cfg.synthetic),
+                "seeds": [int(s) for s in cfg.retrain_seeds], "warm_start": bool(cfg.retrain_warm_start),
+                "retrain_epochs": int(cfg.retrain_epochs),
+            }
+            if not cfg.retrain_warm_start:
+                headline["continue_delta"] = None
+            headline["verdict"] = verdict(headline)
+            w.write_json("headline.json", headline)
+            w.save_fig("slice_delta.png", delta_figure(cfg, head))
+
+            # runs table + registry (one row per training run, iter0 included)
+            runs = runs_table(cfg, arms, res0, results, worst)
+            runs_dir = cfg.out / "runs"
+            for p, write in ((runs_dir / "runs.csv", lambda p: runs.to_csv(p, index=False)),
+                             (runs_dir / "runs.md", lambda p: p.write_text(_md(runs) + "\n"))):
+                from bdd_engine.checkpoint import atomic_path
+
+                with atomic_path(p) as tmp:
+                    write(tmp)
+                w.add_external(p)
+            from bdd_engine.checkpoint import atomic_write_json
+
+            atomic_write_json(runs_dir / "registry.json", registry(runs, float(cfg.report_promote_tol)))
+            w.add_external(runs_dir / "registry.json")
+
+            # failure modes + action plan on the iter1 model (the candidate next model)
+            gt_eval = load_gt(cfg, 3, "eval")
+            frame_slice = dict(zip(ev["name"], ev["slice"]))
+            first_iter1 = arms[arms["arm"] == "iter1"].iloc[0]["run"]
+            preds1 = bdd.load_frames(w.path(f"{first_iter1}_predictions.json"))
+            modes = report.failure_modes(gt_eval, preds1, float(cfg.eval_vis_conf), frame_slice)
+            w.write_df("failure_modes.csv", modes)
+            plan, actions = report.action_plan(results[first_iter1].per_class.reset_index(), results[first_iter1].slices,
+                                               modes, w5, first_iter1, float(cfg.report_safety_recall), bool(cfg.synthetic))
+            w.write_text("action_plan.md", plan)
+            w.write_json("actions.json", actions)
+
+            # golden QA: GT vs each labeler on the fixed golden subset, history across runs
+            entry = golden_run(cfg, pools, arms)
+            w.write_json("golden_qa.json", entry)
+            w.add_external(cfg.out / "golden_qa.json")
+
+            w.save_fig("architecture.png", report.architecture_figure())
+            _close_figs()
+            from bdd_engine import casestudy
+
+            md_path, pdf_path = casestudy.write(cfg, w, headline=headline, head=head, runs=runs, actions=actions,
+                                                golden=entry, modes=modes)
+            w.add_external(md_path)
+            w.add_external(pdf_path)
+            w.counts.update({"runs_evaluated": len(results), "slices_reported": len(rows_sel)})
+        _close_figs()
+    head = sec.read_df("headline.csv")
+    info = sec.load_json("headline.json")
+    return Result(8, sec.dir, {"headline": head, "runs": pd.read_csv(cfg.out / "runs" / "runs.csv")},
+                  {"verdict": info["verdict"], "headline": info,
+                   "case_study": cfg.out / "case_study" / "case_study_v1.md"})
+
+
+def _num(v: Any) -> float | None:
+    v = float(v)
+    return None if v != v else v
+
+
+def headline_table(agg: pd.DataFrame, deltas: pd.DataFrame, rows_sel: list, warm: bool) -> pd.DataFrame:
+    """slice, n_eval, iter0, iter1, Δ, 95% CI, random/oracle/continue Δ (one row per reported slice)."""
+    out = []
+    for s in rows_sel:
+        key = s if s is not None else "__all__"
+        a = agg[agg["slice"] == key].set_index("arm")
+        d0 = deltas[(deltas["slice"] == key)].iloc[0]
+        row = {"slice": "overall (all eval frames)" if s is None else s, "n_eval": int(d0["n_frames"]),
+               "iter0": d0["AP50_0"], "iter1": a.loc["iter1", "AP50_1"], "delta": a.loc["iter1", "delta"],
+               "ci_lo": a.loc["iter1", "ci_lo"], "ci_hi": a.loc["iter1", "ci_hi"]}
+        if a["sd"].notna().any():
+            row["delta_sd"] = a.loc["iter1", "sd"]
+        for arm in ("random", "oracle", "continue"):
+            if arm in a.index:
+                row[f"{arm}_delta"] = a.loc[arm, "delta"]
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def verdict(h: Mapping[str, Any]) -> str:
+    """One sentence on what the headline Δ supports, from the numbers only."""
+    lo, hi = h["delta_ci"]
+    ci_txt = f"Δ {h['delta']:+.3f} (95% CI [{lo:+.3f}, {hi:+.3f}])"
+    if lo > 0:
+        sig = "the worst slice improved beyond its CI"
+    elif hi < 0:
+        sig = "the worst slice got worse beyond its CI"
+    else:
+        sig = "the worst-slice change is within noise (its CI contains 0)"
+    cmp = []
+    for arm in ("random", "continue"):
+        v = h.get(f"{arm}_delta")
+        if v is not None:
+            beat = h["delta"] - v
+            cmp.append(f"{'beats' if beat > 0 else 'does not beat'} the {arm} control ({v:+.3f}) by {beat:+.3f}"
+                       + (", inside the CI width" if abs(beat) < (hi - lo) / 2 else ""))
+    o = h.get("oracle_delta")
+    tail = f"; the oracle control reached {o:+.3f}" if o is not None else ""
+    return f"{ci_txt}: {sig}; mining " + "; ".join(cmp) + tail + "."
+
+
+def delta_figure(cfg: Any, head: pd.DataFrame) -> Any:
+    from bdd_engine import viz
+
+    labels = [f"{s}  (n={n})" for s, n in zip(head["slice"], head["n_eval"])]
+    series = [(f"{arm} control", head[f"{arm}_delta"]) for arm in ("random", "oracle", "continue") if f"{arm}_delta" in head]
+    return viz.ci_bars(labels, head["delta"], head["ci_lo"], head["ci_hi"],
+                       "Δ mAP@0.5 iter1 − iter0 (bars, paired-bootstrap 95% CI) and controls (markers)"
+                       + synthetic_note(cfg), "Δ mAP@0.5", highlight=labels[:1], zero_line=True, series=series)
+
+
+def runs_table(cfg: Any, arms: pd.DataFrame, res0: Any, results: Mapping[str, Any], worst: str) -> pd.DataFrame:
+    """One row per training run: arm, status, data hash, config hash, commit, device, duration, mAPs, weights."""
+    card0 = Section(cfg, 4).load_json("run_card.json")
+    w0 = Section(cfg, 4).load_json("weights.json")["weights"]
+    sl = lambda r: float(r.slices.set_index("slice").loc[worst, "AP50"])  # noqa: E731
+    rows = [{"run": "iter0", "arm": "iter0", "seed": int(cfg.seed), "status": "finished" if card0.get("finished") else "unknown",
+             "data_hash": card0.get("data_hash"), "config_hash": cfg.section_hash(4), "commit": card0.get("git_commit"),
+             "device": card0.get("device"), "duration_s": card0.get("wall_time_s"), "epochs": card0.get("epochs"),
+             "overall_AP50": float(res0.AP50), "worst_slice_AP50": sl(res0), "weights": w0}]
+    for r in arms.itertuples(index=False):
+        res = results[r.run]
+        rows.append({"run": r.run, "arm": r.arm, "seed": int(r.seed), "status": "finished", "data_hash": r.data_hash,
+                     "config_hash": cfg.section_hash(7), "commit": r.commit, "device": r.device,
+                     "duration_s": r.wall_time_s, "epochs": r.epochs, "overall_AP50": float(res.AP50),
+                     "worst_slice_AP50": sl(res), "weights": r.weights})
+    return pd.DataFrame(rows)
+
+
+def registry(runs: pd.DataFrame, tol: float) -> dict[str, Any]:
+    """The promoted model: best worst-slice mAP@0.5 among iter0 and the iter1 runs whose overall
+    mAP@0.5 is no worse than iter0's minus ``tol``. Controls are experiments, never promoted."""
+    base = runs[runs["arm"] == "iter0"].iloc[0]
+    cand = runs[runs["arm"].isin(["iter0", "iter1"])]
+    ok = cand[cand["overall_AP50"] >= base["overall_AP50"] - tol]
+    best = ok.sort_values(["worst_slice_AP50", "run"], ascending=[False, True]).iloc[0]
+    return {"promoted": best["run"], "weights": best["weights"],
+            "rule": f"max worst-slice mAP@0.5 among iter0/iter1 with overall mAP@0.5 >= iter0 - {tol}",
+            "candidates": cand[["run", "overall_AP50", "worst_slice_AP50"]].to_dict("records"),
+            "rejected_for_overall_regression": sorted(set(cand["run"]) - set(ok["run"]))}
+
+
+def golden_run(cfg: Any, pools: pd.DataFrame, arms: pd.DataFrame) -> dict[str, Any]:
+    """Golden QA entry for this run: GT vs the labeler of this turn (and, for a model
+    labeler, the next turn's: the iter1 model as teacher)."""
+    from bdd_engine import autolabel, report
+
+    gold = pools[pools["golden"]]
+    gt_by = {f["name"]: f for f in load_gt(cfg, 3, "eval")}
+    gt = [gt_by[n] for n in gold["name"]]
+    paths = list(gold["image_path"])
+    labelled = {}
+    name = str(cfg.label_labeler)
+    if name == "teacher":
+        for tag, wts in (("teacher_iter0", iter0_weights(cfg)),
+                         ("teacher_iter1", cfg.out / arms[arms["arm"] == "iter1"].iloc[0]["weights"])):
+            labelled[tag] = autolabel.get_labeler(cfg, teacher_weights=wts).label(gt, paths, progress=False).frames
+    elif name == "gsam2":
+        labelled["gsam2"] = autolabel.get_labeler(cfg).label(gt, paths, progress=False).frames
+    run_id = f"{cfg.profile}-{cfg.hash()}-{Section(cfg, 6).manifest_hash()}"  # config + mined set = one iteration
+    return report.golden_qa(cfg.out / "golden_qa.json", run_id, gt, labelled, float(cfg.report_drift_tol),
+                            bool(cfg.synthetic))
