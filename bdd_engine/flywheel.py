@@ -539,7 +539,7 @@ def explorer_demo(cfg: Any, n: int) -> pd.DataFrame:
                          ds.match_tags(tags, all=True).count()))
         if "img_sim" in ds.list_brain_runs():
             night = ds.match_tags("timeofday:night").first()
-            top = ds.sort_by_similarity(night.id, k=10, brain_key="img_sim")
+            top = explorer.sort_by_similarity(ds, night.id, k=10)
             share = np.mean([t == "night" for t in top.values("timeofday")])
             rows.append(("sort_by_similarity", f"ds.sort_by_similarity(<night frame {night['name']}>, k=10)",
                          f"{share:.0%} of the 10 nearest frames are night too"))
@@ -549,7 +549,7 @@ def explorer_demo(cfg: Any, n: int) -> pd.DataFrame:
         emb, names = load_embeddings(cfg)
         idx = {nm: i for i, nm in enumerate(names)}
         proto = np.asarray(emb)[[idx[f] for f in info["failure_frames"]]].mean(0)
-        top = ds.match_tags("pool").sort_by_similarity(proto, k=10, brain_key="img_sim").values("name")
+        top = explorer.sort_by_similarity(ds.match_tags("pool"), proto, k=10).values("name")
         same = top == mined["name"].head(10).tolist()
         rows.append(("sort_by_similarity", "ds.match_tags('pool').sort_by_similarity(prototype, k=10)",
                      f"top-10 {'identical to' if same else 'DIFFERS from'} FAISS mining"
