@@ -208,7 +208,8 @@ from bdd_engine import flywheel as fw
 cfg = fw.cfg()
 r8 = fw.s8_delta(cfg)
 display(r8["headline"])
-fw.show(cfg, "slice_delta.png")
+display(r8["runs"])
+fw.show(cfg, "slice_delta.png", "architecture.png")
 print(r8.info["verdict"])
 print("case study:", r8.info["case_study"])
 

@@ -187,13 +187,25 @@ def fields(cfg: Any, headline: Mapping[str, Any], head: pd.DataFrame, runs: pd.D
     return f
 
 
+def flowchart() -> str:
+    """The mermaid flowchart of the template (drawn offline into figures/architecture.png)."""
+    m = report.MERMAID.search(TEMPLATE.read_text())
+    if m is None:
+        raise ValueError(f"{TEMPLATE} has no ```mermaid flowchart block")
+    return m.group(1)
+
+
+ARCH_IMAGE = "![The flywheel, drawn from the template's flowchart: one checkpoint folder per section](../figures/architecture.png)\n"
+
+
 def write(cfg: Any, w: Any, *, headline: Mapping[str, Any], head: pd.DataFrame, runs: pd.DataFrame,
           actions: Sequence[Mapping[str, Any]], golden: Mapping[str, Any], modes: pd.DataFrame) -> tuple[Path, Path]:
     """Render the case study into ``outputs/case_study/`` (md + pdf); returns both paths."""
     import json
 
     reg = json.loads((cfg.out / "runs" / "registry.json").read_text())
-    text = report.render(TEMPLATE.read_text(), fields(cfg, headline, head, runs, actions, golden, reg))
+    template = report.MERMAID.sub(lambda m: ARCH_IMAGE, TEMPLATE.read_text(), count=1)
+    text = report.render(template, fields(cfg, headline, head, runs, actions, golden, reg))
     bad = report.leftovers(text)
     if bad:
         raise ValueError(f"case study still has template markers or placeholders: {bad[:5]}")

@@ -804,9 +804,10 @@ def s8_delta(cfg: Any) -> Result:
             w.write_json("golden_qa.json", entry)
             w.add_external(cfg.out / "golden_qa.json")
 
-            w.save_fig("architecture.png", report.architecture_figure())
-            _close_figs()
             from bdd_engine import casestudy
+
+            w.save_fig("architecture.png", report.architecture_figure(casestudy.flowchart()))
+            _close_figs()
 
             md_path, pdf_path = casestudy.write(cfg, w, headline=headline, head=head, runs=runs, actions=actions,
                                                 golden=entry, modes=modes)

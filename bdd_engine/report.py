@@ -209,38 +209,66 @@ def _first(items: Sequence[str], n: int) -> str:
 
 
 # ----------------------------------------------------------------------------- architecture figure
-FLOW = ["§1 collect", "§2 curate", "§3 pools", "§4 train iter0", "§5 eval per slice",
-        "§6 mine worst slice", "§7 auto-label + retrain", "§8 Δ + report"]
+MERMAID = re.compile(r"```mermaid\n(.*?)```\n?", re.S)
+NODE = re.compile(r'(\w+)\["([^"]+)"\]')
+EDGE = re.compile(r'^\s*(\w+)(?:\["[^"]*"\])?\s*(-->|-\.->)\s*(?:\|([^|]*)\|)?\s*(\w+)', re.M)
 
 
-def architecture_figure() -> Any:
-    """The flywheel as boxes and arrows, drawn offline with matplotlib (no network renderer)."""
+def parse_flowchart(mermaid: str) -> tuple[dict[str, str], list[tuple[str, str, bool, str]]]:
+    """Nodes {id: "title: subtitle"} in order of appearance and edges (src, dst, dashed, label)
+    from a mermaid ``flowchart`` (the subset the template uses: ``a["text"] --> b``, ``-.->|label|``)."""
+    nodes: dict[str, str] = {}
+    for nid, text in NODE.findall(mermaid):
+        nodes.setdefault(nid, text)
+    edges = [(a, b, arrow == "-.->", label or "") for a, arrow, label, b in EDGE.findall(mermaid)]
+    unknown = {n for a, b, _, _ in edges for n in (a, b)} - set(nodes)
+    if unknown:
+        raise ValueError(f"flowchart edges name undefined nodes {sorted(unknown)}")
+    return nodes, edges
+
+
+def architecture_figure(mermaid: str | None = None, per_row: int = 4) -> Any:
+    """The template's flowchart (default: ``case_study_template.md``'s) drawn with
+    matplotlib, offline. Nodes are laid out in reading order, snaking over rows of ``per_row``."""
     import matplotlib.pyplot as plt
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
-    fig, ax = plt.subplots(figsize=(11, 4.2))
-    ax.set_xlim(0, 4)
-    ax.set_ylim(0, 2)
+    if mermaid is None:
+        from bdd_engine.casestudy import flowchart
+
+        mermaid = flowchart()
+
+    nodes, edges = parse_flowchart(mermaid)
+    rows = (len(nodes) + per_row - 1) // per_row
+    fig, ax = plt.subplots(figsize=(11, 2.1 * rows))
+    ax.set_xlim(0, per_row)
+    ax.set_ylim(0, rows)
     ax.axis("off")
-    pos = [(i + 0.5, 1.5) for i in range(4)] + [(3.5 - i, 0.5) for i in range(4)]
-    sub = ["BDD det_20 JSON, stratified", "embeddings, slice stats", "train / eval / pool by drive",
-           "Ultralytics YOLO", "official mAP@0.5 + bootstrap CI", "FAISS k-NN of failures",
-           "labeler + router; 4 arms", "paired Δ, golden QA, case study"]
-    for (x, y), t, s in zip(pos, FLOW, sub):
+    pos = {}
+    for i, nid in enumerate(nodes):
+        r, c = divmod(i, per_row)
+        pos[nid] = ((c if r % 2 == 0 else per_row - 1 - c) + 0.5, rows - r - 0.5)
+    for nid, text in nodes.items():
+        x, y = pos[nid]
+        title, _, sub = text.partition(": ")
         ax.add_patch(FancyBboxPatch((x - 0.42, y - 0.25), 0.84, 0.5, boxstyle="round,pad=0.02",
-                                    fc="#dbe8f6" if "§6" not in t else "#f8d7d0", ec="#34495e"))
-        ax.text(x, y + 0.07, t, ha="center", va="center", fontsize=10, weight="bold")
-        ax.text(x, y - 0.11, s, ha="center", va="center", fontsize=7.5)
-    for a, b in zip(pos[:-1], pos[1:]):
-        if a[1] == b[1]:
-            start, end = (a[0] + 0.44 * np.sign(b[0] - a[0]), a[1]), (b[0] - 0.44 * np.sign(b[0] - a[0]), b[1])
+                                    fc="#f8d7d0" if "mine" in title else "#dbe8f6", ec="#34495e"))
+        ax.text(x, y + 0.07, title, ha="center", va="center", fontsize=10, weight="bold")
+        ax.text(x, y - 0.11, sub, ha="center", va="center", fontsize=7.5)
+    for a, b, dashed, label in edges:
+        (xa, ya), (xb, yb) = pos[a], pos[b]
+        if ya == yb:
+            s = np.sign(xb - xa)
+            start, end = (xa + 0.44 * s, ya), (xb - 0.44 * s, yb)
         else:
-            start, end = (a[0], a[1] - 0.27), (b[0], b[1] + 0.27)
-        ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=14, color="#34495e"))
-    ax.add_patch(FancyArrowPatch((0.5, 0.77), (0.5, 1.23), arrowstyle="-|>", mutation_scale=14, color="#c0392b",
-                                 linestyle="--"))
-    ax.text(0.56, 1.0, "next turn: iter1 becomes iter0", fontsize=8, color="#c0392b", va="center")
-    ax.set_title("BDD100K mini data-engine: one turn of the flywheel (checkpoint folder per section)", fontsize=11)
+            s = np.sign(yb - ya)
+            start, end = (xa, ya + 0.27 * s), (xb, yb - 0.27 * s)
+        color = "#c0392b" if dashed else "#34495e"
+        ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=14, color=color,
+                                     linestyle="--" if dashed else "-"))
+        if label:
+            ax.text((start[0] + end[0]) / 2 + 0.06, (start[1] + end[1]) / 2, label, fontsize=8, color=color, va="center")
+    ax.set_title("BDD100K mini data-engine: one turn of the flywheel (one checkpoint folder per section)", fontsize=11)
     fig.tight_layout()
     return fig
 

@@ -127,6 +127,10 @@ def test_app_renders_grid_and_stops_clean(chromium, app_db, tmp_path):
     for field in ("ground_truth", "slice", "weather"):
         assert f'data-cy="checkbox-{field}"' in dom
     assert "Something went wrong" not in dom and "No samples" not in dom
+    # keep the evidence where the issue asks for it (outputs/ is git-ignored)
+    from bdd_engine.checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(PROJECT_ROOT / "outputs" / "figures" / "app_screenshot.png", Path(shot).read_bytes())
 
     # ... and the pixels agree: the grid area is busy images, not a blank/uniform page
     img = np.asarray(Image.open(shot).convert("RGB"), dtype=np.float32)

@@ -1,0 +1,98 @@
+"""§8 reporting pieces on hand-made inputs: failure modes, golden-QA drift, registry rule,
+template rendering, the flowchart, arm planning. (The end-to-end run is test_notebook.py.)"""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from bdd_engine import casestudy, flywheel, report
+from bdd_engine.config import load_config
+
+
+def frame(name, *boxes):
+    """boxes: (category, x1, y1, x2, y2[, score])."""
+    labels = []
+    for i, b in enumerate(boxes):
+        lb = {"id": str(i), "category": b[0], "box2d": dict(zip(("x1", "y1", "x2", "y2"), b[1:5]))}
+        if len(b) > 5:
+            lb["score"] = b[5]
+        labels.append(lb)
+    return {"name": name, "attributes": {}, "labels": labels}
+
+
+def test_failure_modes_classifies_each_error_once():
+    gt = [frame("a.jpg", ("car", 0, 0, 99, 99), ("pedestrian", 200, 200, 239, 299), ("truck", 400, 0, 499, 99),
+                ("bus", 600, 0, 699, 99), ("car", 800, 0, 899, 99))]
+    preds = [frame("a.jpg",
+                   ("car", 0, 0, 99, 99, 0.9),            # TP
+                   ("pedestrian", 200, 240, 239, 339, 0.8),  # same class, IoU ~0.43: mislocalised
+                   ("car", 400, 0, 499, 99, 0.7),         # truck labelled car: confusion (+ FP? no: overlaps GT)
+                   ("car", 1000, 500, 1099, 599, 0.6),    # nothing there: false positive
+                   ("car", 800, 0, 899, 99, 0.1))]        # below the operating threshold: ignored → missed
+    m = report.failure_modes(gt, preds, conf=0.25, frame_slice={"a.jpg": "s"})
+    got = sorted(zip(m["class"], m["mode"]))
+    assert got == sorted([("pedestrian", "mislocalised"), ("truck", "class confusion"), ("bus", "missed"),
+                          ("car", "missed"), ("car", "false positive")])
+    assert set(m["slice"]) == {"s"}
+    counts = report.mode_counts(m, "class").set_index("class")
+    assert counts.loc["car", "missed"] == 1 and counts.loc["car", "false positive"] == 1 and counts.loc["car", "total"] == 2
+
+
+def test_golden_qa_flags_drift_and_replaces_same_run(tmp_path):
+    gt = [frame(f"{i}.jpg", ("car", 0, 0, 50, 50), ("pedestrian", 60, 0, 80, 50)) for i in range(10)]
+    same = [dict(f) for f in gt]
+    half = [frame(f"{i}.jpg", ("car", 0, 0, 50, 50, 0.9)) if i < 5 else frame(f"{i}.jpg") for i in range(10)]
+    h = tmp_path / "golden_qa.json"
+    e1 = report.golden_qa(h, "run1", gt, {"good": same, "bad": half}, tol=0.25, synthetic=True)
+    assert e1["labelers"]["good"]["drift_flags"] == []
+    flags = e1["labelers"]["bad"]["drift_flags"]
+    assert any(f.startswith("empty_frames 5") for f in flags) and any("pedestrian" in f for f in flags)
+    report.golden_qa(h, "run1", gt, {"good": same, "bad": half}, tol=0.25, synthetic=True)
+    assert len(json.loads(h.read_text())["history"]) == 1, "same run id replaces its entry"
+    e2 = report.golden_qa(h, "run2", gt, {"good": half}, tol=0.25, synthetic=True)
+    assert any("previous run" in f for f in e2["labelers"]["good"]["drift_flags"])
+    assert [x["run_id"] for x in json.loads(h.read_text())["history"]] == ["run1", "run2"]
+
+
+def test_registry_promotes_best_worst_slice_without_overall_regression():
+    runs = pd.DataFrame([
+        {"run": "iter0", "arm": "iter0", "overall_AP50": 0.30, "worst_slice_AP50": 0.10, "weights": "w0"},
+        {"run": "iter1", "arm": "iter1", "overall_AP50": 0.25, "worst_slice_AP50": 0.20, "weights": "w1"},
+        {"run": "oracle", "arm": "oracle", "overall_AP50": 0.40, "worst_slice_AP50": 0.50, "weights": "wo"},
+    ])
+    r = flywheel.registry(runs, tol=0.01)
+    assert r["promoted"] == "iter0" and r["rejected_for_overall_regression"] == ["iter1"]
+    assert flywheel.registry(runs, tol=0.06)["promoted"] == "iter1", "controls are never promoted"
+
+
+def test_render_refuses_missing_fields_and_finds_leftovers():
+    with pytest.raises(KeyError, match="missing_one"):
+        report.render("a {{ x }} b {{missing_one}}", {"x": 1})
+    assert report.render("a {{ x }}", {"x": 1}) == "a 1"
+    for bad in ("left {{ over", "see e.g. this", "TODO later", "[insert number]"):
+        assert report.leftovers(bad), bad
+    assert report.leftovers("a clean sentence, i.e. fine") == []
+
+
+def test_template_renders_every_field_and_has_the_flowchart():
+    text = casestudy.TEMPLATE.read_text()
+    nodes, edges = report.parse_flowchart(casestudy.flowchart())
+    assert list(nodes) == [f"s{i}" for i in range(1, 9)]
+    assert ("s8", "s1", True, "next turn: promoted model, new drives") in edges
+    for n in range(1, 11):
+        assert f"\n## {n}. " in text
+    assert "e.g." not in text
+
+
+def test_retrain_runs_refuses_warm_start_without_continue():
+    cfg = load_config("tiny", env=False)
+    assert [r[0] for r in flywheel.retrain_runs(cfg)] == ["iter1", "random", "oracle", "continue"]
+    seeds = load_config("tiny", {"retrain_seeds": [42, 43]}, env=False)
+    assert [r[0] for r in flywheel.retrain_runs(seeds)][:2] == ["iter1_s42", "iter1_s43"]
+    with pytest.raises(ValueError, match="continue"):
+        flywheel.retrain_runs(load_config("tiny", {"retrain_controls": ["random"]}, env=False))
+    cold = load_config("tiny", {"retrain_controls": ["random"], "retrain_warm_start": False}, env=False)
+    assert [r[1] for r in flywheel.retrain_runs(cold)] == ["iter1", "random"]
