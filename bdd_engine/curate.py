@@ -16,27 +16,13 @@ import numpy as np
 import pandas as pd
 
 from bdd_engine.bdd import ATTRIBUTE_VALUES, SLICE_ATTRS
+from bdd_engine.slices import slice_index
 
 MAP_METHODS = ("pca", "tsne", "umap")
 TOD_COLORS = {"daytime": "#f2b705", "dawn/dusk": "#d9622b", "night": "#1f3a93", "undefined": "#9e9e9e"}
 
 
 # ----------------------------------------------------------------------------- analytics
-def slice_index(frames: pd.DataFrame, attrs: Sequence[str] = SLICE_ATTRS) -> pd.DataFrame:
-    """One row per slice: the attribute values, ``slice``, ``n_frames``, ``share`` and
-    ``n_<split>`` per split present. Frames with no slice (missing attribute) are
-    excluded here (count them with ``frames['slice'].isna()``). Most frequent first,
-    ties by slice name."""
-    f = frames.dropna(subset=["slice"])
-    g = f.groupby([*attrs, "slice"], dropna=False).size().rename("n_frames").reset_index()
-    g["share"] = g["n_frames"] / max(1, int(g["n_frames"].sum()))
-    if "split" in f.columns and f["split"].astype(str).str.len().gt(0).any():
-        per = f.pivot_table(index="slice", columns="split", values="name", aggfunc="count", fill_value=0)
-        per.columns = [f"n_{c}" for c in per.columns]
-        g = g.merge(per.reset_index(), on="slice", how="left")
-    return g.sort_values(["n_frames", "slice"], ascending=[False, True]).reset_index(drop=True)
-
-
 def imbalance_stats(index: pd.DataFrame, small: int = 50, n_rarest: int = 5) -> dict[str, Any]:
     """Imbalance figures of a :func:`slice_index` table.
 
@@ -203,7 +189,7 @@ def curate(cfg: Mapping[str, Any], frames: pd.DataFrame, emb: np.ndarray | None 
     ``cfg.synthetic``."""
     small = int(cfg.get("curate_small_slice", 50))
     note = " — SYNTHETIC data" if cfg.get("synthetic") else ""
-    idx = slice_index(frames)
+    idx = slice_index(frames)  # slices.slice_index
     stats = imbalance_stats(idx, small=small)
     stats["n_frames_without_slice"] = int(frames["slice"].isna().sum())
     figs = {"slice_distribution.png": slice_distribution_figure(frames, note),

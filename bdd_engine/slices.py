@@ -28,19 +28,30 @@ class LeakageError(AssertionError):
 def key(df: pd.DataFrame, attrs: Sequence[str] = SLICE_ATTRS) -> pd.Series:
     """Vectorised slice key for a frame table; NaN where any attribute is missing."""
     parts = df[list(attrs)]
-    out = parts.astype(str).agg(SLICE_SEP.join, axis=1)
+    out = parts.fillna("").astype(str).agg(SLICE_SEP.join, axis=1)  # NaN rows are masked below
     return out.where(parts.notna().all(axis=1))
 
 
 def slice_index(df: pd.DataFrame, attrs: Sequence[str] = SLICE_ATTRS) -> pd.DataFrame:
-    """Counts per slice, most frequent first (ties by name, so the order is stable)."""
-    k = key(df, attrs).dropna()
-    counts = k.value_counts()
+    """One row per slice: ``slice``, the attribute values, ``n_frames``, ``share`` (of the
+    frames that have a slice; frames with a missing attribute are left out — count them
+    with ``key(df).isna()``) and ``n_<split>`` per split when ``df`` has a ``split``
+    column. Most frequent first, ties by name, so the order is stable."""
+    k = key(df, attrs)
+    f = df.assign(slice=k)[k.notna()]
+    counts = f["slice"].value_counts()
     out = counts.rename_axis("slice").reset_index(name="n_frames")
     for i, a in enumerate(attrs):
         out[a] = out["slice"].str.split(SLICE_SEP, regex=False).str[i]
-    out["share"] = out["n_frames"] / max(len(df), 1)
-    return out.sort_values(["n_frames", "slice"], ascending=[False, True], kind="stable").reset_index(drop=True)[["slice", *attrs, "n_frames", "share"]]
+    out["share"] = out["n_frames"] / max(int(out["n_frames"].sum()), 1)
+    out = out.sort_values(["n_frames", "slice"], ascending=[False, True], kind="stable").reset_index(drop=True)
+    out = out[["slice", *attrs, "n_frames", "share"]]
+    if "split" in f.columns and f["split"].astype(str).str.len().gt(0).any():
+        per = f.pivot_table(index="slice", columns="split", values="name" if "name" in f else "slice",
+                            aggfunc="count", fill_value=0)
+        per.columns = [f"n_{c}" for c in per.columns]
+        out = out.merge(per.reset_index(), on="slice", how="left")
+    return out
 
 
 def _allocate(sizes: pd.Series, total: int, floor: int = 0) -> pd.Series:

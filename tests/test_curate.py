@@ -10,6 +10,7 @@ import bdd_engine  # noqa: F401
 from bdd_engine import bdd
 from bdd_engine import curate as C
 from bdd_engine import embed as E
+from bdd_engine import slices
 from bdd_engine import mine as M
 from bdd_engine.checkpoint import Section
 from bdd_engine.config import load_config
@@ -27,7 +28,7 @@ def frames_df() -> pd.DataFrame:
 
 
 def test_slice_index_and_imbalance_stats():
-    idx = C.slice_index(frames_df())
+    idx = slices.slice_index(frames_df())
     assert list(idx["slice"][:2]) == ["clear | daytime | city street", "clear | night | city street"]
     assert idx["n_frames"].tolist() == [60, 30, 4, 2, 1] and idx["n_frames"].sum() == 97  # 3 frames have no slice
     assert idx["share"].sum() == pytest.approx(1.0)
