@@ -652,7 +652,7 @@ def get_labeler(cfg: Mapping[str, Any], name: str | None = None, *, teacher_weig
     g = cfg.get
     if name == "gsam2":
         return GroundedSam2Labeler(
-            g("label_gsam2_gdino_dir", GDINO_DIR), g("label_gsam2_sam_dir", SAM2_DIR),
+            g("label_gsam2_gdino_dir") or GDINO_DIR, g("label_gsam2_sam_dir") or SAM2_DIR,
             prompt=g("label_gsam2_prompt", DEFAULT_PROMPT), class_prompts=g("label_gsam2_class_prompts", None),
             negative_prompts=g("label_gsam2_negative_prompts", None) or (),
             prompt_mode=g("label_gsam2_prompt_mode", "joint"),
@@ -664,7 +664,7 @@ def get_labeler(cfg: Mapping[str, Any], name: str | None = None, *, teacher_weig
         if teacher_weights is None:
             raise ValueError("teacher labeler needs teacher_weights= (the iter0 best.pt from §4)")
         return TeacherLabeler(teacher_weights, conf=g("label_teacher_conf", 0.35), tta=g("label_teacher_tta", False),
-                              imgsz=g("label_teacher_imgsz", g("train_imgsz", 640)), batch_size=g("train_batch", 16),
+                              imgsz=g("label_teacher_imgsz") or g("train_imgsz", 640), batch_size=g("train_batch", 16),
                               device=g("device", "auto"))
     if name == "oracle":
         if gt_frames is None:
