@@ -460,7 +460,8 @@ def imbalance_table(r2: Result) -> pd.DataFrame:
 def run_card_table(r4: Result) -> pd.DataFrame:
     c = r4.info["run_card"]
     keep = ("model", "device", "epochs", "wall_time_s", "commit", "data_hash", "finished")
-    return pd.DataFrame([(k, c.get(k)) for k in keep if k in c], columns=["key", "value"])
+    rows = [(k, Path(str(c[k])).name if k == "model" else c.get(k)) for k in keep if k in c]
+    return pd.DataFrame(rows, columns=["key", "value"])
 
 
 def worst_slice_table(r5: Result) -> pd.DataFrame:
