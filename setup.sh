@@ -43,7 +43,9 @@ jobs = {
     "clip": lambda p: hf("laion/CLIP-ViT-B-32-laion2B-s34B-b79K", p.parent, ["open_clip_pytorch_model.bin"]),
     "dinov2": lambda p: hf("facebook/dinov2-small", p),
     "grounding-dino": lambda p: hf("IDEA-Research/grounding-dino-tiny", p),
-    "sam2": lambda p: hf("facebook/sam2.1-hiera-tiny", p),
+    # configs + safetensors only: the repo also holds the original .pt checkpoints we never load
+    "sam2": lambda p: hf("facebook/sam2.1-hiera-tiny", p, ["*.json", "*.safetensors"]),
+    "yolo26n": lambda p: urllib.request.urlretrieve("https://github.com/ultralytics/assets/releases/download/v8.4.0/yolo26n.pt", p),
 }
 for name, fetch in jobs.items():
     p = W.path(name)

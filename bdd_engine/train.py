@@ -122,7 +122,7 @@ def _prepare_amp(device: str) -> bool:
     from ultralytics.utils import WEIGHTS_DIR as UL_WEIGHTS
 
     target = Path(UL_WEIGHTS) / "yolo26n.pt"
-    src = WEIGHTS_DIR / "yolo26n.pt"
+    src = weights.path("yolo26n")
     if not target.is_file() and src.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, target)

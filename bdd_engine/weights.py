@@ -21,6 +21,8 @@ REGISTRY: dict[str, tuple[str, str, str]] = {
     "dinov2": ("dinov2-small", "hf: facebook/dinov2-small", "§2/§6 image embeddings (optional toggle)"),
     "grounding-dino": ("grounding-dino-tiny", "hf: IDEA-Research/grounding-dino-tiny", "§7 open-vocabulary boxes (gsam2)"),
     "sam2": ("sam2.1-hiera-tiny", "hf: facebook/sam2.1-hiera-tiny", "§7 box → mask refinement (gsam2)"),
+    "yolo26n": ("yolo26n.pt", "github.com/ultralytics/assets releases: yolo26n.pt",
+                "Ultralytics' AMP self-check on GPU (without it AMP is off)"),
 }
 
 
