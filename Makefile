@@ -2,7 +2,7 @@
 PY      := .venv/bin/python
 PROFILE ?= demo
 
-.PHONY: venv demo test test-slow test-all bench status app clean-outputs
+.PHONY: venv demo test test-all bench status app clean-outputs
 
 venv:                      ## create .venv + install pinned requirements (no-op when up to date)
 	@./setup.sh
@@ -14,15 +14,13 @@ demo: venv                 ## synthetic world (if missing) + the whole notebook 
 test: venv                 ## the test suite (< ~10 min on 2 cores; excludes @slow)
 	$(PY) -m pytest -q -m "not slow"
 
-test-slow: venv            ## slow tests only (e.g. full-notebook re-runs)
-	$(PY) -m pytest -q -m slow
-
 test-all: venv
 	$(PY) -m pytest -q
 
 bench: venv                ## benchmarks/ (each ends with a RESULT {json} line)
 	$(PY) benchmarks/bench_eval.py
 	$(PY) benchmarks/bench_mine.py
+	$(PY) benchmarks/bench_embed_retrieval.py
 
 status: venv               ## which notebook sections are fresh
 	$(PY) -m bdd_engine status --profile $(PROFILE)
