@@ -288,9 +288,9 @@ def failures_figure(cfg: Any, worst: str, per_frame: pd.DataFrame, gt: list, pre
         colors = [(40, 220, 60)] * len(g) + [(255, 50, 50)] * len(p)
         images.append(viz.draw_boxes(r.image_path, boxes, colors=colors))
         caps.append(f"{r.name[:17]}  AP50={r.ap50:.2f} R={r.recall50:.2f}")
-    fig = viz.thumb_grid(images, caps, ncols=4, thumb_wh=(320, 180))
-    fig.suptitle(f"Worst slice '{worst}': GT green, prediction red (score >= {cfg.eval_vis_conf}){synthetic_note(cfg)}", fontsize=10)
-    return fig
+    return viz.thumb_grid(images, caps, ncols=4, thumb_wh=(320, 180), fontsize=7, caption_lines=1,
+                          title=f"Worst slice '{worst}': GT green, prediction red (score >= {cfg.eval_vis_conf})"
+                                f"{synthetic_note(cfg)}")
 
 
 def write_eval(w: Any, res: Any, preds: list, prefix: str = "") -> None:
