@@ -115,7 +115,8 @@ def action_plan(per_class: pd.DataFrame, slices_df: pd.DataFrame, modes: pd.Data
         why = f"; most common error: {top_mode.index[0]} ({int(top_mode.iloc[0])})" if len(top_mode) else ""
         actions.append({"priority": 2, "trigger": f"{cls} AP@0.5 = {r.AP50:.3f} (among the 3 worst classes){why}",
                         "action": f"add {cls} examples" + (" and tighten box labels" if why.find("mislocalised") >= 0 else ""),
-                        "success": f"{cls} AP@0.5 above {r.AP50:.3f} by more than its bootstrap CI half-width"})
+                        "success": f"next turn: {cls} AP@0.5 > {r.AP50:.3f} and recall@0.5 > {r.recall50:.2f} "
+                                   "on the same eval pool"})
     actions.append({"priority": 1, "trigger": f"worst slice '{worst['worst_slice']}' mAP@0.5 = {worst['AP50']:.3f} "
                     f"vs best slice {worst['best_AP50']:.3f} (n_eval = {worst['n_eval']})",
                     "action": "another mining turn on this slice with a larger K, and enlarge its eval share "
