@@ -7,8 +7,9 @@ weather-only / timeofday-only / scene-only matches. Compares ``gradhist`` (embed
 with a naive baseline, the raw 32x18 RGB thumbnail, to show the world is not trivially
 easy and what the descriptor adds.
 
-Run: ``.venv/bin/python benchmarks/bench_embed_retrieval.py --data data/synth_demo``
-(a BDD-layout root; ~1 min for 3.3K frames). Last line: ``RESULT {json}``.
+Run: ``.venv/bin/python benchmarks/bench_embed_retrieval.py [--profile demo] [--data ROOT]``
+(default root: the profile's world, generated if missing; ~1 min for 3.3K frames).
+Last line: ``RESULT {json}``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bdd_engine import bdd  # noqa: E402
 from bdd_engine import embed as E  # noqa: E402
+from bdd_engine import synth  # noqa: E402
+from bdd_engine.config import load_config  # noqa: E402
 
 
 def load_frames(root: Path) -> pd.DataFrame:
@@ -64,13 +67,19 @@ def retrieval(emb: np.ndarray, f: pd.DataFrame, min_val: int, seed: int, top: in
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", required=True, help="BDD-layout root (e.g. data/synth_demo)")
+    ap.add_argument("--profile", default="demo", help="whose data root to use when --data is not given")
+    ap.add_argument("--data", default=None, help="BDD-layout root (default: the profile's; synthetic → generated if missing)")
     ap.add_argument("--imgsz", type=int, default=224)
     ap.add_argument("--min-val", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args(argv)
-    f = load_frames(Path(args.data))
+    if args.data:
+        root = Path(args.data)
+    else:
+        cfg = load_config(args.profile)
+        root = synth.generate(cfg) if cfg.get("synthetic") else Path(cfg.data_dir)
+    f = load_frames(root)
     with tempfile.TemporaryDirectory() as tmp:
         gh, _ = E.embed_frames(E.GradHistEmbedder(args.imgsz), f["image_path"], f["name"], tmp, workers=args.workers)
         embs = {"gradhist": np.asarray(gh), "thumb32x18": thumbnails(list(f["image_path"]))}
