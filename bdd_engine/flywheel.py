@@ -862,11 +862,11 @@ def verdict(h: Mapping[str, Any]) -> str:
         v = h.get(f"{arm}_delta")
         if v is not None:
             beat = h["delta"] - v
-            cmp.append(f"{'beats' if beat > 0 else 'does not beat'} the {arm} control ({v:+.3f}) by {beat:+.3f}"
-                       + (", inside the CI width" if abs(beat) < (hi - lo) / 2 else ""))
+            cmp.append(f"minus the {arm} control ({v:+.3f}) = {beat:+.3f}"
+                       + (" (inside the CI half-width)" if abs(beat) < (hi - lo) / 2 else " (beyond the CI half-width)"))
     o = h.get("oracle_delta")
     tail = f"; the oracle control reached {o:+.3f}" if o is not None else ""
-    return f"{ci_txt}: {sig}; mining " + "; ".join(cmp) + tail + "."
+    return f"{ci_txt}: {sig}; " + "; ".join(f"iter1 {c}" for c in cmp) + tail + "."
 
 
 def delta_figure(cfg: Any, head: pd.DataFrame) -> Any:
