@@ -69,6 +69,10 @@ def limitations(cfg: Any, h: Mapping[str, Any], labeling: Mapping[str, Any], min
     out.append(f"**A small detector trained briefly on CPU.** iter0 is `{Path(str(card0.get('model'))).name}` trained {card0.get('epochs')} "
                f"epochs ({fmt(card0.get('wall_time_s', 0) / 60, 1)} min on {card0.get('device')}); every arm adds "
                f"{h['retrain_epochs']} epochs. Absolute mAP is low and the ranking of arms may change with a converged model.")
+    out.append("**Reproducible per machine, not across machines.** The world and the pools are identical for a "
+               "seed everywhere, and a re-run on the same machine reproduces every number; CPU training is not "
+               "bit-identical across processor types (float kernels differ), so another machine can train a different "
+               "iter0 and find another worst slice. Compare runs through `outputs/runs/runs.csv`, not across hosts.")
     if h.get("warm_start"):
         out.append(f"**Warm-started arms.** All arms continue from iter0; the `continue` control "
                    f"(Δ {fmt(h.get('continue_delta'), signed=True)}) measures what the extra epochs alone buy, and the "
