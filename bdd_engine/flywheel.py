@@ -85,10 +85,9 @@ def s1_collect(cfg: Any) -> Result:
     sec = Section(cfg, 1)
     if needs_run(sec):
         t0 = time.time()
-        if cfg.synthetic:
-            from bdd_engine import synth
+        from bdd_engine import synth
 
-            synth.generate(cfg)
+        synth.ensure_world(cfg)
         index = bdd.index_images(cfg.data_dir, cfg.image_sets)
         frames, tables = [], []
         for split, path in label_paths(cfg):

@@ -551,6 +551,11 @@ def world_complete(root: Path) -> bool:
     return (root / "SYNTHETIC.md").exists()
 
 
+def ensure_world(cfg: Any) -> Path:
+    """The profile's data root; a synthetic profile's world is generated first if missing."""
+    return generate(cfg) if cfg.get("synthetic") else Path(cfg.data_dir)
+
+
 def generate(cfg: Any, out_root: str | os.PathLike | None = None, workers: int | None = None, force: bool = False) -> Path:
     """Write the synthetic world for ``cfg`` under ``out_root`` (default ``cfg.data_dir``).
 

@@ -74,12 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args(argv)
-    if args.data:
-        root = Path(args.data)
-    else:
-        cfg = load_config(args.profile)
-        root = synth.generate(cfg) if cfg.get("synthetic") else Path(cfg.data_dir)
-    f = load_frames(root)
+    f = load_frames(Path(args.data) if args.data else synth.ensure_world(load_config(args.profile)))
     with tempfile.TemporaryDirectory() as tmp:
         gh, _ = E.embed_frames(E.GradHistEmbedder(args.imgsz), f["image_path"], f["name"], tmp, workers=args.workers)
         embs = {"gradhist": np.asarray(gh), "thumb32x18": thumbnails(list(f["image_path"]))}

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
 
     cfg = load_config(args.profile)
-    root = synth.generate(cfg) if cfg.get("synthetic") else cfg.data_dir
+    root = synth.ensure_world(cfg)
     tag = "SYNTHETIC" if cfg.get("synthetic") else "BDD100K"
     images = bdd.index_images(root, cfg.image_sets)
     val = sorted(bdd.load_frames(root / "labels/det_20/det_val.json"), key=lambda f: f["name"])
