@@ -847,25 +847,39 @@ def headline_table(agg: pd.DataFrame, deltas: pd.DataFrame, rows_sel: list, warm
 
 
 def verdict(h: Mapping[str, Any]) -> str:
-    """One sentence on what the headline Δ supports, from the numbers only."""
+    """One sentence on what the headline Δ supports, from the numbers only.
+
+    Comparisons are made at the 3 decimals the sentence prints, so a difference that
+    reads ``+0.000`` is never "beyond" a CI half-width that reads ``0.000`` (a zero-width
+    CI: identical resamples), and a difference equal to the half-width is inside it.
+    A missing CI (None/NaN) is said to be missing, not read as "contains 0".
+    """
     lo, hi = h["delta_ci"]
-    ci_txt = f"Δ {h['delta']:+.3f} (95% CI [{lo:+.3f}, {hi:+.3f}])"
-    if lo > 0:
-        sig = "the worst slice improved beyond its CI"
-    elif hi < 0:
-        sig = "the worst slice got worse beyond its CI"
+    if lo is None or hi is None or lo != lo or hi != hi:  # null in JSON, or NaN
+        ci_txt = f"Δ {h['delta']:+.3f} (no CI was computed)"
+        sig, half = "no CI, so the change cannot be told from noise", None
     else:
-        sig = "the worst-slice change is within noise (its CI contains 0)"
+        ci_txt = f"Δ {h['delta']:+.3f} (95% CI [{lo:+.3f}, {hi:+.3f}])"
+        half = round((hi - lo) / 2, 3)
+        if lo > 0:
+            sig = "the worst slice improved beyond its CI"
+        elif hi < 0:
+            sig = "the worst slice got worse beyond its CI"
+        else:
+            sig = "the worst-slice change is within noise (its CI contains 0)"
     cmp = []
     for arm in ("random", "continue"):
         v = h.get(f"{arm}_delta")
         if v is not None:
             beat = h["delta"] - v
-            cmp.append(f"minus the {arm} control ({v:+.3f}) = {beat:+.3f}"
-                       + (" (inside the CI half-width)" if abs(beat) < (hi - lo) / 2 else " (beyond the CI half-width)"))
+            where = ("" if half is None else " (inside the CI half-width)" if abs(round(beat, 3)) <= half
+                     else " (beyond the CI half-width)")
+            cmp.append(f"minus the {arm} control ({v:+.3f}) = {beat:+.3f}" + where)
     o = h.get("oracle_delta")
-    tail = f"; the oracle control reached {o:+.3f}" if o is not None else ""
-    return f"{ci_txt}: {sig}; " + "; ".join(f"iter1 {c}" for c in cmp) + tail + "."
+    parts = [f"{ci_txt}: {sig}", *(f"iter1 {c}" for c in cmp)]
+    if o is not None:
+        parts.append(f"the oracle control reached {o:+.3f}")
+    return "; ".join(parts) + "."
 
 
 def delta_figure(cfg: Any, head: pd.DataFrame) -> Any:
