@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bdd_engine import bdd, evaluate, explorer, synth
+from bdd_engine import bdd, evaluate, explorer, synth  # first: offline-safe env before fiftyone
 from bdd_engine.config import load_config
 
-fo = pytest.importorskip("fiftyone")
+import fiftyone as fo  # noqa: E402,I001  pinned in requirements.txt: missing = an error, not 11 silent skips
 
 
 # ----------------------------------------------------------------------------- fixtures
