@@ -12,6 +12,7 @@ own prefixes, so changing ``mine_k`` re-runs §6 onward but not training.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -45,6 +46,10 @@ RESERVED_ENV = ("BDD_PROFILE", "BDD_CACHE_DIR", "BDD_FROM")
 
 # Keys that never change results (where things go, how loud they are).
 NON_RESULT_KEYS = ("profile", "outputs_dir", "device", "workers", "fiftyone_dataset")
+
+
+class ConfigError(ValueError):
+    """A bad profile name, key or value; the message names the key and the fix."""
 
 
 class Config(dict):
@@ -101,10 +106,58 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for pair in pairs:
         if "=" not in pair:
-            raise ValueError(f"override {pair!r} must look like key=value")
+            raise ConfigError(f"override {pair!r} must look like key=value (e.g. --set train_epochs=3)")
         key, value = pair.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
+        out[key.strip()] = _yaml_value(value, key.strip())
     return out
+
+
+def _yaml_value(text: str, key: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config key {key!r}: cannot parse value {text!r} ({str(e).splitlines()[0]})") from None
+
+
+def _type_name(v: Any) -> str:
+    return "null" if v is None else {bool: "bool", int: "int", float: "float", str: "str",
+                                     list: "list", dict: "dict"}.get(type(v), type(v).__name__)
+
+
+def key_types() -> dict[str, set[str]]:
+    """Allowed value types per key: the union over every shipped profile (a key that is
+    ``null`` in one profile and a path in another accepts both)."""
+    types: dict[str, set[str]] = {}
+    for p in PROFILES_DIR.glob("*.yaml"):
+        for k, v in (yaml.safe_load(p.read_text()) or {}).items():
+            types.setdefault(k, set()).add(_type_name(v))
+    return types
+
+
+def _type_ok(value: Any, allowed: set[str]) -> bool:
+    t = _type_name(value)
+    if t in allowed or allowed <= {"null"}:  # null everywhere: any value is a choice
+        return True
+    if t == "int" and "float" in allowed:  # 3 is a fine learning rate
+        return True
+    if t == "null" and "str" in allowed:  # an optional path/name may be unset
+        return True
+    return False
+
+
+def check_overrides(overrides: Mapping[str, Any], cfg: Mapping[str, Any], profile: str) -> None:
+    """Reject unknown keys (naming the nearest valid one) and values of the wrong type,
+    like Ultralytics' check_dict_alignment: a typo must never silently become a no-op."""
+    types = key_types()
+    for key, value in overrides.items():
+        if key not in cfg:
+            near = difflib.get_close_matches(key, list(cfg), n=1, cutoff=0.6)
+            hint = f"; did you mean {near[0]!r}?" if near else f"; see {PROFILES_DIR / (profile + '.yaml')}"
+            raise ConfigError(f"unknown config key {key!r} for profile {profile!r}{hint}")
+        allowed = types.get(key, {_type_name(cfg[key])})
+        if not _type_ok(value, allowed):
+            raise ConfigError(f"config key {key!r} expects {' or '.join(sorted(allowed))}, got {value!r} "
+                              f"({_type_name(value)}); e.g. {key}={cfg[key]!r}")
 
 
 def load_config(
@@ -112,13 +165,13 @@ def load_config(
 ) -> Config:
     """Load a profile (default: ``$BDD_PROFILE`` or ``demo``) and apply overrides.
 
-    Raises ValueError for an unknown profile or an override key the profile lacks
-    (a typo must not silently become a no-op).
+    Raises ConfigError (a ValueError) for an unknown profile, an override key the profile
+    lacks (naming the nearest valid key) or a value of the wrong type.
     """
     profile = profile or os.environ.get("BDD_PROFILE", "demo")
     path = PROFILES_DIR / f"{profile}.yaml"
     if not path.exists():
-        raise ValueError(f"unknown profile {profile!r}; available: {available_profiles()}")
+        raise ConfigError(f"unknown profile {profile!r}; available: {available_profiles()}")
     cfg = Config(yaml.safe_load(path.read_text()) or {})
     cfg["profile"] = profile
 
@@ -126,10 +179,8 @@ def load_config(
     if env:
         for key, value in os.environ.items():
             if key.startswith("BDD_") and key not in RESERVED_ENV:
-                merged[key[4:].lower()] = yaml.safe_load(value)
+                merged[key[4:].lower()] = _yaml_value(value, key)
     merged.update(overrides or {})
-    unknown = sorted(k for k in merged if k not in cfg)
-    if unknown:
-        raise ValueError(f"unknown config key(s) {unknown} for profile {profile!r} ({path})")
+    check_overrides(merged, cfg, profile)
     cfg.update(merged)
     return cfg
