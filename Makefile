@@ -7,8 +7,7 @@ PROFILE ?= demo
 venv:                      ## create .venv + install pinned requirements (no-op when up to date)
 	@./setup.sh
 
-demo: venv                 ## synthetic world (if missing) + the whole notebook headless on the demo profile
-	$(PY) -m bdd_engine synth --profile $(PROFILE)
+demo: venv                 ## the whole notebook headless (a synthetic profile generates its world first; real data is only read)
 	$(PY) -m bdd_engine run --profile $(PROFILE)
 
 test: venv                 ## the test suite (< ~10 min on 2 cores; excludes @slow)

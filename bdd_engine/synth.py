@@ -24,6 +24,7 @@ bit-identical whatever the number of worker processes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -547,30 +548,84 @@ def _render_and_write(args: tuple[FrameSpec, str]) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- world
+MARKER = "SYNTHETIC.json"      # machine-readable: who made this folder, from which keys
+PARTIAL_MARKER = ".bdd_engine_synth_partial"  # first file in a .partial folder we create
+
+
+class WorldRefused(RuntimeError):
+    """synth will not write into, or delete, a folder it did not create."""
+
+
+def world_hash(cfg: Any) -> str:
+    """The keys a world is drawn from (seed + every ``synth_*`` key); any change regenerates it."""
+    keys = {k: v for k, v in cfg.items() if k == "seed" or k.startswith("synth_")}
+    return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def world_marker(root: str | os.PathLike) -> dict[str, Any] | None:
+    """The marker of a world this module wrote, or None (not ours, or not a world at all).
+
+    Worlds from before the JSON marker carry only SYNTHETIC.md; they count as ours with
+    an unknown hash (so they are regenerated once)."""
+    root = Path(root)
+    try:
+        m = json.loads((root / MARKER).read_text())
+        if isinstance(m, dict) and m.get("generator") == "bdd_engine.synth":
+            return m
+    except (OSError, json.JSONDecodeError):
+        pass
+    md = root / "SYNTHETIC.md"
+    if md.is_file() and md.read_text(errors="replace").startswith("# SYNTHETIC data — not BDD100K"):
+        return {"generator": "bdd_engine.synth", "world_hash": None}
+    return None
+
+
 def world_complete(root: Path) -> bool:
-    return (root / "SYNTHETIC.md").exists()
+    return world_marker(root) is not None
 
 
 def ensure_world(cfg: Any) -> Path:
-    """The profile's data root; a synthetic profile's world is generated first if missing."""
+    """The profile's data root; a synthetic profile's world is generated first if missing
+    or drawn from other ``synth_*`` keys. A real-data profile's root is returned untouched."""
     return generate(cfg) if cfg.get("synthetic") else Path(cfg.data_dir)
+
+
+def _refuse_foreign(root: Path, what: str) -> None:
+    raise WorldRefused(
+        f"{root} exists and is not a synthetic world made by bdd_engine (no {MARKER}); {what} "
+        f"would overwrite it, and synth never writes into or deletes a folder it did not create. "
+        f"Move it away, or point the profile elsewhere (--set data_root=data/synth_<name>).")
 
 
 def generate(cfg: Any, out_root: str | os.PathLike | None = None, workers: int | None = None, force: bool = False) -> Path:
     """Write the synthetic world for ``cfg`` under ``out_root`` (default ``cfg.data_dir``).
 
-    Writes into ``<root>.partial`` and renames at the end, so a killed run never leaves
-    a half world that looks complete. Returns the root. No-op if the world exists
-    (``SYNTHETIC.md`` is written last), unless ``force``.
+    Writes into ``<root>.partial`` (marked as ours before anything else) and renames at
+    the end, so a killed run never leaves a half world that looks complete. No-op if our
+    world with the same :func:`world_hash` exists, unless ``force``. Raises
+    :class:`WorldRefused` for a real-data profile (``synthetic: false``) and for any
+    existing folder without our marker: a user's ``data/bdd100k`` is never touched.
     """
     root = Path(out_root) if out_root else cfg.data_dir
-    if world_complete(root) and not force:
+    if not cfg.get("synthetic"):
+        raise WorldRefused(
+            f"profile {cfg.get('profile')!r} reads real data (synthetic: false) from {root}; synth only writes "
+            f"synthetic worlds. Use a synthetic profile (demo, tiny), or see README 'Real BDD100K'.")
+    marker = world_marker(root)
+    if root.exists() and marker is None:
+        _refuse_foreign(root, "generating a world")
+    h = world_hash(cfg)
+    if marker is not None and marker.get("world_hash") == h and not force:
         return root
-    t0 = time.time()
-    specs = plan_world(cfg)
     tmp = root.with_name(root.name + ".partial")
     if tmp.exists():
-        shutil.rmtree(tmp)
+        if not (tmp / PARTIAL_MARKER).exists():
+            _refuse_foreign(tmp, "the staging folder of a world")
+        shutil.rmtree(tmp)  # our own killed attempt
+    t0 = time.time()
+    specs = plan_world(cfg)
+    tmp.mkdir(parents=True)
+    (tmp / PARTIAL_MARKER).write_text("bdd_engine.synth staging folder; safe to delete\n")
     for s in ("100k", "10k"):
         for split in ("train", "val"):
             (tmp / "images" / s / split).mkdir(parents=True, exist_ok=True)
@@ -593,7 +648,13 @@ def generate(cfg: Any, out_root: str | os.PathLike | None = None, workers: int |
         f"{len(frames)} frames ({cfg.synth_width}x{cfg.synth_height}), {n_boxes} labels, BDD100K det_20 layout.\n"
         f"Built in {time.time() - t0:.1f} s. Numbers measured on this world are synthetic numbers.\n"
     )
+    (tmp / MARKER).write_text(json.dumps({"generator": "bdd_engine.synth", "synthetic": True, "profile": cfg.profile,
+                                          "seed": int(cfg.seed), "world_hash": h, "frames": len(frames),
+                                          "labels": n_boxes}, indent=2) + "\n")
+    (tmp / PARTIAL_MARKER).unlink()
     if root.exists():
+        if world_marker(root) is None:  # re-checked right before the only delete
+            _refuse_foreign(root, "replacing the world")
         shutil.rmtree(root)
     os.replace(tmp, root)
     return root
