@@ -44,6 +44,7 @@ from bdd_engine.bdd import CLASS_ID, CLASSES, boxes_table
 from bdd_engine.checkpoint import atomic_write_json, atomic_write_text
 from bdd_engine import weights
 from bdd_engine.env import PROJECT_ROOT
+from bdd_engine.images import image_size
 
 # ----------------------------------------------------------------------------- constants
 SETUP_HINT = "./setup.sh --weights"
@@ -878,14 +879,6 @@ def accepted_frames(run: LabelRun, accept: float, keep_empty: bool = False) -> l
 
 
 # ----------------------------------------------------------------------------- exports
-def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(width, height) from the image header (no full decode)."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return im.size
-
-
 def export_coco(frames: Sequence[Mapping[str, Any]], image_paths: Mapping[str, str | os.PathLike],
                 path: str | os.PathLike, description: str = "auto-labels") -> Path:
     """COCO detection JSON (loads with pycocotools): bbox = [x, y, w, h] pixels,
@@ -960,19 +953,15 @@ def export_yolo_set(frames: Sequence[Mapping[str, Any]], image_paths: Mapping[st
     ``frames`` become the ``train`` split; ``val_frames`` (optional) the ``val`` split,
     else data.yaml's val points at the train images so the folder is a complete,
     checkable dataset on its own (iter1's real evaluation is §5's, not Ultralytics' val).
-    Every image must have the same size (export_yolo normalises with one width/height).
+    Each image is normalised by its own size (read from its header).
     Returns (data.yaml path, counts).
     """
     from bdd_engine.yolo import export_yolo
 
-    every = list(frames) + list(val_frames or [])
-    sizes = {image_size(image_paths[fr["name"]]) for fr in every if fr["name"] in image_paths}
-    if len(sizes) > 1:
-        raise ValueError(f"export_yolo_set: frames have different image sizes {sorted(sizes)}")
-    if not sizes:
+    if not any(fr["name"] in image_paths for fr in list(frames) + list(val_frames or [])):
         raise ValueError("export_yolo_set: none of the frames has an image path")
     splits = {"train": frames, **({"val": val_frames} if val_frames is not None else {})}
-    return export_yolo(splits, image_paths, out_dir, image_wh=sizes.pop(),
+    return export_yolo(splits, image_paths, out_dir, image_wh=None,
                        val_split="val" if val_frames is not None else "train")
 
 

@@ -215,8 +215,16 @@ def boxes_table(frames: Iterable[Mapping[str, Any]], counts: Counter | None = No
             cols["name"].append(name)
             cols["category"].append(cls)
             cols["class_id"].append(CLASS_ID[cls])
-            for k in ("x1", "y1", "x2", "y2"):
-                cols[k].append(float(box[k]))
+            try:
+                xyxy = [float(box[k]) for k in ("x1", "y1", "x2", "y2")]
+            except (KeyError, TypeError, ValueError):
+                counts["degenerate box"] += 1  # e.g. "y2": null — validate() lists it
+                continue
+            if not all(np.isfinite(xyxy)):
+                counts["degenerate box"] += 1  # NaN/inf: nothing can be scored or trained on it
+                continue
+            for k, v in zip(("x1", "y1", "x2", "y2"), xyxy):
+                cols[k].append(v)
             cols["crowd"].append(bool(attrs.get("crowd", False)))
             cols["ignore"].append(ignore)
             s = lb.get("score")
@@ -232,7 +240,7 @@ class ValidationReport:
 
     ``issues`` columns: name, label_id, kind, detail. Kinds: duplicate name,
     unknown category, missing box2d, degenerate box, out-of-image box, unknown
-    attribute value, missing image file, malformed frame.
+    attribute value, missing image file, malformed frame, unreadable image, image size.
     """
 
     n_frames: int = 0
@@ -247,6 +255,12 @@ class ValidationReport:
     def ok(self) -> bool:
         return len(self.issues) == 0
 
+    def add(self, rows: list[tuple[str, str, str, str]]) -> None:
+        """Append issues found outside :func:`validate` (e.g. §1's image check)."""
+        if rows:
+            extra = pd.DataFrame(rows, columns=self.issues.columns)
+            self.issues = pd.concat([self.issues, extra], ignore_index=True) if len(self.issues) else extra
+
     def summary(self) -> str:
         if self.ok:
             return f"{self.n_frames} frames, {self.n_labels} labels: no validation issues"
@@ -255,17 +269,20 @@ class ValidationReport:
 
 
 def validate(frames: list[Mapping[str, Any]], image_index: Mapping[str, Path] | None = None,
-             image_wh: tuple[int, int] | None = (1280, 720), tol: float = 1.0) -> ValidationReport:
+             image_wh: tuple[int, int] | Mapping[str, tuple[int, int]] | None = (1280, 720),
+             tol: float = 1.0) -> ValidationReport:
     """Check every frame and label; never raises for bad records, reports them all.
 
-    ``image_wh`` is the frame size in pixels (BDD: 1280x720; pass the synthetic size or
-    None to skip the bounds check). A box is out-of-image when it extends more than
-    ``tol`` px past the frame. Non-box 2018 entries (drivable area, lane) are not issues.
+    ``image_wh`` is the frame size in pixels (BDD: 1280x720), or a mapping frame name →
+    (width, height) measured per image (frames absent from it skip the bounds check), or
+    None to skip it. A box is out-of-image when it extends more than ``tol`` px past the
+    frame. A coordinate that is missing is a ``missing box2d``; one that is null, not a
+    number or not finite is a ``degenerate box``. Non-box 2018 entries (drivable area,
+    lane) are not issues.
     """
     issues: list[tuple[str, str, str, str]] = []
     seen: set[str] = set()
     n_labels = 0
-    W, H = image_wh if image_wh else (None, None)
     for fr in frames:
         name = fr.get("name") if isinstance(fr, Mapping) else None
         if not isinstance(name, str) or not name:
@@ -276,6 +293,7 @@ def validate(frames: list[Mapping[str, Any]], image_index: Mapping[str, Path] | 
         seen.add(name)
         if image_index is not None and name not in image_index:
             issues.append((name, "", "missing image file", "no image with this name under the image sets"))
+        W, H = (image_wh if isinstance(image_wh, tuple) else (image_wh or {}).get(name)) or (None, None)
         attrs = fr.get("attributes") or {}
         for a, allowed in ATTRIBUTE_VALUES.items():
             v = attrs.get(a)
@@ -295,12 +313,15 @@ def validate(frames: list[Mapping[str, Any]], image_index: Mapping[str, Path] | 
             if not box:
                 issues.append((name, lid, "missing box2d", f"category {cat!r} without box2d"))
                 continue
+            if not isinstance(box, Mapping) or any(k not in box for k in ("x1", "y1", "x2", "y2")):
+                issues.append((name, lid, "missing box2d", f"box2d lacks x1/y1/x2/y2: {box!r}"))
+                continue
             try:
                 x1, y1, x2, y2 = (float(box[k]) for k in ("x1", "y1", "x2", "y2"))
-            except (KeyError, TypeError, ValueError):
-                issues.append((name, lid, "missing box2d", f"box2d lacks numeric x1/y1/x2/y2: {box!r}"))
+            except (TypeError, ValueError):
+                issues.append((name, lid, "degenerate box", f"non-numeric coordinate: {box!r}"))
                 continue
-            if not (x2 > x1 and y2 > y1):
+            if not (np.isfinite([x1, y1, x2, y2]).all() and x2 > x1 and y2 > y1):
                 issues.append((name, lid, "degenerate box", f"({x1:.1f},{y1:.1f},{x2:.1f},{y2:.1f})"))
             elif W is not None and (x1 < -tol or y1 < -tol or x2 > W + tol or y2 > H + tol):
                 issues.append((name, lid, "out-of-image box", f"({x1:.1f},{y1:.1f},{x2:.1f},{y2:.1f}) in {W}x{H}"))

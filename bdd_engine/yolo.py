@@ -13,6 +13,7 @@ to the image; boxes that are degenerate after clipping are dropped and counted.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from collections import Counter
@@ -23,6 +24,7 @@ import yaml
 
 from bdd_engine.bdd import CLASSES, boxes_table
 from bdd_engine.checkpoint import atomic_write_text
+from bdd_engine.images import image_size
 
 MIN_BOX_PX = 1.0  # a box narrower or shorter than this (after clipping) is not a target
 
@@ -31,6 +33,9 @@ def yolo_lines(boxes, width: int, height: int, counts: Counter) -> list[str]:
     """Rows of a boxes_table for one frame → YOLO txt lines (normalised cxcywh)."""
     lines = []
     for r in boxes.itertuples(index=False):
+        if not all(math.isfinite(v) for v in (r.x1, r.y1, r.x2, r.y2)):
+            counts["non-finite box dropped"] += 1  # a 'nan' line makes Ultralytics drop the whole image
+            continue
         if r.ignore or r.crowd:
             counts["ignore/crowd excluded"] += 1
             continue
@@ -59,16 +64,25 @@ def _link(src: Path, dst: Path) -> str:
 
 
 def export_yolo(splits: Mapping[str, Sequence[Mapping[str, Any]]], image_paths: Mapping[str, str | os.PathLike],
-                out_dir: str | os.PathLike, image_wh: tuple[int, int], val_split: str = "val") -> tuple[Path, Counter]:
+                out_dir: str | os.PathLike, image_wh: tuple[int, int] | Mapping[str, tuple[int, int]] | None = None,
+                val_split: str = "val") -> tuple[Path, Counter]:
     """Write a YOLO dataset for ``splits`` (split name → BDD frames with labels).
 
-    ``image_wh`` is (width, height) in pixels of every frame (BDD: 1280x720). Frames
+    ``image_wh``: (width, height) in pixels of every frame, or a mapping frame name →
+    (width, height) (§1 measured each image), or None to read each image's header. Each
+    frame is normalised by its own size, so mixed sizes are exported correctly. Frames
     without boxes get an empty label file (Ultralytics treats them as background).
     Returns (data.yaml path, counts of boxes written / clipped / dropped / excluded).
     """
     out = Path(out_dir)
     counts: Counter = Counter()
-    W, H = image_wh
+
+    def size_of(name: str) -> tuple[int, int]:
+        if isinstance(image_wh, tuple):
+            return image_wh
+        if image_wh is not None and name in image_wh:
+            return tuple(image_wh[name])
+        return image_size(image_paths[name])
     for split, frames in splits.items():
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         (out / "labels" / split).mkdir(parents=True, exist_ok=True)
@@ -81,7 +95,7 @@ def export_yolo(splits: Mapping[str, Sequence[Mapping[str, Any]]], image_paths: 
                 continue
             counts[_link(Path(image_paths[name]), out / "images" / split / name)] += 1
             fb = by_name.get(name)
-            lines = yolo_lines(fb, W, H, counts) if fb is not None else []
+            lines = yolo_lines(fb, *size_of(name), counts) if fb is not None else []
             stem = name.rsplit(".", 1)[0]
             (out / "labels" / split / f"{stem}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
             counts["frames"] += 1
