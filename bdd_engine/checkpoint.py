@@ -9,27 +9,38 @@ Layout under ``cfg.out`` (``outputs/`` by default)::
 A section writes everything into a staging folder (``.03_pools.staging``), then its
 ``manifest.json`` **last**, then swaps the staging folder in with two renames. A kill at
 any moment therefore leaves either the old complete folder or the new complete folder
-(:func:`recover` finishes an interrupted swap). The manifest holds only deterministic
-facts (config hash, upstream manifest hashes, artifact sha256s, counts), so an
-interrupted-then-resumed run produces a byte-identical manifest; wall-clock timings go
-to ``timing.json`` beside it.
+(:func:`recover` finishes an interrupted swap). The manifest holds config hash, upstream
+manifest hashes, input and artifact sha256s and counts; the section's own wall time goes to
+``timing.json`` beside it. Manifests are byte-identical across runs only where the
+artifacts are: training run cards (§4, §7) record wall times and commits, so manifests
+from §4 on differ between two runs even when every number is the same.
 
-A section is *fresh* when its manifest exists, its config hash and upstream hashes
-match the current ones, and every artifact still has the recorded sha256.
+A section is *fresh* when its manifest exists, its config hash and upstream hashes match
+the current ones, every upstream section is itself fresh, every recorded input file (§1:
+label files and images) still has its content hash, and every artifact still has the
+recorded sha256.
+
+One process at a time computes into an outputs folder: :func:`acquire_lock` takes an
+exclusive ``flock`` on ``<outputs>/.lock`` while a section computes (the OS releases it
+when a process dies, so a crash never leaves a stale lock) and a second process is
+refused naming the holder's PID.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -96,7 +107,22 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False, default=_json_default) + "\n")
+    """Strict JSON: NaN/inf become ``null`` (bare ``NaN`` is rejected by strict parsers)."""
+    text = json.dumps(strict_json(obj), indent=indent, sort_keys=False, default=_json_default, allow_nan=False)
+    return atomic_write_text(path, text + "\n")
+
+
+def strict_json(obj: Any) -> Any:
+    """``obj`` with every non-finite float (Python or numpy) replaced by None, recursively."""
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return strict_json(obj.tolist())
+    return obj
 
 
 def atomic_write_df(path: str | os.PathLike, df: pd.DataFrame) -> Path:
@@ -166,12 +192,146 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, (np.integer,)):
         return int(o)
     if isinstance(o, (np.floating,)):
-        return None if np.isnan(o) else float(o)
+        return float(o) if math.isfinite(o) else None
     if isinstance(o, np.ndarray):
         return o.tolist()
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+# ----------------------------------------------------------------------------- run lock
+class OutputsBusy(RuntimeError):
+    """Another process is computing into the same outputs folder."""
+
+
+class OutputsNotWritable(PermissionError):
+    """The outputs folder cannot be written (permissions, read-only file system)."""
+
+
+_LOCKS: dict[Path, Any] = {}  # outputs folder -> open lock file held by this process
+
+
+def acquire_lock(root: str | os.PathLike) -> None:
+    """Take the exclusive run lock of an outputs folder while this process computes a section.
+
+    Held from the moment a section decides to compute until its writer commits or fails
+    (:func:`release_lock`); re-entrant within a process. Raises :class:`OutputsBusy` naming the holder's PID when
+    another live process holds it, :class:`OutputsNotWritable` naming the folder when it
+    cannot be created or written. Finishes any swap a killed run interrupted (only the
+    lock holder may rename section folders).
+    """
+    root = Path(root).resolve()
+    if root in _LOCKS:
+        return
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fh = open(root / ".lock", "a+")
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise OutputsNotWritable(
+                f"outputs folder {root} is not writable ({e.strerror}): fix its permissions, or write "
+                f"elsewhere with --set outputs_dir=/some/writable/dir (BDD_OUTPUTS_DIR=... in a notebook)") from None
+        raise
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "unknown"
+        fh.close()
+        raise OutputsBusy(
+            f"outputs folder {root} is in use by PID {holder} (another run, or a notebook kernel that "
+            f"computed a section). Wait for it to finish, or stop it (kill {holder}), then run again; "
+            f"or use another folder with --set outputs_dir=...") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    _LOCKS[root] = fh
+    for old in root.glob(".*.old"):
+        recover(root, old.name[1:-len(".old")])
+
+
+def release_lock(root: str | os.PathLike) -> None:
+    """Release this process's run lock of ``root`` (no-op when it holds none)."""
+    fh = _LOCKS.pop(Path(root).resolve(), None)
+    if fh is not None:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+
+def check_writable(root: str | os.PathLike) -> None:
+    """Raise :class:`OutputsNotWritable` naming ``root`` unless a file can be created in it."""
+    root = Path(root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".write_test"):
+            pass
+    except OSError as e:
+        raise OutputsNotWritable(
+            f"outputs folder {root} is not writable ({e.strerror or e}): fix its permissions, or write "
+            f"elsewhere with --set outputs_dir=/some/writable/dir") from None
+
+
+def lock_holder(root: str | os.PathLike) -> int | None:
+    """PID holding the outputs folder's lock, or None when it is free (probe only)."""
+    root = Path(root).resolve()
+    if root in _LOCKS or not (root / ".lock").exists():
+        return None
+    with open(root / ".lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            txt = fh.read().strip()
+            return int(txt) if txt.isdigit() else -1
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return None
+
+
+# ----------------------------------------------------------------------------- inputs
+INPUT_COLUMNS = ["path", "kind", "size", "mtime_ns", "sha256"]
+
+
+def dir_listing_digest(path: Path) -> str:
+    """sha256 of a folder's sorted entry names: adding or removing a file changes it."""
+    with os.scandir(path) as it:
+        names = sorted(e.name for e in it)
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()
+
+
+def input_row(path: str | os.PathLike, kind: str = "file", sha256: str | None = None) -> dict[str, Any]:
+    """One row of an inputs table (a file by content hash, a dir by its listing)."""
+    p = Path(path)
+    st = p.stat()
+    if kind == "dir":
+        return {"path": str(p), "kind": "dir", "size": 0, "mtime_ns": 0, "sha256": dir_listing_digest(p)}
+    return {"path": str(p), "kind": "file", "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "sha256": sha256 or sha256_file(p)}
+
+
+def inputs_changed(table: pd.DataFrame) -> str | None:
+    """None when every recorded input still has its content, else what changed first.
+
+    Size + mtime equal means unchanged (the hash is not recomputed); otherwise the content
+    hash decides, so a ``touch`` alone never makes a section stale."""
+    for r in table.itertuples(index=False):
+        p = Path(r.path)
+        if r.kind == "dir":
+            if not p.is_dir():
+                return f"input folder missing: {p}"
+            if dir_listing_digest(p) != r.sha256:
+                return f"input folder changed (files added or removed): {p}"
+            continue
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            return f"input missing: {p}"
+        if st.st_size == int(r.size) and st.st_mtime_ns == int(r.mtime_ns):
+            continue
+        if sha256_file(p) != r.sha256:
+            return f"input changed: {p}"
+    return None
 
 
 # ----------------------------------------------------------------------------- sections
@@ -184,6 +344,8 @@ class Section:
     ...         w.write_df("train.csv", df)
     ...         w.counts["train"] = len(df)
     >>> pd.read_csv(sec.dir / "train.csv")
+
+    Reading never renames or deletes anything; only the lock holder's :meth:`writer` does.
     """
 
     def __init__(self, cfg: Any, number: int):
@@ -194,7 +356,6 @@ class Section:
         self.name = SECTIONS[number]
         self.root: Path = cfg.out
         self.dir: Path = self.root / self.name
-        recover(self.root, self.name)
 
     # -- identity ------------------------------------------------------------------
     @property
@@ -221,19 +382,42 @@ class Section:
         except FileNotFoundError:
             return None
 
-    def staleness(self) -> str | None:
-        """None when fresh, else a short human reason (shown by the notebook)."""
+    def staleness(self, _memo: dict[int, str | None] | None = None) -> str | None:
+        """None when fresh, else a short human reason (shown by the notebook).
+
+        Transitive: a section whose upstream is stale (config, inputs, a failed rerun) is
+        stale too, so a failure can never leave later sections looking fresh."""
+        memo = {} if _memo is None else _memo
+        if self.number not in memo:
+            memo[self.number] = self._staleness(memo)
+        return memo[self.number]
+
+    def _staleness(self, memo: dict[int, str | None]) -> str | None:
         man = self.manifest()
         if man is None:
-            return "no manifest (never run, or interrupted)"
+            interrupted = (self.root / f".{self.name}.old").exists()
+            return "interrupted while swapping in (recovered on the next run)" if interrupted \
+                else "no manifest (never run, or interrupted)"
         exp = self.expected()
         if man.get("config_hash") != exp["config_hash"]:
             return "config changed"
-        for name, h in exp["upstream"].items():
+        for k in UPSTREAM[self.number]:
+            up = Section(self.cfg, k)
+            h = exp["upstream"][up.name]
             if h is None:
-                return f"upstream {name} missing"
-            if man.get("upstream", {}).get(name) != h:
-                return f"upstream {name} changed"
+                return f"upstream {up.name} missing"
+            if man.get("upstream", {}).get(up.name) != h:
+                return f"upstream {up.name} changed"
+            if up.staleness(memo) is not None:
+                return f"upstream {up.name} is stale"
+        inputs = man.get("inputs")
+        if inputs:
+            table_path = self.root / inputs["table"]
+            if not table_path.exists():
+                return f"inputs table missing: {inputs['table']}"
+            why = inputs_changed(pd.read_csv(table_path, keep_default_na=False))
+            if why:
+                return why
         for rel, digest in man.get("artifacts", {}).items():
             p = self.root / rel
             if not p.exists():
@@ -248,6 +432,8 @@ class Section:
     # -- writing ---------------------------------------------------------------------
     @contextlib.contextmanager
     def writer(self) -> Iterator["SectionWriter"]:
+        acquire_lock(self.root)  # one process at a time; raises naming the holder
+        recover(self.root, self.name)
         staging = self.root / f".{self.name}.staging"
         if staging.exists():
             shutil.rmtree(staging)  # leftovers of a killed run: never trusted
@@ -256,10 +442,12 @@ class Section:
         t0 = time.time()
         try:
             yield w
+            w._commit(time.time() - t0)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        w._commit(time.time() - t0)
+        finally:
+            release_lock(self.root)
 
     def load_json(self, rel: str) -> Any:
         return json.loads((self.dir / rel).read_text())
@@ -280,6 +468,7 @@ class SectionWriter:
         self.dir = staging  # write section-local files here
         self.counts: dict[str, Any] = {}
         self.external: list[Path] = []  # files outside the section folder (figures, runs)
+        self.inputs: dict[str, Any] | None = None
 
     def path(self, rel: str) -> Path:
         p = self.dir / rel
@@ -306,6 +495,15 @@ class SectionWriter:
         self.external.append(p)
         return p
 
+    def record_inputs(self, table: pd.DataFrame, **provenance: Any) -> None:
+        """Files outside outputs/ this section read (rows of :func:`input_row`). Their
+        content hashes become part of freshness; ``provenance`` (e.g. label-file sha256s)
+        goes into the manifest verbatim."""
+        self.write_df("inputs.csv", table[INPUT_COLUMNS].sort_values("path", kind="stable"))
+        digest = hashlib.sha256("\n".join(sorted(f"{p}\t{h}" for p, h in zip(table["path"], table["sha256"]))).encode())
+        self.inputs = {"table": f"{self.section.name}/inputs.csv", "n": int(len(table)),
+                       "digest": digest.hexdigest(), **provenance}
+
     def save_fig(self, name: str, fig: Any, dpi: int = 110) -> Path:
         """Figures live in outputs/figures/ (the case study links them there)."""
         p = atomic_save_fig(self.section.root / "figures" / name, fig, dpi=dpi)
@@ -320,7 +518,8 @@ class SectionWriter:
                 artifacts[f"{sec.name}/{p.relative_to(self.dir).as_posix()}"] = _digest(p)
         for p in sorted(set(self.external)):
             artifacts[p.relative_to(root).as_posix()] = sha256_file(p)
-        manifest = {**sec.expected(), "artifacts": artifacts, "counts": self.counts}
+        manifest = {**sec.expected(), **({"inputs": self.inputs} if self.inputs else {}),
+                    "artifacts": artifacts, "counts": self.counts}
         atomic_write_json(self.dir / "timing.json", {"seconds": round(seconds, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
         atomic_write_json(self.dir / "manifest.json", manifest)  # last: marks completeness
         _swap_in(self.dir, sec.dir)
@@ -338,7 +537,7 @@ def _swap_in(staging: Path, final: Path) -> None:
 
 
 def recover(root: Path, name: str) -> None:
-    """Finish or roll back a swap interrupted between its two renames."""
+    """Finish or roll back a swap interrupted between its two renames (lock holder only)."""
     final, old = root / name, root / f".{name}.old"
     if old.exists():
         if final.exists():
@@ -349,8 +548,8 @@ def recover(root: Path, name: str) -> None:
 
 def status(cfg: Any) -> pd.DataFrame:
     """One row per section: fresh or why not (for the notebook's title cell and the CLI)."""
-    rows = []
+    rows, memo = [], {}
     for n, name in SECTIONS.items():
-        reason = Section(cfg, n).staleness()
+        reason = Section(cfg, n).staleness(memo)
         rows.append({"section": n, "folder": name, "fresh": reason is None, "reason": reason or ""})
     return pd.DataFrame(rows)
