@@ -1,22 +1,29 @@
-"""Command line: ``python -m bdd_engine <command> --profile P``.
+"""Command line: ``python -m bdd_engine <command> --profile P [--set key=value ...]``.
 
-    synth     generate the synthetic BDD100K-format world for a profile
+    synth     generate the synthetic BDD100K-format world for a synthetic profile
     run       execute notebook.py headless (jupytext + nbclient), optionally --from N
     status    which sections are fresh, and why the others are not
     evaluate  BDD-official detection eval of any GT/prediction JSON pair, per slice
     app       launch the FiftyOne App on the profile's dataset
+
+Every command takes ``--profile`` and ``--set key=value`` (repeatable). A bad key or
+value, a busy or read-only outputs folder, or a folder synth may not touch ends the
+command with one line saying what to do, and exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import bdd_engine  # noqa: F401  (offline-safe environment first)
-from bdd_engine.config import load_config, parse_overrides
+from bdd_engine import checkpoint
+from bdd_engine.config import ConfigError, load_config, parse_overrides
 from bdd_engine.env import PROJECT_ROOT
 
 
@@ -34,9 +41,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from bdd_engine.checkpoint import status
-
-    print(status(_cfg(args)).to_string(index=False))
+    print(checkpoint.status(_cfg(args)).to_string(index=False))
     return 0
 
 
@@ -56,14 +61,73 @@ def import_jupytext() -> Any:
     return jupytext
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    """Execute notebook.py headless; the executed .ipynb is saved beside the outputs."""
+_SECTION_CALL = re.compile(r"\bfw\.s(\d)_")
+_ECHO_PREFIXES = ("§", "warning", "SYNTHETIC", "Δ ")
+
+
+def _progress_client(nb: Any, cfg: Any) -> Any:
+    """An nbclient NotebookClient that streams the kernel's stdout/stderr (section lines,
+    tqdm bars) to this terminal as they arrive, and prints one line per section:
+    start, done, seconds, and whether it recomputed or loaded its checkpoint."""
     from nbclient import NotebookClient
 
-    from bdd_engine.checkpoint import atomic_write_text
+    class ProgressClient(NotebookClient):
+        current: tuple[int, float, str | None] | None = None
+        _partial = ""
+
+        def output(self, outs, msg, display_id, cell_index):  # noqa: ANN001 (nbclient's signature)
+            if msg["msg_type"] == "stream":
+                self._echo(msg["content"].get("name"), msg["content"].get("text", ""))
+            return super().output(outs, msg, display_id, cell_index)
+
+        def _echo(self, name: str, text: str) -> None:
+            """stderr (tqdm bars, warnings) verbatim; of stdout only the section status lines
+            and warnings — tables and notes stay in the executed notebook."""
+            if name == "stderr":
+                sys.stderr.write(text)
+                sys.stderr.flush()
+                return
+            *lines, self._partial = (self._partial + text).split("\n")
+            for ln in lines:
+                if ln.startswith(_ECHO_PREFIXES):
+                    print(ln, flush=True)
+
+    def on_start(cell: Any, cell_index: int) -> None:
+        m = _SECTION_CALL.search(cell.source) if cell.cell_type == "code" else None
+        if m:
+            n = int(m.group(1))
+            client.current = (n, time.time(), checkpoint.Section(cfg, n).manifest_hash())
+            # the start line is the kernel's own "§N ...: computing — <reason>" / "fresh" line
+
+    def on_executed(cell: Any, cell_index: int, execute_reply: Any) -> None:
+        if client.current and _SECTION_CALL.search(cell.source or ""):
+            n, t0, before = client.current
+            after = checkpoint.Section(cfg, n).manifest_hash()
+            how = "recomputed" if after != before else "fresh checkpoint loaded"
+            print(f"[run] §{n} {checkpoint.SECTIONS[n]}: done in {time.time() - t0:.1f} s ({how})", flush=True)
+            client.current = None
+
+    client = ProgressClient(nb, timeout=None, kernel_name="python3",
+                            resources={"metadata": {"path": str(PROJECT_ROOT)}},
+                            on_cell_start=on_start, on_cell_executed=on_executed)
+    return client
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Execute notebook.py headless; the executed .ipynb is saved beside the outputs."""
+    from nbclient.exceptions import CellExecutionError
+
+    from bdd_engine import flywheel
 
     jupytext = import_jupytext()
     cfg = _cfg(args)
+    holder = checkpoint.lock_holder(cfg.out)
+    if holder is not None:
+        raise checkpoint.OutputsBusy(f"outputs folder {cfg.out} is in use by PID {holder}: wait for that run to "
+                                     f"finish or stop it (kill {holder}); or use --set outputs_dir=...")
+    checkpoint.check_writable(cfg.out)
+    print(f"[run] profile {cfg.profile} · outputs {cfg.out}" + (" · SYNTHETIC data" if cfg.synthetic else ""), flush=True)
+    flywheel.data_root(cfg)  # a synthetic world is generated here, with its progress bar in this terminal
     env = {"BDD_PROFILE": cfg.profile}
     for k, v in parse_overrides(args.set or []).items():
         env[f"BDD_{k.upper()}"] = str(v)
@@ -71,33 +135,54 @@ def cmd_run(args: argparse.Namespace) -> int:
         env["BDD_FROM"] = str(args.from_section)
     os.environ.update(env)  # the kernel inherits this process's environment
     nb = jupytext.read(PROJECT_ROOT / "notebook.py")
-    client = NotebookClient(nb, timeout=None, kernel_name="python3", resources={"metadata": {"path": str(PROJECT_ROOT)}})
+    client = _progress_client(nb, cfg)
+    out = cfg.out / f"notebook_{cfg.profile}.ipynb"
+    resume = f"python -m bdd_engine run --profile {cfg.profile}" + "".join(f" --set {s}" for s in args.set or [])
     try:
         client.execute()
+    except KeyboardInterrupt:
+        where = f" in §{client.current[0]} {checkpoint.SECTIONS[client.current[0]]}" if client.current else ""
+        print(f"\ninterrupted{where}: finished sections are kept; to resume, run `{resume}` again", file=sys.stderr)
+        return 130
+    except CellExecutionError as e:
+        where = f"§{client.current[0]} {checkpoint.SECTIONS[client.current[0]]}" if client.current else "a cell"
+        if e.ename == "KeyboardInterrupt":
+            print(f"\ninterrupted in {where}: finished sections are kept; to resume, run `{resume}` again",
+                  file=sys.stderr)
+            return 130
+        print(f"\nerror in {where}: {e.ename}: {e.evalue}\n(full traceback: {out})", file=sys.stderr)
+        return 1
     finally:
-        out = cfg.out / f"notebook_{cfg.profile}.ipynb"
-        atomic_write_text(out, jupytext.writes(nb, fmt="ipynb"))
+        checkpoint.atomic_write_text(out, jupytext.writes(nb, fmt="ipynb"))
         print(f"executed notebook: {out}")
     return 0
 
 
-def cmd_evaluate(args: argparse.Namespace, rest: list[str]) -> int:
+def cmd_evaluate(argv: list[str]) -> int:
+    """``evaluate`` owns its flags; ``--profile``/``--set`` give defaults for ``--by``
+    (eval_by), ``--n-boot`` (eval_n_boot) and ``--seed`` (seed) when those are not passed."""
     from bdd_engine.evaluate import main_evaluate
 
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--profile", default=None)
+    pre.add_argument("--set", action="append", default=None)
+    known, rest = pre.parse_known_args(argv)
+    if known.profile or known.set:
+        cfg = load_config(known.profile, parse_overrides(known.set or []))
+        defaults = {"--by": ",".join(cfg.eval_by), "--n-boot": str(cfg.eval_n_boot), "--seed": str(cfg.seed)}
+        for flag, value in defaults.items():
+            if not any(a == flag or a.startswith(flag + "=") for a in rest):
+                rest += [flag, value]
     return int(main_evaluate(rest) or 0)
 
 
-def cmd_app(args: argparse.Namespace, rest: list[str]) -> int:
+def cmd_app(argv: list[str]) -> int:
     from bdd_engine.explorer import main_app
 
-    return int(main_app(rest) or 0)
+    return int(main_app(argv) or 0)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("evaluate", "app"):  # these own their argument parsing
-        ns = argparse.Namespace()
-        return (cmd_evaluate if argv[0] == "evaluate" else cmd_app)(ns, argv[1:])
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bdd_engine", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -110,12 +195,27 @@ def main(argv: list[str] | None = None) -> int:
             sp.add_argument("--out", type=Path, default=None, help="world root (default: the profile's data_root)")
             sp.add_argument("--force", action="store_true", help="regenerate even if the world exists")
         if name == "run":
-            sp.add_argument("--from", dest="from_section", type=int, default=None,
-                            help="recompute section N and every later one")
+            sp.add_argument("--from", dest="from_section", type=int, default=None, choices=sorted(checkpoint.SECTIONS),
+                            metavar="N", help="recompute section N (1-8) and every later one")
     sub.add_parser("evaluate", help="python -m bdd_engine evaluate --gt GT.json --pred PRED.json [--by ...] [--json OUT]")
-    sub.add_parser("app", help="python -m bdd_engine app --profile P [--port N]")
-    args = p.parse_args(argv)
-    return args.fn(args)
+    sub.add_parser("app", help="python -m bdd_engine app --profile P [--port N] [--set key=value]")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bdd_engine.synth import WorldRefused
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "evaluate":  # these own their argument parsing
+            return cmd_evaluate(argv[1:])
+        if argv and argv[0] == "app":
+            return cmd_app(argv[1:])
+        args = _parser().parse_args(argv)
+        return args.fn(args)
+    except (ConfigError, WorldRefused, checkpoint.OutputsBusy, checkpoint.OutputsNotWritable) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

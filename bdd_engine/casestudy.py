@@ -182,8 +182,8 @@ def fields(cfg: Any, headline: Mapping[str, Any], head: pd.DataFrame, runs: pd.D
                           f"Worst slice with at least {cfg.eval_min_frames} eval frames: **{worst}** at {fmt(w5['AP50'])} "
                           f"{fmt_ci(w5['ci']).replace('+', '')}; best: {w5['best_slice']} at {fmt(w5['best_AP50'])}."),
         "slice_table": df_to_markdown(full.head(12)),
-        "mining_sentence": (f"Failure frames: worst-slice eval frames with frame AP@0.5 <= {cfg.mine_fail_ap} or recall "
-                            f"< {cfg.mine_fail_recall} ({mining['n_failure_frames']} frames). Strategy "
+        "mining_sentence": (f"Failure frames ({mining['n_failure_frames']}): worst-slice eval frames chosen by the rule "
+                            f"`{mining['failure_rule']}`. Strategy "
                             f"`{mining['strategy']}`, FAISS index {_index(mining['index'])}; "
                             f"{mined_k} frames mined. **Mining precision {fmt(mining['precision'])}** (share of mined frames "
                             f"truly in the worst slice) vs a base rate of {fmt(mining['base_rate'])} in the pool: "

@@ -837,6 +837,10 @@ def main_evaluate(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=42)
     args = p.parse_args(list(argv) if argv is not None else None)
     by = tuple(a.strip() for a in args.by.split(",") if a.strip())
+    unknown = [a for a in by if a not in bdd.SLICE_ATTRS]
+    if unknown:
+        p.error(f"--by: unknown attribute(s) {', '.join(unknown)}; slices are combinations of "
+                f"{', '.join(bdd.SLICE_ATTRS)} (BDD's frame attributes)")
     gt = bdd.load_frames(args.gt)
     pred = bdd.load_frames(args.pred)
     res = evaluate(gt, pred, by=by, n_boot=args.n_boot, seed=args.seed)

@@ -27,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -173,6 +174,20 @@ def _raise_db_error(db_dir: Path, what: str) -> None:
     )
 
 
+def _check_writable(db_dir: Path) -> None:
+    """A read-only outputs folder is the user's to fix, not a FiftyOne install problem:
+    say which folder and why before mongod fails with an unrelated-looking error."""
+    try:
+        db_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=db_dir, prefix=".write_test"):
+            pass
+    except OSError as e:
+        raise ExplorerError(
+            f"FiftyOne's database folder {db_dir} is not writable ({e.strerror or e}). It lives under the "
+            f"outputs folder: fix that folder's permissions, or set FIFTYONE_DATABASE_DIR to a writable "
+            f"folder.") from None
+
+
 def connect(db_dir: str | os.PathLike | None = None, timeout: float = 60.0) -> int:
     """Start (or join) the private mongod for ``db_dir`` and point FiftyOne at it.
 
@@ -202,7 +217,7 @@ def connect(db_dir: str | os.PathLike | None = None, timeout: float = 60.0) -> i
         _raise_db_error(db_dir, f"mongod not found at {_mongod_path()}")
     if db_dir.exists() and not db_dir.is_dir():
         _raise_db_error(db_dir, "the data folder path exists but is not a folder")
-    db_dir.mkdir(parents=True, exist_ok=True)
+    _check_writable(db_dir)
 
     service = _make_private_db_class()(db_dir)
     port = _wait_mongod_port(service, db_dir, timeout)
@@ -999,15 +1014,16 @@ def _on_stop_signal(signum: int, frame: Any) -> None:
 
 
 def main_app(argv: Sequence[str] | None = None) -> int:
-    """``python -m bdd_engine app --profile P [--port N]``: serve until Ctrl-C/SIGTERM."""
-    from bdd_engine.config import load_config
+    """``python -m bdd_engine app --profile P [--port N] [--set key=value]``: serve until Ctrl-C/SIGTERM."""
+    from bdd_engine.config import load_config, parse_overrides
 
     ap = argparse.ArgumentParser(prog="python -m bdd_engine app", description=main_app.__doc__)
     ap.add_argument("--profile", default=None, help="tiny | demo | full (default $BDD_PROFILE or demo)")
+    ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     ap.add_argument("--port", type=int, default=None, help="App port (default explorer_app_port or 5151)")
     ap.add_argument("--address", default="127.0.0.1", help="bind address (default loopback only)")
     args = ap.parse_args(argv)
-    cfg = load_config(args.profile)
+    cfg = load_config(args.profile, parse_overrides(args.set or []))
     previous = {sig: signal.signal(sig, _on_stop_signal) for sig in _STOP_SIGNALS}
     handle = None
     try:

@@ -14,13 +14,12 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import pandas as pd
-from PIL import Image
 
 from bdd_engine import bdd, slices
-from bdd_engine.checkpoint import Section
+from bdd_engine.checkpoint import Section, acquire_lock, atomic_path, release_lock
 
 
 def forced(n: int) -> bool:
@@ -32,8 +31,12 @@ def forced(n: int) -> bool:
 def needs_run(sec: Section) -> bool:
     reason = "forced (BDD_FROM)" if forced(sec.number) else sec.staleness()
     if reason:
+        acquire_lock(sec.root)  # one process computes per outputs folder (released by the writer)
+        reason = reason if forced(sec.number) else sec.staleness()  # another run may have just written it
+    if reason:
         print(f"§{sec.number} {sec.name}: computing — {reason}")
         return True
+    release_lock(sec.root)
     print(f"§{sec.number} {sec.name}: fresh checkpoint, loading")
     return False
 
@@ -64,43 +67,112 @@ def label_paths(cfg: Any) -> list[tuple[str, Path]]:
     return out
 
 
-def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(width, height) in pixels, reading only the header."""
-    with Image.open(path) as im:
-        return im.size
-
-
 def load_gt(cfg: Any, section: int, which: str) -> list[dict[str, Any]]:
     """Ground-truth BDD frames written by a section (e.g. ``load_gt(cfg, 3, "eval")``)."""
     return bdd.load_frames(Section(cfg, section).dir / f"gt_{which}.json")
 
 
 # ----------------------------------------------------------------------------- §1
-def s1_collect(cfg: Any) -> Result:
-    """Load BDD labels (or the synthetic world), validate, index images, collect stratified.
+def data_root(cfg: Any) -> Path:
+    """§1's data root. A synthetic profile's world is generated if missing (synth refuses
+    any folder it did not create); a real-data profile refuses one of our synthetic worlds,
+    so synthetic frames can never be reported as ``synthetic: false``."""
+    from bdd_engine import synth
 
-    Artifacts (``01_collect/``): frames.csv (collected frame table), gt_collected.json,
-    strata.csv, slice_index.csv, validation_issues.csv, validation.json.
+    if cfg.synthetic:
+        return synth.ensure_world(cfg)
+    if synth.world_marker(cfg.data_dir) is not None:
+        raise ValueError(
+            f"{cfg.data_dir} holds a synthetic world made by bdd_engine ({synth.MARKER}), but profile "
+            f"{cfg.profile!r} says synthetic: false. Put the real BDD100K download there (README 'Real BDD100K'), "
+            f"or use a synthetic profile (demo, tiny).")
+    return cfg.data_dir
+
+
+def load_labels(cfg: Any, index: Mapping[str, Path]) -> tuple[list[dict], pd.DataFrame, list[str]]:
+    """Every configured label file: (frames, frame table, label files that hold no frame).
+
+    Raises naming the files when all of them are empty; one empty file is reported."""
+    frames, tables, empty = [], [], []
+    for split, path in label_paths(cfg):
+        fr = bdd.load_frames(path)
+        if not fr:
+            empty.append(str(path))
+            print(f"warning: {path} holds no frames (an empty list); continuing with the other label files")
+        frames += fr
+        tables.append(bdd.frames_table(fr, index, split=split))
+    if not frames:
+        raise ValueError(
+            f"every label file is empty ({', '.join(empty)}): there is nothing to collect. Re-download the "
+            f"det_20 labels (README 'Real BDD100K'){' or regenerate the world: python -m bdd_engine synth --profile ' + cfg.profile + ' --force' if cfg.synthetic else ''}.")
+    return frames, pd.concat([t for t in tables if len(t)], ignore_index=True), empty
+
+
+def check_frame_images(cfg: Any, frames: list[dict], index: Mapping[str, Path]) -> pd.DataFrame:
+    """images.check_images for every labelled frame's image (first occurrence of a name),
+    cached under outputs/.cache by size + mtime. Adds a ``name`` column."""
+    from bdd_engine import images
+
+    named = {}
+    for fr in frames:
+        if fr["name"] in index and fr["name"] not in named:
+            named[fr["name"]] = index[fr["name"]]
+    cache_path = cfg.out / ".cache" / "image_checks.parquet"
+    old = images.load_cache(cache_path)
+    checks = images.check_images(list(named.values()), old, workers=max(2, int(cfg.workers)))
+    with atomic_path(cache_path) as tmp:
+        images.merge_cache(old, checks).to_parquet(tmp, index=False)
+    return checks.assign(name=list(named))
+
+
+def image_issues(checks: pd.DataFrame) -> list[tuple[str, str, str, str]]:
+    """Validation rows for unreadable images and for sizes other than the most common one."""
+    rows = [(r.name, "", "unreadable image", f"{r.error}: {r.path}") for r in checks[~checks["ok"]].itertuples()]
+    ok = checks[checks["ok"]]
+    if len(ok):
+        wh = ok["width"].astype(str) + "x" + ok["height"].astype(str)
+        mode = wh.value_counts().index[0]
+        rows += [(n, "", "image size", f"{s} (most frames are {mode}; each frame is normalised by its own size)")
+                 for n, s in zip(ok["name"], wh) if s != mode]
+    return rows
+
+
+def input_table(root: Path, image_sets: list[str], label_files: list[Path], checks: pd.DataFrame) -> pd.DataFrame:
+    """§1's inputs: label files and images by content hash, image folders by listing."""
+    from bdd_engine.checkpoint import input_row
+
+    rows = [input_row(p) for p in label_files if Path(p).exists()]
+    rows += [{"path": r.path, "kind": "file", "size": r.size, "mtime_ns": r.mtime_ns, "sha256": r.sha256}
+             for r in checks.itertuples() if r.sha256]
+    rows += [input_row(d, kind="dir") for s in image_sets for d in sorted((root / s).glob("*")) if d.is_dir()]
+    return pd.DataFrame(rows)
+
+
+def s1_collect(cfg: Any) -> Result:
+    """Load BDD labels (or the synthetic world), validate labels and images, collect stratified.
+
+    Artifacts (``01_collect/``): frames.csv (collected frame table, with each image's
+    width/height in pixels), gt_collected.json, strata.csv, slice_index.csv,
+    validation_issues.csv, validation.json, inputs.csv (every input file's content hash:
+    editing a label file or an image makes §1 and everything after it stale).
     """
     sec = Section(cfg, 1)
     if needs_run(sec):
         t0 = time.time()
-        from bdd_engine import synth
-
-        synth.ensure_world(cfg)
-        index = bdd.index_images(cfg.data_dir, cfg.image_sets)
-        frames, tables = [], []
-        for split, path in label_paths(cfg):
-            fr = bdd.load_frames(path)
-            frames += fr
-            tables.append(bdd.frames_table(fr, index, split=split))
-        have, total = bdd.image_coverage(frames, index)
-        first = next(iter(index.values()))
-        wh = image_size(first)
-        report = bdd.validate(frames, index, image_wh=wh)
-        table = pd.concat(tables, ignore_index=True)
+        root = data_root(cfg)
+        index = bdd.index_images(root, cfg.image_sets)
+        frames, table, empty = load_labels(cfg, index)
+        checks = check_frame_images(cfg, frames, index)
+        sizes = dict(zip(checks["name"], zip(checks["width"], checks["height"])))
+        unreadable = set(checks.loc[~checks["ok"], "name"])
+        have, total = bdd.image_coverage(frames, {n: p for n, p in index.items() if n not in unreadable})
+        report = bdd.validate(frames, index, image_wh={n: wh for n, wh in sizes.items() if n not in unreadable})
+        report.add(image_issues(checks))
         # duplicates: keep the first occurrence (reported in validation), never two rows per name
         table = table.drop_duplicates("name", keep="first")
+        table.loc[table["name"].isin(unreadable), "image_path"] = ""  # left out like a missing image
+        table["width"] = [int(sizes.get(n, (0, 0))[0]) for n in table["name"]]
+        table["height"] = [int(sizes.get(n, (0, 0))[1]) for n in table["name"]]
         collected, strata = slices.collect(table, cfg.collect_total, cfg.collect_min_floor, cfg.seed)
         keep = set(collected["name"])
         seen: set[str] = set()
@@ -109,25 +181,40 @@ def s1_collect(cfg: Any) -> Result:
             if f["name"] in keep and f["name"] not in seen:
                 seen.add(f["name"])
                 gt.append(f)
+        label_files = [p for _, p in label_paths(cfg)]
+        inputs = input_table(root, cfg.image_sets, label_files, checks)
+        label_sha = {str(p.relative_to(root)) if p.is_relative_to(root) else str(p): h
+                     for p, h in zip(map(Path, inputs["path"]), inputs["sha256"]) if p in set(label_files)}
+        ok = checks[checks["ok"]]
+        size_counts = (ok["width"].astype(str) + "x" + ok["height"].astype(str)).value_counts()
         with sec.writer() as w:
             w.write_df("frames.csv", collected)
             bdd.write_bdd_json(gt, w.path("gt_collected.json"))
             w.write_df("strata.csv", strata)
             w.write_df("slice_index.csv", slices.slice_index(collected))
             w.write_df("validation_issues.csv", report.issues)
+            w.record_inputs(inputs, label_files=label_sha)
             w.write_json("validation.json", {
                 "summary": report.summary(), "counts": report.counts, "n_frames": report.n_frames,
                 "n_labels": report.n_labels, "images_indexed": len(index), "frames_with_image": have,
-                "frames_labelled": total, "image_wh": list(wh), "synthetic": bool(cfg.synthetic),
-                "coverage": f"{have} of {total} labelled frames have an image on disk",
+                "frames_labelled": total, "unreadable_images": len(unreadable),
+                "image_sizes": {k: int(v) for k, v in size_counts.items()},
+                "image_wh": [int(x) for x in size_counts.index[0].split("x")] if len(size_counts) else None,
+                "empty_label_files": empty, "label_files_sha256": label_sha, "synthetic": bool(cfg.synthetic),
+                "coverage": f"{have} of {total} labelled frames have a readable image on disk",
             })
             w.counts.update({"labelled": total, "with_image": have, "collected": len(collected),
-                             "validation_issues": len(report.issues)})
+                             "validation_issues": len(report.issues), "unreadable_images": len(unreadable)})
         print(f"§1 done in {time.time() - t0:.1f} s")
     return Result(1, sec.dir, {
         "frames": sec.read_df("frames.csv"), "strata": sec.read_df("strata.csv"),
         "slice_index": sec.read_df("slice_index.csv"), "validation_issues": sec.read_df("validation_issues.csv"),
     }, sec.load_json("validation.json"))
+
+
+def image_sizes(frames: pd.DataFrame) -> dict[str, tuple[int, int]]:
+    """name → (width, height) in pixels, as §1 measured them (frames.csv / pools.csv columns)."""
+    return {n: (int(w), int(h)) for n, w, h in zip(frames["name"], frames["width"], frames["height"])}
 
 
 # ----------------------------------------------------------------------------- §3
@@ -143,7 +230,7 @@ def s3_pools(cfg: Any) -> Result:
 
         c = Section(cfg, 1)
         frames = c.read_df("frames.csv")
-        wh = tuple(c.load_json("validation.json")["image_wh"])
+        wh = image_sizes(frames)
         pools = slices.make_pools(frames, cfg.pool_train_size, cfg.pool_eval_size, cfg.pool_eval_top_slices,
                                   cfg.pool_golden_size, cfg.seed)
         gt = {f["name"]: f for f in bdd.load_frames(c.dir / "gt_collected.json")}
@@ -622,7 +709,7 @@ def s7_autolabel_retrain(cfg: Any) -> Result:
     if needs_run(sec):
         pools = Section(cfg, 3).read_df("pools.csv")
         paths = dict(zip(pools["name"], pools["image_path"]))
-        wh = tuple(Section(cfg, 1).load_json("validation.json")["image_wh"])
+        wh = image_sizes(Section(cfg, 1).read_df("frames.csv"))
         mined = Section(cfg, 6).read_df("mined.csv")["name"].tolist()
         gt_pool = {f["name"]: f for f in load_gt(cfg, 3, "pool")}
         gt_train = load_gt(cfg, 3, "train")

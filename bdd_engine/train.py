@@ -101,16 +101,33 @@ def git_commit() -> str:
         return "unknown"
 
 
-def _is_unfinished(last: Path) -> bool:
-    """Ultralytics strips the optimizer and sets epoch=-1 when a run finishes."""
+def checkpoint_state(last: Path) -> str:
+    """What an Ultralytics ``last.pt`` is: ``"finished"`` (stripped: epoch -1, no
+    optimizer), ``"resumable"`` (epochs remain), ``"finished-unstripped"`` (the last
+    epoch was saved but the run died before Ultralytics stripped it — its ``resume``
+    refuses such a file with "nothing to resume") or ``"unusable"`` (unreadable)."""
     import torch
 
     try:
         ck = torch.load(last, map_location="cpu", weights_only=False)
-    except Exception as e:  # a truncated last.pt cannot be resumed; say so
-        log.warning("cannot read %s (%s); starting the run again", last, e)
-        return False
-    return int(ck.get("epoch", -1)) >= 0 and ck.get("optimizer") is not None
+    except Exception as e:  # truncated by a kill or a full disk
+        log.warning("cannot read %s (%s)", last, e)
+        return "unusable"
+    epoch = int(ck.get("epoch", -1))
+    if epoch < 0 or ck.get("optimizer") is None:
+        return "finished"
+    total = int((ck.get("train_args") or {}).get("epochs", 0) or 0)
+    return "finished-unstripped" if total and epoch + 1 >= total else "resumable"
+
+
+def finalize_unstripped(run_dir: Path) -> None:
+    """Do what Ultralytics' final step would have done: strip the optimizer (and EMA
+    bookkeeping) from last.pt/best.pt so the weights load as a finished run."""
+    from ultralytics.utils.torch_utils import strip_optimizer
+
+    for f in (run_dir / "weights" / "last.pt", run_dir / "weights" / "best.pt"):
+        if f.is_file():
+            strip_optimizer(f)
 
 
 def _prepare_amp(device: str) -> bool:
@@ -202,7 +219,16 @@ def train(cfg: Mapping[str, Any], data_yaml: str | os.PathLike, out_dir: str | o
 
     device = resolve_device(cfg.get("device", "auto"))
     last = run_dir / "weights" / "last.pt"
-    resume = card.get("fingerprint") == fp and last.is_file() and _is_unfinished(last)
+    same = card.get("fingerprint") == fp and last.is_file()
+    state = checkpoint_state(last) if same else "unusable"
+    if state == "finished-unstripped":
+        log.info("%s: the last epoch was saved but the run was interrupted before it was finalised; finalising", name)
+        finalize_unstripped(run_dir)
+        state = "finished"
+    if state == "finished":  # every epoch ran: write the card the interrupted run could not
+        return _finish_card(card_path, card, run_dir, args, n_epochs, metrics={}, wall=float(card.get("wall_time_s", 0.0)),
+                            resumed=True)
+    resume = state == "resumable"
     if run_dir.exists() and not resume:
         log.info("discarding %s (different fingerprint or unusable checkpoint)", run_dir)
         shutil.rmtree(run_dir)
@@ -232,15 +258,22 @@ def train(cfg: Mapping[str, Any], data_yaml: str | os.PathLike, out_dir: str | o
         model.train(data=str(data_yaml), project=str(run_dir.parent), name=run_dir.name, exist_ok=True,
                     pretrained=pretrained, device=device, amp=_prepare_amp(device), verbose=False, **args)
     trainer = model.trainer
+    metrics = {k: float(v) for k, v in (getattr(trainer, "metrics", None) or {}).items()
+               if isinstance(v, (int, float, np.floating))}
+    prev_wall = float(card.get("wall_time_s", 0.0)) if resume else 0.0
+    return _finish_card(card_path, base_card, run_dir, args, n_epochs, metrics, prev_wall + time.time() - t0,
+                        resumed=bool(resume or card.get("resumed", False)))
+
+
+def _finish_card(card_path: Path, base_card: Mapping[str, Any], run_dir: Path, args: Mapping[str, Any], n_epochs: int,
+                 metrics: Mapping[str, float], wall: float, resumed: bool) -> Path:
+    """Mark a run finished in its run card (written last: the card is what 'fresh' reads)."""
     weights = _weights_of(run_dir, bool(args["val"]))
     if not weights.is_file():
         raise RuntimeError(f"Ultralytics finished without {weights}; see {run_dir}")
-    prev_wall = float(card.get("wall_time_s", 0.0)) if resume else 0.0
-    metrics = {k: float(v) for k, v in (getattr(trainer, "metrics", None) or {}).items()
-               if isinstance(v, (int, float, np.floating))}
     atomic_write_json(card_path, {
-        **base_card, "finished": True, "resumed": bool(resume or card.get("resumed", False)),
-        "epochs": n_epochs, "wall_time_s": round(prev_wall + time.time() - t0, 2),
+        **base_card, "finished": True, "resumed": resumed,
+        "epochs": n_epochs, "wall_time_s": round(wall, 2),
         "weights": str(weights), "weights_sha256": sha256_file(weights),
         "final_metrics": {"source": "ultralytics val on data.yaml val split (not the BDD metric)", **metrics},
     })

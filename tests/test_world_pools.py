@@ -62,7 +62,7 @@ def test_collect_keeps_floor_and_total(tiny_cfg):
     assert strata["collected"].sum() == min(tiny_cfg.collect_total, strata["source"].sum())
     floor = tiny_cfg.collect_min_floor
     assert ((strata["collected"] >= strata["source"].clip(upper=floor))).all()
-    assert r.info["coverage"].endswith("have an image on disk")
+    assert r.info["coverage"].endswith("have a readable image on disk")
     assert set(r["slice_index"].columns) >= {"slice", "weather", "timeofday", "scene", "n_frames"}
 
 
