@@ -1,0 +1,104 @@
+"""mine.py's failure rule pinned at its thresholds: ``ap50 <= mine_fail_ap or recall50 <
+mine_fail_recall`` (NaN = no GT = never a failure), the below-median fallback, the
+frames-based worst-slice fallback, and that mine() reads both thresholds from the config."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bdd_engine import mine as M
+
+W = "rainy | night | city street"
+
+
+def case(ap, rec, slices=None):
+    n = len(ap)
+    names = [f"f{i:02d}.jpg" for i in range(n)]
+    ev = pd.DataFrame({"name": names, "slice": slices or [W] * n})
+    pf = pd.DataFrame({"name": names, "ap50": ap, "recall50": rec})
+    return pf, ev
+
+
+@pytest.mark.parametrize("ap,rec,fail", [
+    (0.0, 0.9, True),        # ap50 exactly on fail_ap (0.0): <= → failure
+    (0.001, 0.9, False),     # just above
+    (0.5, 0.3, False),       # recall exactly on fail_recall: < → not a failure
+    (0.5, 0.2999, True),     # just below
+    (0.5, 0.0, True),
+    (0.0, 0.0, True),
+    (0.5, np.nan, False),    # recall NaN alone cannot fail (comparison is False)
+])
+def test_failure_rule_defaults_at_the_boundaries(ap, rec, fail):
+    # frame 0 is the probe; frames 1-2 are clearly fine, frame 3 clearly fails (no fallback)
+    pf, ev = case([ap, 0.9, 0.8, 0.0], [rec, 1.0, 0.9, 0.0])
+    names, rule = M.failure_frames(pf, ev, W)
+    assert rule == "ap50 <= 0.0 or recall50 < 0.3"
+    assert ("f00.jpg" in names) is fail and "f03.jpg" in names and "f01.jpg" not in names
+
+
+@pytest.mark.parametrize("fail_ap,fail_rec,expect", [
+    (0.2, 0.3, ["f00.jpg", "f01.jpg"]),               # ap 0.2 == fail_ap: in
+    (0.19, 0.3, ["f00.jpg"]),
+    (0.0, 0.5, ["f00.jpg", "f02.jpg"]),                # recall 0.4 < 0.5 in, 0.5 == 0.5 out
+    (0.0, 0.4, ["f00.jpg"]),                           # recall 0.4 == 0.4 out
+])
+def test_failure_rule_uses_given_thresholds(fail_ap, fail_rec, expect):
+    pf, ev = case([0.0, 0.2, 0.6, 0.7, 0.9], [0.0, 0.9, 0.4, 0.5, 1.0])
+    names, rule = M.failure_frames(pf, ev, W, fail_ap=fail_ap, fail_recall=fail_rec)
+    assert names == expect and rule == f"ap50 <= {fail_ap} or recall50 < {fail_rec}"
+
+
+def test_no_gt_frames_and_other_slices_never_fail():
+    pf, ev = case([np.nan, 0.0, 0.9, 0.0], [np.nan, 0.0, 1.0, 0.0], slices=[W, W, W, "clear | daytime | highway"])
+    names, _ = M.failure_frames(pf, ev, W)
+    assert names == ["f01.jpg"]
+    # a slice whose frames all lack GT is an error, not an empty failure set
+    pf2, ev2 = case([np.nan, np.nan], [np.nan, np.nan])
+    with pytest.raises(ValueError, match="no eval frame with ground truth"):
+        M.failure_frames(pf2, ev2, W)
+
+
+def test_fallback_is_below_or_at_the_median_and_says_so():
+    pf, ev = case([0.1, 0.4, 0.5, 0.6, 0.9, np.nan], [0.9] * 5 + [np.nan])
+    names, rule = M.failure_frames(pf, ev, W)                          # nothing meets the rule
+    assert names == ["f00.jpg", "f01.jpg", "f02.jpg"]                  # median 0.5 included (<=)
+    assert rule == "fallback: no frame met 'ap50 <= 0.0 or recall50 < 0.3'; used ap50 <= slice median 0.500"
+    pf, ev = case([0.1, 0.4, 0.6, 0.9], [0.9] * 4)                     # even count: median 0.5
+    assert M.failure_frames(pf, ev, W)[0] == ["f00.jpg", "f01.jpg"]
+
+
+def test_failures_are_sorted_names():
+    pf, ev = case([0.0, 0.9, 0.0], [0.0, 1.0, 0.0])
+    pf = pf.iloc[::-1]
+    assert M.failure_frames(pf, ev, W)[0] == ["f00.jpg", "f02.jpg"]
+
+
+def test_worst_slice_by_frames_min_frames_boundary():
+    ev = pd.DataFrame({"name": [f"f{i}" for i in range(9)],
+                       "slice": ["a | a | a"] * 3 + ["b | b | b"] * 2 + ["c | c | c"] * 4})
+    pf = pd.DataFrame({"name": ev["name"], "ap50": [0.5, 0.5, 0.5, 0.1, 0.1, 0.3, 0.3, 0.3, np.nan],
+                       "recall50": 0.5})
+    assert M.worst_slice_by_frames(pf, ev, min_frames=2) == "b | b | b"    # 2 frames == min: qualifies
+    assert M.worst_slice_by_frames(pf, ev, min_frames=3) == "c | c | c"    # c: 3 frames with GT (NaN dropped)
+    with pytest.raises(ValueError, match=">= 4 evaluated frames"):
+        M.worst_slice_by_frames(pf, ev, min_frames=4)
+
+
+def test_mine_reads_both_thresholds_from_the_config():
+    rng = np.random.default_rng(0)
+    n_pool, d = 60, 8
+    pool = pd.DataFrame({"name": [f"p{i:03d}.jpg" for i in range(n_pool)], "weather": "rainy",
+                         "timeofday": "night", "scene": "city street"})
+    pool["slice"] = W
+    pf, ev = case([0.0, 0.2, 0.6, 0.7, 0.9], [0.0, 0.9, 0.4, 0.5, 1.0])
+    names = list(pool["name"]) + list(pf["name"])
+    x = rng.normal(size=(len(names), d)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    base = {"seed": 1, "mine_k": 5, "mine_strategy": "prototype", "eval_by": ["weather", "timeofday", "scene"]}
+    r = M.mine({**base, "mine_fail_ap": 0.2, "mine_fail_recall": 0.5}, pf, ev, pool, x, names, worst_slice=W)
+    assert r.failure_names == ["f00.jpg", "f01.jpg", "f02.jpg"]
+    assert r.failure_rule == "ap50 <= 0.2 or recall50 < 0.5" and r.counts["failure_frames"] == 3
+    r = M.mine(base, pf, ev, pool, x, names, worst_slice=W)                # defaults 0.0 / 0.3
+    assert r.failure_names == ["f00.jpg"]

@@ -1,0 +1,89 @@
+"""slices.py's leakage rule on every pool pair and the pool invariants it guards.
+
+An eval drive group may share frames with no other pool but ``holdout`` (its own
+leftovers): check_leakage must catch eval∩train and eval∩pool, accept eval∩holdout, and
+make_pools must produce pools that are group-disjoint for every other pair."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bdd_engine import slices
+
+POOLS = ("eval", "train", "pool", "holdout")
+SLICES = [("clear", "daytime", "city street"), ("clear", "night", "city street"), ("rainy", "night", "highway"),
+          ("overcast", "daytime", "highway"), ("foggy", "dawn/dusk", "residential")]
+
+
+def frame_table(n_groups: int = 80, per_group: int = 4, seed: int = 0) -> pd.DataFrame:
+    """Drives of ``per_group`` frames; a drive mostly stays in one slice, sometimes not."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for g in range(n_groups):
+        s = int(rng.choice(len(SLICES), p=[0.35, 0.25, 0.2, 0.15, 0.05]))
+        for i in range(per_group):
+            si = s if rng.random() < 0.8 else int(rng.integers(len(SLICES)))
+            w, t, sc = SLICES[si]
+            rows.append({"name": f"{g:08x}-{i:08x}.jpg", "weather": w, "timeofday": t, "scene": sc,
+                         "group": f"{g:08x}"})
+    return pd.DataFrame(rows)
+
+
+def plant(pools: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
+    """Move one frame of pool ``b`` into a drive group of pool ``a``."""
+    p = pools.copy()
+    g = p.loc[p["pool"] == a, "group"].iloc[0]
+    i = p.index[(p["pool"] == b) & (p["group"] != g)][0]
+    p.loc[i, "group"] = g
+    return p
+
+
+@pytest.fixture(scope="module")
+def pools():
+    p = slices.make_pools(frame_table(), train_size=120, eval_size=60, top_slices=3, golden_size=12, seed=7)
+    assert set(p["pool"]) == set(POOLS)                      # every pool is populated: every pair is exercised
+    return p
+
+
+@pytest.mark.parametrize("a,b", [("eval", "train"), ("train", "eval"), ("eval", "pool"), ("pool", "eval")])
+def test_leak_between_eval_and_train_or_pool_is_caught(pools, a, b):
+    slices.check_leakage(pools)                              # clean before the plant
+    other = b if a == "eval" else a
+    with pytest.raises(slices.LeakageError, match=rf"1 eval drive group\(s\) also in '{other}'"):
+        slices.check_leakage(plant(pools, a, b))
+
+
+@pytest.mark.parametrize("a,b", [("eval", "holdout"), ("holdout", "eval")])
+def test_eval_sharing_a_group_with_its_holdout_is_by_design(pools, a, b):
+    slices.check_leakage(plant(pools, a, b))
+
+
+def test_make_pools_groups_are_disjoint_for_every_pair_but_eval_holdout(pools):
+    groups = {p: set(pools.loc[pools["pool"] == p, "group"]) for p in POOLS}
+    for a, b in itertools.combinations(POOLS, 2):
+        shared = groups[a] & groups[b]
+        if {a, b} == {"eval", "holdout"}:
+            continue
+        assert not shared, (a, b, sorted(shared)[:3])
+    # holdout frames are exactly the eval groups' leftovers
+    assert groups["holdout"] <= groups["eval"]
+    assert pools["golden"].sum() == 12 and pools.loc[pools["golden"], "pool"].eq("eval").all()
+
+
+def test_make_pools_eval_quota_per_top_slice(pools):
+    ev = pools[pools["pool"] == "eval"]
+    top = slices.slice_index(pools)["slice"].head(3).tolist()
+    assert set(ev["slice"]) <= set(top)
+    assert ev["slice"].value_counts().to_dict() == {s: 20 for s in top}
+
+
+def test_slice_key_is_missing_when_any_attribute_is():
+    df = pd.DataFrame({"weather": ["clear", None, "rainy"], "timeofday": ["night", "night", None],
+                       "scene": ["highway", "highway", "tunnel"]})
+    k = slices.key(df)
+    assert k.iloc[0] == "clear | night | highway" and k.iloc[1:].isna().all()
+    assert slices.key(df, ("weather",)).tolist()[::2] == ["clear", "rainy"]
