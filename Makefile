@@ -2,7 +2,7 @@
 PY      := .venv/bin/python
 PROFILE ?= demo
 
-.PHONY: venv demo test test-all bench status app clean-outputs
+.PHONY: venv demo test test-all mutants bench status app clean-outputs
 
 venv:                      ## create .venv + install pinned requirements (no-op when up to date)
 	@./setup.sh
@@ -15,6 +15,9 @@ test: venv                 ## the test suite (< ~10 min on 2 cores; excludes @sl
 
 test-all: venv
 	$(PY) -m pytest -q
+
+mutants: venv              ## mutation check of the rule modules on a temp clone of HEAD (~3 min; MUTANTS_ARGS="--overlay tests" adds uncommitted tests)
+	$(PY) tests/mutants/run.py $(MUTANTS_ARGS)
 
 bench: venv                ## benchmarks/ (each ends with a RESULT {json} line)
 	$(PY) benchmarks/bench_eval.py
