@@ -121,6 +121,54 @@ def test_upstream_recompute_with_new_content_invalidates_downstream(tmp_path, ca
     assert Section(cfg, 4).staleness() == "upstream 03_pools changed"
 
 
+def test_stale_upstream_makes_downstream_stale(tmp_path):
+    """Transitive: an edited artifact or a changed key upstream makes every later section
+    stale before the upstream section is even recomputed."""
+    cfg = cfg_at(tmp_path)
+    for n in (1, 3, 4):
+        write_section(cfg, n)
+    (tmp_path / "01_collect" / "data.txt").write_text("edited")
+    assert Section(cfg, 3).staleness() == "upstream 01_collect is stale"
+    assert Section(cfg, 4).staleness() == "upstream 03_pools is stale"
+    (tmp_path / "01_collect" / "data.txt").write_text("v1")              # undo: fresh again
+    assert Section(cfg, 4).staleness() is None
+    coll = cfg_at(tmp_path, collect_total=int(cfg.collect_total) + 1)
+    assert Section(coll, 1).staleness() == "config changed"
+    assert Section(coll, 3).staleness() == "upstream 01_collect is stale"
+
+
+def _with_inputs(cfg, files, folder):
+    sec = Section(cfg, 1)
+    with sec.writer() as w:
+        w.write_text("data.txt", "x")
+        rows = [ck.input_row(f) for f in files] + [ck.input_row(folder, kind="dir")]
+        w.record_inputs(pd.DataFrame(rows), labels="test")
+    return sec
+
+
+def test_recorded_inputs_decide_freshness_by_content(tmp_path):
+    cfg = cfg_at(tmp_path / "out")
+    data = tmp_path / "data"
+    (data / "img").mkdir(parents=True)
+    lab, img = data / "labels.json", data / "img" / "a.jpg"
+    lab.write_text('[{"name": "a.jpg"}]')
+    img.write_bytes(b"jpeg")
+    _with_inputs(cfg, [lab, img], data / "img")
+    assert Section(cfg, 1).staleness() is None
+    os.utime(lab, ns=(lab.stat().st_atime_ns, lab.stat().st_mtime_ns + 10**9))   # touch: same content
+    assert Section(cfg, 1).staleness() is None
+    lab.write_text('[{"name": "b.jpg"}]')                                       # same size, new content
+    assert Section(cfg, 1).staleness() == f"input changed: {lab}"
+    lab.write_text('[{"name": "a.jpg"}]')
+    assert Section(cfg, 1).staleness() is None
+    (data / "img" / "b.jpg").write_bytes(b"new")                               # a file added to a folder
+    assert Section(cfg, 1).staleness() == f"input folder changed (files added or removed): {data / 'img'}"
+    (data / "img" / "b.jpg").unlink()
+    assert Section(cfg, 1).staleness() is None
+    lab.unlink()
+    assert Section(cfg, 1).staleness() == f"input missing: {lab}"
+
+
 def test_missing_upstream_and_missing_manifest(tmp_path):
     import shutil
 
