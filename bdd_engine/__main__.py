@@ -14,8 +14,10 @@ command with one line saying what to do, and exit code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -73,7 +75,18 @@ def _progress_client(nb: Any, cfg: Any) -> Any:
 
     class ProgressClient(NotebookClient):
         current: tuple[int, float, str | None] | None = None
+        stopped_by_signal = False
         _partial = ""
+
+        async def _async_cleanup_kernel(self) -> None:
+            # nbclient answers SIGINT/SIGTERM itself (its loop handler shuts the kernel down,
+            # then the cell fails with DeadKernelError and a second clean-up trips an assert).
+            # A clean-up with no exception in flight, mid-notebook, is that handler.
+            if sys.exc_info()[0] is None and self.current is not None:
+                self.stopped_by_signal = True
+            if self.km is None:
+                return
+            await super()._async_cleanup_kernel()
 
         def output(self, outs, msg, display_id, cell_index):  # noqa: ANN001 (nbclient's signature)
             if msg["msg_type"] == "stream":
@@ -100,7 +113,8 @@ def _progress_client(nb: Any, cfg: Any) -> Any:
             # the start line is the kernel's own "§N ...: computing — <reason>" / "fresh" line
 
     def on_executed(cell: Any, cell_index: int, execute_reply: Any) -> None:
-        if client.current and _SECTION_CALL.search(cell.source or ""):
+        failed = (execute_reply or {}).get("content", {}).get("status") == "error"
+        if client.current and not failed and _SECTION_CALL.search(cell.source or ""):
             n, t0, before = client.current
             after = checkpoint.Section(cfg, n).manifest_hash()
             how = "recomputed" if after != before else "fresh checkpoint loaded"
@@ -115,7 +129,7 @@ def _progress_client(nb: Any, cfg: Any) -> Any:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Execute notebook.py headless; the executed .ipynb is saved beside the outputs."""
-    from nbclient.exceptions import CellExecutionError
+    from nbclient.exceptions import CellExecutionError, DeadKernelError
 
     from bdd_engine import flywheel
 
@@ -138,21 +152,38 @@ def cmd_run(args: argparse.Namespace) -> int:
     client = _progress_client(nb, cfg)
     out = cfg.out / f"notebook_{cfg.profile}.ipynb"
     resume = f"python -m bdd_engine run --profile {cfg.profile}" + "".join(f" --set {s}" for s in args.set or [])
+    interrupted: list[int] = []
+
+    def on_stop(signum: int, frame: Any) -> None:
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, on_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    kernel_log = cfg.out / "kernel.log"  # the kernel process's own stderr (its Python output streams here)
     try:
-        client.execute()
-    except KeyboardInterrupt:
-        where = f" in §{client.current[0]} {checkpoint.SECTIONS[client.current[0]]}" if client.current else ""
-        print(f"\ninterrupted{where}: finished sections are kept; to resume, run `{resume}` again", file=sys.stderr)
-        return 130
-    except CellExecutionError as e:
+        with open(kernel_log, "w") as log_fh:
+            client.execute(stderr=log_fh)
+    except BaseException as e:  # noqa: BLE001 — a Ctrl-C surfaces as KeyboardInterrupt, DeadKernelError or an nbclient clean-up assertion
         where = f"§{client.current[0]} {checkpoint.SECTIONS[client.current[0]]}" if client.current else "a cell"
-        if e.ename == "KeyboardInterrupt":
+        if (interrupted or client.stopped_by_signal or isinstance(e, KeyboardInterrupt)
+                or getattr(e, "ename", "") == "KeyboardInterrupt"):
+            for sig in previous:  # a second Ctrl-C must not interrupt the clean-up
+                signal.signal(sig, signal.SIG_IGN)
+            with contextlib.suppress(Exception):
+                client._cleanup_kernel()
             print(f"\ninterrupted in {where}: finished sections are kept; to resume, run `{resume}` again",
                   file=sys.stderr)
             return 130
-        print(f"\nerror in {where}: {e.ename}: {e.evalue}\n(full traceback: {out})", file=sys.stderr)
-        return 1
+        if isinstance(e, CellExecutionError):
+            print(f"\nerror in {where}: {e.ename}: {e.evalue}\n(full traceback: {out})", file=sys.stderr)
+            return 1
+        if isinstance(e, DeadKernelError):
+            print(f"\nthe notebook kernel died in {where} (out of memory?); its log: {kernel_log}", file=sys.stderr)
+            return 1
+        raise
     finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
         checkpoint.atomic_write_text(out, jupytext.writes(nb, fmt="ipynb"))
         print(f"executed notebook: {out}")
     return 0

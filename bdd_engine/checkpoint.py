@@ -29,7 +29,6 @@ refused naming the holder's PID.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import io
@@ -227,12 +226,10 @@ def acquire_lock(root: str | os.PathLike) -> None:
     try:
         root.mkdir(parents=True, exist_ok=True)
         fh = open(root / ".lock", "a+")
-    except OSError as e:
-        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise OutputsNotWritable(
-                f"outputs folder {root} is not writable ({e.strerror}): fix its permissions, or write "
-                f"elsewhere with --set outputs_dir=/some/writable/dir (BDD_OUTPUTS_DIR=... in a notebook)") from None
-        raise
+    except OSError as e:  # read-only file system, permissions, a file where the folder should be
+        raise OutputsNotWritable(
+            f"outputs folder {root} is not writable ({e.strerror or e}): fix its permissions, or write "
+            f"elsewhere with --set outputs_dir=/some/writable/dir (BDD_OUTPUTS_DIR=... in a notebook)") from None
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -325,7 +322,7 @@ def inputs_changed(table: pd.DataFrame) -> str | None:
             continue
         try:
             st = p.stat()
-        except FileNotFoundError:
+        except OSError:
             return f"input missing: {p}"
         if st.st_size == int(r.size) and st.st_mtime_ns == int(r.mtime_ns):
             continue
@@ -373,13 +370,13 @@ class Section:
     def manifest(self) -> dict[str, Any] | None:
         try:
             return json.loads(self.manifest_path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+        except (OSError, json.JSONDecodeError):  # absent, or a path that cannot be a folder
             return None
 
     def manifest_hash(self) -> str | None:
         try:
             return hashlib.sha256(self.manifest_path.read_bytes()).hexdigest()[:16]
-        except FileNotFoundError:
+        except OSError:
             return None
 
     def staleness(self, _memo: dict[int, str | None] | None = None) -> str | None:
