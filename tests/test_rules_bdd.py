@@ -118,6 +118,14 @@ def test_validate_reports_malformed_frames():
     assert rep.issues.iloc[0]["kind"] in ("missing box2d", "degenerate box") and "'top'" in rep.issues.iloc[0]["detail"]
 
 
+def test_loader_keeps_duplicates_for_validate_to_report(tmp_path):
+    p = tmp_path / "dup.json"
+    p.write_text(json.dumps([frame("a.jpg", [car(1, 1, 5, 5)]), frame("a.jpg", [])]))
+    got = bdd.load_frames(p)
+    assert [f["name"] for f in got] == ["a.jpg", "a.jpg"] and len(got[0]["labels"]) == 1
+    assert bdd.validate(got, None).counts == {"duplicate name": 1}
+
+
 def test_duplicate_names_each_repeat_reported_once():
     frames = [frame("a.jpg", []), frame("b.jpg", []), frame("a.jpg", []), frame("a.jpg", []), frame("c.jpg", [])]
     rep = bdd.validate(frames, None, image_wh=(W, H))

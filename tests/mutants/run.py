@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         mutants = [m for m in mutants if any(k in m["id"] for k in args.k)]
     if args.list:
         for m in mutants:
-            print(f"{m['id']:<28} {m['file']:<26} {m['why']}")
+            print(f"{m['id']:<34} {m['file']:<26} {m['why']}")
         return 0
     if not mutants:
         raise SystemExit("no mutant selected")
@@ -201,11 +201,11 @@ def main(argv: list[str] | None = None) -> int:
             if status != "pass":
                 print(tail, file=sys.stderr)
                 raise SystemExit("[mutants] the unmutated tests fail: fix that first (every mutant would look killed)")
-        print(f"{'id':<28} {'file':<26} {'status':<10} {'s':>5}  detail", flush=True)
+        print(f"{'id':<34} {'file':<26} {'status':<10} {'s':>5}  detail", flush=True)
         for m in mutants:
             r = apply_and_test(clone, m, env)
             rows.append(r)
-            print(f"{r['id']:<28} {r['file']:<26} {r['status']:<10} {r['seconds']:>5.1f}  {r['detail']}", flush=True)
+            print(f"{r['id']:<34} {r['file']:<26} {r['status']:<10} {r['seconds']:>5.1f}  {r['detail']}", flush=True)
     except KeyboardInterrupt:
         print("\n[mutants] interrupted: the file under mutation was restored; partial result below", file=sys.stderr)
     finally:
