@@ -1,7 +1,10 @@
 """The whole notebook headless on the tiny profile, then §6–§8 again in a fresh kernel.
 
 This is the product's end-to-end path (`python -m bdd_engine run`, which `make demo`
-calls) on a world small enough for the test suite (~2 min on 2 cores).
+calls) on a world small enough for the test suite (~3 min on 2 cores). It is a real,
+if small, experiment: iter0 detects objects, the teacher labels the mined frames, the
+accepted labels (and only those) reach iter1's training set, every arm trains on its
+own data, and the verdict's words agree with the numbers.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bdd_engine import report
+from bdd_engine import bdd, report
+from bdd_engine.config import load_config
 from bdd_engine.checkpoint import SECTIONS as _SECTIONS
 from bdd_engine.env import PROJECT_ROOT
 
@@ -69,6 +73,106 @@ def test_whole_notebook_writes_every_artifact(first_run):
     for fig in ("slice_distribution", "slice_long_tail", "embedding_map", "slice_map_iter0", "worst_slice_failures",
                 "mined_frames_grid", "slice_delta", "architecture"):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 10_000, fig
+
+
+def _no_bare_constant(name: str):
+    raise ValueError(f"bare {name} is not JSON")
+
+
+def test_every_json_output_is_strict(first_run):
+    """Strict parsers (browsers, jq, Go, Rust) reject NaN/Infinity: outputs say null instead."""
+    out, _ = first_run
+    files = sorted(p for ext in ("*.json", "*.ipynb") for p in out.rglob(ext) if p.is_file())
+    assert len(files) > 20
+    bad = {}
+    for p in files:
+        try:
+            json.loads(p.read_text(), parse_constant=_no_bare_constant)
+        except ValueError as e:
+            bad[str(p.relative_to(out))] = str(e)[:120]
+    assert bad == {}
+
+
+def test_iter0_detects_objects_on_the_tiny_world(first_run):
+    out, _ = first_run
+    w = json.loads((out / "05_eval_iter0" / "worst_slice.json").read_text())
+    ev = json.loads((out / "05_eval_iter0" / "eval.json").read_text())
+    assert w["AP50"] > 0, "iter0 finds nothing on its worst slice: the experiment is empty"
+    assert ev["AP50"] > 0 and w["overall_AP50"] == pytest.approx(ev["AP50"])
+    assert w["best_AP50"] >= w["AP50"] and w["ci"][1] > w["ci"][0], "a slice CI of zero width: no signal"
+    preds = bdd.load_frames(out / "05_eval_iter0" / "predictions.json")
+    assert sum(len(f["labels"]) for f in preds) > 0
+
+
+def _yolo_classes(d: Path, names) -> dict[str, list[int]]:
+    """YOLO label file of each frame in ``names`` present in split dir ``d`` -> sorted class ids."""
+    return {n: sorted(int(ln.split()[0]) for ln in (d / f"{Path(n).stem}.txt").read_text().splitlines() if ln.strip())
+            for n in names if (d / f"{Path(n).stem}.txt").exists()}
+
+
+def test_accepted_auto_labels_and_only_those_reach_iter1(first_run):
+    out, _ = first_run
+    cfg = load_config("tiny", env=False)
+    accept = float(cfg.label_accept)
+    s7 = out / "07_autolabel_retrain"
+    labeling = json.loads((s7 / "labeling.json").read_text())
+    arms = pd.read_csv(s7 / "arms.csv").set_index("arm")
+    gt_train = {f["name"] for f in bdd.load_frames(out / "03_pools" / "gt_train.json")}
+    mined = pd.read_csv(out / "06_mine" / "mined.csv")["name"].tolist()
+    random_names = pd.read_csv(s7 / "random_frames.csv")["name"].tolist()
+    assert set(mined) != set(random_names)
+    for which, arm, names in (("mined", "iter1", mined), ("random", "random", random_names)):
+        lab = labeling[which]
+        assert lab["labeler"] == "teacher" and lab["frames"] == len(names) and lab["failed"] == 0
+        assert lab["labels"] > 0, f"the teacher labelled nothing on the {which} frames"
+        labels = {f["name"]: f["labels"] for f in bdd.load_frames(s7 / f"labels_{which}" / "labels.json")}
+        assert set(labels) == set(names)
+        assert sum(map(len, labels.values())) == lab["labels"]
+        kept = {n: sorted(bdd.CLASSES.index(lb["category"]) for lb in ls if lb["score"] >= accept)
+                for n, ls in labels.items()}
+        kept = {n: c for n, c in kept.items() if c}
+        assert kept, f"no {which} label scores >= label_accept {accept}: nothing for {arm} to learn from"
+        assert lab["train_frames"] == len(kept) and lab["train_labels"] == sum(map(len, kept.values()))
+        router = pd.read_csv(s7 / f"labels_{which}" / "router.csv").set_index("bucket")
+        assert router.loc["accept", "n_labels"] == lab["train_labels"]
+        assert router.loc[["accept", "review", "discard"], "n_labels"].sum() == lab["labels"]
+        # the arm's training set on disk: GT train frames + exactly the accepted labels of its frames
+        yolo = out / "runs" / "data" / arm / "labels" / "train"
+        assert {p.stem for p in yolo.glob("*.txt")} == {Path(n).stem for n in gt_train | set(kept)}
+        assert _yolo_classes(yolo, names) == kept, f"{arm} trained on labels the router did not accept"
+        row = arms.loc[arm]
+        assert (row["extra_frames"], row["extra_labels"]) == (len(kept), lab["train_labels"])
+        assert row["train_frames"] == len(gt_train) + len(kept)
+    cont = out / "runs" / "data" / "continue" / "labels" / "train"
+    assert {p.stem for p in cont.glob("*.txt")} == {Path(n).stem for n in gt_train}
+    assert (arms.loc["continue", "extra_frames"], arms.loc["oracle", "extra_frames"]) == (0, len(mined))
+    hashes = arms["data_hash"]
+    assert hashes.is_unique, f"two arms trained on identical data: {hashes.to_dict()}"
+    runs = pd.read_csv(out / "runs" / "runs.csv").set_index("arm")
+    assert runs.loc[list(arms.index), "data_hash"].tolist() == hashes.tolist()
+
+
+def test_verdict_words_match_the_delta(first_run):
+    out, _ = first_run
+    h = json.loads((out / "08_delta" / "headline.json").read_text())
+    d, (lo, hi), v = h["delta"], h["delta_ci"], h["verdict"]
+    assert lo <= d <= hi and hi > lo, "a zero-width CI: iter1 and iter0 predicted the same"
+    assert h["overall_iter1"] != h["overall_iter0"], "iter1 is iter0: the retrain changed nothing"
+    assert v.startswith(f"Δ {d:+.3f} (95% CI [{lo:+.3f}, {hi:+.3f}]): ")
+    sig = {"improved": "the worst slice improved beyond its CI", "worse": "the worst slice got worse beyond its CI",
+           "noise": "within noise (its CI contains 0)"}
+    want = "improved" if lo > 0 else "worse" if hi < 0 else "noise"
+    assert sig[want] in v, v
+    assert not any(sig[k] in v for k in sig if k != want), v
+    half = (hi - lo) / 2
+    for arm in ("random", "continue"):
+        a = h[f"{arm}_delta"]
+        beat = d - a
+        assert f"iter1 minus the {arm} control ({a:+.3f}) = {beat:+.3f}" in v, v
+        if abs(abs(beat) - half) > 1e-3:   # away from the boundary, where rounding decides
+            where = "inside" if abs(beat) < half else "beyond"
+            assert f"= {beat:+.3f} ({where} the CI half-width)" in v, v
+    assert f"the oracle control reached {h['oracle_delta']:+.3f}" in v
 
 
 def test_case_study_has_no_placeholders(first_run):
