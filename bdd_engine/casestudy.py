@@ -158,7 +158,7 @@ def fields(cfg: Any, headline: Mapping[str, Any], head: pd.DataFrame, runs: pd.D
                               f"{fmt(h.get('continue_delta'), signed=True)}."),
         "headline_table": df_to_markdown(head_disp),
         "verdict": "**Reading:** " + h["verdict"] + (
-            "" if beat_random is None or h["delta"] - beat_random > (h["delta_ci"][1] - h["delta_ci"][0]) / 2 else
+            "" if beat_random is None or round(h["delta"] - beat_random, 3) > round((h["delta_ci"][1] - h["delta_ci"][0]) / 2, 3) else
             " Targeted mining did not beat the random control beyond the CI here. " + reasons(h, quality, lab)),
         "data_sentence": (f"The collected set holds {imb['n_frames']} frames in {imb['n_slices']} slices ({val['coverage']}; "
                           f"validation: {val['summary']}). The most common slice, {imb['most_common_slice']}, holds "
