@@ -44,32 +44,22 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import pandas as pd
 
-SECTIONS: dict[int, str] = {
-    1: "01_collect",
-    2: "02_curate",
-    3: "03_pools",
-    4: "04_train",
-    5: "05_eval_iter0",
-    6: "06_mine",
-    7: "07_autolabel_retrain",
-    8: "08_delta",
-}
-# Which earlier sections each section reads (its manifest hash depends on theirs).
-UPSTREAM: dict[int, tuple[int, ...]] = {
-    1: (),
-    2: (1,),
-    3: (1,),
-    4: (3,),
-    5: (3, 4),
-    6: (2, 3, 5),
-    7: (3, 4, 6),
-    8: (3, 5, 6, 7),
-}
+from bdd_engine.sections import SECTIONS, UPSTREAM  # the one section table
 
 
 # ----------------------------------------------------------------------------- atomic I/O
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+def _umask() -> int:
+    """The process umask, read without changing it (Linux /proc; else the set-and-restore
+    dance, done lazily here rather than at import)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -83,7 +73,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a normal file honours the umask
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a normal file honours the umask
     tmp_path = Path(tmp)
     try:
         yield tmp_path

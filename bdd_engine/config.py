@@ -16,30 +16,20 @@ import difflib
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import yaml
 
 from bdd_engine.env import PROJECT_ROOT
+from bdd_engine.sections import SECTION_PREFIXES
 
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
+DEFAULTS = PROFILES_DIR / "default.yaml"  # every key once, `key: value  # (type) meaning`
 
 # Keys every section depends on (they change what the data *is*).
 GLOBAL_KEYS = ("seed", "data_root", "synthetic", "label_files", "image_sets")
-
-# Which key prefixes each section reads (beyond GLOBAL_KEYS). Upstream sections are
-# covered through their manifest hashes, not repeated here.
-SECTION_PREFIXES: dict[int, tuple[str, ...]] = {
-    1: ("synth_", "collect_"),
-    2: ("embed_", "curate_"),
-    3: ("pool_",),
-    4: ("train_",),
-    5: ("eval_",),
-    6: ("mine_",),
-    7: ("label_", "retrain_"),
-    8: ("report_",),
-}
 
 # BDD_* environment variables that are not config keys (profile choice, cache dir, `run --from`).
 RESERVED_ENV = ("BDD_PROFILE", "BDD_CACHE_DIR", "BDD_FROM")
@@ -98,7 +88,7 @@ def _hash(obj: Any) -> str:
 
 
 def available_profiles() -> list[str]:
-    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml") if p != DEFAULTS)
 
 
 def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
@@ -124,40 +114,49 @@ def _type_name(v: Any) -> str:
                                      list: "list", dict: "dict"}.get(type(v), type(v).__name__)
 
 
+_TYPE_COMMENT = re.compile(r"^([a-z0-9_]+):.*#\s*\(([^)]*)\)")
+
+
 def key_types() -> dict[str, set[str]]:
-    """Allowed value types per key: the union over every shipped profile (a key that is
-    ``null`` in one profile and a path in another accepts both)."""
+    """Declared types per key from default.yaml's ``# (type) meaning`` comments:
+    ``int``, ``float``, ``bool``, ``str``, ``list[str]``, ``str | null``, ...
+    (element types are documentation; ``list[...]`` checks that it is a list)."""
     types: dict[str, set[str]] = {}
-    for p in PROFILES_DIR.glob("*.yaml"):
-        for k, v in (yaml.safe_load(p.read_text()) or {}).items():
-            types.setdefault(k, set()).add(_type_name(v))
+    for line in DEFAULTS.read_text().splitlines():
+        m = _TYPE_COMMENT.match(line)
+        if m:
+            types[m.group(1)] = {t.strip().split("[")[0] for t in m.group(2).split("|")}
     return types
 
 
 def _type_ok(value: Any, allowed: set[str]) -> bool:
     t = _type_name(value)
-    if t in allowed or allowed <= {"null"}:  # null everywhere: any value is a choice
-        return True
-    if t == "int" and "float" in allowed:  # 3 is a fine learning rate
-        return True
-    if t == "null" and "str" in allowed:  # an optional path/name may be unset
-        return True
-    return False
+    return t in allowed or (t == "int" and "float" in allowed)  # 3 is a fine learning rate
 
 
-def check_overrides(overrides: Mapping[str, Any], cfg: Mapping[str, Any], profile: str) -> None:
+def check_keys(values: Mapping[str, Any], defaults: Mapping[str, Any], source: str) -> None:
     """Reject unknown keys (naming the nearest valid one) and values of the wrong type,
     like Ultralytics' check_dict_alignment: a typo must never silently become a no-op."""
     types = key_types()
-    for key, value in overrides.items():
-        if key not in cfg:
-            near = difflib.get_close_matches(key, list(cfg), n=1, cutoff=0.6)
-            hint = f"; did you mean {near[0]!r}?" if near else f"; see {PROFILES_DIR / (profile + '.yaml')}"
-            raise ConfigError(f"unknown config key {key!r} for profile {profile!r}{hint}")
-        allowed = types.get(key, {_type_name(cfg[key])})
+    for key, value in values.items():
+        if key not in defaults:
+            near = difflib.get_close_matches(key, list(defaults), n=1, cutoff=0.6)
+            hint = f"; did you mean {near[0]!r}?" if near else f"; every key is listed in {DEFAULTS}"
+            raise ConfigError(f"unknown config key {key!r} in {source}{hint}")
+        allowed = types.get(key) or {_type_name(defaults[key])}
         if not _type_ok(value, allowed):
-            raise ConfigError(f"config key {key!r} expects {' or '.join(sorted(allowed))}, got {value!r} "
-                              f"({_type_name(value)}); e.g. {key}={cfg[key]!r}")
+            raise ConfigError(f"config key {key!r} in {source} expects {' or '.join(sorted(allowed))}, got {value!r} "
+                              f"({_type_name(value)}); e.g. {key}={defaults[key]!r}")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected `key: value` lines, got a {type(data).__name__}")
+    return data
 
 
 def load_config(
@@ -170,9 +169,12 @@ def load_config(
     """
     profile = profile or os.environ.get("BDD_PROFILE", "demo")
     path = PROFILES_DIR / f"{profile}.yaml"
-    if not path.exists():
+    if not path.exists() or profile == "default":
         raise ConfigError(f"unknown profile {profile!r}; available: {available_profiles()}")
-    cfg = Config(yaml.safe_load(path.read_text()) or {})
+    defaults = _read_yaml(DEFAULTS)
+    own = _read_yaml(path)
+    check_keys(own, defaults, str(path))
+    cfg = Config({**defaults, **own})
     cfg["profile"] = profile
 
     merged: dict[str, Any] = {}
@@ -181,6 +183,6 @@ def load_config(
             if key.startswith("BDD_") and key not in RESERVED_ENV:
                 merged[key[4:].lower()] = _yaml_value(value, key)
     merged.update(overrides or {})
-    check_overrides(merged, cfg, profile)
+    check_keys(merged, defaults, f"the overrides of profile {profile!r}")
     cfg.update(merged)
     return cfg

@@ -276,7 +276,7 @@ def test_empty_label_files(world, tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- 10 bad types, failed sections
 def test_mistyped_override_fails_at_load_and_stale_upstream_propagates(tiny_world, tmp_path, capsys):
-    with pytest.raises(ConfigError, match="'train_epochs' expects int, got 'abc'"):
+    with pytest.raises(ConfigError, match="'train_epochs' in the overrides of profile 'tiny' expects int, got 'abc'"):
         load_config("tiny", {"train_epochs": "abc"}, env=False)
     assert cli(["status", "--profile", "tiny", "--set", "train_epochs=abc"]) == 2
     assert "train_epochs" in capsys.readouterr().err

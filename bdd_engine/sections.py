@@ -1,0 +1,33 @@
+"""The notebook's section graph, in one table: folder, upstream sections, config prefixes.
+
+Read by config (which keys a section's hash covers), checkpoint (folder names and
+freshness through upstream manifests) and the explorer (which checkpoints it mirrors).
+Imports nothing from the package.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SectionSpec:
+    number: int
+    folder: str                  # checkpoint folder under outputs/
+    upstream: tuple[int, ...]    # earlier sections it reads (its freshness follows theirs)
+    prefixes: tuple[str, ...]    # config key prefixes it reads, beyond config.GLOBAL_KEYS
+
+
+SPECS: dict[int, SectionSpec] = {s.number: s for s in (
+    SectionSpec(1, "01_collect", (), ("synth_", "collect_")),
+    SectionSpec(2, "02_curate", (1,), ("embed_", "curate_")),
+    SectionSpec(3, "03_pools", (1,), ("pool_",)),
+    SectionSpec(4, "04_train", (3,), ("train_",)),
+    SectionSpec(5, "05_eval_iter0", (3, 4), ("eval_",)),
+    SectionSpec(6, "06_mine", (2, 3, 5), ("mine_",)),
+    SectionSpec(7, "07_autolabel_retrain", (3, 4, 6), ("label_", "retrain_")),
+    SectionSpec(8, "08_delta", (3, 5, 6, 7), ("report_",)),
+)}
+SECTIONS: dict[int, str] = {n: s.folder for n, s in SPECS.items()}
+UPSTREAM: dict[int, tuple[int, ...]] = {n: s.upstream for n, s in SPECS.items()}
+SECTION_PREFIXES: dict[int, tuple[str, ...]] = {n: s.prefixes for n, s in SPECS.items()}
