@@ -503,9 +503,9 @@ def _sync_section(cfg: Any, ds, n: int) -> None:
 
     sec = Section(cfg, n)
     if n == 2:
-        from bdd_engine.flywheel import load_embeddings
+        from bdd_engine.artifacts import load_embeddings
 
-        emb, names = load_embeddings(cfg)
+        emb, names = load_embeddings(cfg.out)
         ids = _ids_by_name(ds)
         keep = [i for i, nm in enumerate(names) if nm in ids]
         add_embeddings(ds, [names[i] for i in keep], np.asarray(emb)[keep], seed=int(cfg.get("seed", 42)))

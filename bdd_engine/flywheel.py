@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from bdd_engine import bdd, slices
+from bdd_engine import artifacts, bdd, slices
 from bdd_engine.checkpoint import Section, acquire_lock, atomic_path, release_lock
 
 
@@ -67,9 +67,6 @@ def label_paths(cfg: Any) -> list[tuple[str, Path]]:
     return out
 
 
-def load_gt(cfg: Any, section: int, which: str) -> list[dict[str, Any]]:
-    """Ground-truth BDD frames written by a section (e.g. ``load_gt(cfg, 3, "eval")``)."""
-    return bdd.load_frames(Section(cfg, section).dir / f"gt_{which}.json")
 
 
 # ----------------------------------------------------------------------------- §1
@@ -212,9 +209,6 @@ def s1_collect(cfg: Any) -> Result:
     }, sec.load_json("validation.json"))
 
 
-def image_sizes(frames: pd.DataFrame) -> dict[str, tuple[int, int]]:
-    """name → (width, height) in pixels, as §1 measured them (frames.csv / pools.csv columns)."""
-    return {n: (int(w), int(h)) for n, w, h in zip(frames["name"], frames["width"], frames["height"])}
 
 
 # ----------------------------------------------------------------------------- §3
@@ -230,7 +224,7 @@ def s3_pools(cfg: Any) -> Result:
 
         c = Section(cfg, 1)
         frames = c.read_df("frames.csv")
-        wh = image_sizes(frames)
+        wh = artifacts.image_sizes(frames)
         pools = slices.make_pools(frames, cfg.pool_train_size, cfg.pool_eval_size, cfg.pool_eval_top_slices,
                                   cfg.pool_golden_size, cfg.seed)
         gt = {f["name"]: f for f in bdd.load_frames(c.dir / "gt_collected.json")}
@@ -290,16 +284,6 @@ def s2_curate(cfg: Any) -> Result:
                   {"imbalance": sec.load_json("imbalance.json"), "embeddings": sec.load_json("embeddings.json")})
 
 
-def load_embeddings(cfg: Any) -> tuple[Any, list[str]]:
-    """§2's embeddings (memmap, names) from its checkpoint."""
-    import json
-
-    import numpy as np
-
-    meta = Section(cfg, 2).load_json("embeddings.json")
-    path = cfg.out / meta["path"]
-    names = json.loads((path.parent / "names.json").read_text())
-    return np.load(path, mmap_mode="r"), names
 
 
 # ----------------------------------------------------------------------------- §4
@@ -323,8 +307,6 @@ def s4_train(cfg: Any) -> Result:
     return Result(4, sec.dir, {}, {"run_card": card, "weights": cfg.out / sec.load_json("weights.json")["weights"]})
 
 
-def iter0_weights(cfg: Any) -> Path:
-    return cfg.out / Section(cfg, 4).load_json("weights.json")["weights"]
 
 
 # ----------------------------------------------------------------------------- §5 / §8 shared
@@ -343,7 +325,7 @@ def evaluate_on_eval_pool(cfg: Any, preds: Any) -> Any:
     """Official metric on §3's eval pool for a prediction set (frames or box table)."""
     from bdd_engine import evaluate
 
-    gt = load_gt(cfg, 3, "eval")
+    gt = artifacts.load_gt(cfg.out, 3, "eval")
     return evaluate.evaluate(gt, preds, by=cfg.eval_by, n_boot=int(cfg.eval_n_boot), seed=int(cfg.seed))
 
 
@@ -404,7 +386,7 @@ def s5_eval(cfg: Any) -> Result:
     if needs_run(sec):
         pools = Section(cfg, 3).read_df("pools.csv")
         ev = pools[pools["pool"] == "eval"]
-        preds = predict_frames(cfg, iter0_weights(cfg), ev)
+        preds = predict_frames(cfg, artifacts.iter0_weights(cfg.out), ev)
         res = evaluate_on_eval_pool(cfg, preds)
         worst = evaluate.worst_slice(res.slices, int(cfg.eval_min_frames))
         full = res.slices[(res.slices["level"] == "full") & (res.slices["n_frames"] >= int(cfg.eval_min_frames))]
@@ -419,7 +401,7 @@ def s5_eval(cfg: Any) -> Result:
             w.write_text("slices.md", res.slices.pipe(lambda d: d[d["level"] == "full"]).pipe(_md) + "\n")
             w.write_json("worst_slice.json", info)
             w.save_fig("slice_map_iter0.png", slice_figure(cfg, res.slices, "iter0 mAP@0.5 per slice (eval pool)", worst["slice"]))
-            w.save_fig("worst_slice_failures.png", failures_figure(cfg, worst["slice"], res.per_frame, load_gt(cfg, 3, "eval"), preds))
+            w.save_fig("worst_slice_failures.png", failures_figure(cfg, worst["slice"], res.per_frame, artifacts.load_gt(cfg.out, 3, "eval"), preds))
             w.counts.update({"eval_frames": len(ev), "slices_ranked": len(full)})
         _close_figs()
     return Result(5, sec.dir, {"slices": sec.read_df("slices.csv"), "per_class": sec.read_df("per_class.csv"),
@@ -579,9 +561,9 @@ def s6_mine(cfg: Any) -> Result:
         ev5 = Section(cfg, 5)
         per_frame = ev5.read_df("per_frame.csv")
         worst = ev5.load_json("worst_slice.json")["worst_slice"]
-        emb, names = load_embeddings(cfg)
+        emb, names = artifacts.load_embeddings(cfg.out)
         pool = pools[pools["pool"] == "pool"]
-        preds_pool = predict_frames(cfg, iter0_weights(cfg), pool)
+        preds_pool = predict_frames(cfg, artifacts.iter0_weights(cfg.out), pool)
         res = mine.mine(cfg, per_frame, pools[pools["pool"] == "eval"], pool, emb, names,
                         preds_pool=preds_pool, worst_slice=worst)
         res.synthetic = bool(cfg.synthetic)
@@ -633,7 +615,7 @@ def explorer_demo(cfg: Any, n: int) -> pd.DataFrame:
     elif n == 6:
         s6 = Section(cfg, 6)
         info, mined = s6.load_json("mining_summary.json"), s6.read_df("mined.csv")
-        emb, names = load_embeddings(cfg)
+        emb, names = artifacts.load_embeddings(cfg.out)
         idx = {nm: i for i, nm in enumerate(names)}
         proto = np.asarray(emb)[[idx[f] for f in info["failure_frames"]]].mean(0)
         top = explorer.sort_by_similarity(ds.match_tags("pool"), proto, k=10).values("name")
@@ -709,11 +691,11 @@ def s7_autolabel_retrain(cfg: Any) -> Result:
     if needs_run(sec):
         pools = Section(cfg, 3).read_df("pools.csv")
         paths = dict(zip(pools["name"], pools["image_path"]))
-        wh = image_sizes(Section(cfg, 1).read_df("frames.csv"))
+        wh = artifacts.image_sizes(Section(cfg, 1).read_df("frames.csv"))
         mined = Section(cfg, 6).read_df("mined.csv")["name"].tolist()
-        gt_pool = {f["name"]: f for f in load_gt(cfg, 3, "pool")}
-        gt_train = load_gt(cfg, 3, "train")
-        w0 = iter0_weights(cfg)
+        gt_pool = {f["name"]: f for f in artifacts.load_gt(cfg.out, 3, "pool")}
+        gt_train = artifacts.load_gt(cfg.out, 3, "train")
+        w0 = artifacts.iter0_weights(cfg.out)
         runs = retrain_runs(cfg)
         accept, review = float(cfg.label_accept), float(cfg.label_review)
         labeler = autolabel.get_labeler(cfg, teacher_weights=w0, gt_frames=list(gt_pool.values()))
@@ -875,7 +857,7 @@ def s8_delta(cfg: Any) -> Result:
             w.add_external(runs_dir / "registry.json")
 
             # failure modes + action plan on the iter1 model (the candidate next model)
-            gt_eval = load_gt(cfg, 3, "eval")
+            gt_eval = artifacts.load_gt(cfg.out, 3, "eval")
             frame_slice = dict(zip(ev["name"], ev["slice"]))
             first_iter1 = arms[arms["arm"] == "iter1"].iloc[0]["run"]
             preds1 = bdd.load_frames(w.path(f"{first_iter1}_predictions.json"))
@@ -1016,13 +998,13 @@ def golden_run(cfg: Any, pools: pd.DataFrame, arms: pd.DataFrame) -> dict[str, A
     from bdd_engine import autolabel, report
 
     gold = pools[pools["golden"]]
-    gt_by = {f["name"]: f for f in load_gt(cfg, 3, "eval")}
+    gt_by = {f["name"]: f for f in artifacts.load_gt(cfg.out, 3, "eval")}
     gt = [gt_by[n] for n in gold["name"]]
     paths = list(gold["image_path"])
     labelled = {}
     name = str(cfg.label_labeler)
     if name == "teacher":
-        for tag, wts in (("teacher_iter0", iter0_weights(cfg)),
+        for tag, wts in (("teacher_iter0", artifacts.iter0_weights(cfg.out)),
                          ("teacher_iter1", cfg.out / arms[arms["arm"] == "iter1"].iloc[0]["weights"])):
             labelled[tag] = autolabel.get_labeler(cfg, teacher_weights=wts).label(gt, paths, progress=False).frames
     elif name == "gsam2":

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bdd_engine import bdd, evaluate, explorer, synth  # first: offline-safe env before fiftyone
+from bdd_engine import artifacts, bdd, evaluate, explorer, synth  # first: offline-safe env before fiftyone
 from bdd_engine.config import load_config
 
 import fiftyone as fo  # noqa: E402,I001  pinned in requirements.txt: missing = an error, not 11 silent skips
@@ -353,7 +353,7 @@ def test_sync_from_checkpoints_rebuilds_after_delete(tiny_cfg, db):
     for p, n in pools["pool"].value_counts().items():
         assert tags[p] == n
     assert tags["golden"] == int(pools["golden"].astype(str).str.lower().eq("true").sum()) > 0
-    emb, emb_names = flywheel.load_embeddings(cfg)
+    emb, emb_names = artifacts.load_embeddings(cfg.out)
     assert ds1.exists("uniqueness").count() == len(set(emb_names) & set(pools["name"]))
     # the App holds boxes at the operating threshold; FiftyOne's eval of them == ours on the same boxes
     from bdd_engine.train import filter_conf

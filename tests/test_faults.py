@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from bdd_engine import checkpoint, explorer, mine, synth, train
+from bdd_engine import artifacts, checkpoint, explorer, mine, synth, train
 from bdd_engine import flywheel as fw
 from bdd_engine.__main__ import main as cli
 from bdd_engine.checkpoint import Section, status
@@ -257,7 +257,7 @@ def test_mixed_image_sizes_are_reported_and_each_frame_uses_its_own(world, tmp_p
     assert (row["width"], row["height"]) == (2 * w, 2 * h)
     assert "out-of-image box" not in r.info["counts"]  # scaled boxes are inside their own frame
     frame = next(f for f in json.loads(labels(world).read_text()) if f["name"] == fr["name"])
-    _, counts = export_yolo({"train": [frame]}, {fr["name"]: p}, tmp_path / "y", fw.image_sizes(r["frames"]))
+    _, counts = export_yolo({"train": [frame]}, {fr["name"]: p}, tmp_path / "y", artifacts.image_sizes(r["frames"]))
     first = (tmp_path / "y/labels/train" / (fr["name"][:-4] + ".txt")).read_text().splitlines()[0].split()
     b = frame["labels"][0]["box2d"]
     assert abs(float(first[3]) - (min(b["x2"], 2 * w) - max(b["x1"], 0)) / (2 * w)) < 1e-5
