@@ -678,6 +678,13 @@ def evaluate(gt_frames: Sequence[Mapping[str, Any]], pred_frames: Sequence[Mappi
                       n_boot=int(n_boot), seed=int(seed), report=cache.report, members=members, cache=cache)
 
 
+def ranked_slices(slice_table: pd.DataFrame, min_frames: int, level: str | None = "full") -> pd.DataFrame:
+    """The slices that may be ranked: at ``level`` (None = every row), with >= ``min_frames``
+    eval frames and a defined AP50 (a slice without GT has NaN AP and no rank)."""
+    t = slice_table if level is None else slice_table[slice_table["level"] == level]
+    return t[(t["n_frames"] >= min_frames) & t["AP50"].notna()]
+
+
 def worst_slice(slice_table: pd.DataFrame, min_frames: int = 15, level: str | None = "full") -> pd.Series:
     """Row of the slice with the lowest AP50 among slices with >= ``min_frames`` frames.
 
@@ -689,7 +696,7 @@ def worst_slice(slice_table: pd.DataFrame, min_frames: int = 15, level: str | No
     t = slice_table if level is None else slice_table[slice_table["level"] == level]
     if len(t) == 0:
         raise ValueError(f"no slices at level {level!r} (levels present: {sorted(slice_table['level'].unique())})")
-    ok = t[(t["n_frames"] >= min_frames) & t["AP50"].notna()]
+    ok = ranked_slices(t, min_frames, level=None)
     if len(ok) == 0:
         big = t.sort_values(["n_frames", "slice"], ascending=[False, True]).iloc[0]
         raise ValueError(f"no slice has >= {min_frames} frames with GT (largest: {big['slice']!r} with "
