@@ -25,6 +25,8 @@ from bdd_engine import bdd, explorer, synth
 from bdd_engine.config import load_config
 from bdd_engine.env import PROJECT_ROOT
 
+from browser import dump_dom, find_chromium, grid_thumbnails, screenshot  # tests/browser.py
+
 pytestmark = pytest.mark.browser
 
 
@@ -38,18 +40,18 @@ def chromium():
     """A chromium binary. Missing and not installable: a failure in CI (the test must run
     there), a skip on a developer machine."""
     msg = ""
-    if explorer.find_chromium() is None:
+    if find_chromium() is None:
         r = subprocess.run(["bash", str(PROJECT_ROOT / ".ci" / "install_chromium.sh")],
                            capture_output=True, text=True, timeout=900)
         if r.returncode != 0:
             msg = f"chromium missing and .ci/install_chromium.sh failed: {r.stderr[-1000:]}"
-        elif explorer.find_chromium() is None:
+        elif find_chromium() is None:
             msg = f"chromium still not found after .ci/install_chromium.sh: {r.stdout[-500:]}"
     if msg:
         if in_ci():
             pytest.fail(msg)
         pytest.skip(msg)
-    return explorer.find_chromium()
+    return find_chromium()
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +69,7 @@ def app_db(tmp_path_factory):
     ds = explorer.build_dataset(cfg, ft, frames, pools={"eval": ft["name"][:8]}, overwrite=True)
     yield cfg, ds, db_dir
     explorer.disconnect()
-    assert explorer._mongod_pids(db_dir) == [], "mongod left running"
+    assert explorer.mongod_pids(db_dir) == [], "mongod left running"
 
 
 def _read_url(proc: subprocess.Popen, timeout: float) -> tuple[str, list[str]]:
@@ -108,8 +110,8 @@ def test_app_renders_grid_and_stops_clean(chromium, app_db, tmp_path):
         tree = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
         assert tree, "the App server should run as a child process"
 
-        shot = explorer.screenshot(url, tmp_path / "app_screenshot.png")
-        dom = explorer.dump_dom(url)
+        shot = screenshot(url, tmp_path / "app_screenshot.png")
+        dom = dump_dom(url)
         t_browser = time.time() - t0 - t_up
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -129,12 +131,12 @@ def test_app_renders_grid_and_stops_clean(chromium, app_db, tmp_path):
         time.sleep(0.2)
     left = [p for p in tree if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     assert left == [], f"processes left behind: {left}"
-    assert not explorer._port_in_use("127.0.0.1", port)
+    assert not explorer.port_in_use("127.0.0.1", port)
     # our mongod (owned by this test process) still serves us
-    assert len(explorer._mongod_pids(db_dir)) == 1 and ds.count() == n_samples
+    assert len(explorer.mongod_pids(db_dir)) == 1 and ds.count() == n_samples
 
     # the page rendered the grid: thumbnails drawn, our fields in the sidebar, no error page
-    n_thumbs = explorer.grid_thumbnails(dom)
+    n_thumbs = grid_thumbnails(dom)
     assert n_thumbs >= 6, f"only {n_thumbs} grid thumbnails rendered"
     for field in ("ground_truth", "slice", "weather"):
         assert f'data-cy="checkbox-{field}"' in dom

