@@ -161,9 +161,12 @@ def test_verdict_words_match_the_delta(first_run):
     assert v.startswith(f"Δ {d:+.3f} (95% CI [{lo:+.3f}, {hi:+.3f}]): ")
     sig = {"improved": "the worst slice improved beyond its CI", "worse": "the worst slice got worse beyond its CI",
            "noise": "within noise (its CI contains 0)"}
-    want = "improved" if lo > 0 else "worse" if hi < 0 else "noise"
-    assert sig[want] in v, v
-    assert not any(sig[k] in v for k in sig if k != want), v
+    def word(lo, hi):
+        return "improved" if lo > 0 else "worse" if hi < 0 else "noise"
+    # the raw CI decides; at a CI edge that prints as 0.000, deciding at 3 decimals is also right
+    want = {word(lo, hi), word(round(lo, 3), round(hi, 3))}
+    said = {k for k in sig if sig[k] in v}
+    assert len(said) == 1 and said <= want, (want, v)
     half = (hi - lo) / 2
     for arm in ("random", "continue"):
         a = h[f"{arm}_delta"]
