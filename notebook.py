@@ -24,14 +24,15 @@
 # Run it cell by cell, headless (`make demo`, `python -m bdd_engine run --profile P`), or
 # from any section in a fresh kernel: every section reads only the checkpoints of the
 # sections before it (`outputs/0N_*`), and recomputes only what is stale.
+# `fw` runs the sections (`flywheel.py`); `vw` shows their results (`views.py`).
 # The profile comes from `$BDD_PROFILE` (default `demo`); any key can be overridden with
 # `BDD_<KEY>=value`.
 
 # %%
-from bdd_engine import flywheel as fw
+from bdd_engine import flywheel as fw, views as vw
 
-cfg = fw.cfg()
-fw.banner(cfg)
+cfg = vw.cfg()
+vw.banner(cfg)
 
 # %% [markdown]
 # ## §1 Collect
@@ -41,9 +42,9 @@ fw.banner(cfg)
 # so rare conditions survive the cut.
 
 # %%
-from bdd_engine import flywheel as fw
+from bdd_engine import flywheel as fw, views as vw
 
-cfg = fw.cfg()
+cfg = vw.cfg()
 r1 = fw.s1_collect(cfg)
 print(r1.info["coverage"])
 print("validation:", r1.info["summary"])
@@ -53,7 +54,7 @@ display(r1["strata"])
 # ## Checkpoint
 
 # %%
-fw.checkpoint_note(cfg, 1)
+vw.checkpoint_note(cfg.out, 1)
 
 # %% [markdown]
 # ## §2 Curate
@@ -63,25 +64,25 @@ fw.checkpoint_note(cfg, 1)
 # conditions separate in embedding space.
 
 # %%
-from bdd_engine import flywheel as fw
+from bdd_engine import flywheel as fw, views as vw
 
-cfg = fw.cfg()
+cfg = vw.cfg()
 r2 = fw.s2_curate(cfg)
-display(fw.imbalance_table(r2))
-fw.show(cfg, "slice_distribution.png", "slice_long_tail.png", "embedding_map.png")
+display(vw.imbalance_table(r2.info["imbalance"], r2.info["embeddings"]))
+vw.show(cfg.out, "slice_distribution.png", "slice_long_tail.png", "embedding_map.png")
 
 # %% [markdown]
 # The same data in FiftyOne (a persistent view over the checkpoints; `make app` opens it):
 # `count_values` per attribute and `match_tags` on a condition.
 
 # %%
-fw.explorer_demo(cfg, 2)
+vw.explorer_demo(cfg, 2)
 
 # %% [markdown]
 # ## Checkpoint
 
 # %%
-fw.checkpoint_note(cfg, 2)
+vw.checkpoint_note(cfg.out, 2)
 
 # %% [markdown]
 # ## §3 Pools
@@ -92,9 +93,9 @@ fw.checkpoint_note(cfg, 2)
 # A leakage check fails loudly if any eval drive leaks.
 
 # %%
-from bdd_engine import flywheel as fw
+from bdd_engine import flywheel as fw, views as vw
 
-cfg = fw.cfg()
+cfg = vw.cfg()
 r3 = fw.s3_pools(cfg)
 display(r3["summary"])
 display(r3["eval_slices"])
@@ -103,7 +104,7 @@ display(r3["eval_slices"])
 # ## Checkpoint
 
 # %%
-fw.checkpoint_note(cfg, 3)
+vw.checkpoint_note(cfg.out, 3)
 
 # %% [markdown]
 # ## §4 Train iter0
@@ -111,17 +112,17 @@ fw.checkpoint_note(cfg, 3)
 # resumable with Ultralytics' own `resume` if interrupted.
 
 # %%
-from bdd_engine import flywheel as fw
+from bdd_engine import flywheel as fw, views as vw
 
-cfg = fw.cfg()
+cfg = vw.cfg()
 r4 = fw.s4_train(cfg)
-display(fw.run_card_table(r4))
+display(vw.run_card_table(r4.info["run_card"]))
 
 # %% [markdown]
 # ## Checkpoint
 
 # %%
-fw.checkpoint_note(cfg, 4)
+vw.checkpoint_note(cfg.out, 4)
 
 # %% [markdown]
 # ## §5 Evaluate iter0 per slice
@@ -130,18 +131,18 @@ fw.checkpoint_note(cfg, 4)
 # aggregated for every slice, with a bootstrap 95% CI — slices have only 15–25 frames.
 
 # %%
-from bdd_engine import flywheel as fw
+from bdd_engine import flywheel as fw, views as vw
 
-cfg = fw.cfg()
+cfg = vw.cfg()
 r5 = fw.s5_eval(cfg)
-display(fw.worst_slice_table(r5))
-fw.show(cfg, "slice_map_iter0.png", "worst_slice_failures.png")
+display(vw.worst_slice_table(r5.info))
+vw.show(cfg.out, "slice_map_iter0.png", "worst_slice_failures.png")
 
 # %% [markdown]
 # ## Checkpoint
 
 # %%
-fw.checkpoint_note(cfg, 5)
+vw.checkpoint_note(cfg.out, 5)
 
 # %% [markdown]
 # ## §6 Mine the worst slice
@@ -151,24 +152,24 @@ fw.checkpoint_note(cfg, 5)
 # of the worst slice — is measured against the slice's base rate in the pool.
 
 # %%
-from bdd_engine import flywheel as fw
+from bdd_engine import flywheel as fw, views as vw
 
-cfg = fw.cfg()
+cfg = vw.cfg()
 r6 = fw.s6_mine(cfg)
-display(fw.mining_table(r6))
-fw.show(cfg, "mined_frames_grid.png")
+display(vw.mining_table(r6.info))
+vw.show(cfg.out, "mined_frames_grid.png")
 
 # %% [markdown]
 # In FiftyOne: `sort_by_similarity` on the failure prototype and the saved `mined` view.
 
 # %%
-fw.explorer_demo(cfg, 6)
+vw.explorer_demo(cfg, 6)
 
 # %% [markdown]
 # ## Checkpoint
 
 # %%
-fw.checkpoint_note(cfg, 6)
+vw.checkpoint_note(cfg.out, 6)
 
 # %% [markdown]
 # ## §7 Auto-label the mined frames, retrain iter1 (and the controls)
@@ -180,9 +181,9 @@ fw.checkpoint_note(cfg, 6)
 # warm-start from iter0, **continue** (the same extra epochs on train alone).
 
 # %%
-from bdd_engine import flywheel as fw
+from bdd_engine import flywheel as fw, views as vw
 
-cfg = fw.cfg()
+cfg = vw.cfg()
 r7 = fw.s7_autolabel_retrain(cfg)
 display(r7["quality"])
 display(r7["router"])
@@ -193,7 +194,7 @@ display(r7["runs"])
 # ## Checkpoint
 
 # %%
-fw.checkpoint_note(cfg, 7)
+vw.checkpoint_note(cfg.out, 7)
 
 # %% [markdown]
 # ## §8 Evaluate iter1 and the delta
@@ -203,13 +204,13 @@ fw.checkpoint_note(cfg, 7)
 # runs table and the generated case study.
 
 # %%
-from bdd_engine import flywheel as fw
+from bdd_engine import flywheel as fw, views as vw
 
-cfg = fw.cfg()
+cfg = vw.cfg()
 r8 = fw.s8_delta(cfg)
 display(r8["headline"])
 display(r8["runs"])
-fw.show(cfg, "slice_delta.png", "architecture.png")
+vw.show(cfg.out, "slice_delta.png", "architecture.png")
 print(r8.info["verdict"])
 print("case study:", r8.info["case_study"])
 
@@ -217,4 +218,4 @@ print("case study:", r8.info["case_study"])
 # ## Checkpoint
 
 # %%
-fw.checkpoint_note(cfg, 8)
+vw.checkpoint_note(cfg.out, 8)

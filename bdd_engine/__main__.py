@@ -64,6 +64,8 @@ def import_jupytext() -> Any:
 
 
 _SECTION_CALL = re.compile(r"\bfw\.s(\d)_")
+RECOMPUTE_CELL = ("# %%\nfrom bdd_engine import flywheel as fw\n\n"
+                  "fw.recompute_from({n})  # injected by `python -m bdd_engine run --from {n}`\n")
 _ECHO_PREFIXES = ("§", "warning", "SYNTHETIC", "Δ ")
 
 
@@ -145,10 +147,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     env = {"BDD_PROFILE": cfg.profile}
     for k, v in parse_overrides(args.set or []).items():
         env[f"BDD_{k.upper()}"] = str(v)
-    if args.from_section:
-        env["BDD_FROM"] = str(args.from_section)
-    os.environ.update(env)  # the kernel inherits this process's environment
+    os.environ.update(env)  # the kernel inherits the profile and overrides (config precedence: BDD_<KEY>)
     nb = jupytext.read(PROJECT_ROOT / "notebook.py")
+    if args.from_section:  # visible in the executed notebook, not hidden in the environment
+        nb.cells.insert(0, jupytext.reads(RECOMPUTE_CELL.format(n=args.from_section), fmt="py:percent").cells[0])
     client = _progress_client(nb, cfg)
     out = cfg.out / f"notebook_{cfg.profile}.ipynb"
     resume = f"python -m bdd_engine run --profile {cfg.profile}" + "".join(f" --set {s}" for s in args.set or [])

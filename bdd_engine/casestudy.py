@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from bdd_engine import report
+from bdd_engine import evaluate, report, views
 from bdd_engine.checkpoint import Section, atomic_write_text, df_to_markdown
 from bdd_engine.env import PROJECT_ROOT
 from bdd_engine.report import fmt, fmt_ci
@@ -110,13 +110,10 @@ def reasons(h: Mapping[str, Any], quality: pd.DataFrame, lab: Mapping[str, Any])
 def fields(cfg: Any, headline: Mapping[str, Any], head: pd.DataFrame, runs: pd.DataFrame,
            actions: Sequence[Mapping[str, Any]], golden: Mapping[str, Any], registry: Mapping[str, Any]) -> dict[str, Any]:
     """Every template field, from the checkpoints of sections 1–7 and §8's tables."""
-    from bdd_engine import flywheel as fw
-
     s1, s2, s3, s4, s5, s6, s7 = (Section(cfg, n) for n in range(1, 8))
     h = headline
     val = s1.load_json("validation.json")
-    r2 = fw.Result(2, s2.dir, {}, {"imbalance": s2.load_json("imbalance.json"), "embeddings": s2.load_json("embeddings.json")})
-    imb = r2.info["imbalance"]
+    imb, emb_meta = s2.load_json("imbalance.json"), s2.load_json("embeddings.json")
     card0 = s4.load_json("run_card.json")
     w5 = s5.load_json("worst_slice.json")
     mining = s6.load_json("mining_summary.json")
@@ -124,7 +121,7 @@ def fields(cfg: Any, headline: Mapping[str, Any], head: pd.DataFrame, runs: pd.D
     lab = labeling["mined"]
     arms = s7.read_df("arms.csv")
     slices5 = s5.read_df("slices.csv")
-    full = slices5[(slices5["level"] == "full") & (slices5["n_frames"] >= int(cfg.eval_min_frames))]
+    full = evaluate.ranked_slices(slices5, int(cfg.eval_min_frames))
     full = full.sort_values("AP50")[["slice", "n_frames", "AP50", "ci_lo", "ci_hi"]]
     quality = pd.read_csv(s7.dir / "labels_mined" / "quality_all.csv")
     router = pd.read_csv(s7.dir / "labels_mined" / "router.csv")
@@ -164,18 +161,18 @@ def fields(cfg: Any, headline: Mapping[str, Any], head: pd.DataFrame, runs: pd.D
                           f"validation: {val['summary']}). The most common slice, {imb['most_common_slice']}, holds "
                           f"{_pct(imb['most_common_share'])} of frames; {imb['n_slices_below_small']} slices have fewer "
                           f"than {imb['small_threshold']} frames."),
-        "imbalance_table": df_to_markdown(fw.imbalance_table(r2)),
+        "imbalance_table": df_to_markdown(views.imbalance_table(imb, emb_meta)),
         "pools_sentence": (f"Frames are split by drive (frames of one drive never straddle pools; the leakage check passed): "
                            f"train {int((s3.read_df('pools.csv')['pool'] == 'train').sum())}, eval over the top "
                            f"{cfg.pool_eval_top_slices} slices, a mining pool whose labels are held back (used only to "
                            f"score auto-labels and for the oracle control), and a fixed golden subset of "
-                           f"{cfg.pool_golden_size} eval frames. Embeddings: `{r2.info['embeddings']['embedder']}` "
-                           f"({r2.info['embeddings']['dim']}-d)."),
+                           f"{cfg.pool_golden_size} eval frames. Embeddings: `{emb_meta['embedder']}` "
+                           f"({emb_meta['dim']}-d)."),
         "pool_table": df_to_markdown(s3.read_df("pool_summary.csv")),
         "train_sentence": (f"iter0 is Ultralytics `{Path(str(card0.get('model'))).name}` trained on the train pool for "
                            f"{card0.get('epochs')} epochs on {card0.get('device')} in {fmt(card0.get('wall_time_s', 0) / 60, 1)} "
                            f"min (imgsz {cfg.train_imgsz}, {cfg.train_optimizer}, lr0 {cfg.train_lr0}, seed {cfg.seed})."),
-        "run_card_table": df_to_markdown(fw.run_card_table(fw.Result(4, s4.dir, {}, {"run_card": card0}))),
+        "run_card_table": df_to_markdown(views.run_card_table(card0)),
         "eval_sentence": (f"One inference pass over the eval pool, scored with the official BDD metric (COCO AP, 101-point, "
                           f"maxDets 100, crowd and ignored classes as ignore regions) overall, per class and per slice, with "
                           f"{cfg.eval_n_boot} bootstrap resamples per slice. Overall mAP@0.5 {fmt(w5['overall_AP50'])}. "
@@ -216,7 +213,7 @@ def fields(cfg: Any, headline: Mapping[str, Any], head: pd.DataFrame, runs: pd.D
         "golden_table": df_to_markdown(report.golden_table(golden)),
         "actions_table": df_to_markdown(pd.DataFrame(actions)[["priority", "trigger", "action", "success"]]),
     }
-    lims = limitations(cfg, h, labeling, mining, card0, r2.info["embeddings"]["embedder"])
+    lims = limitations(cfg, h, labeling, mining, card0, emb_meta["embedder"])
     f["limitations"] = "\n".join(f"{i}. {t}" for i, t in enumerate(lims, 1))
     f["next_steps"] = ("Next turn: promote the registry's model, make it iter0, and repeat §5–§8 on the new worst slice; "
                        "on real data, switch the labeler to gsam2 and the embedder to clip (`full` profile).")

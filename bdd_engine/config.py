@@ -31,8 +31,8 @@ DEFAULTS = PROFILES_DIR / "default.yaml"  # every key once, `key: value  # (type
 # Keys every section depends on (they change what the data *is*).
 GLOBAL_KEYS = ("seed", "data_root", "synthetic", "label_files", "image_sets")
 
-# BDD_* environment variables that are not config keys (profile choice, cache dir, `run --from`).
-RESERVED_ENV = ("BDD_PROFILE", "BDD_CACHE_DIR", "BDD_FROM")
+# BDD_* environment variables that are not config keys (profile choice, cache dir).
+RESERVED_ENV = ("BDD_PROFILE", "BDD_CACHE_DIR")
 
 # Keys that never change results (where things go, how loud they are).
 NON_RESULT_KEYS = ("profile", "outputs_dir", "device", "workers", "fiftyone_dataset")

@@ -193,13 +193,15 @@ def test_status_table_gives_each_reason(tmp_path):
     assert st.loc[2, "reason"].startswith("no manifest") and list(st.index) == list(range(1, 9))
 
 
-def test_forced_from_section(monkeypatch):
-    monkeypatch.setenv("BDD_FROM", "6")
-    assert [fw.forced(n) for n in range(1, 9)] == [False] * 5 + [True] * 3
-    monkeypatch.setenv("BDD_FROM", "")
+def test_forced_from_section():
+    try:
+        fw.recompute_from(6)
+        assert [fw.forced(n) for n in range(1, 9)] == [False] * 5 + [True] * 3
+        with pytest.raises(ValueError, match="sections are 1..8"):
+            fw.recompute_from(9)
+    finally:
+        fw.recompute_from(None)
     assert not any(fw.forced(n) for n in range(1, 9))
-    monkeypatch.delenv("BDD_FROM")
-    assert not fw.forced(1)
 
 
 # ----------------------------------------------------------------------------- interrupted swap

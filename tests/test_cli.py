@@ -85,9 +85,9 @@ class RecordingClient:
         self.nb = nb
 
     def execute(self, *a, **k):
-        RecordingClient.seen = {k: os.environ.get(k) for k in
-                                ("BDD_FROM", "BDD_PROFILE", "BDD_OUTPUTS_DIR", "BDD_MINE_K")}
+        RecordingClient.seen = {k: os.environ.get(k) for k in ("BDD_PROFILE", "BDD_OUTPUTS_DIR", "BDD_MINE_K")}
         RecordingClient.seen["cells"] = len(self.nb.cells)
+        RecordingClient.seen["first"] = self.nb.cells[0].source
         return self.nb
 
 
@@ -95,7 +95,7 @@ class RecordingClient:
 def fake_kernel(monkeypatch):
     import nbclient
 
-    for k in ("BDD_FROM", "BDD_PROFILE", "BDD_OUTPUTS_DIR", "BDD_MINE_K"):
+    for k in ("BDD_PROFILE", "BDD_OUTPUTS_DIR", "BDD_MINE_K"):
         monkeypatch.delenv(k, raising=False)          # restored (removed) after the test: run sets them
     monkeypatch.setattr(nbclient, "NotebookClient", RecordingClient)
     monkeypatch.setattr(fw, "data_root", lambda cfg: None, raising=False)   # no world generation here
@@ -108,14 +108,18 @@ def test_run_from_passes_the_section_and_overrides_to_the_kernel(tmp_path, fake_
     argv = ["run", "--profile", "tiny", "--set", f"outputs_dir={tmp_path}", "--set", "mine_k=7"]
     assert main(argv + (["--from", str(frm)] if frm else [])) == 0
     seen = fake_kernel.seen
-    assert seen["BDD_FROM"] == (str(frm) if frm else None)
     assert seen["BDD_PROFILE"] == "tiny" and seen["BDD_OUTPUTS_DIR"] == str(tmp_path) and seen["BDD_MINE_K"] == "7"
     assert seen["cells"] > 10
+    assert ("fw.recompute_from(6)" in seen["first"]) == bool(frm)   # a visible first cell, not an env var
     out = tmp_path / "notebook_tiny.ipynb"
     assert out.exists() and '"cells"' in out.read_text()
     assert str(out) in capsys.readouterr().out
     if frm:   # what the kernel does with it: sections >= N recompute even when fresh
-        assert [fw.forced(n) for n in range(1, 9)] == [n >= frm for n in range(1, 9)]
+        try:
+            exec(seen["first"], {})
+            assert [fw.forced(n) for n in range(1, 9)] == [n >= frm for n in range(1, 9)]
+        finally:
+            fw.recompute_from(None)
 
 
 def test_run_from_rejects_a_non_number(tmp_path, fake_kernel):

@@ -8,7 +8,7 @@ import json
 import pandas as pd
 import pytest
 
-from bdd_engine import casestudy, flywheel, report
+from bdd_engine import casestudy, experiment, report
 from bdd_engine.config import load_config
 
 
@@ -63,9 +63,9 @@ def test_registry_promotes_best_worst_slice_without_overall_regression():
         {"run": "iter1", "arm": "iter1", "overall_AP50": 0.25, "worst_slice_AP50": 0.20, "weights": "w1"},
         {"run": "oracle", "arm": "oracle", "overall_AP50": 0.40, "worst_slice_AP50": 0.50, "weights": "wo"},
     ])
-    r = flywheel.registry(runs, tol=0.01)
+    r = experiment.registry(runs, tol=0.01)
     assert r["promoted"] == "iter0" and r["rejected_for_overall_regression"] == ["iter1"]
-    assert flywheel.registry(runs, tol=0.06)["promoted"] == "iter1", "controls are never promoted"
+    assert experiment.registry(runs, tol=0.06)["promoted"] == "iter1", "controls are never promoted"
 
 
 def test_render_refuses_missing_fields_and_finds_leftovers():
@@ -89,10 +89,14 @@ def test_template_renders_every_field_and_has_the_flowchart():
 
 def test_retrain_runs_refuses_warm_start_without_continue():
     cfg = load_config("tiny", env=False)
-    assert [r[0] for r in flywheel.retrain_runs(cfg)] == ["iter1", "random", "oracle", "continue"]
+
+    def runs(c):
+        return experiment.retrain_runs(c.retrain_controls, c.retrain_seeds, c.retrain_warm_start)
+
+    assert [r[0] for r in runs(cfg)] == ["iter1", "random", "oracle", "continue"]
     seeds = load_config("tiny", {"retrain_seeds": [42, 43]}, env=False)
-    assert [r[0] for r in flywheel.retrain_runs(seeds)][:2] == ["iter1_s42", "iter1_s43"]
+    assert [r[0] for r in runs(seeds)][:2] == ["iter1_s42", "iter1_s43"]
     with pytest.raises(ValueError, match="continue"):
-        flywheel.retrain_runs(load_config("tiny", {"retrain_controls": ["random"]}, env=False))
+        runs(load_config("tiny", {"retrain_controls": ["random"]}, env=False))
     cold = load_config("tiny", {"retrain_controls": ["random"], "retrain_warm_start": False}, env=False)
-    assert [r[1] for r in flywheel.retrain_runs(cold)] == ["iter1", "random"]
+    assert [r[1] for r in runs(cold)] == ["iter1", "random"]

@@ -1,4 +1,4 @@
-"""flywheel.verdict: the headline sentence's words follow the sign and size of Δ and of
+"""experiment.verdict: the headline sentence's words follow the sign and size of Δ and of
 each control difference, including a zero-width CI and a missing CI."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from bdd_engine.flywheel import verdict
+from bdd_engine.experiment import verdict
 
 
 def head(delta, ci, random=None, cont=None, oracle=None):

@@ -1,0 +1,118 @@
+"""§1's steps on the raw inputs: label files, the images they name, what is wrong with them,
+and the content hashes that make a changed input visible.
+
+Explicit arguments only; the section runner (flywheel.s1_collect) reads the config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import pandas as pd
+
+from bdd_engine import bdd, images
+from bdd_engine.checkpoint import atomic_path, input_row
+
+
+def label_paths(data_dir: Path, label_files: Sequence[str]) -> list[tuple[str, Path]]:
+    """(split, path) for each label file relative to ``data_dir``; split from ``det_<split>.json``."""
+    out = []
+    for rel in label_files:
+        p = Path(data_dir) / rel
+        stem = p.stem
+        split = stem.split("_")[-1] if "_" in stem else stem
+        split = {"images": "train"}.get(split, split)
+        out.append((split, p))
+    return out
+
+
+def load_labels(paths: Sequence[tuple[str, Path]], index: Mapping[str, Path],
+                fix_hint: str) -> tuple[list[dict], pd.DataFrame, list[str]]:
+    """Every label file: (frames, frame table, label files that hold no frame).
+
+    Raises naming the files (and ``fix_hint``) when all of them are empty; one empty file
+    is reported on stdout and returned."""
+    frames, tables, empty = [], [], []
+    for split, path in paths:
+        fr = bdd.load_frames(path)
+        if not fr:
+            empty.append(str(path))
+            print(f"warning: {path} holds no frames (an empty list); continuing with the other label files")
+        frames += fr
+        tables.append(bdd.frames_table(fr, index, split=split))
+    if not frames:
+        raise ValueError(f"every label file is empty ({', '.join(empty)}): there is nothing to collect. {fix_hint}")
+    return frames, pd.concat([t for t in tables if len(t)], ignore_index=True), empty
+
+
+def check_frame_images(frames: Sequence[Mapping], index: Mapping[str, Path], cache_path: Path,
+                       workers: int) -> pd.DataFrame:
+    """images.check_images for every labelled frame's image (first occurrence of a name),
+    cached in ``cache_path`` (parquet) by size + mtime. Adds a ``name`` column."""
+    named: dict[str, Path] = {}
+    for fr in frames:
+        if fr["name"] in index and fr["name"] not in named:
+            named[fr["name"]] = index[fr["name"]]
+    old = images.load_cache(cache_path)
+    checks = images.check_images(list(named.values()), old, workers=workers)
+    with atomic_path(cache_path) as tmp:
+        images.merge_cache(old, checks).to_parquet(tmp, index=False)
+    return checks.assign(name=list(named))
+
+
+def image_issues(checks: pd.DataFrame) -> list[tuple[str, str, str, str]]:
+    """Validation rows for unreadable images and for sizes other than the most common one."""
+    rows = [(r.name, "", "unreadable image", f"{r.error}: {r.path}") for r in checks[~checks["ok"]].itertuples()]
+    ok = checks[checks["ok"]]
+    if len(ok):
+        wh = ok["width"].astype(str) + "x" + ok["height"].astype(str)
+        mode = wh.value_counts().index[0]
+        rows += [(n, "", "image size", f"{s} (most frames are {mode}; each frame is normalised by its own size)")
+                 for n, s in zip(ok["name"], wh) if s != mode]
+    return rows
+
+
+def size_counts(checks: pd.DataFrame) -> pd.Series:
+    """"WxH" → number of readable images of that size, most common first."""
+    ok = checks[checks["ok"]]
+    return (ok["width"].astype(str) + "x" + ok["height"].astype(str)).value_counts()
+
+
+def input_table(root: Path, image_sets: Sequence[str], label_files: Sequence[Path], checks: pd.DataFrame) -> pd.DataFrame:
+    """§1's inputs: label files and images by content hash, image folders by listing."""
+    rows = [input_row(p) for p in label_files if Path(p).exists()]
+    rows += [{"path": r.path, "kind": "file", "size": r.size, "mtime_ns": r.mtime_ns, "sha256": r.sha256}
+             for r in checks.itertuples() if r.sha256]
+    rows += [input_row(d, kind="dir") for s in image_sets for d in sorted((root / s).glob("*")) if d.is_dir()]
+    return pd.DataFrame(rows)
+
+
+def label_file_hashes(inputs: pd.DataFrame, root: Path, label_files: Sequence[Path]) -> dict[str, str]:
+    """Label file (relative to ``root`` when inside it) → sha256: the case study's provenance."""
+    wanted = {str(p) for p in label_files}
+    return {str(Path(p).relative_to(root)) if Path(p).is_relative_to(root) else str(p): h
+            for p, h in zip(inputs["path"], inputs["sha256"]) if p in wanted}
+
+
+def frame_table(table: pd.DataFrame, checks: pd.DataFrame) -> pd.DataFrame:
+    """The labelled frames, one row per name (first occurrence; duplicates are reported by
+    validation), unreadable images blanked like missing ones, width/height per frame."""
+    sizes = dict(zip(checks["name"], zip(checks["width"], checks["height"])))
+    unreadable = set(checks.loc[~checks["ok"], "name"])
+    table = table.drop_duplicates("name", keep="first")
+    table.loc[table["name"].isin(unreadable), "image_path"] = ""  # left out like a missing image
+    table["width"] = [int(sizes.get(n, (0, 0))[0]) for n in table["name"]]
+    table["height"] = [int(sizes.get(n, (0, 0))[1]) for n in table["name"]]
+    return table
+
+
+def first_frames(frames: Sequence[Mapping], keep: set[str]) -> list[Mapping]:
+    """The first frame of each kept name, in file order (the GT that §1 writes)."""
+    seen: set[str] = set()
+    out = []
+    for f in frames:
+        if f["name"] in keep and f["name"] not in seen:
+            seen.add(f["name"])
+            out.append(f)
+    return out

@@ -1,0 +1,187 @@
+"""The experiment's rules: which arms train, what makes two training sets equal, how
+seeds aggregate, which slices the headline reports, the headline itself and its verdict,
+the runs table and the registry's promotion rule.
+
+Everything here takes explicit arguments (no config), so each rule can be pinned by a test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from bdd_engine.evaluate import ranked_slices
+
+ARMS = ("iter1", "random", "oracle", "continue")
+CONTROLS = ("random", "oracle", "continue")
+
+
+def retrain_runs(controls: Sequence[str], seeds: Sequence[int], warm_start: bool) -> list[tuple[str, str, int]]:
+    """(run name, arm, seed) for every §7 training run; arm ``iter1`` first.
+
+    One seed → runs are named by arm (``iter1``, ``random``, ...); several seeds →
+    ``<arm>_s<seed>``. Warm-starting without the ``continue`` control is refused: extra
+    epochs alone move the numbers, so Δ would be uninterpretable without it.
+    """
+    arms = ["iter1", *[a for a in controls if a != "iter1"]]
+    unknown = set(arms) - set(ARMS)
+    if unknown:
+        raise ValueError(f"unknown retrain_controls {sorted(unknown)}; choose from random, oracle, continue")
+    if warm_start and "continue" not in arms:
+        raise ValueError("retrain_warm_start: true needs the `continue` control in retrain_controls "
+                         "(extra epochs alone move mAP; without it the Δ cannot be attributed to the data)")
+    seeds = [int(s) for s in seeds]
+    return [(a if len(seeds) == 1 else f"{a}_s{s}", a, s) for a in arms for s in seeds]
+
+
+def frames_hash(frames: list[dict[str, Any]]) -> str:
+    """Content hash of a training set (names + labels): what makes two YOLO sets equal."""
+    payload = json.dumps([[f["name"], f.get("labels") or []] for f in sorted(frames, key=lambda f: f["name"])],
+                         sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def random_pool_names(pools: pd.DataFrame, k: int, seed: int) -> list[str]:
+    """The random control's frames: ``k`` pool frames drawn with the run's seed."""
+    names = sorted(pools.loc[pools["pool"] == "pool", "name"])
+    rng = np.random.default_rng(int(seed))
+    return sorted(rng.choice(names, size=min(k, len(names)), replace=False).tolist())
+
+
+def agg_seeds(d: pd.DataFrame) -> pd.Series:
+    """Mean Δ over seeds (+ sd when several); the CI is the first seed's paired bootstrap."""
+    first = d.sort_values("seed").iloc[0]
+    return pd.Series({"delta": d["delta"].mean(), "sd": d["delta"].std(ddof=1) if len(d) > 1 else float("nan"),
+                      "ci_lo": first["ci_lo"], "ci_hi": first["ci_hi"], "AP50_1": d["AP50_1"].mean(),
+                      "p_le0": first["p_le0"]})
+
+
+def report_slices(slices_df: pd.DataFrame, worst: str, min_frames: int, top_n: int) -> list[str | None]:
+    """The headline table's rows: the worst slice, the top-N ranked slices by eval frames, overall (None)."""
+    full = ranked_slices(slices_df, min_frames)
+    top = full[full["slice"] != worst].sort_values(["n_frames", "slice"], ascending=[False, True])
+    return [worst, *top["slice"].head(int(top_n)).tolist(), None]
+
+
+def _num(v: Any) -> float | None:
+    v = float(v)
+    return None if v != v else v
+
+
+def headline_table(agg: pd.DataFrame, deltas: pd.DataFrame, rows_sel: list, warm: bool) -> pd.DataFrame:
+    """slice, n_eval, iter0, iter1, Δ, 95% CI, random/oracle/continue Δ (one row per reported slice)."""
+    out = []
+    for s in rows_sel:
+        key = s if s is not None else "__all__"
+        a = agg[agg["slice"] == key].set_index("arm")
+        d0 = deltas[(deltas["slice"] == key)].iloc[0]
+        row = {"slice": "overall (all eval frames)" if s is None else s, "n_eval": int(d0["n_frames"]),
+               "iter0": d0["AP50_0"], "iter1": a.loc["iter1", "AP50_1"], "delta": a.loc["iter1", "delta"],
+               "ci_lo": a.loc["iter1", "ci_lo"], "ci_hi": a.loc["iter1", "ci_hi"]}
+        if a["sd"].notna().any():
+            row["delta_sd"] = a.loc["iter1", "sd"]
+        for arm in ("random", "oracle", "continue"):
+            if arm in a.index:
+                row[f"{arm}_delta"] = a.loc[arm, "delta"]
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def headline(agg: pd.DataFrame, res0: Any, worst: str, n_eval: int, mining: Mapping[str, Any],
+             labeling: Mapping[str, Any], *, synthetic: bool, seeds: Sequence[int], warm_start: bool,
+             retrain_epochs: int) -> dict[str, Any]:
+    """headline.json: the worst slice's iter0 → iter1 mAP@0.5, Δ with CI, the controls' Δ,
+    mining and labelling quality, the design (seeds, warm start, epochs) and the verdict."""
+    it1 = agg[(agg["arm"] == "iter1")].set_index("slice")
+    arm_d = {a: agg[(agg["arm"] == a) & (agg["slice"] == worst)]["delta"] for a in CONTROLS}
+    h = {
+        "worst_slice": worst, "n_eval": int(n_eval),
+        "iter0": float(res0.slices.set_index("slice").loc[worst, "AP50"]),
+        "iter1": float(it1.loc[worst, "AP50_1"]), "delta": float(it1.loc[worst, "delta"]),
+        "delta_ci": [float(it1.loc[worst, "ci_lo"]), float(it1.loc[worst, "ci_hi"])],
+        "delta_sd": _num(it1.loc[worst, "sd"]), "p_delta_le0": float(it1.loc[worst, "p_le0"]),
+        **{f"{a}_delta": (float(v.iloc[0]) if len(v) else None) for a, v in arm_d.items()},
+        "overall_iter0": float(res0.AP50), "overall_iter1": float(it1.loc["__all__", "AP50_1"]),
+        "mining_precision": mining["precision"], "slice_base_rate": mining["base_rate"],
+        "labeler": labeling["mined"]["labeler"], "label_precision": labeling["mined"].get("precision"),
+        "label_recall": labeling["mined"].get("recall"), "synthetic": bool(synthetic),
+        "seeds": [int(s) for s in seeds], "warm_start": bool(warm_start),
+        "retrain_epochs": int(retrain_epochs),
+    }
+    if not warm_start:
+        h["continue_delta"] = None
+    h["verdict"] = verdict(h)
+    return h
+
+
+def verdict(h: Mapping[str, Any]) -> str:
+    """One sentence on what the headline Δ supports, from the numbers only.
+
+    Comparisons are made at the 3 decimals the sentence prints, so a difference that
+    reads ``+0.000`` is never "beyond" a CI half-width that reads ``0.000`` (a zero-width
+    CI: identical resamples), and a difference equal to the half-width is inside it.
+    A missing CI (None/NaN) is said to be missing, not read as "contains 0".
+    """
+    lo, hi = h["delta_ci"]
+    if lo is None or hi is None or lo != lo or hi != hi:  # null in JSON, or NaN
+        ci_txt = f"Δ {h['delta']:+.3f} (no CI was computed)"
+        sig, half = "no CI, so the change cannot be told from noise", None
+    else:
+        ci_txt = f"Δ {h['delta']:+.3f} (95% CI [{lo:+.3f}, {hi:+.3f}])"
+        half = round((hi - lo) / 2, 3)
+        if lo > 0:
+            sig = "the worst slice improved beyond its CI"
+        elif hi < 0:
+            sig = "the worst slice got worse beyond its CI"
+        else:
+            sig = "the worst-slice change is within noise (its CI contains 0)"
+    cmp = []
+    for arm in ("random", "continue"):
+        v = h.get(f"{arm}_delta")
+        if v is not None:
+            beat = h["delta"] - v
+            where = ("" if half is None else " (inside the CI half-width)" if abs(round(beat, 3)) <= half
+                     else " (beyond the CI half-width)")
+            cmp.append(f"minus the {arm} control ({v:+.3f}) = {beat:+.3f}" + where)
+    o = h.get("oracle_delta")
+    parts = [f"{ci_txt}: {sig}", *(f"iter1 {c}" for c in cmp)]
+    if o is not None:
+        parts.append(f"the oracle control reached {o:+.3f}")
+    return "; ".join(parts) + "."
+
+
+def runs_table(card0: Mapping[str, Any], weights0: str, seed: int, config_hashes: tuple[str, str], arms: pd.DataFrame,
+               res0: Any, results: Mapping[str, Any], worst: str) -> pd.DataFrame:
+    """One row per training run: arm, status, data hash, config hash, commit, device, duration, mAPs, weights.
+
+    ``card0``/``weights0``: iter0's run card and weights path (relative to outputs);
+    ``config_hashes``: the §4 and §7 config hashes (iter0's and the arms')."""
+    sl = lambda r: float(r.slices.set_index("slice").loc[worst, "AP50"])  # noqa: E731
+    rows = [{"run": "iter0", "arm": "iter0", "seed": int(seed), "status": "finished" if card0.get("finished") else "unknown",
+             "data_hash": card0.get("data_hash"), "config_hash": config_hashes[0], "commit": card0.get("git_commit"),
+             "device": card0.get("device"), "duration_s": card0.get("wall_time_s"), "epochs": card0.get("epochs"),
+             "overall_AP50": float(res0.AP50), "worst_slice_AP50": sl(res0), "weights": weights0}]
+    for r in arms.itertuples(index=False):
+        res = results[r.run]
+        rows.append({"run": r.run, "arm": r.arm, "seed": int(r.seed), "status": "finished", "data_hash": r.data_hash,
+                     "config_hash": config_hashes[1], "commit": r.commit, "device": r.device,
+                     "duration_s": r.wall_time_s, "epochs": r.epochs, "overall_AP50": float(res.AP50),
+                     "worst_slice_AP50": sl(res), "weights": r.weights})
+    return pd.DataFrame(rows)
+
+
+def registry(runs: pd.DataFrame, tol: float) -> dict[str, Any]:
+    """The promoted model: best worst-slice mAP@0.5 among iter0 and the iter1 runs whose overall
+    mAP@0.5 is no worse than iter0's minus ``tol``. Controls are experiments, never promoted."""
+    base = runs[runs["arm"] == "iter0"].iloc[0]
+    cand = runs[runs["arm"].isin(["iter0", "iter1"])]
+    ok = cand[cand["overall_AP50"] >= base["overall_AP50"] - tol]
+    best = ok.sort_values(["worst_slice_AP50", "run"], ascending=[False, True]).iloc[0]
+    return {"promoted": best["run"], "weights": best["weights"],
+            "rule": f"max worst-slice mAP@0.5 among iter0/iter1 with overall mAP@0.5 >= iter0 - {tol}",
+            "candidates": cand[["run", "overall_AP50", "worst_slice_AP50"]].to_dict("records"),
+            "rejected_for_overall_regression": sorted(set(cand["run"]) - set(ok["run"]))}

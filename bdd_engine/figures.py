@@ -1,0 +1,63 @@
+"""The notebook's figures, one function each, returning a matplotlib Figure.
+
+Every title carries the SYNTHETIC note when the data is synthetic, so no picture of a
+synthetic number can be mistaken for a BDD100K one. Boxes are xyxy pixels (BDD).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from bdd_engine import bdd, viz
+from bdd_engine.train import filter_conf
+
+GT_COLOR, PRED_COLOR = (40, 220, 60), (255, 50, 50)
+
+
+def synthetic_note(synthetic: bool) -> str:
+    return " — SYNTHETIC data" if synthetic else ""
+
+
+def slice_figure(ranked: pd.DataFrame, title: str, worst: str | None, synthetic: bool) -> Any:
+    """mAP@0.5 per ranked slice (``evaluate.ranked_slices`` rows), worst highlighted, with CIs."""
+    t = ranked.sort_values("AP50", ascending=True, kind="stable")
+    labels = [f"{s}  (n={n})" for s, n in zip(t["slice"], t["n_frames"])]
+    hl = [lab for lab, s in zip(labels, t["slice"]) if s == worst]
+    return viz.ci_bars(labels, t["AP50"], t["ci_lo"], t["ci_hi"], title + synthetic_note(synthetic),
+                       "mAP@0.5 (bars) with bootstrap 95% CI (whiskers)", highlight=hl)
+
+
+def failures_figure(in_slice: pd.DataFrame, worst: str, per_frame: pd.DataFrame, gt: list, preds: list,
+                    vis_conf: float, synthetic: bool, n: int = 12) -> Any:
+    """GT (green) vs predictions scoring >= ``vis_conf`` (red) on the worst slice's weakest
+    ``n`` frames. ``in_slice``: the slice's eval frames (columns name, image_path)."""
+    pf = per_frame.merge(in_slice, on="name").sort_values(["ap50", "recall50", "name"], na_position="last").head(n)
+    gtb = bdd.boxes_table(gt)
+    pdb = bdd.boxes_table(filter_conf(preds, float(vis_conf)))
+    images, caps = [], []
+    for r in pf.itertuples(index=False):
+        g, p = gtb[gtb["name"] == r.name], pdb[pdb["name"] == r.name]
+        boxes = pd.concat([g, p])[["x1", "y1", "x2", "y2"]].values
+        colors = [GT_COLOR] * len(g) + [PRED_COLOR] * len(p)
+        images.append(viz.draw_boxes(r.image_path, boxes, colors=colors))
+        caps.append(f"{r.name[:17]}  AP50={r.ap50:.2f} R={r.recall50:.2f}")
+    return viz.thumb_grid(images, caps, ncols=4, thumb_wh=(320, 180), fontsize=7, caption_lines=1,
+                          title=f"Worst slice '{worst}': GT green, prediction red (score >= {vis_conf})"
+                                f"{synthetic_note(synthetic)}")
+
+
+def delta_figure(head: pd.DataFrame, synthetic: bool) -> Any:
+    """Δ mAP@0.5 per reported slice (bars + paired-bootstrap CI), controls as markers."""
+    labels = [f"{s}  (n={n})" for s, n in zip(head["slice"], head["n_eval"])]
+    series = [(f"{arm} control", head[f"{arm}_delta"]) for arm in ("random", "oracle", "continue") if f"{arm}_delta" in head]
+    return viz.ci_bars(labels, head["delta"], head["ci_lo"], head["ci_hi"],
+                       "Δ mAP@0.5 iter1 − iter0 (bars, paired-bootstrap 95% CI) and controls (markers)"
+                       + synthetic_note(synthetic), "Δ mAP@0.5", highlight=labels[:1], zero_line=True, series=series)
+
+
+def close_all() -> None:
+    """Free every open figure (a long notebook otherwise keeps them all in memory)."""
+    plt.close("all")
