@@ -82,6 +82,7 @@ from scipy import sparse
 
 from bdd_engine import bdd
 from bdd_engine.checkpoint import atomic_write_json
+from bdd_engine.geometry import iou_xywh
 
 # COCOeval Params.setDetParams, verbatim (same floats).
 IOU_THRS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
@@ -158,18 +159,6 @@ def _pair_ranges(det_key: np.ndarray, gt_key: np.ndarray) -> tuple[np.ndarray, n
     return pd_, pg
 
 
-def _bb_iou(dx, dy, dw, dh, gx, gy, gw, gh, crowd) -> np.ndarray:
-    """pycocotools maskApi.c ``bbIou``, elementwise over pairs, same float operations."""
-    w = np.minimum(dw + dx, gw + gx) - np.maximum(dx, gx)
-    h = np.minimum(dh + dy, gh + gy) - np.maximum(dy, gy)
-    ok = (w > 0) & (h > 0)
-    inter = w * h
-    da = dw * dh
-    u = np.where(crowd, da, (da + gw * gh) - inter)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(ok, inter / u, 0.0)
-
-
 def build_cache(gt_frames: Sequence[Mapping[str, Any]], pred_frames: Sequence[Mapping[str, Any]] | pd.DataFrame,
                 by: Sequence[str] = DEFAULT_BY) -> MatchCache:
     """Map categories, convert boxes, match once for all thresholds and area ranges.
@@ -242,7 +231,7 @@ def build_cache(gt_frames: Sequence[Mapping[str, Any]], pred_frames: Sequence[Ma
 
     # ---- candidate pairs: IoU >= 0.5 (the lowest threshold) can ever match
     pd_, pg = _pair_ranges(d_key, g_key)
-    iou = _bb_iou(dx[pd_], dy[pd_], dw[pd_], dh[pd_], gx[pg], gy[pg], gw[pg], gh[pg], g_crowd[pg])
+    iou = iou_xywh((dx[pd_], dy[pd_], dw[pd_], dh[pd_]), (gx[pg], gy[pg], gw[pg], gh[pg]), g_crowd[pg])
     cand = iou >= IOU_THRS[0]
     pd_, pg, iou = pd_[cand], pg[cand], iou[cand]
     det_tp, det_mig = _greedy_match(pd_, pg, iou, d_rank, g_ig, g_crowd, D, len(gt))

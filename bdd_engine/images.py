@@ -24,13 +24,9 @@ import pandas as pd
 from PIL import Image, ImageFile, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from bdd_engine.geometry import image_size  # noqa: F401  moved to geometry; kept importable until explorer/ switches
+
 CHECK_COLUMNS = ["path", "size", "mtime_ns", "sha256", "ok", "width", "height", "error"]
-
-
-def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(width, height) in pixels, reading only the header."""
-    with Image.open(path) as im:
-        return im.size
 
 
 def check_image(path: str | os.PathLike) -> dict:

@@ -18,24 +18,13 @@ import pandas as pd
 
 from bdd_engine.bdd import CLASSES, boxes_table
 from bdd_engine.checkpoint import atomic_path, atomic_write_json, df_to_markdown
+from bdd_engine.geometry import PIXEL_SHIFT, box_iou
 
 SAFETY_CLASSES = ("pedestrian", "rider", "bicycle", "motorcycle")
 MODES = ("missed", "mislocalised", "class confusion", "false positive")
 
 
 # ----------------------------------------------------------------------------- failure modes
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(N,4) x (M,4) xyxy pixel boxes → (N,M) IoU, pixel-inclusive like evaluate.py."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)))
-    aw, ah = a[:, 2] - a[:, 0] + 1, a[:, 3] - a[:, 1] + 1
-    bw, bh = b[:, 2] - b[:, 0] + 1, b[:, 3] - b[:, 1] + 1
-    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]) + 1
-    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]) + 1
-    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
-    return inter / (aw[:, None] * ah[:, None] + (bw * bh)[None, :] - inter)
-
-
 def failure_modes(gt_frames: Sequence[Mapping[str, Any]], pred_frames: Sequence[Mapping[str, Any]],
                   conf: float, frame_slice: Mapping[str, str]) -> pd.DataFrame:
     """One row per error at the operating threshold ``conf`` (not the mAP threshold).
@@ -56,7 +45,7 @@ def failure_modes(gt_frames: Sequence[Mapping[str, Any]], pred_frames: Sequence[
     for name in sorted(set(gb) | set(pb)):
         g = gb.get(name, g_all.iloc[:0])
         p = pb.get(name, p_all.iloc[:0]).sort_values("score", ascending=False, kind="mergesort")
-        iou = _iou(g[cols].to_numpy(float), p[cols].to_numpy(float))
+        iou = box_iou(g[cols].to_numpy(float), p[cols].to_numpy(float), pixel_shift=PIXEL_SHIFT)
         same = g["category"].to_numpy()[:, None] == p["category"].to_numpy()[None, :]
         real = ~(g["ignore"].to_numpy(bool) | g["crowd"].to_numpy(bool))
         used = np.zeros(len(p), bool)

@@ -24,7 +24,7 @@ import yaml
 
 from bdd_engine.bdd import CLASSES, boxes_table
 from bdd_engine.checkpoint import atomic_write_text
-from bdd_engine.images import image_size
+from bdd_engine.geometry import image_size
 
 MIN_BOX_PX = 1.0  # a box narrower or shorter than this (after clipping) is not a target
 
