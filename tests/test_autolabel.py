@@ -15,7 +15,10 @@ import pytest
 
 import bdd_engine  # noqa: F401  (offline-safe env before transformers/ultralytics)
 from bdd_engine import autolabel as al
+from bdd_engine import train
 from bdd_engine.bdd import CLASSES
+from bdd_engine.config import load_config
+from bdd_engine.geometry import box_iou
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _tiny_models import build_tiny_gdino, build_tiny_sam2, build_tiny_sam2_hub_layout, build_tiny_yolo  # noqa: E402
@@ -219,7 +222,7 @@ def test_gsam2_boxes_are_nms_then_mask_tightened(labeler, images):
             assert b["x2"] <= bx[k][2] + 1e-4 and b["y2"] <= bx[k][3] + 1e-4
             assert lb["score"] == pytest.approx(sc[k], abs=1e-6)
         # class-agnostic NMS: no two kept detections overlap above nms_iou
-        iou = al._iou_matrix(bx - np.array([0, 0, 1, 1]), bx - np.array([0, 0, 1, 1]))
+        iou = box_iou(bx, bx, pixel_shift=0.0)  # torchvision's NMS IoU: continuous coordinates, no +1
         np.fill_diagonal(iou, 0)
         assert (iou <= 0.7 + 1e-6).all()
     # SAM really produced masks at image size for the kept boxes
@@ -291,11 +294,16 @@ def test_gsam2_failing_frame_is_isolated_and_counted(labeler, images, monkeypatc
     assert run.frames[1]["labels"] == [] and run.frames[1]["name"] == "synthetic-0001.jpg"
 
 
+def _profile(**overrides):
+    """The full demo config (demo overrides nothing: default.yaml's values) plus ``overrides``."""
+    return load_config("demo", overrides=overrides, env=False)
+
+
 def test_get_labeler_reads_config(tiny_weights):
     g, s = tiny_weights
-    cfg = {"label_labeler": "gsam2", "label_gsam2_gdino_dir": str(g), "label_gsam2_sam_dir": str(s),
-           "label_gsam2_prompt": "car . person", "label_gsam2_prompt_mode": "per_class",
-           "label_gsam2_box_threshold": 0.5, "device": "cpu"}
+    cfg = _profile(label_labeler="gsam2", label_gsam2_gdino_dir=str(g), label_gsam2_sam_dir=str(s),
+                   label_gsam2_prompt="car . person", label_gsam2_prompt_mode="per_class",
+                   label_gsam2_box_threshold=0.5, device="cpu")
     lab = al.get_labeler(cfg)
     assert isinstance(lab, al.GroundedSam2Labeler) and lab.groups == [["car"], ["person"]]
     assert lab.box_threshold == 0.5 and lab.device == "cpu"
@@ -303,10 +311,68 @@ def test_get_labeler_reads_config(tiny_weights):
         al.get_labeler(cfg, "magic")
 
 
+def test_make_labeler_defaults_are_the_profile_defaults():
+    """make_labeler reads no config, so its keyword defaults must equal what default.yaml
+    declares (through the adapter's mapping), and the classes' defaults must equal make_labeler's."""
+    import inspect
+
+    opts = al.labeler_options(_profile())
+    params = inspect.signature(al.make_labeler).parameters
+    assert set(opts) <= set(params)
+    assert {k: params[k].default for k in opts} == opts
+    for cls, rename in ((al.GroundedSam2Labeler, {"batch_size": "gsam2_batch_size"}),
+                        (al.TeacherLabeler, {"conf": "teacher_conf", "tta": "teacher_tta", "imgsz": "teacher_imgsz",
+                                             "batch_size": "teacher_batch_size"})):
+        for k, p in inspect.signature(cls.__init__).parameters.items():
+            if p.default is not inspect.Parameter.empty and p.default is not None:
+                assert params[rename.get(k, k)].default == p.default, (cls.__name__, k)
+
+
+def test_get_labeler_holds_no_defaults():
+    """Every key the adapter reads must be in the config: a missing one is a KeyError naming it, never a default."""
+    cfg = _profile()
+    read = [*al.PROFILE_KEYS.values(), "label_teacher_imgsz", "train_imgsz"]
+    for key in read:
+        with pytest.raises(KeyError, match=key):
+            al.get_labeler({k: v for k, v in cfg.items() if k != key}, "oracle", gt_frames=[])
+    with pytest.raises(KeyError, match="label_labeler"):
+        al.get_labeler({k: v for k, v in cfg.items() if k != "label_labeler"}, gt_frames=[])
+    assert isinstance(al.get_labeler(_profile(label_labeler="oracle"), gt_frames=[]), al.OracleLabeler)
+    # the profile's null teacher size means train_imgsz; a set one wins
+    assert al.labeler_options(_profile(train_imgsz=256))["teacher_imgsz"] == 256
+    assert al.labeler_options(_profile(train_imgsz=256, label_teacher_imgsz=480))["teacher_imgsz"] == 480
+
+
+def test_make_labeler_requires_its_inputs():
+    with pytest.raises(ValueError, match="teacher_weights"):
+        al.make_labeler("teacher")
+    with pytest.raises(ValueError, match="gt_frames"):
+        al.make_labeler("oracle")
+    with pytest.raises(ValueError, match="unknown labeler"):
+        al.make_labeler("magic")
+
+
+def test_package_modules_stay_below_the_front_and_the_upper_floors():
+    """autolabel/*.py import neither the package front (bdd_engine.autolabel) nor a higher layer."""
+    import ast
+
+    higher = {"flywheel", "casestudy", "report", "explorer", "views", "experiment", "figures"}
+    for path in sorted((Path(al.__file__).parent).glob("*.py")):
+        if path.name == "__init__.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            mods = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                    else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for m in mods:
+                assert m != "bdd_engine.autolabel", f"{path.name} imports the package front"
+                parts = m.split(".")
+                assert not (parts[0] == "bdd_engine" and len(parts) > 1 and parts[1] in higher), f"{path.name}: {m}"
+                if isinstance(node, ast.ImportFrom) and m == "bdd_engine":
+                    assert not {a.name for a in node.names} & higher, f"{path.name}: from bdd_engine import ..."
+
+
 # ----------------------------------------------------------------------------- teacher / oracle
 def test_teacher_uses_train_predict(images, tmp_path, monkeypatch):
-    import bdd_engine
-
     frames, paths = images
     calls = []
 
@@ -315,14 +381,11 @@ def test_teacher_uses_train_predict(images, tmp_path, monkeypatch):
         return [{"name": Path(p).name, "labels": [_lb("car", [10, 10, 50, 40], 0.9),
                                                   _lb("bus", [60, 10, 90, 40], 0.2)]} for p in image_paths]
 
-    fake = type(sys)("bdd_engine.train")
-    fake.predict = fake_predict
-    monkeypatch.setattr(bdd_engine, "train", fake, raising=False)
-    monkeypatch.setitem(sys.modules, "bdd_engine.train", fake)
+    monkeypatch.setattr(train, "predict", fake_predict)
     w = tmp_path / "best.pt"
     w.write_bytes(b"x")
-    lab = al.get_labeler({"label_labeler": "teacher", "label_teacher_conf": 0.5, "train_imgsz": 320,
-                          "train_batch": 4}, teacher_weights=w)
+    lab = al.get_labeler(_profile(label_labeler="teacher", label_teacher_conf=0.5, train_imgsz=320, train_batch=4),
+                         teacher_weights=w)
     run = lab.label(frames, paths, progress=False)
     assert calls == [("best.pt", 4, 0.5, 320, 4)]  # one predict call: the model loads once
     assert list(run.failures) == ["synthetic-corrupt.jpg"]
@@ -349,7 +412,7 @@ def test_teacher_real_ultralytics_model(images, tmp_path):
 
 def test_oracle_is_flagged_and_never_exported_as_autolabels():
     gt = [_frame("a.jpg", [_lb("car", [0, 0, 10, 10]), _lb("other person", [20, 20, 30, 40])])]
-    run = al.get_labeler({}, "oracle", gt_frames=gt).label([{"name": "a.jpg"}, {"name": "b.jpg"}], None)
+    run = al.make_labeler("oracle", gt_frames=gt).label([{"name": "a.jpg"}, {"name": "b.jpg"}], None)
     assert run.is_oracle and run.labeler == "oracle" and "ORACLE" in run.summary()
     assert [lb["category"] for lb in run.frames[0]["labels"]] == ["car", "other person"]
     assert all(lb["score"] == 1.0 for lb in run.frames[0]["labels"])

@@ -1,7 +1,7 @@
-"""autolabel.py's routing rules pinned at their edges: accept / review / discard by score
+"""autolabel's routing rules (autolabel/router.py) pinned at their edges: accept / review / discard by score
 (``>= accept`` accepts, ``review <= s < accept`` reviews), which frames go to humans,
 which labels reach iter1's training set, and the rider rule's overlap threshold
-(intersection / pedestrian-box area, ``>=``) on both axes."""
+(autolabel/gsam2.py: intersection / pedestrian-box area, ``>=``) on both axes."""
 
 from __future__ import annotations
 

@@ -1,0 +1,52 @@
+"""Auto-label mined frames: one :class:`Labeler` interface, three labelers, honest quality.
+
+This file is only the public front: it re-exports names from the modules below it,
+one concept each (none of them imports this front or anything above the package).
+
+=============  =====================================================================
+module         concept
+=============  =====================================================================
+``base``       :class:`Labeler` (frames + image paths in), :class:`LabelRun` (labels,
+               failures, stats out), image decoding
+``prompts``    Grounding DINO prompt phrases -> BDD classes, prompt groups, token spans
+``gsam2``      ``gsam2``: Grounding DINO boxes, SAM 2.1 masks, box tightening, rider rule
+``teacher``    ``teacher``: any Ultralytics weights through ``train.predict``
+``oracle``     ``oracle``: the held-back ground truth (``is_oracle=True``, never an auto-label)
+``factory``    :func:`make_labeler` (explicit keywords) and :func:`get_labeler` (profile adapter)
+``quality``    :func:`label_quality`: P/R at IoU 0.5 vs GT, spot check, missed classes, confusions
+``router``     accept / review / discard by score, who needs a human, the training set, cost
+``exports``    COCO, Label Studio, YOLO exports and :func:`write_outputs` (what §7 calls)
+=============  =====================================================================
+
+Boxes are ``xyxy`` pixels of the original image everywhere (BDD ``box2d``); scores are in [0, 1].
+"""
+
+from bdd_engine.autolabel.base import Labeler, LabelRun, WeightsMissingError, load_rgb
+from bdd_engine.autolabel.exports import (LABEL_STUDIO_CONFIG, export_coco, export_label_studio, export_yolo_set,
+                                          write_outputs)
+from bdd_engine.autolabel.factory import LABELERS, PROFILE_KEYS, get_labeler, labeler_options, make_labeler
+from bdd_engine.autolabel.gsam2 import (GDINO_DIR, RIDEABLE, SAM2_DIR, SETUP_HINT, GroundedSam2Labeler,
+                                        apply_rider_rule, check_weights, tighten_to_mask)
+from bdd_engine.autolabel.oracle import OracleLabeler
+from bdd_engine.autolabel.prompts import (DEFAULT_PROMPT, PHRASE_TO_CLASS, assign_phrases, build_phrase_map,
+                                          parse_prompt, phrase_spans, prompt_groups, prompt_text)
+from bdd_engine.autolabel.quality import QualityReport, confusions, label_quality, pr_table
+from bdd_engine.autolabel.router import (BUCKETS, accepted_frames, bucket_of, cost_table, frames_for_humans, route,
+                                         router_table)
+from bdd_engine.autolabel.teacher import TeacherLabeler
+
+__all__ = [
+    # base
+    "Labeler", "LabelRun", "WeightsMissingError", "load_rgb",
+    # labelers and how to build them
+    "GroundedSam2Labeler", "TeacherLabeler", "OracleLabeler", "LABELERS", "PROFILE_KEYS", "make_labeler",
+    "labeler_options", "get_labeler",
+    # gsam2 machinery
+    "DEFAULT_PROMPT", "PHRASE_TO_CLASS", "parse_prompt", "build_phrase_map", "prompt_groups", "prompt_text",
+    "phrase_spans", "assign_phrases", "GDINO_DIR", "SAM2_DIR", "SETUP_HINT", "RIDEABLE", "check_weights",
+    "tighten_to_mask", "apply_rider_rule",
+    # quality, router, exports
+    "QualityReport", "label_quality", "pr_table", "confusions",
+    "BUCKETS", "bucket_of", "route", "router_table", "frames_for_humans", "accepted_frames", "cost_table",
+    "LABEL_STUDIO_CONFIG", "export_coco", "export_label_studio", "export_yolo_set", "write_outputs",
+]

@@ -1,0 +1,194 @@
+"""Exports of one label run: COCO JSON, a Label Studio review import, the YOLO training set,
+and :func:`write_outputs`, which writes every artefact of a run (what §7 calls).
+
+Boxes come in as BDD ``xyxy`` pixels; each format's own unit is stated where it is written.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bdd_engine.autolabel.base import LabelRun
+from bdd_engine.autolabel.quality import QualityReport, label_quality
+from bdd_engine.autolabel.router import accepted_frames, cost_table, frames_for_humans, router_table
+from bdd_engine.bdd import CLASS_ID, CLASSES, map_category, write_bdd_json
+from bdd_engine.checkpoint import atomic_write_df, atomic_write_json, atomic_write_text, df_to_markdown
+from bdd_engine.env import PROJECT_ROOT
+from bdd_engine.geometry import image_size
+from bdd_engine.yolo import export_yolo
+
+LABEL_STUDIO_CONFIG = """<View>
+  <Image name="image" value="$image" zoom="true"/>
+  <RectangleLabels name="label" toName="image">
+{labels}
+  </RectangleLabels>
+</View>
+"""
+
+
+def export_coco(frames: Sequence[Mapping[str, Any]], image_paths: Mapping[str, str | os.PathLike],
+                path: str | os.PathLike, description: str = "auto-labels") -> Path:
+    """COCO detection JSON (loads with pycocotools): bbox = [x, y, w, h] pixels with w = x2 - x1
+    (no +1 pixel shift), area = w * h, category_id 1..10 in BDD's official order, ``score``
+    kept, BDD ignore-mapped categories written with ``iscrowd=1`` (COCO's ignore semantics)."""
+    images, anns = [], []
+    for img_id, fr in enumerate(frames, start=1):
+        w, h = image_size(image_paths[fr["name"]])
+        images.append({"id": img_id, "file_name": fr["name"], "width": int(w), "height": int(h)})
+        for lb in fr.get("labels") or []:
+            cls, ignore = map_category(lb.get("category", ""))
+            b = lb.get("box2d")
+            if cls is None or not b:
+                continue
+            bw, bh = float(b["x2"]) - float(b["x1"]), float(b["y2"]) - float(b["y1"])
+            crowd = ignore or bool((lb.get("attributes") or {}).get("crowd", False))
+            ann = {"id": len(anns) + 1, "image_id": img_id, "category_id": CLASS_ID[cls] + 1,
+                   "bbox": [float(b["x1"]), float(b["y1"]), bw, bh], "area": bw * bh, "iscrowd": int(crowd)}
+            if "score" in lb:
+                ann["score"] = float(lb["score"])
+            anns.append(ann)
+    coco = {"info": {"description": description}, "images": images, "annotations": anns,
+            "categories": [{"id": i + 1, "name": c} for i, c in enumerate(CLASSES)]}
+    return atomic_write_json(path, coco, indent=None)
+
+
+def export_label_studio(frames: Sequence[Mapping[str, Any]], image_paths: Mapping[str, str | os.PathLike],
+                        path: str | os.PathLike, model_version: str = "auto-labeler",
+                        url_prefix: str = "/data/local-files/?d=", root: str | os.PathLike | None = None) -> Path:
+    """Label Studio import JSON: one task per frame, labels as ``predictions`` (pre-annotations).
+
+    Boxes become ``rectanglelabels`` in **percent** of the image (Label Studio's unit).
+    Image URLs are ``url_prefix + path relative to root`` (local-files storage; set
+    ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT`` to ``root``). Also writes the matching
+    labelling config next to it (``<stem>.label_config.xml``).
+    """
+    root = Path(root) if root is not None else PROJECT_ROOT
+    tasks = []
+    for fr in frames:
+        p = Path(image_paths[fr["name"]])
+        w, h = image_size(p)
+        try:
+            rel = p.resolve().relative_to(root.resolve())
+        except ValueError:
+            rel = p.resolve()
+        results, scores = [], []
+        for k, lb in enumerate(fr.get("labels") or []):
+            b = lb["box2d"]
+            x1, y1, x2, y2 = (float(b[c]) for c in ("x1", "y1", "x2", "y2"))
+            results.append({
+                "id": f"{Path(fr['name']).stem}_{k}", "type": "rectanglelabels", "from_name": "label",
+                "to_name": "image", "original_width": int(w), "original_height": int(h), "image_rotation": 0,
+                "value": {"x": 100 * x1 / w, "y": 100 * y1 / h, "width": 100 * (x2 - x1) / w,
+                          "height": 100 * (y2 - y1) / h, "rotation": 0, "rectanglelabels": [lb["category"]]},
+                "score": float(lb.get("score", 1.0))})
+            scores.append(float(lb.get("score", 1.0)))
+        tasks.append({"data": {"image": f"{url_prefix}{rel.as_posix()}", "name": fr["name"]},
+                      "predictions": [{"model_version": model_version,
+                                       "score": float(np.mean(scores)) if scores else 0.0, "result": results}]})
+    path = Path(path)
+    labels = "\n".join(f'    <Label value="{c}"/>' for c in CLASSES)
+    atomic_write_text(path.with_name(path.stem + ".label_config.xml"), LABEL_STUDIO_CONFIG.format(labels=labels))
+    return atomic_write_json(path, tasks, indent=None)
+
+
+def export_yolo_set(frames: Sequence[Mapping[str, Any]], image_paths: Mapping[str, str | os.PathLike],
+                    out_dir: str | os.PathLike, val_frames: Sequence[Mapping[str, Any]] | None = None) -> tuple[Path, Counter]:
+    """The auto-labelled set as a YOLO dataset through the one converter, ``bdd_engine.yolo.export_yolo``.
+
+    ``frames`` become the ``train`` split; ``val_frames`` (optional) the ``val`` split,
+    else data.yaml's val points at the train images so the folder is a complete,
+    checkable dataset on its own (iter1's real evaluation is §5's, not Ultralytics' val).
+    Each image is normalised by its own size (read from its header).
+    Returns (data.yaml path, counts).
+    """
+    if not any(fr["name"] in image_paths for fr in list(frames) + list(val_frames or [])):
+        raise ValueError("export_yolo_set: none of the frames has an image path")
+    splits = {"train": frames, **({"val": val_frames} if val_frames is not None else {})}
+    return export_yolo(splits, image_paths, out_dir, image_wh=None,
+                       val_split="val" if val_frames is not None else "train")
+
+
+def write_outputs(out_dir: str | os.PathLike, run: LabelRun, gt_frames: Sequence[Mapping[str, Any]] | None,
+                  image_paths: Mapping[str, str | os.PathLike], *, accept: float, review: float,
+                  spot_check: int = 20, seed: int = 42, usd_per_frame: tuple[float, float] = (0.5, 10.0),
+                  yolo: bool = True) -> dict[str, Any]:
+    """Write every labelling artefact of one run under ``out_dir`` (atomic writes) and return the tables.
+
+    Files: ``labels.json`` (all labels, BDD + score), ``quality_all.csv``,
+    ``quality_spot.csv``, ``missed.csv``, ``confusions.csv``, ``router.csv``,
+    ``cost.csv``, ``coco.json`` (all labels), ``label_studio_review.json`` (+ its
+    ``.label_config.xml``: review-queue frames with their labels >= ``review`` as
+    pre-annotations), ``yolo/`` (accepted labels of non-failed frames, for iter1) and
+    ``summary.md``. An oracle run gets its quality tables but no auto-label exports.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tables: dict[str, Any] = {"run": run}
+    write_bdd_json(run.frames, out / "labels.json")
+    quality = label_quality(run, gt_frames, spot_check=spot_check, seed=seed) if gt_frames is not None else None
+    tables["quality"] = quality
+    if quality is not None:
+        for key, df in (("quality_all", quality.all_frames), ("quality_spot", quality.spot_check),
+                        ("missed", quality.missed), ("confusions", quality.confusions)):
+            atomic_write_df(out / f"{key}.csv", df)
+    tables["router"] = router_table(quality, run, accept, review)
+    tables["cost"] = cost_table(run, accept, review, usd_per_frame)
+    atomic_write_df(out / "router.csv", tables["router"])
+    atomic_write_df(out / "cost.csv", tables["cost"])
+    lines = _summary_lines(run, quality, tables["router"], tables["cost"], seed)
+    if not run.is_oracle:
+        lines += _write_autolabel_exports(out, run, image_paths, accept, review, yolo, tables)
+    atomic_write_text(out / "summary.md", "\n".join(lines))
+    return tables
+
+
+def _summary_lines(run: LabelRun, quality: QualityReport | None, router: pd.DataFrame, cost: pd.DataFrame,
+                   seed: int) -> list[str]:
+    """summary.md's tables part: the run, quality (if GT was given), router and cost."""
+    lines = [f"# Labelling: {run.summary()}", ""]
+    if quality is not None:
+        lines += [quality.summary(), "", "## Precision / recall at IoU 0.5, all frames", "",
+                  df_to_markdown(quality.all_frames), "", f"## Spot check ({len(quality.spot_names)} frames, seed {seed})",
+                  "", df_to_markdown(quality.spot_check), "", "## Most missed classes", "",
+                  df_to_markdown(quality.missed), "", "## Most common confusions", "",
+                  df_to_markdown(quality.confusions.head(10)), ""]
+    return lines + ["## Router", "", df_to_markdown(router), "", "## Cost", "", df_to_markdown(cost), ""]
+
+
+def _write_autolabel_exports(out: Path, run: LabelRun, image_paths: Mapping[str, str | os.PathLike], accept: float,
+                             review: float, yolo: bool, tables: dict[str, Any]) -> list[str]:
+    """COCO (all labels of non-failed frames), the Label Studio review queue and the YOLO
+    training set of a non-oracle run; adds ``train_frames``/``yolo`` to ``tables`` and
+    returns summary.md's lines about them."""
+    lines: list[str] = []
+    ok = run.ok_frames()
+    export_coco(ok, image_paths, out / "coco.json", description=f"{run.labeler} auto-labels")
+    need = set(frames_for_humans(run, accept, review))
+    # review queue = every frame a human must touch that Label Studio can show (failed,
+    # unreadable frames are listed in summary.md instead); empty-output frames are in it
+    # with no pre-annotations, to be labelled from scratch
+    queue = [{**fr, "labels": [lb for lb in fr["labels"] if float(lb.get("score", 1.0)) >= review]}
+             for fr in ok if fr["name"] in need]
+    export_label_studio(queue, image_paths, out / "label_studio_review.json", model_version=run.labeler)
+    tables["train_frames"] = accepted_frames(run, accept)
+    tables["yolo"] = None
+    if yolo and tables["train_frames"]:
+        tables["yolo"] = export_yolo_set(tables["train_frames"], image_paths, out / "yolo")
+    elif yolo:
+        lines += ["**No frame has an accepted label: no YOLO set written** (lower label_accept or "
+                  "check the labeler).", ""]
+    n_empty = sum(1 for fr in queue if not fr["labels"])
+    lines += [f"Review queue: {len(queue)} frames in label_studio_review.json ({n_empty} with no usable "
+              f"label, to label from scratch) + {len(need) - len(queue)} frames the labeler failed on "
+              f"({', '.join(sorted(run.failures)[:5])}{' ...' if run.n_failed > 5 else ''}); "
+              f"training set: {len(tables['train_frames'])} frames with >= 1 accepted label "
+              f"({len(ok) - len(tables['train_frames'])} labelled frames without one left out), "
+              f"{sum(len(f['labels']) for f in tables['train_frames'])} accepted labels.", ""]
+    return lines
