@@ -9,6 +9,7 @@ and its PDF.
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Mapping, Sequence
 
 import pandas as pd
@@ -107,26 +108,25 @@ def reasons(h: Mapping[str, Any], quality: pd.DataFrame, lab: Mapping[str, Any])
     return " ".join(out)
 
 
-def fields(cfg: Any, headline: Mapping[str, Any], head: pd.DataFrame, runs: pd.DataFrame,
-           actions: Sequence[Mapping[str, Any]], golden: Mapping[str, Any], registry: Mapping[str, Any]) -> dict[str, Any]:
-    """Every template field, from the checkpoints of sections 1–7 and §8's tables."""
+def _read(cfg: Any) -> SimpleNamespace:
+    """What sections 1–7 left that the case study quotes, read once."""
     s1, s2, s3, s4, s5, s6, s7 = (Section(cfg, n) for n in range(1, 8))
-    h = headline
-    val = s1.load_json("validation.json")
-    imb, emb_meta = s2.load_json("imbalance.json"), s2.load_json("embeddings.json")
-    card0 = s4.load_json("run_card.json")
-    w5 = s5.load_json("worst_slice.json")
-    mining = s6.load_json("mining_summary.json")
+    slices5 = evaluate.ranked_slices(s5.read_df("slices.csv"), int(cfg.eval_min_frames))
     labeling = s7.load_json("labeling.json")
-    lab = labeling["mined"]
-    arms = s7.read_df("arms.csv")
-    slices5 = s5.read_df("slices.csv")
-    full = evaluate.ranked_slices(slices5, int(cfg.eval_min_frames))
-    full = full.sort_values("AP50")[["slice", "n_frames", "AP50", "ci_lo", "ci_hi"]]
-    quality = pd.read_csv(s7.dir / "labels_mined" / "quality_all.csv")
-    router = pd.read_csv(s7.dir / "labels_mined" / "router.csv")
-    cost = pd.read_csv(s7.dir / "labels_mined" / "cost.csv")
-    synthetic = bool(cfg.synthetic)
+    return SimpleNamespace(
+        val=s1.load_json("validation.json"), imb=s2.load_json("imbalance.json"), emb_meta=s2.load_json("embeddings.json"),
+        pools=s3.read_df("pools.csv"), pool_summary=s3.read_df("pool_summary.csv"), card0=s4.load_json("run_card.json"),
+        w5=s5.load_json("worst_slice.json"), mining=s6.load_json("mining_summary.json"),
+        mining_precision=s6.read_df("mining_precision.csv"), labeling=labeling, lab=labeling["mined"],
+        arms=s7.read_df("arms.csv"),
+        full=slices5.sort_values("AP50")[["slice", "n_frames", "AP50", "ci_lo", "ci_hi"]],
+        quality=pd.read_csv(s7.dir / "labels_mined" / "quality_all.csv"),
+        router=pd.read_csv(s7.dir / "labels_mined" / "router.csv"),
+        cost=pd.read_csv(s7.dir / "labels_mined" / "cost.csv"))
+
+
+def _headline_display(head: pd.DataFrame) -> pd.DataFrame:
+    """headline.csv with readable column names, one CI column and signed Δs."""
     head_disp = head.rename(columns={"delta": "Δ iter1", "random_delta": "Δ random", "oracle_delta": "Δ oracle",
                                      "continue_delta": "Δ continue", "delta_sd": "sd Δ"})
     head_disp.insert(5, "95% CI", [fmt_ci([a, b]) for a, b in zip(head["ci_lo"], head["ci_hi"])])
@@ -134,12 +134,18 @@ def fields(cfg: Any, headline: Mapping[str, Any], head: pd.DataFrame, runs: pd.D
     for c in head_disp.columns:
         if c.startswith("Δ"):
             head_disp[c] = [fmt(v, signed=True) for v in head_disp[c]]
+    return head_disp
+
+
+def _headline_fields(cfg: Any, h: Mapping[str, Any], head: pd.DataFrame, golden: Mapping[str, Any],
+                     r: SimpleNamespace) -> dict[str, Any]:
+    synthetic = bool(cfg.synthetic)
+    card0, quality, lab = r.card0, r.quality, r.lab
     worst = h["worst_slice"]
     beat_random = h.get("random_delta")
-    n_extra = int(arms[arms["arm"] == "iter1"].iloc[0]["extra_frames"])
-    mined_k = int(mining["k"])
+    head_disp = _headline_display(head)
     syn = " (synthetic)" if synthetic else ""
-    f: dict[str, Any] = {
+    return {
         "title": "BDD100K mini data-engine — case study v1" + (": synthetic BDD100K-format world" if synthetic else ""),
         "synthetic_banner": ("> **SYNTHETIC DATA.** Every number, table and figure in this study was measured on a "
                              "generated world in BDD100K's format, with small models trained on CPU. None of it is a "
@@ -157,18 +163,25 @@ def fields(cfg: Any, headline: Mapping[str, Any], head: pd.DataFrame, runs: pd.D
         "verdict": "**Reading:** " + h["verdict"] + (
             "" if beat_random is None or round(h["delta"] - beat_random, 3) > round((h["delta_ci"][1] - h["delta_ci"][0]) / 2, 3) else
             " Targeted mining did not beat the random control beyond the CI here. " + reasons(h, quality, lab)),
+    }
+
+
+def _data_fields(cfg: Any, h: Mapping[str, Any], r: SimpleNamespace) -> dict[str, Any]:
+    val, imb, emb_meta, card0, w5, full = r.val, r.imb, r.emb_meta, r.card0, r.w5, r.full
+    worst = h["worst_slice"]
+    return {
         "data_sentence": (f"The collected set holds {imb['n_frames']} frames in {imb['n_slices']} slices ({val['coverage']}; "
                           f"validation: {val['summary']}). The most common slice, {imb['most_common_slice']}, holds "
                           f"{_pct(imb['most_common_share'])} of frames; {imb['n_slices_below_small']} slices have fewer "
                           f"than {imb['small_threshold']} frames."),
         "imbalance_table": df_to_markdown(views.imbalance_table(imb, emb_meta)),
         "pools_sentence": (f"Frames are split by drive (frames of one drive never straddle pools; the leakage check passed): "
-                           f"train {int((s3.read_df('pools.csv')['pool'] == 'train').sum())}, eval over the top "
+                           f"train {int((r.pools['pool'] == 'train').sum())}, eval over the top "
                            f"{cfg.pool_eval_top_slices} slices, a mining pool whose labels are held back (used only to "
                            f"score auto-labels and for the oracle control), and a fixed golden subset of "
                            f"{cfg.pool_golden_size} eval frames. Embeddings: `{emb_meta['embedder']}` "
                            f"({emb_meta['dim']}-d)."),
-        "pool_table": df_to_markdown(s3.read_df("pool_summary.csv")),
+        "pool_table": df_to_markdown(r.pool_summary),
         "train_sentence": (f"iter0 is Ultralytics `{Path(str(card0.get('model'))).name}` trained on the train pool for "
                            f"{card0.get('epochs')} epochs on {card0.get('device')} in {fmt(card0.get('wall_time_s', 0) / 60, 1)} "
                            f"min (imgsz {cfg.train_imgsz}, {cfg.train_optimizer}, lr0 {cfg.train_lr0}, seed {cfg.seed})."),
@@ -179,13 +192,20 @@ def fields(cfg: Any, headline: Mapping[str, Any], head: pd.DataFrame, runs: pd.D
                           f"Worst slice with at least {cfg.eval_min_frames} eval frames: **{worst}** at {fmt(w5['AP50'])} "
                           f"{fmt_ci(w5['ci']).replace('+', '')}; best: {w5['best_slice']} at {fmt(w5['best_AP50'])}."),
         "slice_table": df_to_markdown(full.head(12)),
+    }
+
+
+def _label_fields(r: SimpleNamespace) -> dict[str, Any]:
+    mining, lab, quality, router, cost = r.mining, r.lab, r.quality, r.router, r.cost
+    mined_k = int(mining["k"])
+    return {
         "mining_sentence": (f"Failure frames ({mining['n_failure_frames']}): worst-slice eval frames chosen by the rule "
                             f"`{mining['failure_rule']}`. Strategy "
                             f"`{mining['strategy']}`, FAISS index {_index(mining['index'])}; "
                             f"{mined_k} frames mined. **Mining precision {fmt(mining['precision'])}** (share of mined frames "
                             f"truly in the worst slice) vs a base rate of {fmt(mining['base_rate'])} in the pool: "
                             f"lift {fmt(mining['lift'], 2)}."),
-        "mining_table": df_to_markdown(s6.read_df("mining_precision.csv").head(12)),
+        "mining_table": df_to_markdown(r.mining_precision.head(12)),
         "label_sentence": (f"Labeler: **{lab['labeler']}**. It labelled {lab['frames']} mined frames in "
                            f"{fmt(lab['seconds'], 1)} s ({lab['failed']} failures), {lab['labels']} boxes. Against the held-back "
                            f"ground truth: precision {fmt(lab.get('precision'))}, recall {fmt(lab.get('recall'))} at IoU 0.5. "
@@ -197,6 +217,13 @@ def fields(cfg: Any, headline: Mapping[str, Any], head: pd.DataFrame, runs: pd.D
                           "(human price is an assumed range, compute is measured):"),
         "cost_table": df_to_markdown(cost[["option", "frames", "human_frames", "wall_clock_s", "usd_low", "usd_high",
                                            "share_human_skipped"]]),
+    }
+
+
+def _experiment_fields(cfg: Any, h: Mapping[str, Any], runs: pd.DataFrame, actions: Sequence[Mapping[str, Any]],
+                       golden: Mapping[str, Any], registry: Mapping[str, Any], r: SimpleNamespace) -> dict[str, Any]:
+    n_extra = int(r.arms[r.arms["arm"] == "iter1"].iloc[0]["extra_frames"])
+    return {
         "arms_sentence": (f"Every arm {'continues from iter0 for' if h['warm_start'] else 'trains from the same start for'} "
                           f"{h['retrain_epochs'] if h['warm_start'] else cfg.train_epochs} epochs with identical "
                           f"hyper-parameters and seed: **iter1** = train ∪ {n_extra} mined frames with auto-labels; "
@@ -213,7 +240,16 @@ def fields(cfg: Any, headline: Mapping[str, Any], head: pd.DataFrame, runs: pd.D
         "golden_table": df_to_markdown(report.golden_table(golden)),
         "actions_table": df_to_markdown(pd.DataFrame(actions)[["priority", "trigger", "action", "success"]]),
     }
-    lims = limitations(cfg, h, labeling, mining, card0, emb_meta["embedder"])
+
+
+def fields(cfg: Any, headline: Mapping[str, Any], head: pd.DataFrame, runs: pd.DataFrame,
+           actions: Sequence[Mapping[str, Any]], golden: Mapping[str, Any], registry: Mapping[str, Any]) -> dict[str, Any]:
+    """Every template field: §8's tables (passed in) and what sections 1–7 left (read once).
+    The case study reports the run's configuration, so it reads ``cfg`` (never changes it)."""
+    r = _read(cfg)
+    f = {**_headline_fields(cfg, headline, head, golden, r), **_data_fields(cfg, headline, r), **_label_fields(r),
+         **_experiment_fields(cfg, headline, runs, actions, golden, registry, r)}
+    lims = limitations(cfg, headline, r.labeling, r.mining, r.card0, r.emb_meta["embedder"])
     f["limitations"] = "\n".join(f"{i}. {t}" for i, t in enumerate(lims, 1))
     f["next_steps"] = ("Next turn: promote the registry's model, make it iter0, and repeat §5–§8 on the new worst slice; "
                        "on real data, switch the labeler to gsam2 and the embedder to clip (`full` profile).")
