@@ -28,7 +28,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "3 labelling and experiment": ("autolabel", "experiment", "report", "figures", "explorer"),
     "4 presentation": ("views", "casestudy"),
     "5 section runners": ("flywheel",),
-    "6 entry points": ("__main__",),
+    "6 entry points": ("runner", "__main__"),
 }
 FLOOR = {m: i for i, mods in enumerate(LAYERS.values()) for m in mods}
 
