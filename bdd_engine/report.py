@@ -217,16 +217,11 @@ def parse_flowchart(mermaid: str) -> tuple[dict[str, str], list[tuple[str, str, 
     return nodes, edges
 
 
-def architecture_figure(mermaid: str | None = None, per_row: int = 4) -> Any:
-    """The template's flowchart (default: ``case_study_template.md``'s) drawn with
+def architecture_figure(mermaid: str, per_row: int = 4) -> Any:
+    """A mermaid flowchart (the case study template's: ``casestudy.flowchart()``) drawn with
     matplotlib, offline. Nodes are laid out in reading order, snaking over rows of ``per_row``."""
     import matplotlib.pyplot as plt
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
-
-    if mermaid is None:
-        from bdd_engine.casestudy import flowchart
-
-        mermaid = flowchart()
 
     nodes, edges = parse_flowchart(mermaid)
     rows = (len(nodes) + per_row - 1) // per_row
