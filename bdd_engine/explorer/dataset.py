@@ -8,6 +8,7 @@ dataset in step with the checkpoint folders is :mod:`.sync`.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -31,8 +32,15 @@ FRAME_FIELDS = ("name", "split", "weather", "timeofday", "scene", "slice", "vide
 
 
 def dataset_name(cfg: Mapping[str, Any]) -> str:
-    """Persistent dataset name for a profile (config key ``fiftyone_dataset``)."""
-    return str(cfg.get("fiftyone_dataset") or f"bdd_engine-{cfg.get('profile', 'default')}")
+    """Persistent dataset name: the profile's ``fiftyone_dataset``, plus a short hash of the
+    outputs folder when it is not the project's ``outputs/``. Runs into different outputs
+    folders share one database but never one dataset, so they cannot rebuild each other's."""
+    name = str(cfg["fiftyone_dataset"])
+    out = Path(os.path.expanduser(str(cfg["outputs_dir"])))
+    out = (out if out.is_absolute() else PROJECT_ROOT / out).resolve()
+    if out == (PROJECT_ROOT / "outputs").resolve():
+        return name
+    return f"{name}-{hashlib.sha256(str(out).encode()).hexdigest()[:8]}"
 
 
 def ids_by_name(ds) -> dict[str, str]:
