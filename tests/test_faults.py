@@ -310,7 +310,7 @@ def test_unwritable_outputs_are_named_not_blamed_on_fiftyone(tiny_world, tmp_pat
     with pytest.raises(checkpoint.OutputsNotWritable, match=str(out)):
         fw.s1_collect(make_cfg(tiny_world, out))
     with pytest.raises(explorer.ExplorerError, match="database folder .* is not writable") as e:
-        explorer._check_writable(out / ".fiftyone" / "db")
+        explorer.check_writable(out / ".fiftyone" / "db")
     assert "pip install" not in str(e.value)
 
 

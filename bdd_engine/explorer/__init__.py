@@ -36,7 +36,6 @@ from bdd_engine.explorer.db import (
     mongod_path,
     mongod_pids,
 )
-from bdd_engine.explorer.db import check_writable as _check_writable  # old name (tests/test_faults.py)
 from bdd_engine.explorer.enrich import (
     SAVED_VIEWS,
     add_autolabels,
