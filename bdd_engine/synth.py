@@ -587,7 +587,7 @@ def world_complete(root: Path) -> bool:
 def ensure_world(cfg: Any) -> Path:
     """The profile's data root; a synthetic profile's world is generated first if missing
     or drawn from other ``synth_*`` keys. A real-data profile's root is returned untouched."""
-    return generate(cfg) if cfg.get("synthetic") else Path(cfg.data_dir)
+    return generate(cfg) if cfg["synthetic"] else Path(cfg.data_dir)
 
 
 def _refuse_foreign(root: Path, what: str) -> None:
@@ -607,9 +607,9 @@ def generate(cfg: Any, out_root: str | os.PathLike | None = None, workers: int |
     existing folder without our marker: a user's ``data/bdd100k`` is never touched.
     """
     root = Path(out_root) if out_root else cfg.data_dir
-    if not cfg.get("synthetic"):
+    if not cfg["synthetic"]:
         raise WorldRefused(
-            f"profile {cfg.get('profile')!r} reads real data (synthetic: false) from {root}; synth only writes "
+            f"profile {cfg['profile']!r} reads real data (synthetic: false) from {root}; synth only writes "
             f"synthetic worlds. Use a synthetic profile (demo, tiny), or see README 'Real BDD100K'.")
     marker = world_marker(root)
     if root.exists() and marker is None:

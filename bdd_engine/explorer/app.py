@@ -123,7 +123,7 @@ def launch_app(
     import fiftyone.core.session.session as fss
 
     ds = dataset if dataset is not None else get_dataset(cfg)
-    port = int(port or cfg.get("explorer_app_port", 5151))
+    port = int(port or cfg["explorer_app_port"])
     if port_in_use(address, port):
         raise ExplorerError(f"port {port} on {address} is in use; pass --port N (a free port)")
     session = fo.launch_app(ds, remote=True, address=address, port=port, auto=False)

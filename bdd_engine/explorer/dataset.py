@@ -78,7 +78,7 @@ def pool_map(frames_df: pd.DataFrame, pools: Mapping[str, Iterable[str]] | None)
 
 
 def _data_dir(cfg: Mapping[str, Any]) -> Path:
-    p = Path(str(cfg.get("data_root", ".")))
+    p = Path(str(cfg["data_root"]))
     return p if p.is_absolute() else PROJECT_ROOT / p
 
 
@@ -189,7 +189,7 @@ def build_dataset(
     _check_tables(frames_df, gt_frames)
     wanted = set(frames_df["name"].astype(str))
     boxes, bad_boxes = boxes_by_name([f for f in gt_frames if str(f["name"]) in wanted])
-    synthetic = bool(cfg.get("synthetic", False))
+    synthetic = bool(cfg["synthetic"])
     samples, skipped = _make_samples(cfg, frames_df, boxes, pool_map(frames_df, pools), synthetic)
     if skipped:
         log.warning("explorer: skipped %d frame(s) whose image is missing/unreadable, e.g. %s", len(skipped), skipped[:3])
@@ -197,11 +197,11 @@ def build_dataset(
     ds = fo.Dataset(name)
     ds.add_samples(samples, progress=False)
     ds.persistent = True
-    ds.info = {"profile": cfg.get("profile"), "synthetic": synthetic,
+    ds.info = {"profile": cfg["profile"], "synthetic": synthetic,
                "skipped": {"missing_image": len(skipped), "examples": skipped[:10], "degenerate_gt_boxes": bad_boxes},
                "n_frames_table": int(len(frames_df))}
     ds.description = ("SYNTHETIC BDD-format world (bdd_engine.synth) — not BDD100K. " if synthetic else "BDD100K. ") + \
-        f"bdd_engine profile {cfg.get('profile')!r}; mirrors outputs/ checkpoints."
+        f"bdd_engine profile {cfg['profile']!r}; mirrors outputs/ checkpoints."
     ds.save()
     ds.create_index("name", unique=True)
     return ds

@@ -45,7 +45,7 @@ def _apply_embeddings(cfg: Any, ds) -> None:
     emb, names = load_embeddings(cfg.out)
     ids = ids_by_name(ds)
     keep = [i for i, nm in enumerate(names) if nm in ids]
-    add_embeddings(ds, [names[i] for i in keep], np.asarray(emb)[keep], seed=int(cfg.get("seed", 42)))
+    add_embeddings(ds, [names[i] for i in keep], np.asarray(emb)[keep], seed=int(cfg["seed"]))
 
 
 def _apply_predictions(cfg: Any, ds, sec: Section, file: str, k: str) -> None:
@@ -58,7 +58,7 @@ def _apply_predictions(cfg: Any, ds, sec: Section, file: str, k: str) -> None:
     """
     f = sec.dir / file
     if f.exists():
-        preds = filter_conf(bdd.load_frames(f), float(cfg.get("eval_vis_conf", 0.25)))
+        preds = filter_conf(bdd.load_frames(f), float(cfg["eval_vis_conf"]))
         add_predictions(ds, preds, f"predictions_{k}", f"eval_{k}", eval_on="eval")
 
 
@@ -66,7 +66,7 @@ def _apply_autolabels(cfg: Any, ds, sec: Section) -> None:
     """§7: auto-labels of the mined frames, routed with the profile's thresholds."""
     f = sec.dir / "labels_mined" / "labels.json"
     if f.exists():
-        acc, rev = float(cfg.get("label_accept")), float(cfg.get("label_review"))
+        acc, rev = float(cfg["label_accept"]), float(cfg["label_review"])
         add_autolabels(ds, bdd.load_frames(f), route=lambda sc: bucket_of(sc, acc, rev))
 
 
@@ -146,7 +146,7 @@ def get_dataset(cfg: Mapping[str, Any], rebuild: Callable[[], Any] | None = None
         if why is not None:
             raise ExplorerError(
                 f"FiftyOne dataset {name!r} does not exist in {default_db_dir()} and there is no usable §1 "
-                f"checkpoint to rebuild it from ({why}); run the notebook with profile {cfg.get('profile')!r}"
+                f"checkpoint to rebuild it from ({why}); run the notebook with profile {cfg['profile']!r}"
             )
         rebuild = lambda: sync_from_checkpoints(cfg, name=name)  # noqa: E731
     log.info("explorer: dataset %s missing, rebuilding from checkpoints", name)
