@@ -74,7 +74,7 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -159,19 +159,66 @@ def _pair_ranges(det_key: np.ndarray, gt_key: np.ndarray) -> tuple[np.ndarray, n
     return pd_, pg
 
 
+class _GT(NamedTuple):
+    """Ground-truth boxes sorted by (frame, class, label order), in COCO xywh with the +1."""
+
+    f: np.ndarray        # (G,) frame index
+    key: np.ndarray      # (G,) frame * K + class, sorted
+    x: np.ndarray
+    y: np.ndarray
+    w: np.ndarray
+    h: np.ndarray
+    crowd: np.ndarray    # (G,) bool: crowd or ignore-mapped
+    ig: np.ndarray       # (G, A) bool: crowd/ignored or area outside the range
+    npig: np.ndarray     # (F, K, A) int: non-ignored GT per frame/class/range
+
+
+class _Dets(NamedTuple):
+    """Kept detections (top MAX_DETS per frame and class) sorted by (frame, class, -score)."""
+
+    f: np.ndarray        # (D,) frame index
+    k: np.ndarray        # (D,) class id
+    score: np.ndarray    # (D,)
+    key: np.ndarray      # (D,) frame * K + class
+    rank: np.ndarray     # (D,) rank within its (frame, class)
+    x: np.ndarray
+    y: np.ndarray
+    w: np.ndarray
+    h: np.ndarray
+    area: np.ndarray     # (D,) COCO area (with the +1)
+    n_pred: np.ndarray   # (F,) predicted boxes per frame before the top-MAX_DETS cut
+
+
 def build_cache(gt_frames: Sequence[Mapping[str, Any]], pred_frames: Sequence[Mapping[str, Any]] | pd.DataFrame,
                 by: Sequence[str] = DEFAULT_BY) -> MatchCache:
     """Map categories, convert boxes, match once for all thresholds and area ranges.
 
     ``pred_frames``: BDD frames with ``score`` per label, or a box table with
-    ``bdd.BOX_COLUMNS`` (rows of a frame in label order).
+    ``bdd.BOX_COLUMNS`` (rows of a frame in label order). ``by``: the frame attributes
+    kept for slicing.
     """
     gt_idx = _frame_index(gt_frames, "ground truth")
     names = np.array(sorted(gt_idx), dtype=object)
     fpos = {n: i for i, n in enumerate(names)}
+    gt, pr, report = _box_tables(gt_idx, names, fpos, pred_frames)
+    attrs = pd.DataFrame({a: [(gt_idx[n].get("attributes") or {}).get(a) for n in names] for a in by})
+    g = _ground_truth(gt, fpos, len(names))
+    d = _detections(pr, fpos, len(names), report)
+    det_tp, det_ig = _match(g, d)
+    # ---- store by (class, COCOeval's accumulate order: -score, image, within-image rank)
+    gorder = np.lexsort((d.rank, d.f, -d.score, d.k))
+    class_start = np.searchsorted(d.k[gorder], np.arange(len(CLASSES) + 1), "left")
+    return MatchCache(names=names, attrs=attrs, det_f=d.f[gorder], det_k=d.k[gorder],
+                      det_score=d.score[gorder], det_tp=det_tp[gorder], det_ig=det_ig[gorder],
+                      npig=g.npig, n_pred=d.n_pred, class_start=class_start, report=report)
+
+
+def _box_tables(gt_idx: Mapping[str, Mapping[str, Any]], names: np.ndarray, fpos: Mapping[str, int],
+                pred_frames: Sequence[Mapping[str, Any]] | pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
+    """(GT box table, prediction box table of the GT frames, report counts); frames in
+    name order = COCO image id order in Scalabel's conversion."""
     gcount: Counter = Counter()
     pcount: Counter = Counter()
-    # sorted by name: image order = COCO image id order in Scalabel's conversion
     gt = bdd.boxes_table([gt_idx[n] for n in names], gcount)
     if isinstance(pred_frames, pd.DataFrame):  # a box table (e.g. predict()'s parquet)
         missing = set(bdd.BOX_COLUMNS) - set(pred_frames.columns)
@@ -190,11 +237,12 @@ def build_cache(gt_frames: Sequence[Mapping[str, Any]], pred_frames: Sequence[Ma
     if pr["score"].isna().any():
         raise ValueError(f"predictions: {int(pr['score'].isna().sum())} boxes without 'score'; "
                          "every predicted label needs a score for AP")
-    K, T, A = len(CLASSES), len(IOU_THRS), len(AREA_RNGS)
-    F = len(names)
-    attrs = pd.DataFrame({a: [(gt_idx[n].get("attributes") or {}).get(a) for n in names] for a in by})
+    return gt, pr, report
 
-    # ---- ground truth, grouped by (frame, class) in label order
+
+def _ground_truth(gt: pd.DataFrame, fpos: Mapping[str, int], F: int) -> _GT:
+    """GT grouped by (frame, class) in label order; ignore flags and non-ignored counts per range."""
+    K, A = len(CLASSES), len(AREA_RNGS)
     g_f = gt["name"].map(fpos).to_numpy(np.int64)
     g_k = gt["class_id"].to_numpy(np.int64)
     g_order = np.lexsort((np.arange(len(gt)), g_k, g_f))
@@ -208,9 +256,12 @@ def build_cache(gt_frames: Sequence[Mapping[str, Any]], pred_frames: Sequence[Ma
     for a in range(A):
         keep = ~g_ig[:, a]
         np.add.at(npig[:, :, a], (g_f[keep], g_k[keep]), 1)
-    g_key = g_f * K + g_k
+    return _GT(g_f, g_f * K + g_k, gx, gy, gw, gh, g_crowd, g_ig, npig)
 
-    # ---- detections: per (frame, class) stable by -score, keep the top MAX_DETS
+
+def _detections(pr: pd.DataFrame, fpos: Mapping[str, int], F: int, report: dict[str, int]) -> _Dets:
+    """Detections per (frame, class), stable by -score, top MAX_DETS kept (counts into ``report``)."""
+    K = len(CLASSES)
     d_f = pr["name"].map(fpos).to_numpy(np.int64)
     d_k = pr["class_id"].to_numpy(np.int64)
     n_pred = np.bincount(d_f, minlength=F)
@@ -227,24 +278,22 @@ def build_cache(gt_frames: Sequence[Mapping[str, Any]], pred_frames: Sequence[Ma
     pr = pr[keep].reset_index(drop=True)
     d_f, d_k, d_score, d_key, d_rank = d_f[keep], d_k[keep], d_score[keep], d_key[keep], d_rank[keep]
     dx, dy, dw, dh, d_area = _coco_xywh(pr)
-    D = len(pr)
+    return _Dets(d_f, d_k, d_score, d_key, d_rank, dx, dy, dw, dh, d_area, n_pred)
 
-    # ---- candidate pairs: IoU >= 0.5 (the lowest threshold) can ever match
-    pd_, pg = _pair_ranges(d_key, g_key)
-    iou = iou_xywh((dx[pd_], dy[pd_], dw[pd_], dh[pd_]), (gx[pg], gy[pg], gw[pg], gh[pg]), g_crowd[pg])
+
+def _match(g: _GT, d: _Dets) -> tuple[np.ndarray, np.ndarray]:
+    """(det_tp, det_ig), each (D, T, A) bool: candidate pairs (IoU >= 0.5, the lowest
+    threshold, can ever match), COCOeval's greedy matching, then unmatched detections
+    outside an area range are ignored for it."""
+    pd_, pg = _pair_ranges(d.key, g.key)
+    iou = iou_xywh((d.x[pd_], d.y[pd_], d.w[pd_], d.h[pd_]), (g.x[pg], g.y[pg], g.w[pg], g.h[pg]), g.crowd[pg])
     cand = iou >= IOU_THRS[0]
     pd_, pg, iou = pd_[cand], pg[cand], iou[cand]
-    det_tp, det_mig = _greedy_match(pd_, pg, iou, d_rank, g_ig, g_crowd, D, len(gt))
+    det_tp, det_mig = _greedy_match(pd_, pg, iou, d.rank, g.ig, g.crowd, len(d.f), len(g.f))
     matched = det_tp | det_mig
-    d_out = (d_area[:, None] < AREA_RNGS[None, :, 0]) | (d_area[:, None] > AREA_RNGS[None, :, 1])  # (D, A)
+    d_out = (d.area[:, None] < AREA_RNGS[None, :, 0]) | (d.area[:, None] > AREA_RNGS[None, :, 1])  # (D, A)
     det_ig = det_mig | (~matched & d_out[:, None, :])
-
-    # ---- store by (class, COCOeval's accumulate order: -score, image, within-image rank)
-    gorder = np.lexsort((d_rank, d_f, -d_score, d_k))
-    class_start = np.searchsorted(d_k[gorder], np.arange(K + 1), "left")
-    return MatchCache(names=names, attrs=attrs, det_f=d_f[gorder], det_k=d_k[gorder],
-                      det_score=d_score[gorder], det_tp=det_tp[gorder], det_ig=det_ig[gorder],
-                      npig=npig, n_pred=n_pred, class_start=class_start, report=report)
+    return det_tp, det_ig
 
 
 def _greedy_match(pd_: np.ndarray, pg: np.ndarray, iou: np.ndarray, d_rank: np.ndarray,
