@@ -10,12 +10,12 @@ embeddings coloured by slice). Writing goes through a ``checkpoint.SectionWriter
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-from bdd_engine.bdd import ATTRIBUTE_VALUES, SLICE_ATTRS
+from bdd_engine.bdd import ATTRIBUTE_VALUES
 from bdd_engine.slices import slice_index
 
 MAP_METHODS = ("pca", "tsne", "umap")
@@ -23,9 +23,10 @@ TOD_COLORS = {"daytime": "#f2b705", "dawn/dusk": "#d9622b", "night": "#1f3a93", 
 
 
 # ----------------------------------------------------------------------------- analytics
-def imbalance_stats(index: pd.DataFrame, small: int = 50, n_rarest: int = 5) -> dict[str, Any]:
+def imbalance_stats(index: pd.DataFrame, *, small: int, n_rarest: int = 5) -> dict[str, Any]:
     """Imbalance figures of a :func:`slice_index` table.
 
+    ``small``: a slice with fewer frames than this counts as small.
     ``rarest_operational``: the ``n_rarest`` smallest slices with no "undefined"
     attribute (conditions an ODD would name). ``effective_slices`` = exp(entropy) of
     the slice shares (= number of equally common slices with the same entropy);
@@ -76,7 +77,7 @@ def slice_distribution_figure(frames: pd.DataFrame, title_note: str = "") -> Any
     return fig
 
 
-def long_tail_figure(index: pd.DataFrame, small: int = 50, n_labels: int = 3, title_note: str = "") -> Any:
+def long_tail_figure(index: pd.DataFrame, *, small: int, n_labels: int = 3, title_note: str = "") -> Any:
     """Every slice's frame count, sorted (log y); slices below ``small`` in red; a box
     names the ``n_labels`` largest and smallest slices."""
     import matplotlib.pyplot as plt
@@ -103,9 +104,9 @@ def long_tail_figure(index: pd.DataFrame, small: int = 50, n_labels: int = 3, ti
     return fig
 
 
-def project_2d(emb: np.ndarray, method: str = "pca", seed: int = 42) -> np.ndarray:
-    """(N, D) → (N, 2) float64. ``pca`` (deterministic), ``tsne`` (PCA init, fixed
-    random_state) or ``umap`` (needs umap-learn; fixed random_state)."""
+def project_2d(emb: np.ndarray, method: str, seed: int) -> np.ndarray:
+    """(N, D) → (N, 2) float64. ``method``: ``pca`` (deterministic), ``tsne`` (PCA init,
+    random_state ``seed``) or ``umap`` (needs umap-learn; random_state ``seed``)."""
     x = np.asarray(emb, np.float32)
     if method == "pca" or len(x) < 5:
         from sklearn.decomposition import PCA
@@ -126,11 +127,13 @@ def project_2d(emb: np.ndarray, method: str = "pca", seed: int = 42) -> np.ndarr
     raise ValueError(f"unknown map method {method!r}; choose one of {MAP_METHODS}")
 
 
-def embedding_map(emb: np.ndarray, names: Sequence[str], frames: pd.DataFrame, method: str = "pca",
-                  max_points: int = 3000, top_slices: int = 9, seed: int = 42) -> pd.DataFrame:
+def embedding_map(emb: np.ndarray, names: Sequence[str], frames: pd.DataFrame, method: str, *,
+                  max_points: int, seed: int, top_slices: int = 9) -> pd.DataFrame:
     """2-D coordinates of (a seeded subsample of) the embedded frames with their slice.
 
-    Returns columns name, x, y, slice, colour_group (the slice for the ``top_slices``
+    ``emb``: (N, D) rows for ``names``; ``frames``: frame table (name, slice);
+    ``method``: :func:`project_2d`'s; above ``max_points`` frames a sample drawn with
+    ``seed`` is projected. Returns columns name, x, y, slice, colour_group (the slice for the ``top_slices``
     most frequent slices among the plotted frames, else "other"). All-zero rows
     (unreadable images) and frames without a slice are left out.
     """
@@ -181,25 +184,28 @@ class CurateResult:
     figures: dict[str, Any] = field(default_factory=dict)  # file name -> matplotlib Figure
 
 
-def curate(cfg: Mapping[str, Any], frames: pd.DataFrame, emb: np.ndarray | None = None,
-           emb_names: Sequence[str] | None = None, embedder_name: str = "") -> CurateResult:
-    """Slice index + imbalance stats + the three §2 figures (embedding map only when
-    embeddings are given). Keys: ``curate_small_slice`` (50), ``curate_map_method``
-    (pca), ``curate_map_points`` (3000), ``seed``; titles say SYNTHETIC when
-    ``cfg.synthetic``."""
-    small = int(cfg.get("curate_small_slice", 50))
-    note = " — SYNTHETIC data" if cfg.get("synthetic") else ""
+def curate(frames: pd.DataFrame, emb: np.ndarray | None = None, emb_names: Sequence[str] | None = None, *,
+           embedder_name: str, small_slice: int, map_method: str, map_points: int, seed: int,
+           synthetic: bool) -> CurateResult:
+    """Slice index + imbalance stats + the three §2 figures.
+
+    ``frames``: frame table (name, weather, timeofday, scene, slice). ``emb`` (N, D) with
+    ``emb_names`` (row i ↔ name i): the embedding map is drawn only when both are given;
+    ``embedder_name`` titles it. ``small_slice``: a slice with fewer frames counts as small
+    (stats and long-tail figure). ``map_method``: pca | tsne | umap (:func:`project_2d`);
+    ``map_points``: frames drawn on the map (a ``seed``-ed sample above this).
+    ``synthetic``: figure titles say SYNTHETIC data.
+    """
+    note = " — SYNTHETIC data" if synthetic else ""
     idx = slice_index(frames)  # slices.slice_index
-    stats = imbalance_stats(idx, small=small)
+    stats = imbalance_stats(idx, small=small_slice)
     stats["n_frames_without_slice"] = int(frames["slice"].isna().sum())
     figs = {"slice_distribution.png": slice_distribution_figure(frames, note),
-            "slice_long_tail.png": long_tail_figure(idx, small=small, title_note=note)}
+            "slice_long_tail.png": long_tail_figure(idx, small=small_slice, title_note=note)}
     coords = None
     if emb is not None and emb_names is not None:
-        method = str(cfg.get("curate_map_method", "pca"))
-        coords = embedding_map(emb, emb_names, frames, method, int(cfg.get("curate_map_points", 3000)),
-                               seed=int(cfg.get("seed", 42)))
-        figs["embedding_map.png"] = embedding_map_figure(coords, embedder_name or "embeddings", method, note)
+        coords = embedding_map(emb, emb_names, frames, map_method, max_points=map_points, seed=seed)
+        figs["embedding_map.png"] = embedding_map_figure(coords, embedder_name or "embeddings", map_method, note)
     return CurateResult(idx, stats, coords, figs)
 
 

@@ -1,6 +1,6 @@
 """Image embedders behind one interface, and a cached, resumable embedding store.
 
-Embedders (``cfg.embed_model``):
+Embedders (:func:`get_embedder`; the profile's ``embed_model``):
 
 ``gradhist``
     An offline, weight-free global image descriptor (no download, no training):
@@ -45,13 +45,15 @@ import time
 import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image
 
 from bdd_engine import weights
 from bdd_engine.checkpoint import atomic_write_json, sha256_file
+from bdd_engine.env import PROJECT_ROOT
+from bdd_engine.train import torch_device
 from bdd_engine.weights import MissingWeightsError
 
 EMBEDDERS = ("gradhist", "clip", "dinov2")
@@ -101,7 +103,7 @@ class GradHistEmbedder(Embedder):
     VERSION = "1"
     N_HUE, N_SAT, N_VAL, N_LUM, N_ORI = 12, 8, 16, 4, 8
 
-    def __init__(self, imgsz: int = 224, grid: int = 4, weak: float = 0.02, strong: float = 0.08):
+    def __init__(self, imgsz: int, grid: int = 4, weak: float = 0.02, strong: float = 0.08):
         self.imgsz, self.grid, self.weak, self.strong = int(imgsz), int(grid), float(weak), float(strong)
         g2 = self.grid**2
         self.dim = (self.N_HUE + 1 + self.N_SAT + self.N_VAL) + g2 * self.N_LUM + g2 * (2 * self.N_ORI + 1)
@@ -189,11 +191,11 @@ class _TorchEmbedder(Embedder):
 
 
 class ClipEmbedder(_TorchEmbedder):
-    """open_clip image tower. ``weights``: a local checkpoint file (state dict, .bin/.pt/
-    .safetensors) for architecture ``arch``; never a hub tag. Output: ``encode_image``
-    (N, embed_dim)."""
+    """open_clip image tower. ``weights_file``: a local checkpoint file (state dict, .bin/.pt/
+    .safetensors) for architecture ``arch``; never a hub tag. ``device``: a torch device
+    (``train.torch_device``). Output: ``encode_image`` (N, embed_dim)."""
 
-    def __init__(self, arch: str, weights_file: str | os.PathLike, device: str = "cpu"):
+    def __init__(self, arch: str, weights_file: str | os.PathLike, device: str):
         path = Path(weights_file)
         if not path.is_file():
             raise MissingWeightsError(f"embedder 'clip' ({arch}) needs its weights file {path}, which is missing; {weights.HINT}")
@@ -217,7 +219,7 @@ class Dinov2Embedder(_TorchEmbedder):
     official processor: resize shorter side to imgsz*256/224, centre-crop imgsz (rounded
     to the patch size), ImageNet mean/std. Output: ``pooler_output`` (N, hidden_size)."""
 
-    def __init__(self, folder: str | os.PathLike, imgsz: int = 224, device: str = "cpu"):
+    def __init__(self, folder: str | os.PathLike, *, imgsz: int, device: str):
         folder = Path(folder)
         if not (folder / "config.json").is_file():
             raise MissingWeightsError(f"embedder 'dinov2' needs a model folder {folder} (config.json + weights), which is missing; {weights.HINT}")
@@ -247,44 +249,33 @@ class Dinov2Embedder(_TorchEmbedder):
 
 
 # ----------------------------------------------------------------------------- factory
-def get_embedder(cfg: Mapping[str, Any]) -> Embedder:
-    """Build the embedder named by ``cfg.embed_model`` (see :data:`EMBEDDERS`).
+def get_embedder(name: str, *, device: str, imgsz: int, clip_arch: str, clip_weights: str | os.PathLike | None,
+                 dinov2_dir: str | os.PathLike | None) -> Embedder:
+    """Build the embedder ``name`` (one of :data:`EMBEDDERS`).
 
-    Keys read: ``embed_model``, ``embed_imgsz`` (gradhist/dinov2), ``embed_clip_arch``
-    (default ViT-B-32), ``embed_clip_weights`` / ``embed_dinov2_dir`` (optional; default:
-    the ``weights.REGISTRY`` paths), ``device``.
+    ``device``: ``auto`` | ``cpu`` | ``0``... (``train.resolve_device``; used by clip and
+    dinov2). ``imgsz``: px, the shorter side fed to gradhist, the crop of dinov2 (clip uses
+    its own preprocessing). ``clip_arch``: open_clip architecture name (clip only).
+    ``clip_weights`` (a weights file) / ``dinov2_dir`` (a ``save_pretrained`` folder):
+    absolute or project-relative paths; None = the ``weights.REGISTRY`` path, which must
+    exist (``./setup.sh --weights``).
     """
-    kind = str(cfg.get("embed_model", "gradhist"))
-    device = _device(cfg.get("device", "cpu"))
-    imgsz = int(cfg.get("embed_imgsz", 224))
-    if kind == "gradhist":
+    if name == "gradhist":
         return GradHistEmbedder(imgsz=imgsz)
-    if kind == "clip":
-        return ClipEmbedder(cfg.get("embed_clip_arch") or "ViT-B-32", _weights_path(cfg, "embed_clip_weights", "clip"), device)
-    if kind == "dinov2":
-        return Dinov2Embedder(_weights_path(cfg, "embed_dinov2_dir", "dinov2"), imgsz, device)
-    raise ValueError(f"unknown embed_model {kind!r}; choose one of {EMBEDDERS}")
+    if name == "clip":
+        return ClipEmbedder(clip_arch, _weights_path(clip_weights, "clip"), torch_device(device))
+    if name == "dinov2":
+        return Dinov2Embedder(_weights_path(dinov2_dir, "dinov2"), imgsz=imgsz, device=torch_device(device))
+    raise ValueError(f"unknown embed_model {name!r}; choose one of {EMBEDDERS}")
 
 
-def _weights_path(cfg: Mapping[str, Any], key: str, registry_name: str) -> Path:
-    """``cfg[key]`` (relative → project root) if set, else the registry path, which
-    must exist (``weights.require`` raises the one setup message)."""
-    if not cfg.get(key):
+def _weights_path(path: str | os.PathLike | None, registry_name: str) -> Path:
+    """``path`` (relative → project root) if set, else the registry path, which must
+    exist (``weights.require`` raises the one setup message)."""
+    if not path:
         return weights.require(registry_name)
-    p = Path(os.path.expanduser(str(cfg[key])))
-    if p.is_absolute():
-        return p
-    from bdd_engine.env import PROJECT_ROOT
-
-    return PROJECT_ROOT / p
-
-
-def _device(device: Any) -> str:
-    if device in (None, "auto"):
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
+    p = Path(os.path.expanduser(str(path)))
+    return p if p.is_absolute() else PROJECT_ROOT / p
 
 
 # ----------------------------------------------------------------------------- store
@@ -332,18 +323,13 @@ def cache_key(embedder: Embedder, fset_hash: str) -> str:
     return f"{safe}-{embedder.weights_hash[:12]}-{fset_hash[:12]}"
 
 
-def embed_frames(
-    embedder: Embedder,
-    image_paths: Sequence[str | os.PathLike],
-    names: Sequence[str],
-    cache_dir: str | os.PathLike,
-    batch_size: int = 64,
-    workers: int = 0,
-    flush_every: int = 8,
-    progress: bool = True,
-) -> tuple[np.memmap, list[str]]:
+def embed_frames(embedder: Embedder, image_paths: Sequence[str | os.PathLike], names: Sequence[str],
+                 cache_dir: str | os.PathLike, *, batch_size: int, workers: int, flush_every: int = 8,
+                 progress: bool = True) -> tuple[np.memmap, list[str]]:
     """Embed every image; return ((N, D) read-only memmap of L2-normalised float32, names).
 
+    ``image_paths``/``names``: one per frame (names unique); ``batch_size``: images per
+    forward pass; ``workers``: DataLoader worker processes (0 = decode in this process).
     Row i belongs to ``names[i]``. The result lives in
     ``cache_dir/<cache_key>/embeddings.npy`` (+ ``names.json``, ``meta.json``); an
     existing entry is returned without recomputation. While running, rows go to
@@ -369,38 +355,10 @@ def embed_frames(
     entry.mkdir(parents=True, exist_ok=True)
 
     n, d = len(names), int(embedder.dim)
-    state = _read_progress(prog)
-    if partial.exists() and state and state.get("shape") == [n, d]:
-        arr = np.lib.format.open_memmap(partial, mode="r+")
-        start, batch_size = int(state["rows_done"]), int(state["batch_size"])
-        unreadable = list(state.get("unreadable", []))
-    else:
-        arr = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(n, d))
-        start, unreadable = 0, []
-        _write_progress(prog, arr, 0, batch_size, unreadable, n, d)
-
-    done = start
+    arr, start, batch_size, unreadable = _open_partial(partial, prog, n, d, batch_size)
     if start < n:
-        loader = _loader(_Frames(paths, embedder.preprocess, start), batch_size, workers)
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n, initial=start, unit="img", desc=f"embed {embedder.name}", disable=not progress)
-        try:
-            for i, (rows, x, ok) in enumerate(loader):
-                rows, ok = rows.numpy(), ok.numpy().astype(bool)
-                emb = l2_normalize(embedder.forward(x.numpy()))
-                emb[~ok] = 0.0
-                if emb.shape != (len(rows), d):
-                    raise RuntimeError(f"embedder {embedder.name} returned {emb.shape}, expected ({len(rows)}, {d})")
-                arr[rows[0]: rows[-1] + 1] = emb
-                unreadable += [names[r] for r in rows[~ok]]
-                done = int(rows[-1]) + 1
-                bar.update(len(rows))
-                if (i + 1) % max(1, flush_every) == 0:
-                    _write_progress(prog, arr, done, batch_size, unreadable, n, d)
-        finally:
-            bar.close()
-            _write_progress(prog, arr, done, batch_size, unreadable, n, d)  # Ctrl-C keeps finished rows
+        _fill(arr, embedder, paths, names, start, unreadable, prog, batch_size=batch_size, workers=workers,
+              flush_every=flush_every, progress=progress)
     arr.flush()
     del arr
     if unreadable:
@@ -414,6 +372,46 @@ def embed_frames(
     os.replace(partial, final)  # atomic: embeddings.npy exists only when complete
     prog.unlink(missing_ok=True)
     return _open_entry(entry)
+
+
+def _open_partial(partial: Path, prog: Path, n: int, d: int, batch_size: int) -> tuple[np.memmap, int, int, list[str]]:
+    """(writable (n, d) memmap, first row to compute, batch size, unreadable names so far):
+    a matching interrupted run resumes with the batch size it recorded, else a new file starts."""
+    state = _read_progress(prog)
+    if partial.exists() and state and state.get("shape") == [n, d]:
+        arr = np.lib.format.open_memmap(partial, mode="r+")
+        return arr, int(state["rows_done"]), int(state["batch_size"]), list(state.get("unreadable", []))
+    arr = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(n, d))
+    _write_progress(prog, arr, 0, batch_size, [], n, d)
+    return arr, 0, batch_size, []
+
+
+def _fill(arr: np.memmap, embedder: Embedder, paths: list[str], names: list[str], start: int, unreadable: list[str],
+          prog: Path, *, batch_size: int, workers: int, flush_every: int, progress: bool) -> None:
+    """Embed rows ``start..n`` into ``arr`` (appending unreadable names), recording progress
+    every ``flush_every`` batches and on any exception."""
+    from tqdm.auto import tqdm
+
+    n, d = arr.shape
+    done = start
+    loader = _loader(_Frames(paths, embedder.preprocess, start), batch_size, workers)
+    bar = tqdm(total=n, initial=start, unit="img", desc=f"embed {embedder.name}", disable=not progress)
+    try:
+        for i, (rows, x, ok) in enumerate(loader):
+            rows, ok = rows.numpy(), ok.numpy().astype(bool)
+            emb = l2_normalize(embedder.forward(x.numpy()))
+            emb[~ok] = 0.0
+            if emb.shape != (len(rows), d):
+                raise RuntimeError(f"embedder {embedder.name} returned {emb.shape}, expected ({len(rows)}, {d})")
+            arr[rows[0]: rows[-1] + 1] = emb
+            unreadable += [names[r] for r in rows[~ok]]
+            done = int(rows[-1]) + 1
+            bar.update(len(rows))
+            if (i + 1) % max(1, flush_every) == 0:
+                _write_progress(prog, arr, done, batch_size, unreadable, n, d)
+    finally:
+        bar.close()
+        _write_progress(prog, arr, done, batch_size, unreadable, n, d)  # Ctrl-C keeps finished rows
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -148,7 +148,9 @@ def s1_collect(cfg: Config) -> Result:
 # ----------------------------------------------------------------------------- §2
 def _embeddings(cfg: Config, frames: pd.DataFrame) -> tuple[Any, list[str], Any]:
     """(L2-normalised (N, D) memmap, names, embedder) for ``frames``, cached under outputs/.cache."""
-    emb_model = embed.get_embedder(cfg)
+    emb_model = embed.get_embedder(str(cfg.embed_model), device=str(cfg.device), imgsz=int(cfg.embed_imgsz),
+                                   clip_arch=str(cfg.embed_clip_arch), clip_weights=cfg.embed_clip_weights,
+                                   dinov2_dir=cfg.embed_dinov2_dir)
     arr, names = embed.embed_frames(emb_model, list(frames["image_path"]), list(frames["name"]),
                                     cfg.out / ".cache" / "embeddings", batch_size=int(cfg.embed_batch),
                                     workers=int(cfg.workers))
@@ -166,7 +168,9 @@ def s2_curate(cfg: Config) -> Result:
     if needs_run(sec):
         frames = artifacts.read_df(cfg.out, 1, "frames.csv")
         emb, names, model = _embeddings(cfg, frames)
-        res = curate.curate(cfg, frames, emb, names, embedder_name=model.name)
+        res = curate.curate(frames, emb, names, embedder_name=model.name, small_slice=int(cfg.curate_small_slice),
+                            map_method=str(cfg.curate_map_method), map_points=int(cfg.curate_map_points),
+                            seed=int(cfg.seed), synthetic=bool(cfg.synthetic))
         with sec.writer() as w:
             curate.write_artifacts(res, w)
             w.write_json("embeddings.json", {**embed.load_meta(emb), "path": str(Path(emb.filename).relative_to(cfg.out))})
@@ -210,12 +214,25 @@ def s3_pools(cfg: Config) -> Result:
 
 
 # ----------------------------------------------------------------------------- §4
+def train_spec(cfg: Config) -> train.TrainSpec:
+    """The profile's ``train_*`` keys (+ seed, workers, device) as a training spec; §7's arms
+    replace seed, epochs and init weights. Values go through unconverted: the spec's
+    fingerprint is the one these keys always gave."""
+    return train.TrainSpec(
+        model=str(cfg.train_model), init_weights=cfg.train_init_weights, epochs=int(cfg.train_epochs),
+        imgsz=cfg.train_imgsz, batch=cfg.train_batch, nbs=cfg.train_nbs, optimizer=cfg.train_optimizer,
+        lr0=cfg.train_lr0, cos_lr=cfg.train_cos_lr, warmup_epochs=cfg.train_warmup_epochs,
+        close_mosaic=cfg.train_close_mosaic, mosaic=cfg.train_mosaic, val=cfg.train_val, plots=bool(cfg.train_plots),
+        seed=int(cfg.seed), workers=int(cfg.workers), device=str(cfg.device), synthetic=bool(cfg.synthetic),
+        profile=cfg.profile)
+
+
 def s4_train(cfg: Config) -> Result:
     """Train iter0 on the train pool (Ultralytics). Run in ``runs/iter0``; card in ``04_train/``."""
     sec = Section(cfg, 4)
     if needs_run(sec):
         pools_sec = Section(cfg, 3)
-        weights = train.train(cfg, pools_sec.dir / "yolo" / "data.yaml", cfg.out / "runs", name="iter0",
+        weights = train.train(train_spec(cfg), pools_sec.dir / "yolo" / "data.yaml", cfg.out / "runs", name="iter0",
                               data_hash=pools_sec.manifest_hash())
         card_path = weights.parent.parent / "run_card.json"
         card = json.loads(card_path.read_text()) if card_path.exists() else {}
@@ -231,7 +248,7 @@ def s4_train(cfg: Config) -> Result:
 # ----------------------------------------------------------------------------- §5 / §8 shared
 def _predict(cfg: Config, weights: Path, frames: pd.DataFrame) -> list[dict[str, Any]]:
     """One inference pass over ``frames`` at the eval threshold; BDD frames with scores."""
-    return train.predict(weights, list(frames["image_path"]), conf=float(cfg.eval_conf))
+    return train.predict(weights, list(frames["image_path"]), conf=float(cfg.eval_conf), device=str(cfg.device))
 
 
 def _evaluate(cfg: Config, preds: Any) -> evaluate.EvalResult:
@@ -313,9 +330,12 @@ def s6_mine(cfg: Config) -> Result:
         emb, names = artifacts.load_embeddings(cfg.out)
         pool = pools[pools["pool"] == "pool"]
         preds_pool = _predict(cfg, artifacts.iter0_weights(cfg.out), pool)
-        res = mine.mine(cfg, per_frame, pools[pools["pool"] == "eval"], pool, emb, names,
+        res = mine.mine(per_frame, pools[pools["pool"] == "eval"], pool, emb, names, k=int(cfg.mine_k),
+                        strategy=str(cfg.mine_strategy), by=list(cfg.eval_by), fail_ap=float(cfg.mine_fail_ap),
+                        fail_recall=float(cfg.mine_fail_recall), hybrid_targeted=float(cfg.mine_hybrid_targeted),
+                        ivf_above=int(cfg.mine_ivf_above), ivf_recall=float(cfg.mine_ivf_recall),
+                        min_frames=int(cfg.eval_min_frames), seed=int(cfg.seed), synthetic=bool(cfg.synthetic),
                         preds_pool=preds_pool, worst_slice=worst)
-        res.synthetic = bool(cfg.synthetic)
         with sec.writer() as w:
             mine.write_artifacts(res, w, dict(zip(pools["name"], pools["image_path"])))
             train.save_predictions(preds_pool, w.path("pool_predictions.json"), w.path("pool_predictions.parquet"))
@@ -361,11 +381,10 @@ def _train_arm(cfg: Config, run_name: str, seed: int, frames: list, val: list, p
     shutil.rmtree(data_dir, ignore_errors=True)   # never train on a previous set's leftovers
     # Ultralytics needs a val split; the first train frames keep eval out of training
     data_yaml, _ = export_yolo({"train": frames, "val": val}, paths, data_dir, sizes)
-    c = Config(cfg)
-    c["seed"] = seed
     epochs = int(cfg.retrain_epochs) if warm else int(cfg.train_epochs)
-    weights = train.train(c, data_yaml, cfg.out / "runs", init_weights=w0 if warm else None,
-                          epochs=epochs, name=run_name, data_hash=dhash)
+    spec = replace(train_spec(cfg), seed=int(seed), epochs=epochs,
+                   init_weights=str(w0) if warm else cfg.train_init_weights)
+    weights = train.train(spec, data_yaml, cfg.out / "runs", name=run_name, data_hash=dhash)
     return weights, json.loads((weights.parent.parent / "run_card.json").read_text()), dhash, epochs
 
 

@@ -1,19 +1,20 @@
 """§6 Mine: find unlabelled pool frames that look like the frames the model fails on.
 
-Pipeline (:func:`mine`):
+Pipeline (:func:`mine`; its keyword arguments are the profile's ``mine_*`` keys, passed
+by the §6 runner):
 
-1. failure frames = eval frames of the worst slice whose frame AP@0.5 <= ``mine_fail_ap``
-   or recall@0.5 < ``mine_fail_recall`` (frames without GT have NaN metrics and are
+1. failure frames = eval frames of the worst slice whose frame AP@0.5 <= ``fail_ap``
+   or recall@0.5 < ``fail_recall`` (frames without GT have NaN metrics and are
    never failures: there is nothing to miss);
-2. the selection, by ``mine_strategy``:
+2. the selection, by ``strategy``:
    ``prototype`` — top-K pool frames by inner product with the L2-normalised mean of
-   the failure embeddings; ``hybrid`` — ``mine_hybrid_targeted`` (0.7) of K from the
+   the failure embeddings; ``hybrid`` — a ``hybrid_targeted`` share of K from the
    k-NN lists of every failure frame (round-robin union, de-duplicated) + the rest by
    greedy k-center coverage of the pool; ``uncertainty`` — top-K by the iter0 model's
    per-frame uncertainty (1 − max box score);
-3. the search index: FAISS ``IndexFlatIP`` (exact) up to ``mine_ivf_above`` pool frames,
+3. the search index: FAISS ``IndexFlatIP`` (exact) up to ``ivf_above`` pool frames,
    ``IndexIVFFlat`` above, with ``nprobe`` raised until recall@K against exact search
-   on calibration queries reaches ``mine_ivf_recall``;
+   on calibration queries reaches ``ivf_recall``;
 4. mining precision: the share of mined frames whose slice attributes match the worst
    slice (all of them, and each one alone), next to that value's base rate in the pool.
 
@@ -32,7 +33,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from bdd_engine.bdd import SLICE_ATTRS, SLICE_SEP, boxes_table
+from bdd_engine.bdd import SLICE_SEP, boxes_table
 
 STRATEGIES = ("prototype", "hybrid", "uncertainty")
 _ENTROPY_MIN_SCORE = 0.1  # boxes below this are the detector's noise floor, not hesitation
@@ -80,20 +81,13 @@ def _flat_blas_blocks(nq: int, score_bytes: int = 64 << 20) -> Iterator[None]:
         cv.distance_compute_blas_threshold, cv.distance_compute_blas_database_bs = old
 
 
-def build_index(
-    xb: np.ndarray,
-    ivf_above: int = 200_000,
-    seed: int = 42,
-    k: int = 100,
-    target_recall: float = 0.95,
-    calib_queries: np.ndarray | None = None,
-    nlist: int | None = None,
-    train_per_list: int = 64,
-    niter: int = 10,
-) -> SearchIndex:
+def build_index(xb: np.ndarray, *, ivf_above: int, seed: int, k: int, target_recall: float,
+                calib_queries: np.ndarray | None = None, nlist: int | None = None, train_per_list: int = 64,
+                niter: int = 10) -> SearchIndex:
     """Exact ``IndexFlatIP`` when N <= ``ivf_above``, else ``IndexIVFFlat`` (inner product).
 
-    IVF: ``nlist`` defaults to ~sqrt(N) (power of two, >= 39 rows per list); k-means (``niter`` iterations,
+    ``xb``: (N, D) float32 unit rows. ``seed``: IVF sampling and k-means; ``k``: neighbours
+    the calibration measures recall@k for; ``target_recall``: 0..1. IVF: ``nlist`` defaults to ~sqrt(N) (power of two, >= 39 rows per list); k-means (``niter`` iterations,
     seeded) trains on ``train_per_list``·nlist sampled rows; ``nprobe`` is the smallest
     power of two whose mean recall@k against exact search reaches ``target_recall`` on
     ``calib_queries`` plus 50 sampled database rows. ``info`` records kind, nlist,
@@ -148,7 +142,7 @@ def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
 
 
 # ----------------------------------------------------------------------------- selection
-def greedy_k_center(x: np.ndarray, n_pick: int, init: Sequence[int] = (), seed: int = 42,
+def greedy_k_center(x: np.ndarray, n_pick: int, *, seed: int, init: Sequence[int] = (),
                     chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
     """Farthest-point selection on unit vectors (distance 1 − cosine).
 
@@ -238,8 +232,8 @@ def uncertainty_by_slice(unc: pd.DataFrame, frames: pd.DataFrame) -> pd.DataFram
 
 
 # ----------------------------------------------------------------------------- failures
-def failure_frames(per_frame: pd.DataFrame, eval_frames: pd.DataFrame, worst_slice: str,
-                   fail_ap: float = 0.0, fail_recall: float = 0.3) -> tuple[list[str], str]:
+def failure_frames(per_frame: pd.DataFrame, eval_frames: pd.DataFrame, worst_slice: str, *,
+                   fail_ap: float, fail_recall: float) -> tuple[list[str], str]:
     """Names of the worst slice's failure frames (sorted) and the rule that chose them.
 
     Rule: ``ap50 <= fail_ap or recall50 < fail_recall`` among the slice's eval frames
@@ -264,7 +258,7 @@ def failure_frames(per_frame: pd.DataFrame, eval_frames: pd.DataFrame, worst_sli
     return sorted(fail["name"].astype(str)), rule
 
 
-def worst_slice_by_frames(per_frame: pd.DataFrame, eval_frames: pd.DataFrame, min_frames: int = 15) -> str:
+def worst_slice_by_frames(per_frame: pd.DataFrame, eval_frames: pd.DataFrame, *, min_frames: int) -> str:
     """Fallback when no slice-level evaluation is given: the slice with the lowest mean
     frame AP@0.5 among slices with >= ``min_frames`` eval frames with GT (ties → name)."""
     m = per_frame.dropna(subset=["ap50"]).merge(eval_frames[["name", "slice"]], on="name").dropna(subset=["slice"])
@@ -332,42 +326,68 @@ class MineResult:
                 "n_failure_frames": len(self.failure_names), "index": self.index_info.get("kind")}
 
 
-def mine(
-    cfg: Mapping[str, Any],
-    per_frame_eval_df: pd.DataFrame,
-    eval_frames_df: pd.DataFrame,
-    pool_frames_df: pd.DataFrame,
-    emb: np.ndarray,
-    emb_names: Sequence[str],
-    preds_pool: Any = None,
-    worst_slice: str | None = None,
-) -> MineResult:
-    """Mine ``cfg.mine_k`` pool frames for the worst slice (see module docstring).
+def mine(per_frame_eval_df: pd.DataFrame, eval_frames_df: pd.DataFrame, pool_frames_df: pd.DataFrame,
+         emb: np.ndarray, emb_names: Sequence[str], *, k: int, strategy: str, by: Sequence[str], fail_ap: float,
+         fail_recall: float, hybrid_targeted: float, ivf_above: int, ivf_recall: float, min_frames: int, seed: int,
+         synthetic: bool, preds_pool: Any = None, worst_slice: str | None = None) -> MineResult:
+    """Mine ``k`` pool frames for the worst slice (see module docstring).
 
     Inputs: ``per_frame_eval_df`` (name, ap50, recall50, …; the evaluation contract),
     ``eval_frames_df`` / ``pool_frames_df`` (frame tables: name + slice attributes +
-    slice), ``emb`` (N, D) unit rows with ``emb_names`` (must cover the failure and pool
-    frames), ``preds_pool`` (iter0 predictions on the pool: box table or BDD frames;
-    needed for ``uncertainty``), ``worst_slice`` (from the slice-level evaluation; if
-    None, :func:`worst_slice_by_frames`). Deterministic given ``cfg.seed``.
+    slice), ``emb`` (N, D) float32 unit rows with ``emb_names`` (row i ↔ name i; must cover
+    the failure and pool frames), ``preds_pool`` (iter0 predictions on the pool: box table
+    or BDD frames; needed for ``uncertainty``), ``worst_slice`` (``"v1 | v2 | v3"``, one value
+    per ``by`` attribute, from the slice-level evaluation; None = :func:`worst_slice_by_frames`
+    over slices with >= ``min_frames`` eval frames).
+
+    Options: ``strategy`` (:data:`STRATEGIES`); failure frame = AP@0.5 <= ``fail_ap`` or
+    recall@0.5 < ``fail_recall`` (:func:`failure_frames`); ``hybrid_targeted``: share of
+    ``k`` (0..1) taken from the failure frames' k-NN by ``hybrid``; the index is exact up to
+    ``ivf_above`` pool frames, IVF above with recall@k >= ``ivf_recall`` (:func:`build_index`);
+    ``seed`` makes it deterministic; ``synthetic`` marks the figures.
     """
-    seed = int(cfg.get("seed", 42))
-    k = int(cfg.get("mine_k", 100))
-    strategy = str(cfg.get("mine_strategy", "prototype"))
+    strategy = str(strategy)
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown mine_strategy {strategy!r}; choose one of {STRATEGIES}")
-    attrs = list(cfg.get("eval_by", SLICE_ATTRS))
+    seed, attrs = int(seed), list(by)
     if worst_slice is None:
-        worst_slice = worst_slice_by_frames(per_frame_eval_df, eval_frames_df, int(cfg.get("eval_min_frames", 15)))
+        worst_slice = worst_slice_by_frames(per_frame_eval_df, eval_frames_df, min_frames=int(min_frames))
+    target = _target(worst_slice, attrs)
+    fail_names, rule = failure_frames(per_frame_eval_df, eval_frames_df, worst_slice,
+                                      fail_ap=float(fail_ap), fail_recall=float(fail_recall))
+    counts: dict[str, int] = {}
+    pool, xb, xf = _embedded(fail_names, pool_frames_df, emb, emb_names, counts)
+    k = min(int(k), len(pool))
+
+    unc = uncertainty_scores(preds_pool, pool["name"]) if preds_pool is not None else None
+    index = build_index(xb, ivf_above=int(ivf_above), seed=seed, k=k, target_recall=float(ivf_recall),
+                        calib_queries=xf[:50])
+    ids, scores, source = _select(strategy, index, xb, xf, unc, k=k, hybrid_targeted=float(hybrid_targeted),
+                                  seed=seed)
+    mined = _mined_table(pool, ids, scores, source, attrs, worst_slice, unc)
+    precision = mining_precision(mined, pool, target, cutoffs=(10, 50))
+    counts.update({"pool": int(len(pool)), "failure_frames": len(fail_names), "mined": int(len(mined))})
+    return MineResult(
+        worst_slice=worst_slice, target=target, strategy=strategy, failure_names=fail_names, failure_rule=rule,
+        mined=mined, precision=precision, index_info=index.info, uncertainty=unc,
+        uncertainty_by_slice=uncertainty_by_slice(unc, pool) if unc is not None else None, counts=counts,
+        synthetic=bool(synthetic),
+    )
+
+
+def _target(worst_slice: str, attrs: Sequence[str]) -> dict[str, str]:
+    """``"rainy | night | city street"`` → {attribute: value}, one value per attribute."""
     parts = str(worst_slice).split(SLICE_SEP)
     if len(parts) != len(attrs):
-        raise ValueError(f"worst slice {worst_slice!r} does not have one value per attribute {attrs}")
-    target = dict(zip(attrs, parts))
+        raise ValueError(f"worst slice {worst_slice!r} does not have one value per attribute {list(attrs)}")
+    return dict(zip(attrs, parts))
 
-    fail_names, rule = failure_frames(per_frame_eval_df, eval_frames_df, worst_slice,
-                                      float(cfg.get("mine_fail_ap", 0.0)), float(cfg.get("mine_fail_recall", 0.3)))
+
+def _embedded(fail_names: Sequence[str], pool_frames_df: pd.DataFrame, emb: np.ndarray, emb_names: Sequence[str],
+              counts: dict[str, int]) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """(pool frames with a non-zero embedding, their rows xb (P, D), the failure rows xf
+    (F, D)), both float32 C-contiguous; skipped frames are counted in ``counts``."""
     row_of = {n: i for i, n in enumerate(emb_names)}
-    counts: dict[str, int] = {}
     fail_rows = _rows(fail_names, row_of, emb, counts, "failure")
     if not len(fail_rows):
         raise ValueError(f"none of the {len(fail_names)} failure frames has a (non-zero) embedding")
@@ -379,31 +399,34 @@ def mine(
         raise ValueError("mining pool is empty (or has no embedded frames)")
     xb = np.ascontiguousarray(emb[pool_rows], dtype=np.float32)
     xf = np.ascontiguousarray(emb[fail_rows], dtype=np.float32)
-    k = min(k, len(pool))
+    return pool, xb, xf
 
-    unc = uncertainty_scores(preds_pool, pool["name"]) if preds_pool is not None else None
-    index = build_index(xb, int(cfg.get("mine_ivf_above", 200_000)), seed, k,
-                        float(cfg.get("mine_ivf_recall", 0.95)), calib_queries=xf[:50])
-    prototype = xf.mean(axis=0)
-    prototype = (prototype / max(float(np.linalg.norm(prototype)), 1e-12)).astype(np.float32)
 
+def _select(strategy: str, index: SearchIndex, xb: np.ndarray, xf: np.ndarray, unc: pd.DataFrame | None, *,
+            k: int, hybrid_targeted: float, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Pool row ids (ranked), their scores and sources for one strategy (module docstring, step 2)."""
     if strategy == "prototype":
+        prototype = xf.mean(axis=0)
+        prototype = (prototype / max(float(np.linalg.norm(prototype)), 1e-12)).astype(np.float32)
         s, i = index.search(prototype, k)
-        ids, scores, source = i[0][i[0] >= 0], s[0][i[0] >= 0], ["prototype"] * k
-    elif strategy == "hybrid":
-        n_t = int(round(k * float(cfg.get("mine_hybrid_targeted", 0.7))))
+        return i[0][i[0] >= 0], s[0][i[0] >= 0], ["prototype"] * k
+    if strategy == "hybrid":
+        n_t = int(round(k * hybrid_targeted))
         s, i = index.search(xf, max(n_t, 1))
         t_ids, t_sc = round_robin_union(i, s, n_t)
         c_ids, c_d = greedy_k_center(xb, k - len(t_ids), init=t_ids, seed=seed)
         ids = np.asarray(t_ids + list(c_ids), np.int64)
         scores = np.asarray(t_sc + list(c_d), np.float32)
-        source = ["targeted"] * len(t_ids) + ["coverage"] * len(c_ids)
-    else:
-        if unc is None:
-            raise ValueError("mine_strategy 'uncertainty' needs preds_pool (the iter0 model's predictions on the pool)")
-        order = unc.sort_values(["uncertainty", "name"], ascending=[False, True]).index[:k]
-        ids, scores, source = order.to_numpy(), unc.loc[order, "uncertainty"].to_numpy(), ["uncertainty"] * k
+        return ids, scores, ["targeted"] * len(t_ids) + ["coverage"] * len(c_ids)
+    if unc is None:
+        raise ValueError("mine_strategy 'uncertainty' needs preds_pool (the iter0 model's predictions on the pool)")
+    order = unc.sort_values(["uncertainty", "name"], ascending=[False, True]).index[:k]
+    return order.to_numpy(), unc.loc[order, "uncertainty"].to_numpy(), ["uncertainty"] * k
 
+
+def _mined_table(pool: pd.DataFrame, ids: np.ndarray, scores: np.ndarray, source: list[str], attrs: Sequence[str],
+                 worst_slice: str, unc: pd.DataFrame | None) -> pd.DataFrame:
+    """The ``mined`` table of :class:`MineResult` (rank order = ``ids`` order)."""
     mined = pool.iloc[ids][["name", *attrs]].reset_index(drop=True)
     mined.insert(0, "rank", np.arange(1, len(mined) + 1))
     mined.insert(2, "score", np.round(np.asarray(scores, np.float64), 6))
@@ -414,14 +437,7 @@ def mine(
         mined = mined.merge(unc[["name", "uncertainty"]], on="name", how="left")
     else:
         mined["uncertainty"] = np.nan
-    precision = mining_precision(mined, pool, target, cutoffs=(10, 50))
-    counts.update({"pool": int(len(pool)), "failure_frames": len(fail_names), "mined": int(len(mined))})
-    return MineResult(
-        worst_slice=worst_slice, target=target, strategy=strategy, failure_names=fail_names, failure_rule=rule,
-        mined=mined, precision=precision, index_info=index.info, uncertainty=unc,
-        uncertainty_by_slice=uncertainty_by_slice(unc, pool) if unc is not None else None, counts=counts,
-        synthetic=bool(cfg.get("synthetic", False)),
-    )
+    return mined
 
 
 def _rows(names: Sequence[str], row_of: Mapping[str, int], emb: np.ndarray, counts: dict[str, int], what: str) -> np.ndarray:

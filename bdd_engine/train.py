@@ -1,16 +1,20 @@
 """Ultralytics training and one-pass prediction, offline-safe, resumable, idempotent.
 
-``train`` is a thin layer over ``YOLO.train``: the profile's ``train_*`` keys become
-Ultralytics arguments, the run lands in ``<out_dir>/<name>/`` (Ultralytics' own
-``weights/last.pt``, ``results.csv``, ...) next to a ``run_card.json``. A second call with
-the same fingerprint (config, data hash, model, init weights, epochs) is a no-op; a run
-that was interrupted resumes with Ultralytics' own ``resume``.
+``train`` is a thin layer over ``YOLO.train``: a :class:`TrainSpec` (built from the
+profile by the section runner, ``flywheel.train_spec``) becomes Ultralytics arguments,
+the run lands in ``<out_dir>/<name>/`` (Ultralytics' own ``weights/last.pt``,
+``results.csv``, ...) next to a ``run_card.json``. A second call with the same fingerprint
+(Ultralytics arguments, data hash, model, init weights) is a no-op; a run that was
+interrupted resumes with Ultralytics' own ``resume``.
 
 ``predict`` runs one inference pass over a list of images and returns BDD frames
 (``box2d`` in pixels of the original image, ``score`` per label), ready for
 :func:`bdd_engine.evaluate.evaluate`. Box convention: Ultralytics' xyxy is used as
 ``box2d`` unchanged, matching ``yolo.export_yolo`` which writes ``w = x2 - x1``; the
 evaluator then applies BDD's +1 to GT and predictions alike.
+
+:func:`resolve_device` is the package's one device resolver (Ultralytics' spelling);
+:func:`torch_device` spells its answer for plain torch modules (the embedders).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import platform
 import shutil
 import subprocess
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -37,30 +42,76 @@ from bdd_engine.weights import WEIGHTS_DIR, MissingWeightsError
 log = logging.getLogger(__name__)
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
-# Ultralytics arguments taken from the profile: config key -> (Ultralytics name, default)
-TRAIN_ARGS: dict[str, tuple[str, Any]] = {
-    "train_imgsz": ("imgsz", 640),
-    "train_batch": ("batch", 16),
-    "train_nbs": ("nbs", 64),
-    "train_optimizer": ("optimizer", "AdamW"),
-    "train_lr0": ("lr0", 0.001),
-    "train_cos_lr": ("cos_lr", True),
-    "train_warmup_epochs": ("warmup_epochs", 3),
-    "train_close_mosaic": ("close_mosaic", 10),
-    "train_mosaic": ("mosaic", 1.0),
-    "train_val": ("val", False),
-    "train_patience": ("patience", 100),
-}
+# Ultralytics arguments every run gets, whatever the spec. patience is Ultralytics' own
+# default, pinned here (it is not a profile key): with val off (every profile) Ultralytics'
+# early stopping has no fitness to watch and never fires; it is kept in the arguments so
+# the fingerprint of every existing run stays the same.
+FIXED_ARGS: dict[str, Any] = {"patience": 100, "deterministic": True}
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Everything one training run needs besides its data and run folder.
+
+    Built from the profile's ``train_*`` keys by the section runner (``flywheel.train_spec``;
+    default.yaml documents each key); arms change ``seed``/``epochs``/``init_weights`` with
+    ``dataclasses.replace``. Values reach Ultralytics as given (no casting), so the
+    fingerprint of a spec equals the one the profile values always gave.
+    """
+
+    model: str                   # bdd_engine/models/ .yaml (from scratch), Ultralytics' yaml, or a .pt (weights/)
+    init_weights: str | None     # a .pt to start from (wins over ``model``); None = ``model`` as given
+    epochs: int                  # epochs of this run
+    imgsz: int                   # px, letterboxed long side
+    batch: int                   # images per batch
+    nbs: int                     # nominal batch size (gradients accumulate up to it)
+    optimizer: str               # Ultralytics optimizer name (explicit: ``auto`` ignores lr0)
+    lr0: float                   # initial learning rate
+    cos_lr: bool                 # cosine LR schedule
+    warmup_epochs: int           # epochs of LR warm-up
+    close_mosaic: int            # last N epochs without mosaic
+    mosaic: float                # mosaic probability, 0..1
+    val: bool                    # Ultralytics' per-epoch validation
+    plots: bool                  # Ultralytics' training plots
+    seed: int                    # Ultralytics seed (deterministic=True always)
+    workers: int                 # DataLoader workers (not in the fingerprint)
+    device: str                  # ``auto`` | ``cpu`` | ``0``, ``1``... (:func:`resolve_device`; not in the fingerprint)
+    synthetic: bool              # recorded in the run card
+    profile: str                 # recorded in the run card
+
+    def ultralytics_args(self) -> dict[str, Any]:
+        """Keyword arguments for ``YOLO.train`` (without model/data/project/device)."""
+        a = asdict(self)
+        args = {k: a[k] for k in ("imgsz", "batch", "nbs", "optimizer", "lr0", "cos_lr", "warmup_epochs",
+                                  "close_mosaic", "mosaic", "val")}
+        args["patience"] = FIXED_ARGS["patience"]
+        args["epochs"] = int(self.epochs)
+        args["seed"] = int(self.seed)
+        args["deterministic"] = FIXED_ARGS["deterministic"]
+        args["workers"] = int(self.workers)
+        args["plots"] = bool(self.plots)
+        return args
 
 
 # ----------------------------------------------------------------------------- resolution
-def resolve_device(device: str | None = "auto") -> str:
-    """``auto`` → ``"0"`` (first CUDA GPU) if available, else ``"cpu"``; anything else verbatim."""
+def resolve_device(device: str | None) -> str:
+    """The package's one device resolver, in Ultralytics' spelling.
+
+    ``auto`` (or None/empty) → ``"0"`` (first CUDA GPU) if torch sees one, else ``"cpu"``;
+    anything else (``cpu``, ``0``, ``0,1``, ``mps``) verbatim."""
     if device in (None, "", "auto"):
         import torch
 
         return "0" if torch.cuda.is_available() else "cpu"
     return str(device)
+
+
+def torch_device(device: str | None) -> str:
+    """:func:`resolve_device`, spelled for ``torch.Tensor.to``: ``"0"`` → ``"cuda:0"``
+    (a list such as ``0,1`` → its first GPU); ``cpu``/``mps``/``cuda:N`` verbatim."""
+    d = resolve_device(device)
+    first = d.split(",")[0].strip()
+    return f"cuda:{first}" if first.isdigit() else d
 
 
 def _weights_path(name: str | os.PathLike) -> Path:
@@ -150,23 +201,13 @@ def _prepare_amp(device: str) -> bool:
 
 
 # ----------------------------------------------------------------------------- train
-def train_args(cfg: Mapping[str, Any], epochs: int | None = None) -> dict[str, Any]:
-    """Ultralytics keyword arguments from the profile (without model/data/project)."""
-    args = {ul: cfg.get(key, default) for key, (ul, default) in TRAIN_ARGS.items()}
-    args["epochs"] = int(epochs if epochs is not None else cfg.get("train_epochs", 1))
-    args["seed"] = int(cfg.get("seed", 42))
-    args["deterministic"] = True
-    args["workers"] = int(cfg.get("workers", 0))
-    args["plots"] = bool(cfg.get("train_plots", False))
-    return args
-
-
-def fingerprint(cfg: Mapping[str, Any], data_hash: str, model: str, init_weights: str | None,
-                epochs: int) -> str:
-    """Everything that changes the trained weights (device and paths excluded)."""
+def fingerprint(spec: TrainSpec, data_hash: str, model: str, init_weights: str | None) -> str:
+    """Everything that changes the trained weights: the Ultralytics arguments of ``spec``
+    (device, workers and paths excluded), the data hash, and the model and init weights
+    (sha256 when they are files; ``model``/``init_weights`` as :func:`resolve_model` gives them)."""
     init_hash = sha256_file(init_weights) if init_weights and Path(init_weights).is_file() else None
     model_hash = sha256_file(model) if Path(model).is_file() else model
-    payload = {"args": {k: v for k, v in train_args(cfg, epochs).items() if k != "workers"},
+    payload = {"args": {k: v for k, v in spec.ultralytics_args().items() if k != "workers"},
                "data": data_hash, "model": model_hash, "init": init_hash}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -184,32 +225,27 @@ def _weights_of(run_dir: Path, val: bool) -> Path:
     return w / "best.pt" if val and (w / "best.pt").exists() else w / "last.pt"
 
 
-def train(cfg: Mapping[str, Any], data_yaml: str | os.PathLike, out_dir: str | os.PathLike,
-          init_weights: str | os.PathLike | None = None, epochs: int | None = None, name: str = "iter0",
+def train(spec: TrainSpec, data_yaml: str | os.PathLike, out_dir: str | os.PathLike, *, name: str,
           data_hash: str | None = None, callbacks: Mapping[str, Callable] | None = None) -> Path:
     """Train (or resume, or skip when fresh) and return the weights path.
 
-    Run folder: ``<out_dir>/<name>/`` with Ultralytics' outputs and ``run_card.json``
-    (config, data hash, git commit, device, wall time, final Ultralytics val metrics).
-    ``init_weights`` defaults to ``cfg.train_init_weights``; ``data_hash`` to the sha256
-    of the data yaml (pass the data manifest hash: the yaml alone does not change when
-    labels do). ``callbacks``: extra Ultralytics callbacks {event: fn} (tests use them to
-    interrupt a run).
+    ``spec``: the run's hyper-parameters, model, init weights and device (:class:`TrainSpec`).
+    ``data_yaml``: an Ultralytics data yaml (``yolo.export_yolo``). Run folder:
+    ``<out_dir>/<name>/`` with Ultralytics' outputs and ``run_card.json`` (spec provenance,
+    Ultralytics arguments, data hash, git commit, device, wall time, final Ultralytics val
+    metrics). ``data_hash``: identifies the training data (pass the data manifest hash: the
+    yaml alone does not change when labels do); None = sha256 of the yaml. ``callbacks``:
+    extra Ultralytics callbacks {event: fn} (tests use them to interrupt a run).
     """
-    import ultralytics
-    from ultralytics import YOLO
-
     data_yaml = Path(data_yaml).resolve()
     if not data_yaml.is_file():
         raise FileNotFoundError(f"data yaml not found: {data_yaml} (export it with bdd_engine.yolo.export_yolo)")
     run_dir = Path(out_dir).resolve() / name
     card_path = run_dir / "run_card.json"
-    init = init_weights if init_weights is not None else cfg.get("train_init_weights")
-    model_src, pretrained = resolve_model(str(cfg.get("train_model", "yolov8n.yaml")), init)
-    n_epochs = int(epochs if epochs is not None else cfg.get("train_epochs", 1))
+    model_src, pretrained = resolve_model(spec.model, spec.init_weights)
     dhash = data_hash or sha256_file(data_yaml)
-    fp = fingerprint(cfg, dhash, model_src, model_src if pretrained else None, n_epochs)
-    args = train_args(cfg, n_epochs)
+    fp = fingerprint(spec, dhash, model_src, model_src if pretrained else None)
+    args = spec.ultralytics_args()
     weights = _weights_of(run_dir, bool(args["val"]))
 
     card = _read_card(card_path)
@@ -217,36 +253,64 @@ def train(cfg: Mapping[str, Any], data_yaml: str | os.PathLike, out_dir: str | o
         log.info("training %s is fresh (fingerprint %s): reusing %s", name, fp, weights)
         return weights
 
-    device = resolve_device(cfg.get("device", "auto"))
-    last = run_dir / "weights" / "last.pt"
-    same = card.get("fingerprint") == fp and last.is_file()
-    state = checkpoint_state(last) if same else "unusable"
-    if state == "finished-unstripped":
-        log.info("%s: the last epoch was saved but the run was interrupted before it was finalised; finalising", name)
-        finalize_unstripped(run_dir)
-        state = "finished"
+    device = resolve_device(spec.device)
+    state = _previous_run(run_dir, card, fp)
     if state == "finished":  # every epoch ran: write the card the interrupted run could not
-        return _finish_card(card_path, card, run_dir, args, n_epochs, metrics={}, wall=float(card.get("wall_time_s", 0.0)),
-                            resumed=True)
+        return _finish_card(card_path, card, run_dir, args, spec.epochs, metrics={},
+                            wall=float(card.get("wall_time_s", 0.0)), resumed=True)
     resume = state == "resumable"
     if run_dir.exists() and not resume:
         log.info("discarding %s (different fingerprint or unusable checkpoint)", run_dir)
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    base_card = {
-        "name": name, "fingerprint": fp, "finished": False, "synthetic": bool(cfg.get("synthetic", False)),
-        "profile": cfg.get("profile"), "model": model_src, "pretrained": pretrained,
-        "init_weights": str(init) if init else None, "data_yaml": str(data_yaml), "data_hash": dhash,
-        "config": {**{k: cfg.get(k) for k in TRAIN_ARGS if k in cfg}, **args},
-        "git_commit": git_commit(), "device": device, "torch": _torch_version(),
-        "ultralytics": ultralytics.__version__, "python": platform.python_version(),
-    }
+    base_card = _run_card(spec, name, fp, model_src, pretrained, data_yaml, dhash, args, device)
     if not resume:
         atomic_write_json(card_path, base_card)   # the fingerprint a later resume must match
 
     t0 = time.time()
+    metrics = _fit(run_dir, model_src, pretrained, resume, data_yaml, device, args, callbacks)
+    prev_wall = float(card.get("wall_time_s", 0.0)) if resume else 0.0
+    return _finish_card(card_path, base_card, run_dir, args, spec.epochs, metrics, prev_wall + time.time() - t0,
+                        resumed=bool(resume or card.get("resumed", False)))
+
+
+def _previous_run(run_dir: Path, card: Mapping[str, Any], fp: str) -> str:
+    """What an earlier run with this fingerprint left: ``"finished"`` (an unstripped last
+    epoch is finalised first), ``"resumable"``, or ``"unusable"`` (none, or another fingerprint)."""
+    last = run_dir / "weights" / "last.pt"
+    same = card.get("fingerprint") == fp and last.is_file()
+    state = checkpoint_state(last) if same else "unusable"
+    if state == "finished-unstripped":
+        log.info("%s: the last epoch was saved but the run was interrupted before it was finalised; finalising",
+                 run_dir.name)
+        finalize_unstripped(run_dir)
+        state = "finished"
+    return state
+
+
+def _run_card(spec: TrainSpec, name: str, fp: str, model_src: str, pretrained: bool, data_yaml: Path, dhash: str,
+              args: Mapping[str, Any], device: str) -> dict[str, Any]:
+    """The run card written before training starts (``finished: false``)."""
+    import ultralytics
+
+    return {
+        "name": name, "fingerprint": fp, "finished": False, "synthetic": bool(spec.synthetic),
+        "profile": spec.profile, "model": model_src, "pretrained": pretrained,
+        "init_weights": str(spec.init_weights) if spec.init_weights else None, "data_yaml": str(data_yaml),
+        "data_hash": dhash, "config": dict(args),
+        "git_commit": git_commit(), "device": device, "torch": _torch_version(),
+        "ultralytics": ultralytics.__version__, "python": platform.python_version(),
+    }
+
+
+def _fit(run_dir: Path, model_src: str, pretrained: bool, resume: bool, data_yaml: Path, device: str,
+         args: Mapping[str, Any], callbacks: Mapping[str, Callable] | None) -> dict[str, float]:
+    """Run (or resume) ``YOLO.train``; Ultralytics' final metrics as floats."""
+    from ultralytics import YOLO
+
+    last = run_dir / "weights" / "last.pt"
     if resume:
-        log.info("resuming interrupted training %s from %s", name, last)
+        log.info("resuming interrupted training %s from %s", run_dir.name, last)
         model = YOLO(str(last))
     else:
         model = YOLO(model_src)
@@ -258,11 +322,8 @@ def train(cfg: Mapping[str, Any], data_yaml: str | os.PathLike, out_dir: str | o
         model.train(data=str(data_yaml), project=str(run_dir.parent), name=run_dir.name, exist_ok=True,
                     pretrained=pretrained, device=device, amp=_prepare_amp(device), verbose=False, **args)
     trainer = model.trainer
-    metrics = {k: float(v) for k, v in (getattr(trainer, "metrics", None) or {}).items()
-               if isinstance(v, (int, float, np.floating))}
-    prev_wall = float(card.get("wall_time_s", 0.0)) if resume else 0.0
-    return _finish_card(card_path, base_card, run_dir, args, n_epochs, metrics, prev_wall + time.time() - t0,
-                        resumed=bool(resume or card.get("resumed", False)))
+    return {k: float(v) for k, v in (getattr(trainer, "metrics", None) or {}).items()
+            if isinstance(v, (int, float, np.floating))}
 
 
 def _finish_card(card_path: Path, base_card: Mapping[str, Any], run_dir: Path, args: Mapping[str, Any], n_epochs: int,
@@ -273,7 +334,7 @@ def _finish_card(card_path: Path, base_card: Mapping[str, Any], run_dir: Path, a
         raise RuntimeError(f"Ultralytics finished without {weights}; see {run_dir}")
     atomic_write_json(card_path, {
         **base_card, "finished": True, "resumed": resumed,
-        "epochs": n_epochs, "wall_time_s": round(wall, 2),
+        "epochs": int(n_epochs), "wall_time_s": round(wall, 2),
         "weights": str(weights), "weights_sha256": sha256_file(weights),
         "final_metrics": {"source": "ultralytics val on data.yaml val split (not the BDD metric)", **metrics},
     })
@@ -287,14 +348,16 @@ def _torch_version() -> str:
 
 
 # ----------------------------------------------------------------------------- predict
-def predict(weights: str | os.PathLike, image_paths: Sequence[str | os.PathLike], conf: float = 0.001,
-            imgsz: int | None = None, batch: int = 16, device: str | None = "auto", iou: float = 0.7,
-            max_det: int = 300, progress: bool = True) -> list[dict[str, Any]]:
+def predict(weights: str | os.PathLike, image_paths: Sequence[str | os.PathLike], *, conf: float, device: str,
+            imgsz: int | None = None, batch: int = 16, iou: float = 0.7, max_det: int = 300,
+            progress: bool = True) -> list[dict[str, Any]]:
     """One inference pass → BDD frames ``{"name", "attributes": {}, "labels": [...]}``.
 
     Labels: ``category`` (the model's class name, must be a BDD class), ``box2d`` xyxy in
-    pixels of the original image, ``score``. ``conf`` 0.001 is for mAP (COCO/BDD eval
-    expects low-score detections); filter later for pictures. NMS IoU 0.7 and
+    pixels of the original image, ``score``. ``conf``: score threshold in [0, 1] (for mAP
+    keep it low, e.g. the profile's ``eval_conf`` 0.001: COCO/BDD eval expects low-score
+    detections; filter later for pictures). ``device``: ``auto`` | ``cpu`` | ``0``...
+    (:func:`resolve_device`). ``batch``: images per forward pass. NMS IoU 0.7 and
     ``max_det`` 300 are Ultralytics' validation defaults. ``imgsz`` None = the size the
     weights were trained at (from the checkpoint; 640 if unknown). Missing image files raise.
     """

@@ -69,14 +69,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--profile", default="demo", help="whose data root to use when --data is not given")
     ap.add_argument("--data", default=None, help="BDD-layout root (default: the profile's; synthetic → generated if missing)")
-    ap.add_argument("--imgsz", type=int, default=224)
+    ap.add_argument("--imgsz", type=int, default=None, help="gradhist's shorter side in px (default: the profile's embed_imgsz)")
     ap.add_argument("--min-val", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: the profile's workers)")
     args = ap.parse_args(argv)
-    f = load_frames(Path(args.data) if args.data else synth.ensure_world(load_config(args.profile)))
+    cfg = load_config(args.profile)
+    f = load_frames(Path(args.data) if args.data else synth.ensure_world(cfg))
+    imgsz = args.imgsz if args.imgsz is not None else int(cfg.embed_imgsz)
+    workers = args.workers if args.workers is not None else int(cfg.workers)
     with tempfile.TemporaryDirectory() as tmp:
-        gh, _ = E.embed_frames(E.GradHistEmbedder(args.imgsz), f["image_path"], f["name"], tmp, workers=args.workers)
+        gh, _ = E.embed_frames(E.GradHistEmbedder(imgsz), f["image_path"], f["name"], tmp,
+                               batch_size=int(cfg.embed_batch), workers=workers)
         embs = {"gradhist": np.asarray(gh), "thumb32x18": thumbnails(list(f["image_path"]))}
     result = {}
     for name, emb in embs.items():

@@ -33,6 +33,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -44,21 +45,22 @@ import bdd_engine  # noqa: E402,F401  (offline-safe env first)
 from bdd_engine import bdd, explorer, synth, yolo  # noqa: E402
 from bdd_engine.config import load_config  # noqa: E402
 from bdd_engine.evaluate import MAX_DETS, evaluate, pycocotools_reference  # noqa: E402
+from bdd_engine.flywheel import train_spec  # noqa: E402
 from bdd_engine.train import predict, resolve_device, train  # noqa: E402
 
 log = logging.getLogger("bench_eval")
 
 
 def _image_wh(cfg) -> tuple[int, int]:
-    return (int(cfg.synth_width), int(cfg.synth_height)) if cfg.get("synthetic") else (1280, 720)
+    return (int(cfg.synth_width), int(cfg.synth_height)) if cfg.synthetic else (1280, 720)
 
 
 def _quick_weights(cfg, root: Path, images: dict, train_frames: list, work: Path, epochs: int) -> Path:
     """A small detector for the benchmark (the numbers compared are all computed from it)."""
     data_yaml, _ = yolo.export_yolo({"train": train_frames, "val": train_frames[:32]}, images,
                                     work / "yolo_train", _image_wh(cfg))
-    c = dict(cfg, train_epochs=epochs, train_close_mosaic=min(int(cfg.get("train_close_mosaic", 0)), epochs))
-    return train(c, data_yaml, work / "runs", name="bench")
+    spec = replace(train_spec(cfg), epochs=epochs, close_mosaic=min(int(cfg.train_close_mosaic), epochs))
+    return train(spec, data_yaml, work / "runs", name="bench")
 
 
 def _fiftyone_dataset(gt: list, preds: list, wh: tuple[int, int], images: dict):
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = load_config(args.profile)
     root = synth.ensure_world(cfg)
-    tag = "SYNTHETIC" if cfg.get("synthetic") else "BDD100K"
+    tag = "SYNTHETIC" if cfg.synthetic else "BDD100K"
     images = bdd.index_images(root, cfg.image_sets)
     val = sorted(bdd.load_frames(root / "labels/det_20/det_val.json"), key=lambda f: f["name"])
     rng = np.random.default_rng(int(cfg.seed))
@@ -124,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench_eval_"))
     work.mkdir(parents=True, exist_ok=True)
     imgsz = int(args.imgsz or cfg.train_imgsz)
-    device = resolve_device(cfg.get("device", "auto"))
+    device = resolve_device(cfg.device)
     try:
         iter0 = cfg.out / "runs" / "iter0" / "weights" / "last.pt"
         if args.weights or iter0.is_file():

@@ -125,7 +125,7 @@ def run_method(method: str, xb: np.ndarray, q: np.ndarray, calib: np.ndarray, k:
     t0 = time.perf_counter()
     info: dict = {}
     if method == "faiss_flat":
-        index = build_index(xb, ivf_above=len(xb) + 1, k=k)
+        index = build_index(xb, ivf_above=len(xb) + 1, seed=seed, k=k, target_recall=0.95)  # exact: seed, recall unused
         search = lambda: index.search(q, k)[1]  # noqa: E731
     elif method == "faiss_ivf":
         index = build_index(xb, ivf_above=0, seed=seed, k=k, target_recall=0.95, calib_queries=calib)

@@ -48,13 +48,13 @@ def test_embedding_map_deterministic(method):
     rng = np.random.default_rng(0)
     emb = E.l2_normalize(rng.normal(size=(len(f), 8)))
     emb[5] = 0.0  # unreadable image: left out
-    a = C.embedding_map(emb, list(f["name"]), f, method, max_points=50, top_slices=2)
-    b = C.embedding_map(emb, list(f["name"]), f, method, max_points=50, top_slices=2)
+    a = C.embedding_map(emb, list(f["name"]), f, method, max_points=50, seed=42, top_slices=2)
+    b = C.embedding_map(emb, list(f["name"]), f, method, max_points=50, seed=42, top_slices=2)
     pd.testing.assert_frame_equal(a, b)
     assert len(a) == 50 and "f005.jpg" not in set(a["name"]) and a["slice"].notna().all()
     assert set(a["colour_group"]) <= {"clear | daytime | city street", "clear | night | city street", "other"}
     with pytest.raises(ValueError, match="umap-learn|unknown"):
-        C.project_2d(emb, "umap" if not _has_umap() else "nope")
+        C.project_2d(emb, "umap" if not _has_umap() else "nope", 42)
 
 
 def _has_umap() -> bool:
@@ -80,11 +80,15 @@ def tiny_world(tmp_path_factory):
 def test_s2_and_s6_on_tiny_world(tmp_path, tiny_world):
     cfg, frames = tiny_world
     cfg = load_config("tiny", overrides={"outputs_dir": str(tmp_path / "out")}, env=False)
-    emb, names = E.embed_frames(E.get_embedder(cfg), frames["image_path"], frames["name"], tmp_path / "emb",
+    embedder = E.get_embedder(cfg.embed_model, device=cfg.device, imgsz=cfg.embed_imgsz, clip_arch=cfg.embed_clip_arch,
+                              clip_weights=cfg.embed_clip_weights, dinov2_dir=cfg.embed_dinov2_dir)
+    emb, names = E.embed_frames(embedder, frames["image_path"], frames["name"], tmp_path / "emb",
                                 batch_size=cfg.embed_batch, workers=cfg.workers, progress=False)
     assert emb.shape == (len(frames), 373)
 
-    res = C.curate(cfg, frames, emb, names, embedder_name="gradhist")
+    res = C.curate(frames, emb, names, embedder_name="gradhist", small_slice=cfg.curate_small_slice,
+                   map_method=cfg.curate_map_method, map_points=cfg.curate_map_points, seed=cfg.seed,
+                   synthetic=cfg.synthetic)
     with Section(cfg, 2).writer() as w:
         C.write_artifacts(res, w)
     figs = tmp_path / "out" / "figures"
@@ -99,7 +103,10 @@ def test_s2_and_s6_on_tiny_world(tmp_path, tiny_world):
     worst = val[val["timeofday"] == "night"]["slice"].value_counts().index[0]
     pf = pd.DataFrame({"name": val["name"], "ap50": np.where(val["slice"] == worst, 0.0, 0.7),
                        "recall50": np.where(val["slice"] == worst, 0.1, 0.8), "n_gt": 2, "n_pred": 2})
-    r = M.mine(cfg, pf, val, pool, emb, names, worst_slice=worst)
+    r = M.mine(pf, val, pool, emb, names, k=cfg.mine_k, strategy=cfg.mine_strategy, by=cfg.eval_by,
+               fail_ap=cfg.mine_fail_ap, fail_recall=cfg.mine_fail_recall, hybrid_targeted=cfg.mine_hybrid_targeted,
+               ivf_above=cfg.mine_ivf_above, ivf_recall=cfg.mine_ivf_recall, min_frames=cfg.eval_min_frames,
+               seed=cfg.seed, synthetic=cfg.synthetic, worst_slice=worst)
     h = r.headline()
     assert len(r.mined) == cfg.mine_k and h["base_rate"] == pytest.approx((pool["slice"] == worst).mean())
     tod = r.precision[(r.precision.level == "timeofday") & (r.precision.top == cfg.mine_k)].iloc[0]

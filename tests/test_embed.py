@@ -15,6 +15,9 @@ from bdd_engine import embed as E
 from bdd_engine import weights
 from bdd_engine.weights import MissingWeightsError
 
+# get_embedder's options as the demo profile sets them (clip/dinov2 weights: the registry), on CPU
+OPTS = {"device": "cpu", "imgsz": 224, "clip_arch": "ViT-B-32", "clip_weights": None, "dinov2_dir": None}
+
 
 # ----------------------------------------------------------------------------- fixtures
 def scene(seed: int, condition: str = "clear", wh: tuple[int, int] = (160, 90)) -> Image.Image:
@@ -95,13 +98,13 @@ def test_gradhist_retrieves_condition_not_scene():
 def test_embed_frames_cache_bit_identical_and_not_recomputed(tmp_path, images):
     paths, names = images
     e1 = CountingEmbedder()
-    a, n1 = E.embed_frames(e1, paths, names, tmp_path / "c1", batch_size=5, progress=False)
+    a, n1 = E.embed_frames(e1, paths, names, tmp_path / "c1", batch_size=5, workers=0, progress=False)
     assert isinstance(a, np.memmap) and a.shape == (23, e1.dim) and a.dtype == np.float32 and n1 == names
     np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
     assert e1.rows == 23
     # same cache dir: served from disk, nothing forwarded
     e2 = CountingEmbedder()
-    b, _ = E.embed_frames(e2, paths, names, tmp_path / "c1", batch_size=5, progress=False)
+    b, _ = E.embed_frames(e2, paths, names, tmp_path / "c1", batch_size=5, workers=0, progress=False)
     assert e2.rows == 0 and Path(b.filename) == Path(a.filename)
     # fresh cache dir: recomputed bit-identically, also with 2 DataLoader workers
     e3 = CountingEmbedder()
@@ -123,15 +126,15 @@ def test_cache_key_changes_with_frames_and_params(tmp_path, images):
 
 def test_resume_after_interruption(tmp_path, images):
     paths, names = images
-    ref, _ = E.embed_frames(CountingEmbedder(), paths, names, tmp_path / "ref", batch_size=4, progress=False)
+    ref, _ = E.embed_frames(CountingEmbedder(), paths, names, tmp_path / "ref", batch_size=4, workers=0, progress=False)
     broken = CountingEmbedder(fail_after=3)
     with pytest.raises(KeyboardInterrupt):
-        E.embed_frames(broken, paths, names, tmp_path / "c", batch_size=4, flush_every=100, progress=False)
+        E.embed_frames(broken, paths, names, tmp_path / "c", batch_size=4, workers=0, flush_every=100, progress=False)
     entry = next((tmp_path / "c").iterdir())
     assert not (entry / "embeddings.npy").exists()  # incomplete runs never look complete
     assert json.loads((entry / "progress.json").read_text())["rows_done"] == 12
     again = CountingEmbedder()
-    out, _ = E.embed_frames(again, paths, names, tmp_path / "c", batch_size=8, progress=False)
+    out, _ = E.embed_frames(again, paths, names, tmp_path / "c", batch_size=8, workers=0, progress=False)
     assert again.rows == 23 - 12  # resumed (with the recorded batch size 4), not restarted
     assert np.array_equal(np.asarray(out), np.asarray(ref))
     assert not (entry / "progress.json").exists()
@@ -142,7 +145,7 @@ def test_unreadable_images_are_zero_rows_and_reported(tmp_path, images):
     Path(paths[2]).write_bytes(b"not a jpeg")
     paths[5] = str(tmp_path / "missing.jpg")
     with pytest.warns(UserWarning, match="2 of 23 images missing or unreadable"):
-        a, _ = E.embed_frames(CountingEmbedder(), paths, names, tmp_path / "c", batch_size=4, progress=False)
+        a, _ = E.embed_frames(CountingEmbedder(), paths, names, tmp_path / "c", batch_size=4, workers=0, progress=False)
     assert not a[2].any() and not a[5].any() and a[3].any()
     assert E.load_meta(a)["unreadable"] == [names[2], names[5]]
 
@@ -150,25 +153,25 @@ def test_unreadable_images_are_zero_rows_and_reported(tmp_path, images):
 def test_bad_input_errors(tmp_path, images):
     paths, names = images
     with pytest.raises(ValueError, match="unique"):
-        E.embed_frames(CountingEmbedder(), paths[:2], [names[0]] * 2, tmp_path, progress=False)
+        E.embed_frames(CountingEmbedder(), paths[:2], [names[0]] * 2, tmp_path, batch_size=4, workers=0, progress=False)
     with pytest.raises(ValueError, match="2 names but 1"):
-        E.embed_frames(CountingEmbedder(), paths[:1], names[:2], tmp_path, progress=False)
+        E.embed_frames(CountingEmbedder(), paths[:1], names[:2], tmp_path, batch_size=4, workers=0, progress=False)
     with pytest.raises(ValueError, match="unknown embed_model"):
-        E.get_embedder({"embed_model": "resnet"})
+        E.get_embedder("resnet", **OPTS)
 
 
 # ----------------------------------------------------------------------------- clip / dinov2
 def test_missing_weights_name_setup_script(tmp_path, monkeypatch):
-    for cfg in ({"embed_model": "clip", "embed_clip_weights": str(tmp_path / "nope.bin")},
-                {"embed_model": "dinov2", "embed_dinov2_dir": str(tmp_path / "nope")}):
+    for kind, given in (("clip", {"clip_weights": str(tmp_path / "nope.bin")}),
+                        ("dinov2", {"dinov2_dir": str(tmp_path / "nope")})):
         with pytest.raises(MissingWeightsError, match=r"\./setup\.sh --weights") as ei:
-            E.get_embedder({**cfg, "device": "cpu"})
+            E.get_embedder(kind, **{**OPTS, **given})
         assert str(tmp_path / "nope") in str(ei.value)
     # default location (weights/ registry), as the full profile uses it
     monkeypatch.setattr(weights, "WEIGHTS_DIR", tmp_path / "weights")
     for kind in ("clip", "dinov2"):
         with pytest.raises(MissingWeightsError, match=r"\./setup\.sh --weights") as ei:
-            E.get_embedder({"embed_model": kind, "device": "cpu"})
+            E.get_embedder(kind, **OPTS)
         assert str(tmp_path / "weights") in str(ei.value)
 
 
@@ -205,14 +208,12 @@ def build_tiny_dinov2(tmp_path: Path) -> Path:
 def test_model_embedders_end_to_end(tmp_path, images, kind):
     paths, names = images
     if kind == "clip":
-        cfg = {"embed_model": "clip", "embed_clip_arch": "tiny-random-clip-test",
-               "embed_clip_weights": str(build_tiny_clip(tmp_path)), "device": "cpu"}
+        opts = {**OPTS, "clip_arch": "tiny-random-clip-test", "clip_weights": str(build_tiny_clip(tmp_path))}
         dim, name = 24, "clip-tiny-random-clip-test"
     else:
-        cfg = {"embed_model": "dinov2", "embed_dinov2_dir": str(build_tiny_dinov2(tmp_path)), "embed_imgsz": 56,
-               "device": "cpu"}
+        opts = {**OPTS, "dinov2_dir": str(build_tiny_dinov2(tmp_path)), "imgsz": 56}
         dim, name = 32, "dinov2"
-    emb = E.get_embedder(cfg)
+    emb = E.get_embedder(kind, **opts)
     assert emb.dim == dim and emb.name == name and len(emb.weights_hash) == 64
     direct = E.l2_normalize(emb.embed_batch([Image.open(p) for p in paths[:6]]))
     a, _ = E.embed_frames(emb, paths, names, tmp_path / "cache", batch_size=6, workers=2, progress=False)
@@ -221,10 +222,11 @@ def test_model_embedders_end_to_end(tmp_path, images, kind):
     np.testing.assert_allclose(a[:6], direct, atol=1e-5)  # store == direct batch call
     assert np.abs(a[0] - a[1]).max() > 1e-3  # different images, different vectors
     # cached: a second embedder instance forwards nothing
-    emb2 = E.get_embedder(cfg)
+    emb2 = E.get_embedder(kind, **opts)
     emb2.forward = lambda batch: (_ for _ in ()).throw(AssertionError("recomputed"))  # type: ignore[method-assign]
-    b, _ = E.embed_frames(emb2, paths, names, tmp_path / "cache", batch_size=6, progress=False)
+    b, _ = E.embed_frames(emb2, paths, names, tmp_path / "cache", batch_size=6, workers=0, progress=False)
     assert np.array_equal(np.asarray(a), np.asarray(b))
     # re-run from scratch is bit-identical
-    c, _ = E.embed_frames(E.get_embedder(cfg), paths, names, tmp_path / "cache2", batch_size=6, progress=False)
+    c, _ = E.embed_frames(E.get_embedder(kind, **opts), paths, names, tmp_path / "cache2", batch_size=6, workers=0,
+                          progress=False)
     assert np.array_equal(np.asarray(a), np.asarray(c))

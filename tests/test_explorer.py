@@ -184,8 +184,11 @@ def test_similarity_top10_equals_faiss_mining(ds, world):
     eval_df = ft[ft["name"].isin(pools["eval"])]
     worst = eval_df["slice"].value_counts().index[0]
     per_frame = pd.DataFrame({"name": eval_df["name"], "ap50": 0.0, "recall50": 0.0, "n_gt": 3, "n_pred": 1})
-    res = mine.mine({**cfg, "mine_k": 10, "mine_strategy": "prototype"}, per_frame, eval_df,
-                    ft[ft["name"].isin(pools["pool"])], emb, names, worst_slice=worst)
+    res = mine.mine(per_frame, eval_df, ft[ft["name"].isin(pools["pool"])], emb, names, k=10, strategy="prototype",
+                    by=cfg.eval_by, fail_ap=cfg.mine_fail_ap, fail_recall=cfg.mine_fail_recall,
+                    hybrid_targeted=cfg.mine_hybrid_targeted, ivf_above=cfg.mine_ivf_above,
+                    ivf_recall=cfg.mine_ivf_recall, min_frames=cfg.eval_min_frames, seed=cfg.seed,
+                    synthetic=cfg.synthetic, worst_slice=worst)
     assert len(res.failure_names) >= 2
     proto = emb[[names.index(n) for n in res.failure_names]].mean(0)
     ds.sort_by_similarity(ds.first().id, k=5, brain_key="img_sim")  # an earlier query on another view ...

@@ -177,11 +177,12 @@ import os, signal, sys
 from pathlib import Path
 from tests.conftest import make_cfg
 from bdd_engine import train
+from bdd_engine.flywheel import train_spec
 cfg = make_cfg(Path(sys.argv[1]), Path(sys.argv[2]), train_epochs=1)
 def die(trainer):
     if trainer.epoch == trainer.epochs - 1:
         os.kill(os.getpid(), signal.SIGKILL)   # right after the last epoch's last.pt is on disk
-train.train(cfg, sys.argv[3], Path(sys.argv[2]) / "runs", name="iter0", data_hash="h",
+train.train(train_spec(cfg), sys.argv[3], Path(sys.argv[2]) / "runs", name="iter0", data_hash="h",
             callbacks={"on_model_save": die})
 """
 
@@ -195,11 +196,11 @@ def test_kill_after_last_epoch_save_is_finalised_not_stuck(tiny_world, tmp_path)
     assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
     last = cfg.out / "runs" / "iter0" / "weights" / "last.pt"
     assert train.checkpoint_state(last) == "finished-unstripped"
-    w = train.train(cfg, r3.info["data_yaml"], cfg.out / "runs", name="iter0", data_hash="h")
+    w = train.train(fw.train_spec(cfg), r3.info["data_yaml"], cfg.out / "runs", name="iter0", data_hash="h")
     assert w == last and train.checkpoint_state(last) == "finished"
     card = json.loads((cfg.out / "runs" / "iter0" / "run_card.json").read_text())
     assert card["finished"] and card["weights_sha256"] == checkpoint.sha256_file(last)
-    assert train.train(cfg, r3.info["data_yaml"], cfg.out / "runs", name="iter0", data_hash="h") == last
+    assert train.train(fw.train_spec(cfg), r3.info["data_yaml"], cfg.out / "runs", name="iter0", data_hash="h") == last
 
 
 # ----------------------------------------------------------------------------- 5 unreadable images

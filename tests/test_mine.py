@@ -44,9 +44,11 @@ def world(n_pool: int = 400, n_eval: int = 100, d: int = 32, noise: float = 0.6,
     return pool.drop(columns="_c"), ev.drop(columns="_c"), per_frame, x, list(allf["name"])
 
 
-def cfg(**kw):
-    base = {"seed": 42, "mine_k": 30, "mine_strategy": "prototype", "mine_fail_ap": 0.0, "mine_fail_recall": 0.3,
-            "mine_hybrid_targeted": 0.7, "mine_ivf_above": 200_000, "eval_by": ["weather", "timeofday", "scene"]}
+def opts(**kw):
+    """mine()'s keyword arguments (the demo profile's values, k 30)."""
+    base = {"k": 30, "strategy": "prototype", "by": ["weather", "timeofday", "scene"], "fail_ap": 0.0,
+            "fail_recall": 0.3, "hybrid_targeted": 0.7, "ivf_above": 200_000, "ivf_recall": 0.95, "min_frames": 15,
+            "seed": 42, "synthetic": False}
     return {**base, **kw}
 
 
@@ -55,15 +57,15 @@ def test_failure_frames_rule_and_fallback():
     ev = pd.DataFrame({"name": list("abcdef"), "slice": [WORST] * 5 + ["x"]})
     pf = pd.DataFrame({"name": list("abcdef"), "ap50": [0.0, 0.5, 0.9, np.nan, 0.7, 0.0],
                        "recall50": [0.0, 0.2, 0.9, np.nan, 0.35, 0.0]})
-    names, rule = M.failure_frames(pf, ev, WORST)
+    names, rule = M.failure_frames(pf, ev, WORST, fail_ap=0.0, fail_recall=0.3)
     assert names == ["a", "b"] and "recall50 < 0.3" in rule  # NaN (no GT) and other slices never fail
     pf2 = pf.assign(ap50=[0.4, 0.5, 0.9, np.nan, 0.7, 0.0], recall50=0.9)
-    names, rule = M.failure_frames(pf2, ev, WORST)
+    names, rule = M.failure_frames(pf2, ev, WORST, fail_ap=0.0, fail_recall=0.3)
     assert names == ["a", "b"] and rule.startswith("fallback")  # below-median AP, said so
     with pytest.raises(ValueError, match="no frames"):
-        M.failure_frames(pf, ev, "nope | nope | nope")
+        M.failure_frames(pf, ev, "nope | nope | nope", fail_ap=0.0, fail_recall=0.3)
     with pytest.raises(ValueError, match="columns"):
-        M.failure_frames(pf.drop(columns="recall50"), ev, WORST)
+        M.failure_frames(pf.drop(columns="recall50"), ev, WORST, fail_ap=0.0, fail_recall=0.3)
 
 
 def test_mining_precision_numbers():
@@ -81,7 +83,7 @@ def test_mining_precision_numbers():
 def test_greedy_k_center_picks_far_points():
     x = np.array([[1, 0], [0.99, 0.141], [0, 1], [-1, 0], [0.7071, 0.7071]], np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    ids, d = M.greedy_k_center(x, 2, init=[0])
+    ids, d = M.greedy_k_center(x, 2, init=[0], seed=42)
     assert list(ids) == [3, 2] and d[0] == pytest.approx(2.0, abs=1e-5)  # opposite first, then orthogonal
     ids2, _ = M.greedy_k_center(x, 3, seed=1)
     assert len(set(ids2)) == 3 and list(ids2) == list(M.greedy_k_center(x, 3, seed=1)[0])
@@ -110,7 +112,7 @@ def test_ivf_recall_and_determinism():
     c = rng.normal(size=(40, 16))
     x = c[rng.integers(0, 40, 6000)] + 0.3 * rng.normal(size=(6000, 16))
     x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-    flat = M.build_index(x, ivf_above=10_000)
+    flat = M.build_index(x, ivf_above=10_000, seed=42, k=100, target_recall=0.95)
     ivf = M.build_index(x, ivf_above=1000, k=20, target_recall=0.95, seed=3)
     assert flat.info["kind"] == "flat" and ivf.info["kind"] == "ivf" and ivf.info["nlist"] == 64
     assert ivf.info["calib_recall"] >= 0.95 and 1 <= ivf.info["nprobe"] < 64
@@ -118,14 +120,14 @@ def test_ivf_recall_and_determinism():
     _, e = flat.search(q, 20)
     _, a = ivf.search(q, 20)
     assert M.recall_at_k(a, e) >= 0.9
-    _, b = M.build_index(x, ivf_above=1000, k=20, seed=3).search(q, 20)
+    _, b = M.build_index(x, ivf_above=1000, k=20, target_recall=0.95, seed=3).search(q, 20)
     assert np.array_equal(a, b)
 
 
 # ----------------------------------------------------------------------------- mine()
 def test_mine_prototype_precision_and_determinism():
     pool, ev, pf, x, names = world()
-    r = M.mine(cfg(), pf, ev, pool, x, names, worst_slice=WORST)
+    r = M.mine(pf, ev, pool, x, names, worst_slice=WORST, **opts())
     assert r.index_info["kind"] == "flat" and len(r.mined) == 30
     assert list(r.mined.columns[:4]) == ["rank", "name", "score", "source"]
     assert r.mined["score"].is_monotonic_decreasing and r.mined["name"].is_unique
@@ -135,14 +137,14 @@ def test_mine_prototype_precision_and_determinism():
     assert h["precision"] >= 3 * h["base_rate"] and h["precision"] >= 0.8
     n_worst_eval = (ev["slice"] == WORST).sum()
     assert len(r.failure_names) == (n_worst_eval + 1) // 2  # the even-indexed ones were set to AP 0
-    r2 = M.mine(cfg(), pf, ev, pool, x, names, worst_slice=WORST)
+    r2 = M.mine(pf, ev, pool, x, names, worst_slice=WORST, **opts())
     pd.testing.assert_frame_equal(r.mined, r2.mined)
 
 
 def test_mine_picks_ivf_above_threshold_and_matches_exact():
     pool, ev, pf, x, names = world(n_pool=3000)
-    exact = M.mine(cfg(), pf, ev, pool, x, names, worst_slice=WORST)
-    ivf = M.mine(cfg(mine_ivf_above=1000), pf, ev, pool, x, names, worst_slice=WORST)
+    exact = M.mine(pf, ev, pool, x, names, worst_slice=WORST, **opts())
+    ivf = M.mine(pf, ev, pool, x, names, worst_slice=WORST, **opts(ivf_above=1000))
     assert exact.index_info["kind"] == "flat" and ivf.index_info["kind"] == "ivf"
     overlap = len(set(exact.mined["name"]) & set(ivf.mined["name"])) / 30
     assert overlap >= 0.9
@@ -150,7 +152,7 @@ def test_mine_picks_ivf_above_threshold_and_matches_exact():
 
 def test_mine_hybrid_split_and_coverage():
     pool, ev, pf, x, names = world()
-    r = M.mine(cfg(mine_strategy="hybrid"), pf, ev, pool, x, names, worst_slice=WORST)
+    r = M.mine(pf, ev, pool, x, names, worst_slice=WORST, **opts(strategy="hybrid"))
     assert (r.mined["source"] == "targeted").sum() == 21 and (r.mined["source"] == "coverage").sum() == 9
     assert r.mined["name"].is_unique
     cov = r.mined[r.mined["source"] == "coverage"]
@@ -165,12 +167,12 @@ def test_mine_uncertainty_strategy_and_slice_report():
     # the model is blind on the worst slice: low scores there
     sc = np.where(pool["slice"] == WORST, rng.uniform(0.05, 0.3, len(pool)), rng.uniform(0.6, 0.95, len(pool)))
     preds = pd.DataFrame({"name": pool["name"], "score": sc})
-    r = M.mine(cfg(mine_strategy="uncertainty"), pf, ev, pool, x, names, preds_pool=preds, worst_slice=WORST)
+    r = M.mine(pf, ev, pool, x, names, preds_pool=preds, worst_slice=WORST, **opts(strategy="uncertainty"))
     assert r.mined["source"].eq("uncertainty").all() and r.mined["score"].is_monotonic_decreasing
     assert r.uncertainty_by_slice.iloc[0]["slice"] == WORST
     assert r.mined["uncertainty"].notna().all()
     with pytest.raises(ValueError, match="preds_pool"):
-        M.mine(cfg(mine_strategy="uncertainty"), pf, ev, pool, x, names, worst_slice=WORST)
+        M.mine(pf, ev, pool, x, names, worst_slice=WORST, **opts(strategy="uncertainty"))
 
 
 def test_mine_skips_and_counts_missing_and_unreadable():
@@ -178,7 +180,7 @@ def test_mine_skips_and_counts_missing_and_unreadable():
     x = x.copy()
     x[names.index(pool["name"][0])] = 0.0  # unreadable image
     keep = [i for i, n in enumerate(names) if n != pool["name"][1]]  # not embedded
-    r = M.mine(cfg(), pf, ev, pool, x[keep], [names[i] for i in keep], worst_slice=WORST)
+    r = M.mine(pf, ev, pool, x[keep], [names[i] for i in keep], worst_slice=WORST, **opts())
     assert r.counts["pool_unreadable_image"] == 1 and r.counts["pool_without_embedding"] == 1
     assert r.counts["pool"] == len(pool) - 2
     assert not {pool["name"][0], pool["name"][1]} & set(r.mined["name"])
@@ -187,7 +189,7 @@ def test_mine_skips_and_counts_missing_and_unreadable():
 def test_worst_slice_fallback_from_frames():
     pool, ev, pf, x, names = world()
     assert M.worst_slice_by_frames(pf, ev, min_frames=5) == WORST
-    r = M.mine(cfg(eval_min_frames=5), pf, ev, pool, x, names)
+    r = M.mine(pf, ev, pool, x, names, **opts(min_frames=5))
     assert r.worst_slice == WORST
 
 
@@ -199,7 +201,7 @@ def test_write_artifacts(tmp_path):
         p.parent.mkdir(exist_ok=True)
         Image.new("RGB", (64, 36), (i * 4 % 255, 80, 120)).save(p)
         paths[n] = str(p)
-    r = M.mine(cfg(), pf, ev, pool, x, names, worst_slice=WORST)
+    r = M.mine(pf, ev, pool, x, names, worst_slice=WORST, **opts())
     c = load_config("tiny", overrides={"outputs_dir": str(tmp_path / "out")}, env=False)
     from bdd_engine.checkpoint import Section
 

@@ -1,6 +1,7 @@
 """mine.py's failure rule pinned at its thresholds: ``ap50 <= mine_fail_ap or recall50 <
 mine_fail_recall`` (NaN = no GT = never a failure), the below-median fallback, the
-frames-based worst-slice fallback, and that mine() reads both thresholds from the config."""
+frames-based worst-slice fallback, and that mine() hands both thresholds to the rule (the §6
+runner passes the profile's keys; the boundary cases use the values default.yaml declares)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import pandas as pd
 import pytest
 
 from bdd_engine import mine as M
+from bdd_engine.config import load_config
 
 W = "rainy | night | city street"
+_DEMO = load_config("demo", env=False)
+PROFILE = {"fail_ap": float(_DEMO.mine_fail_ap), "fail_recall": float(_DEMO.mine_fail_recall)}  # 0.0 / 0.3
 
 
 def case(ap, rec, slices=None):
@@ -30,10 +34,10 @@ def case(ap, rec, slices=None):
     (0.0, 0.0, True),
     (0.5, np.nan, False),    # recall NaN alone cannot fail (comparison is False)
 ])
-def test_failure_rule_defaults_at_the_boundaries(ap, rec, fail):
+def test_failure_rule_of_the_profile_at_the_boundaries(ap, rec, fail):
     # frame 0 is the probe; frames 1-2 are clearly fine, frame 3 clearly fails (no fallback)
     pf, ev = case([ap, 0.9, 0.8, 0.0], [rec, 1.0, 0.9, 0.0])
-    names, rule = M.failure_frames(pf, ev, W)
+    names, rule = M.failure_frames(pf, ev, W, **PROFILE)
     assert rule == "ap50 <= 0.0 or recall50 < 0.3"
     assert ("f00.jpg" in names) is fail and "f03.jpg" in names and "f01.jpg" not in names
 
@@ -52,27 +56,27 @@ def test_failure_rule_uses_given_thresholds(fail_ap, fail_rec, expect):
 
 def test_no_gt_frames_and_other_slices_never_fail():
     pf, ev = case([np.nan, 0.0, 0.9, 0.0], [np.nan, 0.0, 1.0, 0.0], slices=[W, W, W, "clear | daytime | highway"])
-    names, _ = M.failure_frames(pf, ev, W)
+    names, _ = M.failure_frames(pf, ev, W, **PROFILE)
     assert names == ["f01.jpg"]
     # a slice whose frames all lack GT is an error, not an empty failure set
     pf2, ev2 = case([np.nan, np.nan], [np.nan, np.nan])
     with pytest.raises(ValueError, match="no eval frame with ground truth"):
-        M.failure_frames(pf2, ev2, W)
+        M.failure_frames(pf2, ev2, W, **PROFILE)
 
 
 def test_fallback_is_below_or_at_the_median_and_says_so():
     pf, ev = case([0.1, 0.4, 0.5, 0.6, 0.9, np.nan], [0.9] * 5 + [np.nan])
-    names, rule = M.failure_frames(pf, ev, W)                          # nothing meets the rule
+    names, rule = M.failure_frames(pf, ev, W, **PROFILE)               # nothing meets the rule
     assert names == ["f00.jpg", "f01.jpg", "f02.jpg"]                  # median 0.5 included (<=)
     assert rule == "fallback: no frame met 'ap50 <= 0.0 or recall50 < 0.3'; used ap50 <= slice median 0.500"
     pf, ev = case([0.1, 0.4, 0.6, 0.9], [0.9] * 4)                     # even count: median 0.5
-    assert M.failure_frames(pf, ev, W)[0] == ["f00.jpg", "f01.jpg"]
+    assert M.failure_frames(pf, ev, W, **PROFILE)[0] == ["f00.jpg", "f01.jpg"]
 
 
 def test_failures_are_sorted_names():
     pf, ev = case([0.0, 0.9, 0.0], [0.0, 1.0, 0.0])
     pf = pf.iloc[::-1]
-    assert M.failure_frames(pf, ev, W)[0] == ["f00.jpg", "f02.jpg"]
+    assert M.failure_frames(pf, ev, W, **PROFILE)[0] == ["f00.jpg", "f02.jpg"]
 
 
 def test_worst_slice_by_frames_min_frames_boundary():
@@ -86,7 +90,7 @@ def test_worst_slice_by_frames_min_frames_boundary():
         M.worst_slice_by_frames(pf, ev, min_frames=4)
 
 
-def test_mine_reads_both_thresholds_from_the_config():
+def test_mine_hands_both_thresholds_to_the_rule():
     rng = np.random.default_rng(0)
     n_pool, d = 60, 8
     pool = pd.DataFrame({"name": [f"p{i:03d}.jpg" for i in range(n_pool)], "weather": "rainy",
@@ -96,9 +100,10 @@ def test_mine_reads_both_thresholds_from_the_config():
     names = list(pool["name"]) + list(pf["name"])
     x = rng.normal(size=(len(names), d)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    base = {"seed": 1, "mine_k": 5, "mine_strategy": "prototype", "eval_by": ["weather", "timeofday", "scene"]}
-    r = M.mine({**base, "mine_fail_ap": 0.2, "mine_fail_recall": 0.5}, pf, ev, pool, x, names, worst_slice=W)
+    base = {"seed": 1, "k": 5, "strategy": "prototype", "by": ["weather", "timeofday", "scene"], "hybrid_targeted": 0.7,
+            "ivf_above": 200_000, "ivf_recall": 0.95, "min_frames": 15, "synthetic": False}
+    r = M.mine(pf, ev, pool, x, names, worst_slice=W, **base, fail_ap=0.2, fail_recall=0.5)
     assert r.failure_names == ["f00.jpg", "f01.jpg", "f02.jpg"]
     assert r.failure_rule == "ap50 <= 0.2 or recall50 < 0.5" and r.counts["failure_frames"] == 3
-    r = M.mine(base, pf, ev, pool, x, names, worst_slice=W)                # defaults 0.0 / 0.3
+    r = M.mine(pf, ev, pool, x, names, worst_slice=W, **base, **PROFILE)   # the profile's 0.0 / 0.3
     assert r.failure_names == ["f00.jpg"]

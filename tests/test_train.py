@@ -1,9 +1,11 @@
-"""Tiny real Ultralytics training: fresh no-op, interrupted resume, one-pass predict → evaluate."""
+"""Tiny real Ultralytics training: fresh no-op, interrupted resume, one-pass predict → evaluate;
+the profile → TrainSpec mapping keeps every existing fingerprint; the one device resolver."""
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +14,10 @@ import pytest
 from PIL import Image
 
 from bdd_engine import bdd
+from bdd_engine import train as T
 from bdd_engine.config import load_config
 from bdd_engine.evaluate import evaluate
+from bdd_engine.flywheel import train_spec
 from bdd_engine.train import filter_conf, predict, resolve_model, save_predictions, train
 
 W, H = 128, 96
@@ -54,12 +58,12 @@ def _make_dataset(root: Path, n: int = 12, seed: int = 0) -> tuple[Path, list[di
 
 
 @pytest.fixture()
-def cfg():
-    return load_config("tiny", overrides={"train_epochs": 2, "train_imgsz": 64, "train_batch": 4,
-                                          "train_nbs": 4, "train_warmup_epochs": 0, "device": "cpu"})
+def spec():
+    return train_spec(load_config("tiny", overrides={"train_epochs": 2, "train_imgsz": 64, "train_batch": 4,
+                                                     "train_nbs": 4, "train_warmup_epochs": 0, "device": "cpu"}))
 
 
-def test_train_fresh_resume_and_predict(tmp_path, cfg):
+def test_train_fresh_resume_and_predict(tmp_path, spec):
     data_yaml, frames = _make_dataset(tmp_path / "data")
     runs = tmp_path / "runs"
 
@@ -69,12 +73,12 @@ def test_train_fresh_resume_and_predict(tmp_path, cfg):
             raise Interrupt()
     t0 = time.time()
     with pytest.raises(Interrupt):
-        train(cfg, data_yaml, runs, name="iter0", callbacks={"on_fit_epoch_end": stop})
+        train(spec, data_yaml, runs, name="iter0", callbacks={"on_fit_epoch_end": stop})
     card = json.loads((runs / "iter0" / "run_card.json").read_text())
     assert card["finished"] is False and (runs / "iter0" / "weights" / "last.pt").is_file()
 
     # 2) same call again → Ultralytics resume, finishes epoch 2
-    w = train(cfg, data_yaml, runs, name="iter0")
+    w = train(spec, data_yaml, runs, name="iter0")
     card = json.loads((runs / "iter0" / "run_card.json").read_text())
     assert card["finished"] and card["resumed"] and card["epochs"] == 2
     assert w == runs / "iter0" / "weights" / "last.pt" and w.is_file()
@@ -88,7 +92,7 @@ def test_train_fresh_resume_and_predict(tmp_path, cfg):
     # 3) unchanged config and data → no-op (same file, untouched)
     mtime = w.stat().st_mtime_ns
     t1 = time.time()
-    assert train(cfg, data_yaml, runs, name="iter0") == w
+    assert train(spec, data_yaml, runs, name="iter0") == w
     assert w.stat().st_mtime_ns == mtime and time.time() - t1 < 5
 
     # 4) one pass of predictions → BDD frames the evaluator accepts (JSON and parquet alike)
@@ -108,12 +112,12 @@ def test_train_fresh_resume_and_predict(tmp_path, cfg):
     assert sum(len(f["labels"]) for f in filter_conf(preds, 0.5)) <= len(lbs)
 
 
-def test_changed_config_retrains(tmp_path, cfg):
+def test_changed_config_retrains(tmp_path, spec):
     data_yaml, _ = _make_dataset(tmp_path / "data", n=8, seed=1)
-    cfg1 = dict(cfg, train_epochs=1)
-    w = train(cfg1, data_yaml, tmp_path / "runs", name="a")
+    spec1 = replace(spec, epochs=1)
+    w = train(spec1, data_yaml, tmp_path / "runs", name="a")
     fp1 = json.loads((tmp_path / "runs" / "a" / "run_card.json").read_text())["fingerprint"]
-    train(dict(cfg1, train_lr0=0.01), data_yaml, tmp_path / "runs", name="a")
+    train(replace(spec1, lr0=0.01), data_yaml, tmp_path / "runs", name="a")
     card = json.loads((tmp_path / "runs" / "a" / "run_card.json").read_text())
     assert card["fingerprint"] != fp1 and card["finished"] and not card["resumed"] and w.is_file()
 
@@ -125,3 +129,38 @@ def test_missing_weights_names_setup(tmp_path):
         resolve_model("yolov8n-w0125.yaml", tmp_path / "nope.pt")
     src, pretrained = resolve_model("yolov8n-w0125.yaml")
     assert Path(src).is_file() and not pretrained      # shipped slim yaml, from scratch
+
+
+# Fingerprints the profiles gave before TrainSpec (train_args(cfg) of the config itself), for a
+# fixed data hash and the shipped slim yaml: every existing run stays fresh.
+FINGERPRINTS = {"tiny": ("d2c8417f22252b16", "649b50e2775e965b"), "demo": ("a81eda866d4c6224", "b15e4f7b42e31d04"),
+                "full": ("f99015a7563ee56c", "f962f5d80d999800")}
+
+
+@pytest.mark.parametrize("profile", sorted(FINGERPRINTS))
+def test_train_spec_keeps_every_profile_fingerprint(profile):
+    cfg = load_config(profile, env=False)
+    spec = train_spec(cfg)
+    model = str(T.MODELS_DIR / "yolov8n-w0125.yaml")
+    assert (T.fingerprint(spec, "data123", model, None),
+            T.fingerprint(replace(spec, epochs=3), "data123", model, None)) == FINGERPRINTS[profile]
+    args = spec.ultralytics_args()
+    assert args == {"imgsz": cfg.train_imgsz, "batch": cfg.train_batch, "nbs": cfg.train_nbs,
+                    "optimizer": cfg.train_optimizer, "lr0": cfg.train_lr0, "cos_lr": cfg.train_cos_lr,
+                    "warmup_epochs": cfg.train_warmup_epochs, "close_mosaic": cfg.train_close_mosaic,
+                    "mosaic": cfg.train_mosaic, "val": cfg.train_val, "patience": 100, "epochs": cfg.train_epochs,
+                    "seed": cfg.seed, "deterministic": True, "workers": cfg.workers, "plots": cfg.train_plots}
+    assert (spec.model, spec.init_weights, spec.device) == (cfg.train_model, cfg.train_init_weights, cfg.device)
+    # device and workers never change the weights, so never the fingerprint
+    assert T.fingerprint(replace(spec, device="0", workers=7), "data123", model, None) == FINGERPRINTS[profile][0]
+
+
+def test_one_device_resolver(monkeypatch):
+    import torch
+
+    assert T.resolve_device("cpu") == "cpu" and T.resolve_device("1") == "1"
+    assert T.torch_device("0") == "cuda:0" and T.torch_device("1,0") == "cuda:1" and T.torch_device("mps") == "mps"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert T.resolve_device("auto") == "cpu" and T.torch_device("auto") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert T.resolve_device("auto") == "0" and T.torch_device("auto") == "cuda:0"
