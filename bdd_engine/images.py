@@ -24,7 +24,6 @@ import pandas as pd
 from PIL import Image, ImageFile, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from bdd_engine.geometry import image_size  # noqa: F401  moved to geometry; kept importable until explorer/ switches
 
 CHECK_COLUMNS = ["path", "size", "mtime_ns", "sha256", "ok", "width", "height", "error"]
 

@@ -23,7 +23,7 @@ from bdd_engine.env import PROJECT_ROOT
 from bdd_engine.explorer.boxes import boxes_by_name, detections
 from bdd_engine.explorer.db import connect
 from bdd_engine.explorer.errors import ExplorerError
-from bdd_engine.images import image_size
+from bdd_engine.geometry import image_size
 
 log = logging.getLogger(__name__)
 
