@@ -1,11 +1,10 @@
 """bdd_engine: one turn of the driving-data flywheel on BDD100K (or its synthetic twin).
 
-Importing the package makes the process offline-safe first (see env.py), so the
-notebook and the CLI can import ultralytics/fiftyone afterwards without surprises.
+Importing the package changes nothing in the process. Entry points (the CLI, the
+notebook's ``views.cfg()``, the test suite, the benchmarks) and the functions that load a
+model library (``train.train``/``predict``, ``embed.get_embedder``,
+``autolabel.make_labeler``, ``explorer.connect``) call :func:`bdd_engine.env.setup_env`
+first, which makes Ultralytics, FiftyOne, open_clip and transformers offline-safe.
 """
-
-from bdd_engine.env import setup_env as _setup_env
-
-_setup_env()
 
 __version__ = "0.1.0"

@@ -22,6 +22,7 @@ from bdd_engine import checkpoint, flywheel, runner, synth
 from bdd_engine.evaluate import main_evaluate
 from bdd_engine.explorer import main_app
 from bdd_engine.config import ConfigError, load_config, parse_overrides
+from bdd_engine.env import setup_env
 
 
 def _cfg(args: argparse.Namespace):
@@ -94,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    setup_env()  # offline-safe settings for this process and the notebook kernel it starts
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv and argv[0] == "evaluate":  # these own their argument parsing

@@ -52,7 +52,7 @@ from PIL import Image
 
 from bdd_engine import weights
 from bdd_engine.checkpoint import atomic_write_json, sha256_file
-from bdd_engine.env import PROJECT_ROOT
+from bdd_engine.env import PROJECT_ROOT, setup_env
 from bdd_engine.train import torch_device
 from bdd_engine.weights import MissingWeightsError
 
@@ -260,6 +260,7 @@ def get_embedder(name: str, *, device: str, imgsz: int, clip_arch: str, clip_wei
     absolute or project-relative paths; None = the ``weights.REGISTRY`` path, which must
     exist (``./setup.sh --weights``).
     """
+    setup_env()  # offline-safe hub settings before open_clip/transformers are imported
     if name == "gradhist":
         return GradHistEmbedder(imgsz=imgsz)
     if name == "clip":

@@ -3,8 +3,9 @@
 Ultralytics, FiftyOne, open_clip and transformers all reach for the network or for
 ``~`` at import time (settings files, telemetry, font download, hub look-ups). On
 our machines that means hangs, failures or a silently changing venv, so the
-variables below are set *before* any of them is imported. ``import bdd_engine``
-calls :func:`setup_env` once; it never overrides a value the user already set.
+variables below are set *before* any of them is imported: entry points and the functions
+that load those libraries call :func:`setup_env` (idempotent; importing the package does
+nothing). It never overrides a value the user already set.
 """
 
 from __future__ import annotations

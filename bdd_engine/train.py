@@ -35,7 +35,7 @@ import numpy as np
 
 from bdd_engine import bdd
 from bdd_engine.checkpoint import atomic_write_df, atomic_write_json, sha256_file
-from bdd_engine.env import PROJECT_ROOT
+from bdd_engine.env import PROJECT_ROOT, setup_env
 from bdd_engine import weights
 from bdd_engine.weights import WEIGHTS_DIR, MissingWeightsError
 
@@ -174,6 +174,7 @@ def checkpoint_state(last: Path) -> str:
 def finalize_unstripped(run_dir: Path) -> None:
     """Do what Ultralytics' final step would have done: strip the optimizer (and EMA
     bookkeeping) from last.pt/best.pt so the weights load as a finished run."""
+    setup_env()
     from ultralytics.utils.torch_utils import strip_optimizer
 
     for f in (run_dir / "weights" / "last.pt", run_dir / "weights" / "best.pt"):
@@ -237,6 +238,7 @@ def train(spec: TrainSpec, data_yaml: str | os.PathLike, out_dir: str | os.PathL
     yaml alone does not change when labels do); None = sha256 of the yaml. ``callbacks``:
     extra Ultralytics callbacks {event: fn} (tests use them to interrupt a run).
     """
+    setup_env()  # offline-safe Ultralytics settings before it is imported (no settings file in ~, no downloads)
     data_yaml = Path(data_yaml).resolve()
     if not data_yaml.is_file():
         raise FileNotFoundError(f"data yaml not found: {data_yaml} (export it with bdd_engine.yolo.export_yolo)")
@@ -361,6 +363,7 @@ def predict(weights: str | os.PathLike, image_paths: Sequence[str | os.PathLike]
     ``max_det`` 300 are Ultralytics' validation defaults. ``imgsz`` None = the size the
     weights were trained at (from the checkpoint; 640 if unknown). Missing image files raise.
     """
+    setup_env()  # offline-safe Ultralytics settings before it is imported
     from tqdm.auto import tqdm
     from ultralytics import YOLO
 

@@ -14,11 +14,14 @@ import pandas as pd
 from bdd_engine import artifacts, explorer
 from bdd_engine.checkpoint import status
 from bdd_engine.config import Config, load_config
+from bdd_engine.env import setup_env
 from bdd_engine.sections import SECTIONS
 
 
 def cfg() -> Config:
-    """The run's config: profile from ``$BDD_PROFILE`` (default demo) + ``BDD_<KEY>`` overrides."""
+    """The run's config: profile from ``$BDD_PROFILE`` (default demo) + ``BDD_<KEY>`` overrides.
+    Also makes the kernel offline-safe (env.setup_env) before any section imports a model library."""
+    setup_env()
     return load_config()
 
 

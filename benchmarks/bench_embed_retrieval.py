@@ -26,6 +26,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bdd_engine.env import setup_env  # noqa: E402
+
+setup_env()  # offline-safe env before open_clip/transformers are imported
 from bdd_engine import bdd  # noqa: E402
 from bdd_engine import embed as E  # noqa: E402
 from bdd_engine import synth  # noqa: E402

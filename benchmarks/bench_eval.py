@@ -41,7 +41,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import bdd_engine  # noqa: E402,F401  (offline-safe env first)
+from bdd_engine.env import setup_env  # noqa: E402
+
+setup_env()  # offline-safe env before ultralytics/fiftyone are imported
 from bdd_engine import bdd, explorer, synth, yolo  # noqa: E402
 from bdd_engine.config import load_config  # noqa: E402
 from bdd_engine.evaluate import MAX_DETS, evaluate, pycocotools_reference  # noqa: E402

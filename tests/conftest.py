@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-import bdd_engine  # noqa: F401  offline-safe env before anything imports ultralytics/fiftyone
-from bdd_engine import synth
-from bdd_engine.config import load_config
+from bdd_engine.env import setup_env
+
+setup_env()  # offline-safe env before any test imports ultralytics/fiftyone/transformers
+from bdd_engine import synth  # noqa: E402
+from bdd_engine.config import load_config  # noqa: E402
 
 # Tests never see the developer's own BDD_* overrides.
 for _k in [k for k in os.environ if k.startswith("BDD_") and k != "BDD_CACHE_DIR"]:

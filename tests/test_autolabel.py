@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import bdd_engine  # noqa: F401  (offline-safe env before transformers/ultralytics)
 from bdd_engine import autolabel as al
 from bdd_engine import train
 from bdd_engine.bdd import CLASSES

@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import bdd_engine  # noqa: F401
 from bdd_engine import bdd
 from bdd_engine import curate as C
 from bdd_engine import embed as E

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import bdd_engine  # noqa: F401  (offline env first)
 from bdd_engine import embed as E
 from bdd_engine import weights
 from bdd_engine.weights import MissingWeightsError

