@@ -301,32 +301,35 @@ def validate(frames: list[Mapping[str, Any]], image_index: Mapping[str, Path] | 
                 issues.append((name, "", "unknown attribute value", f"{a}={v!r}"))
         for lb in fr.get("labels") or []:
             n_labels += 1
-            lid = str(lb.get("id", ""))
-            cat = lb.get("category")
-            cls, _ = map_category(cat) if isinstance(cat, str) else (None, False)
-            if cls is None:
-                if cat in NON_BOX_CATEGORIES or (not lb.get("box2d") and lb.get("poly2d")):
-                    continue
-                issues.append((name, lid, "unknown category", repr(cat)))
-                continue
-            box = lb.get("box2d")
-            if not box:
-                issues.append((name, lid, "missing box2d", f"category {cat!r} without box2d"))
-                continue
-            if not isinstance(box, Mapping) or any(k not in box for k in ("x1", "y1", "x2", "y2")):
-                issues.append((name, lid, "missing box2d", f"box2d lacks x1/y1/x2/y2: {box!r}"))
-                continue
-            try:
-                x1, y1, x2, y2 = (float(box[k]) for k in ("x1", "y1", "x2", "y2"))
-            except (TypeError, ValueError):
-                issues.append((name, lid, "degenerate box", f"non-numeric coordinate: {box!r}"))
-                continue
-            if not (np.isfinite([x1, y1, x2, y2]).all() and x2 > x1 and y2 > y1):
-                issues.append((name, lid, "degenerate box", f"({x1:.1f},{y1:.1f},{x2:.1f},{y2:.1f})"))
-            elif W is not None and (x1 < -tol or y1 < -tol or x2 > W + tol or y2 > H + tol):
-                issues.append((name, lid, "out-of-image box", f"({x1:.1f},{y1:.1f},{x2:.1f},{y2:.1f}) in {W}x{H}"))
+            issue = _label_issue(lb, W, H, tol)
+            if issue is not None:
+                issues.append((name, str(lb.get("id", "")), *issue))
     df = pd.DataFrame(issues, columns=["name", "label_id", "kind", "detail"])
     return ValidationReport(n_frames=len(frames), n_labels=n_labels, issues=df)
+
+
+def _label_issue(lb: Mapping[str, Any], W: float | None, H: float | None, tol: float) -> tuple[str, str] | None:
+    """(kind, detail) of what is wrong with one label, or None. Non-box 2018 entries are fine."""
+    cat = lb.get("category")
+    cls, _ = map_category(cat) if isinstance(cat, str) else (None, False)
+    if cls is None:
+        if cat in NON_BOX_CATEGORIES or (not lb.get("box2d") and lb.get("poly2d")):
+            return None
+        return "unknown category", repr(cat)
+    box = lb.get("box2d")
+    if not box:
+        return "missing box2d", f"category {cat!r} without box2d"
+    if not isinstance(box, Mapping) or any(k not in box for k in ("x1", "y1", "x2", "y2")):
+        return "missing box2d", f"box2d lacks x1/y1/x2/y2: {box!r}"
+    try:
+        x1, y1, x2, y2 = (float(box[k]) for k in ("x1", "y1", "x2", "y2"))
+    except (TypeError, ValueError):
+        return "degenerate box", f"non-numeric coordinate: {box!r}"
+    if not (np.isfinite([x1, y1, x2, y2]).all() and x2 > x1 and y2 > y1):
+        return "degenerate box", f"({x1:.1f},{y1:.1f},{x2:.1f},{y2:.1f})"
+    if W is not None and (x1 < -tol or y1 < -tol or x2 > W + tol or y2 > H + tol):
+        return "out-of-image box", f"({x1:.1f},{y1:.1f},{x2:.1f},{y2:.1f}) in {W}x{H}"
+    return None
 
 
 def image_coverage(frames: list[Mapping[str, Any]], image_index: Mapping[str, Path]) -> tuple[int, int]:

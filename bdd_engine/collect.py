@@ -73,6 +73,22 @@ def image_issues(checks: pd.DataFrame) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def validation_summary(report: bdd.ValidationReport, n_indexed: int, have: int, total: int, checks: pd.DataFrame,
+                       empty: Sequence[str], label_sha: Mapping[str, str], *, synthetic: bool) -> dict:
+    """validation.json: what §1 found (record issues by kind, image coverage and sizes,
+    empty label files, the label files' sha256) and whether the data is synthetic."""
+    sizes_n = size_counts(checks)
+    return {
+        "summary": report.summary(), "counts": report.counts, "n_frames": report.n_frames,
+        "n_labels": report.n_labels, "images_indexed": n_indexed, "frames_with_image": have,
+        "frames_labelled": total, "unreadable_images": int((~checks["ok"]).sum()),
+        "image_sizes": {k: int(v) for k, v in sizes_n.items()},
+        "image_wh": [int(x) for x in sizes_n.index[0].split("x")] if len(sizes_n) else None,
+        "empty_label_files": list(empty), "label_files_sha256": dict(label_sha), "synthetic": bool(synthetic),
+        "coverage": f"{have} of {total} labelled frames have a readable image on disk",
+    }
+
+
 def size_counts(checks: pd.DataFrame) -> pd.Series:
     """"WxH" → number of readable images of that size, most common first."""
     ok = checks[checks["ok"]]

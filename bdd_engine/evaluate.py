@@ -373,6 +373,7 @@ def _distinct_counts(n: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return np.repeat(np.arange(len(inv)), cnt[inv]), tab_k[take], tab_m[take]
 
 
+# Long on purpose: one vectorised transcription of COCOeval.accumulate (precision envelope, 101-point recall sampling), kept whole to compare line by line.
 def _segmented_ap(seg: np.ndarray, tp: np.ndarray, fp: np.ndarray, npig: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """101-point COCO AP and final recall for many detection lists at once.
 
@@ -648,6 +649,7 @@ def slice_memberships(attrs: pd.DataFrame, by: Sequence[str]) -> tuple[list[tupl
 
 
 # ============================================================================ public API
+# Long mostly by its docstring (the result's tables and their columns); the body is a sequence of named steps.
 def evaluate(gt_frames: Sequence[Mapping[str, Any]], pred_frames: Sequence[Mapping[str, Any]] | pd.DataFrame,
              by: Sequence[str] = DEFAULT_BY, n_boot: int = 1000, seed: int = 42,
              progress: bool = False) -> EvalResult:
@@ -781,6 +783,7 @@ def delta_table(res0: EvalResult, res1: EvalResult, min_frames: int = 0, n_boot:
 
 
 # ============================================================================ reference
+# Long on purpose: the independent reference (Scalabel -> COCO -> pycocotools) the tests and benchmark compare against; kept whole and plain.
 def pycocotools_reference(gt_frames: Sequence[Mapping[str, Any]], pred_frames: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The official pipeline, slowly: Scalabel's conversion + pycocotools ``COCOeval``.
 

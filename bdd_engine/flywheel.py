@@ -119,7 +119,8 @@ def s1_collect(cfg: Config) -> Result:
         label_files = [p for _, p in paths]
         inputs = collect.input_table(root, cfg.image_sets, label_files, checks)
         label_sha = collect.label_file_hashes(inputs, root, label_files)
-        sizes_n = collect.size_counts(checks)
+        summary = collect.validation_summary(report_, len(index), have, total, checks, empty, label_sha,
+                                             synthetic=bool(cfg.synthetic))
         with sec.writer() as w:
             w.write_df("frames.csv", collected)
             bdd.write_bdd_json(collect.first_frames(frames, set(collected["name"])), w.path("gt_collected.json"))
@@ -127,15 +128,7 @@ def s1_collect(cfg: Config) -> Result:
             w.write_df("slice_index.csv", slices.slice_index(collected))
             w.write_df("validation_issues.csv", report_.issues)
             w.record_inputs(inputs, label_files=label_sha)
-            w.write_json("validation.json", {
-                "summary": report_.summary(), "counts": report_.counts, "n_frames": report_.n_frames,
-                "n_labels": report_.n_labels, "images_indexed": len(index), "frames_with_image": have,
-                "frames_labelled": total, "unreadable_images": len(unreadable),
-                "image_sizes": {k: int(v) for k, v in sizes_n.items()},
-                "image_wh": [int(x) for x in sizes_n.index[0].split("x")] if len(sizes_n) else None,
-                "empty_label_files": empty, "label_files_sha256": label_sha, "synthetic": bool(cfg.synthetic),
-                "coverage": f"{have} of {total} labelled frames have a readable image on disk",
-            })
+            w.write_json("validation.json", summary)
             w.counts.update({"labelled": total, "with_image": have, "collected": len(collected),
                              "validation_issues": len(report_.issues), "unreadable_images": len(unreadable)})
         print(f"§1 done in {time.time() - t0:.1f} s")

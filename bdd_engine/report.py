@@ -283,6 +283,7 @@ def _fonts() -> tuple[Path, Path]:
     return d / "DejaVuSans.ttf", d / "DejaVuSansMono.ttf"
 
 
+# Long on purpose: a small markdown renderer (headings, tables, images, lists) for fpdf2 — one dispatch over block kinds.
 def markdown_to_pdf(md: str, base_dir: Path, out_pdf: Path) -> Path:
     """A plain PDF of the case study: headings, paragraphs, bullet lists, tables in
     monospace, and the referenced PNGs (relative to ``base_dir``). fpdf2, Unicode fonts

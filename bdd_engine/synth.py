@@ -161,6 +161,7 @@ def _jitter_color(rng, base, amount=25):
 CAR_COLORS = [(200, 30, 30), (30, 60, 160), (220, 220, 225), (40, 40, 45), (150, 150, 155), (20, 110, 60), (230, 180, 40), (110, 70, 40)]
 
 
+# Long on purpose: one drawing recipe per class side by side; split up, the shapes' proportions scatter.
 def _draw_object(d: ImageDraw.ImageDraw, rng, cls: str, box: tuple[float, float, float, float], night: bool) -> None:
     """Draw one object whose visible extent is ``box`` (xyxy px). Shapes are distinct per class."""
     x1, y1, x2, y2 = box
@@ -257,6 +258,7 @@ def _draw_object(d: ImageDraw.ImageDraw, rng, cls: str, box: tuple[float, float,
         d.rectangle([x1 + 0.1 * w, y2 - 0.15 * h, x1 + 0.3 * w, y2], fill=(20, 20, 20))
 
 
+# Long on purpose: sky, road, lanes and roadside drawn in painting order; the order is the recipe.
 def _background(rng, spec: FrameSpec, cam: _Cam) -> Image.Image:
     W, H = spec.width, spec.height
     top, hor = _sky(rng, spec.timeofday, spec.weather)
@@ -382,6 +384,7 @@ def _place(rng, cls: str, scene: str, cam: _Cam) -> tuple[float, float, float, f
     return box
 
 
+# Long on purpose: the weather/light effects applied in physical order (fog by depth, night, glare, noise).
 def _effects(rng, img: np.ndarray, spec: FrameSpec, cam: _Cam, lamps: list[tuple[float, float, float]]) -> np.ndarray:
     """Weather / time-of-day rendering on float RGB (H, W, 3) in [0, 255]. Strength varies per frame."""
     H, W = img.shape[:2]
@@ -443,6 +446,7 @@ def _effects(rng, img: np.ndarray, spec: FrameSpec, cam: _Cam, lamps: list[tuple
     return img
 
 
+# Long on purpose: the frame's generation order (camera, background, objects, effects, labels) is one seeded RNG stream; splitting it risks reordering draws and changing every world.
 def render_frame(spec: FrameSpec) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Render one frame → (uint8 RGB image (H, W, 3), det_20 labels with box2d in pixels)."""
     rng = np.random.default_rng(spec.seed)
