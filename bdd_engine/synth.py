@@ -601,6 +601,54 @@ def _refuse_foreign(root: Path, what: str) -> None:
         f"Move it away, or point the profile elsewhere (--set data_root=data/synth_<name>).")
 
 
+def _claim_staging(tmp: Path, poll_s: float = 2.0) -> Path | None:
+    """Create ``tmp`` as this process's staging folder (mkdir is the atomic claim) and mark
+    it with our PID. If another live process is generating into it, wait until it is done
+    and return None (the caller re-checks the world). A staging folder of a dead process is
+    ours to delete; one without our marker is refused."""
+    while True:
+        try:
+            tmp.mkdir(parents=True)
+        except FileExistsError:
+            owner = _partial_owner(tmp)
+            if owner is None:
+                _refuse_foreign(tmp, "the staging folder of a world")
+            if owner != os.getpid() and _alive(owner):
+                print(f"waiting for PID {owner}, which is generating {tmp.with_suffix('')} ...", flush=True)
+                while tmp.exists() and _alive(owner):
+                    time.sleep(poll_s)
+                return None
+            shutil.rmtree(tmp, ignore_errors=True)  # our own killed attempt
+            continue
+        (tmp / PARTIAL_MARKER).write_text(f"{os.getpid()}\nbdd_engine.synth staging folder; safe to delete\n")
+        return tmp
+
+
+def _partial_owner(tmp: Path) -> int | None:
+    """PID written in a staging folder's marker (0 when unreadable), None if not ours."""
+    for _ in range(20):  # the claimant writes the marker right after mkdir
+        try:
+            first = (tmp / PARTIAL_MARKER).read_text().split("\n", 1)[0]
+            return int(first) if first.isdigit() else 0
+        except FileNotFoundError:
+            if not tmp.exists():
+                return 0
+            time.sleep(0.05)
+    return None
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def generate(cfg: Any, out_root: str | os.PathLike | None = None, workers: int | None = None, force: bool = False) -> Path:
     """Write the synthetic world for ``cfg`` under ``out_root`` (default ``cfg.data_dir``).
 
@@ -615,21 +663,24 @@ def generate(cfg: Any, out_root: str | os.PathLike | None = None, workers: int |
         raise WorldRefused(
             f"profile {cfg['profile']!r} reads real data (synthetic: false) from {root}; synth only writes "
             f"synthetic worlds. Use a synthetic profile (demo, tiny), or see README 'Real BDD100K'.")
-    marker = world_marker(root)
-    if root.exists() and marker is None:
-        _refuse_foreign(root, "generating a world")
     h = world_hash(cfg)
-    if marker is not None and marker.get("world_hash") == h and not force:
-        return root
-    tmp = root.with_name(root.name + ".partial")
-    if tmp.exists():
-        if not (tmp / PARTIAL_MARKER).exists():
-            _refuse_foreign(tmp, "the staging folder of a world")
-        shutil.rmtree(tmp)  # our own killed attempt
+    while True:
+        marker = world_marker(root)
+        if root.exists() and marker is None:
+            _refuse_foreign(root, "generating a world")
+        if marker is not None and marker.get("world_hash") == h and not force:
+            return root
+        tmp = _claim_staging(root.with_name(root.name + ".partial"))
+        if tmp is None:  # another process just generated it: take theirs if it is the same world
+            force = False
+            continue
+        done = world_marker(root)
+        if done is not None and done.get("world_hash") == h and not force:  # finished while we claimed
+            shutil.rmtree(tmp)
+            return root
+        break
     t0 = time.time()
     specs = plan_world(cfg)
-    tmp.mkdir(parents=True)
-    (tmp / PARTIAL_MARKER).write_text("bdd_engine.synth staging folder; safe to delete\n")
     for s in ("100k", "10k"):
         for split in ("train", "val"):
             (tmp / "images" / s / split).mkdir(parents=True, exist_ok=True)
@@ -655,10 +706,10 @@ def generate(cfg: Any, out_root: str | os.PathLike | None = None, workers: int |
     (tmp / MARKER).write_text(json.dumps({"generator": "bdd_engine.synth", "synthetic": True, "profile": cfg.profile,
                                           "seed": int(cfg.seed), "world_hash": h, "frames": len(frames),
                                           "labels": n_boxes}, indent=2) + "\n")
-    (tmp / PARTIAL_MARKER).unlink()
     if root.exists():
         if world_marker(root) is None:  # re-checked right before the only delete
             _refuse_foreign(root, "replacing the world")
         shutil.rmtree(root)
     os.replace(tmp, root)
+    (root / PARTIAL_MARKER).unlink()  # after the rename: a waiting process never sees an unmarked staging folder
     return root

@@ -376,3 +376,30 @@ def test_manifest_holds_no_wall_clock_and_repeats_byte_identically(tiny_world, t
 def test_strict_json_writer(tmp_path):
     p = checkpoint.atomic_write_json(tmp_path / "x.json", {"a": float("nan"), "b": [np.float64("inf"), 1.5]})
     assert json.loads(p.read_text(), parse_constant=lambda c: pytest.fail(f"bare {c}")) == {"a": None, "b": [None, 1.5]}
+
+
+RACE = """
+import sys
+from bdd_engine.config import load_config
+from bdd_engine import synth
+cfg = load_config("tiny", {"synth_n_train": 400, "synth_n_val": 40}, env=False)
+print(synth.generate(cfg, sys.argv[1], workers=1), flush=True)
+"""
+
+
+def test_two_runs_generating_one_world_wait_for_each_other(tmp_path):
+    root = tmp_path / "w"
+    first = subprocess.Popen([PY, "-c", RACE, str(root)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    t0 = time.time()
+    while not (tmp_path / "w.partial" / synth.PARTIAL_MARKER).exists():
+        assert time.time() - t0 < 60 and first.poll() is None
+        time.sleep(0.05)
+    second = subprocess.run([PY, "-c", RACE, str(root)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out1, err1 = first.communicate(timeout=300)
+    assert first.returncode == 0 and second.returncode == 0, err1[-2000:] + second.stderr[-2000:]
+    assert f"waiting for PID {first.pid}" in second.stdout            # it waited, it did not delete
+    assert "synth world" not in second.stderr                          # and it generated nothing itself
+    marker = json.loads((root / synth.MARKER).read_text())
+    assert marker["frames"] == len(list(root.glob("images/*/*/*.jpg")))
+    assert not (tmp_path / "w.partial").exists() and not (root / synth.PARTIAL_MARKER).exists()
