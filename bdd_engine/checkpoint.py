@@ -247,17 +247,22 @@ def release_lock(root: str | os.PathLike) -> None:
         fh.close()
 
 
+def why_not_writable(folder: str | os.PathLike) -> str | None:
+    """None when a file can be created in ``folder`` (made if missing), else the OS's reason."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write_test"):
+            return None
+    except OSError as e:
+        return str(e.strerror or e)
+
+
 def check_writable(root: str | os.PathLike) -> None:
     """Raise :class:`OutputsNotWritable` naming ``root`` unless a file can be created in it."""
-    root = Path(root)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=root, prefix=".write_test"):
-            pass
-    except OSError as e:
-        raise OutputsNotWritable(
-            f"outputs folder {root} is not writable ({e.strerror or e}): fix its permissions, or write "
-            f"elsewhere with --set outputs_dir=/some/writable/dir") from None
+    why = why_not_writable(root)
+    if why:
+        raise OutputsNotWritable(f"outputs folder {root} is not writable ({why}): fix its permissions, or write "
+                                 f"elsewhere with --set outputs_dir=/some/writable/dir")
 
 
 def lock_holder(root: str | os.PathLike) -> int | None:

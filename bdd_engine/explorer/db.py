@@ -20,13 +20,13 @@ import hashlib
 import logging
 import os
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import psutil
 
+from bdd_engine.checkpoint import why_not_writable
 from bdd_engine.env import PROJECT_ROOT, setup_env
 from bdd_engine.explorer.errors import ExplorerError
 
@@ -69,15 +69,12 @@ def mongod_pids(db_dir: str | os.PathLike) -> list[int]:
 def check_writable(db_dir: Path) -> None:
     """A read-only outputs folder is the user's to fix, not a FiftyOne install problem:
     say which folder and why before mongod fails with an unrelated-looking error."""
-    try:
-        db_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=db_dir, prefix=".write_test"):
-            pass
-    except OSError as e:
+    why = why_not_writable(db_dir)
+    if why:
         raise ExplorerError(
-            f"FiftyOne's database folder {db_dir} is not writable ({e.strerror or e}). It lives under the "
+            f"FiftyOne's database folder {db_dir} is not writable ({why}). It lives under the "
             f"outputs folder: fix that folder's permissions, or set FIFTYONE_DATABASE_DIR to a writable "
-            f"folder.") from None
+            f"folder.")
 
 
 def _missing_libs(binary: Path) -> list[str]:
