@@ -431,7 +431,7 @@ class Section:
             shutil.rmtree(staging)  # leftovers of a killed run: never trusted
         staging.mkdir(parents=True)
         w = SectionWriter(self, staging)
-        t0 = time.time()
+        t0 = getattr(self, "started", None) or time.time()  # needs_run's decision: training happens before the writer
         try:
             yield w
             w._commit(time.time() - t0)

@@ -725,7 +725,7 @@ def ranked_slices(slice_table: pd.DataFrame, min_frames: int, level: str | None 
     return t[(t["n_frames"] >= min_frames) & t["AP50"].notna()]
 
 
-def worst_slice(slice_table: pd.DataFrame, min_frames: int = 15, level: str | None = "full") -> pd.Series:
+def worst_slice(slice_table: pd.DataFrame, min_frames: int, level: str | None = "full") -> pd.Series:
     """Row of the slice with the lowest AP50 among slices with >= ``min_frames`` frames.
 
     ``level``: "full" (the weather × timeofday × scene key, default), one attribute name,

@@ -52,6 +52,7 @@ def needs_run(sec: Section) -> bool:
         reason = reason if forced(sec.number) else sec.staleness()  # another run may have just written it
     if reason:
         print(f"§{sec.number} {sec.name}: computing — {reason}")
+        sec.started = time.time()  # timing.json then covers the whole computation, not just the writer
         return True
     release_lock(sec.root)
     print(f"§{sec.number} {sec.name}: fresh checkpoint, loading")

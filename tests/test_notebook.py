@@ -193,6 +193,15 @@ def test_case_study_has_no_placeholders(first_run):
     assert (out / "case_study" / "case_study_v1.pdf").read_bytes()[:5] == b"%PDF-"
 
 
+def test_timing_covers_training_and_case_study_states_the_rule_used(first_run):
+    out, _ = first_run
+    card = json.loads((out / "04_train" / "run_card.json").read_text())
+    t4 = json.loads((out / "04_train" / "timing.json").read_text())["seconds"]
+    assert card["wall_time_s"] > 0 and t4 >= 0.9 * card["wall_time_s"]   # was ~0 s: only the writer was timed
+    rule = json.loads((out / "06_mine" / "mining_summary.json").read_text())["failure_rule"]
+    assert f"`{rule}`" in (out / "case_study" / "case_study_v1.md").read_text()
+
+
 def test_second_run_recomputes_nothing(first_run, tiny_world):
     out, man = first_run
     t = finished(out)

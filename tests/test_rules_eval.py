@@ -348,7 +348,8 @@ def test_worst_slice_min_frames_boundary_nan_and_level():
     assert worst_slice(t, min_frames=15)["slice"] == "a | x | y"      # exactly min_frames qualifies
     assert worst_slice(t, min_frames=14)["slice"] == "b | x | y"      # ... and 14 did not above
     assert worst_slice(t, min_frames=16)["slice"] == "f | x | y"
-    assert worst_slice(t)["slice"] == "a | x | y"                     # default min_frames is 15
+    with pytest.raises(TypeError):
+        worst_slice(t)   # no default of its own: the profile's eval_min_frames decides
     assert worst_slice(t, min_frames=1, level=None)["slice"] == "e | * | *"
     assert worst_slice(t, min_frames=1, level="weather")["slice"] == "e | * | *"
     # NaN (no GT) never wins although it sorts nowhere and has the most frames
@@ -357,7 +358,7 @@ def test_worst_slice_min_frames_boundary_nan_and_level():
     with pytest.raises(ValueError, match="no slice has >= 31 frames"):
         worst_slice(only_nan, min_frames=31)                          # the 40-frame NaN slice does not count
     with pytest.raises(ValueError, match="no slices at level 'scene'"):
-        worst_slice(t, level="scene")
+        worst_slice(t, min_frames=15, level="scene")
 
 
 def test_slices_skip_frames_missing_that_attribute_only():

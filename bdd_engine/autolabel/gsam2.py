@@ -19,7 +19,7 @@ from bdd_engine.autolabel.base import Labeler, WeightsMissingError, project_path
 from bdd_engine.autolabel.prompts import (DEFAULT_PROMPT, assign_phrases, build_phrase_map, phrase_spans,
                                           prompt_groups, prompt_text)
 from bdd_engine.geometry import clip_xyxy
-from bdd_engine.train import resolve_device
+from bdd_engine.train import torch_device
 
 SETUP_HINT = "./setup.sh --weights"
 # Local HF `save_pretrained` folders from bdd_engine.weights' registry (setup.sh fills them
@@ -73,12 +73,6 @@ def apply_rider_rule(categories: list[str], boxes: np.ndarray, overlap: float) -
             cats[i] = "rider"
             n += 1
     return cats, n
-
-
-def _torch_device(device: str | None = "auto") -> str:
-    """Ultralytics-style device (``train.resolve_device``: "0" = first GPU) -> a torch device string."""
-    d = resolve_device(device)
-    return f"cuda:{d}" if d.isdigit() else d
 
 
 def check_weights(*dirs: Path) -> None:
@@ -139,7 +133,7 @@ class GroundedSam2Labeler(Labeler):
         self.nms_iou, self.max_dets = float(nms_iou), int(max_dets)
         self.rider_overlap, self.refine, self.min_mask_pixels = float(rider_overlap), bool(refine), int(min_mask_pixels)
         self.batch_size = int(batch_size)
-        self.device = _torch_device(device)
+        self.device = torch_device(device)
         self.gd_proc = AutoProcessor.from_pretrained(self.gdino_dir, local_files_only=True)
         self.gd_model = GroundingDinoForObjectDetection.from_pretrained(self.gdino_dir, local_files_only=True)
         self.gd_model.to(self.device).eval()
