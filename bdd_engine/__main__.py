@@ -5,6 +5,7 @@
     status    which sections are fresh, and why the others are not
     evaluate  BDD-official detection eval of any GT/prediction JSON pair, per slice
     app       launch the FiftyOne App on the profile's dataset
+    stand-in-weights  build RANDOM weights with the full profile's exact architectures (--out DIR)
 
 Every command takes ``--profile`` and ``--set key=value`` (repeatable). A bad key or
 value, a busy or read-only outputs folder, or a folder synth may not touch ends the
@@ -91,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
                             metavar="N", help="recompute section N (1-8) and every later one")
     sub.add_parser("evaluate", help="python -m bdd_engine evaluate --gt GT.json --pred PRED.json [--by ...] [--json OUT]")
     sub.add_parser("app", help="python -m bdd_engine app --profile P [--port N] [--set key=value]")
+    sub.add_parser("stand-in-weights", help="python -m bdd_engine stand-in-weights --out DIR [--only NAME] (RANDOM weights)")
     return p
 
 
@@ -102,6 +104,14 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_evaluate(argv[1:])
         if argv and argv[0] == "app":
             return cmd_app(argv[1:])
+        if argv and argv[0] == "stand-in-weights":
+            from bdd_engine import standin  # imports the autolabel package: only on use
+
+            try:
+                return standin.main(argv[1:])
+            except standin.StandInRefused as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
         args = _parser().parse_args(argv)
         return args.fn(args)
     except (ConfigError, synth.WorldRefused, checkpoint.OutputsBusy, checkpoint.OutputsNotWritable) as e:
