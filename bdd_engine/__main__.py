@@ -45,11 +45,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """Execute notebook.py headless (bdd_engine.runner); the executed .ipynb is saved beside the outputs."""
     cfg = _cfg(args)
-    holder = checkpoint.lock_holder(cfg.out)
-    if holder is not None:
-        raise checkpoint.OutputsBusy(f"outputs folder {cfg.out} is in use by PID {holder}: wait for that run to "
-                                     f"finish or stop it (kill {holder}); or use --set outputs_dir=...")
-    checkpoint.check_writable(cfg.out)
+    # fail fast, before a kernel starts, with the lock's own messages (busy: holder PID; unwritable: the folder)
+    checkpoint.acquire_lock(cfg.out)
+    checkpoint.release_lock(cfg.out)
     print(f"[run] profile {cfg.profile} · outputs {cfg.out}" + (" · SYNTHETIC data" if cfg.synthetic else ""), flush=True)
     flywheel.data_root(cfg)  # a synthetic world is generated here, with its progress bar in this terminal
     return runner.run_notebook(cfg, parse_overrides(args.set or []), args.set or [], args.from_section)

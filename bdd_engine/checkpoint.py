@@ -257,30 +257,6 @@ def why_not_writable(folder: str | os.PathLike) -> str | None:
         return str(e.strerror or e)
 
 
-def check_writable(root: str | os.PathLike) -> None:
-    """Raise :class:`OutputsNotWritable` naming ``root`` unless a file can be created in it."""
-    why = why_not_writable(root)
-    if why:
-        raise OutputsNotWritable(f"outputs folder {root} is not writable ({why}): fix its permissions, or write "
-                                 f"elsewhere with --set outputs_dir=/some/writable/dir")
-
-
-def lock_holder(root: str | os.PathLike) -> int | None:
-    """PID holding the outputs folder's lock, or None when it is free (probe only)."""
-    root = Path(root).resolve()
-    if root in _LOCKS or not (root / ".lock").exists():
-        return None
-    with open(root / ".lock", "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            txt = fh.read().strip()
-            return int(txt) if txt.isdigit() else -1
-        fcntl.flock(fh, fcntl.LOCK_UN)
-    return None
-
-
 # ----------------------------------------------------------------------------- inputs
 INPUT_COLUMNS = ["path", "kind", "size", "mtime_ns", "sha256"]
 

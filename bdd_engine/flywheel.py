@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import pandas as pd
 
 from bdd_engine import (artifacts, autolabel, bdd, casestudy, collect, curate, embed, evaluate, experiment, figures,
-                        mine, report, slices, synth, train)
+                        images, mine, report, slices, synth, train)
 from bdd_engine.checkpoint import (Section, acquire_lock, atomic_path, atomic_write_json, df_to_markdown,
                                    release_lock)
 from bdd_engine.config import Config
@@ -111,9 +111,7 @@ def s1_collect(cfg: Config) -> Result:
                                             workers=max(2, int(cfg.workers)))
         unreadable = set(checks.loc[~checks["ok"], "name"])
         have, total = bdd.image_coverage(frames, {n: p for n, p in index.items() if n not in unreadable})
-        sizes = {n: (int(w), int(h)) for n, w, h, ok in zip(checks["name"], checks["width"], checks["height"], checks["ok"])
-                 if ok}
-        report_ = bdd.validate(frames, index, image_wh=sizes)
+        report_ = bdd.validate(frames, index, image_wh=images.sizes_of(checks, checks["name"]))
         report_.add(collect.image_issues(checks))
         collected, strata = slices.collect(collect.frame_table(table, checks), cfg.collect_total,
                                            cfg.collect_min_floor, cfg.seed)
