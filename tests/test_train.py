@@ -149,10 +149,36 @@ def test_train_spec_keeps_every_profile_fingerprint(profile):
                     "optimizer": cfg.train_optimizer, "lr0": cfg.train_lr0, "cos_lr": cfg.train_cos_lr,
                     "warmup_epochs": cfg.train_warmup_epochs, "close_mosaic": cfg.train_close_mosaic,
                     "mosaic": cfg.train_mosaic, "val": cfg.train_val, "patience": 100, "epochs": cfg.train_epochs,
-                    "seed": cfg.seed, "deterministic": True, "workers": cfg.workers, "plots": cfg.train_plots}
+                    "seed": cfg.seed, "deterministic": True, "workers": cfg.workers, "plots": cfg.train_plots,
+                    "cache": False if cfg.train_cache == "off" else cfg.train_cache}
     assert (spec.model, spec.init_weights, spec.device) == (cfg.train_model, cfg.train_init_weights, cfg.device)
     # device and workers never change the weights, so never the fingerprint
     assert T.fingerprint(replace(spec, device="0", workers=7), "data123", model, None) == FINGERPRINTS[profile][0]
+    # nor does the image cache; the arithmetic (bf16 autocast) does
+    assert T.fingerprint(replace(spec, cache="disk"), "data123", model, None) == FINGERPRINTS[profile][0]
+    assert T.fingerprint(spec, "data123", model, None, "bf16") != FINGERPRINTS[profile][0]
+
+
+def test_precision_follows_device_and_cpu(monkeypatch):
+    spec = train_spec(load_config("demo", env=False))
+    monkeypatch.setattr(T, "cpu_has_bf16", lambda: True)
+    assert spec.precision("cpu") == "bf16" and spec.precision("0") == "fp32"  # GPU: Ultralytics' own AMP
+    assert replace(spec, cpu_bf16=False).precision("cpu") == "fp32"
+    monkeypatch.setattr(T, "cpu_has_bf16", lambda: False)  # a CPU without native bf16 stays fp32
+    assert spec.precision("cpu") == "fp32"
+
+
+def test_cpu_bf16_autocast_swaps_and_restores():
+    import torch
+    import ultralytics.engine.trainer as ul_trainer
+
+    original = ul_trainer.autocast
+    with T.cpu_bf16_autocast(True):
+        with ul_trainer.autocast(False, device="cpu"):
+            assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
+    assert ul_trainer.autocast is original
+    with T.cpu_bf16_autocast(False):
+        assert ul_trainer.autocast is original
 
 
 def test_one_device_resolver(monkeypatch):
