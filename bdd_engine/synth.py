@@ -75,6 +75,18 @@ def _sample(rng: np.random.Generator, table: dict[str, int]) -> str:
     return keys[rng.choice(len(keys), p=p / p.sum())]
 
 
+def _mix(mix: dict[str, float] | None, bdd: dict[str, int], key: str) -> dict[str, float]:
+    """A condition mix (value → relative frequency); None = BDD100K's own marginals. Values
+    must be BDD's own attribute values, so slices of a mixed world still read as BDD slices."""
+    if mix is None:
+        return dict(bdd)
+    unknown = sorted(set(mix) - set(bdd))
+    if unknown or not mix or min(mix.values()) < 0 or sum(mix.values()) <= 0:
+        raise ValueError(f"{key}: {dict(mix)} must map BDD values {sorted(bdd)} to non-negative frequencies"
+                         + (f" (unknown: {unknown})" if unknown else ""))
+    return {k: float(v) for k, v in mix.items()}
+
+
 @dataclass
 class FrameSpec:
     name: str
@@ -93,6 +105,8 @@ class FrameSpec:
 def plan_world(cfg: Any) -> list[FrameSpec]:
     """Decide every frame's name, split and attributes (cheap; rendering is separate)."""
     rng = np.random.default_rng(cfg.seed)
+    weather_p = _mix(cfg.synth_weather_mix, WEATHER_P, "synth_weather_mix")
+    tod_p = _mix(cfg.synth_timeofday_mix, TIMEOFDAY_P, "synth_timeofday_mix")
     n_train, n_val = int(cfg.synth_n_train), int(cfg.synth_n_val)
     n_10k = int(round((n_train + n_val) * float(cfg.synth_share_10k)))
     per_drive = max(1, int(cfg.synth_frames_per_drive))
@@ -103,7 +117,7 @@ def plan_world(cfg: Any) -> list[FrameSpec]:
     i = 0
     while i < len(splits):
         group = f"{rng.integers(0, 2**32):08x}"
-        weather, tod = _sample(rng, WEATHER_P), _sample(rng, TIMEOFDAY_P)
+        weather, tod = _sample(rng, weather_p), _sample(rng, tod_p)
         scene = _sample(rng, SCENE_P)
         for _ in range(per_drive):
             if i >= len(splits) or (_ > 0 and (splits[i] != splits[i - 1] or sets[i] != sets[i - 1])):

@@ -24,7 +24,7 @@ PKG = ROOT / "bdd_engine"
 LAYERS: dict[str, tuple[str, ...]] = {
     "0 foundations": ("env", "sections", "geometry", "weights", "config", "checkpoint"),
     "1 data": ("bdd", "images", "synth", "slices", "viz", "artifacts"),
-    "2 models and metrics": ("evaluate", "yolo", "train", "embed", "curate", "mine", "collect"),
+    "2 models and metrics": ("evaluate", "yolo", "train", "embed", "curate", "mine", "collect", "pretrain"),
     "3 labelling and experiment": ("autolabel", "experiment", "report", "figures", "explorer", "standin"),
     "4 presentation": ("views", "casestudy"),
     "5 section runners": ("flywheel",),
