@@ -28,11 +28,12 @@ def label_paths(data_dir: Path, label_files: Sequence[str]) -> list[tuple[str, P
 
 
 def load_labels(paths: Sequence[tuple[str, Path]], index: Mapping[str, Path],
-                fix_hint: str) -> tuple[list[dict], pd.DataFrame, list[str]]:
+                fix_hint: str, allow_empty: bool = False) -> tuple[list[dict], pd.DataFrame, list[str]]:
     """Every label file: (frames, frame table, label files that hold no frame).
 
-    Raises naming the files (and ``fix_hint``) when all of them are empty; one empty file
-    is reported on stdout and returned."""
+    Raises naming the files (and ``fix_hint``) when all of them are empty, unless
+    ``allow_empty`` (the confirmation files: without them §5 says what is missing); an
+    empty file is reported on stdout and returned."""
     frames, tables, empty = [], [], []
     for split, path in paths:
         fr = bdd.load_frames(path)
@@ -41,9 +42,10 @@ def load_labels(paths: Sequence[tuple[str, Path]], index: Mapping[str, Path],
             print(f"warning: {path} holds no frames (an empty list); continuing with the other label files")
         frames += fr
         tables.append(bdd.frames_table(fr, index, split=split))
-    if not frames:
+    if not frames and not allow_empty:
         raise ValueError(f"every label file is empty ({', '.join(empty)}): there is nothing to collect. {fix_hint}")
-    return frames, pd.concat([t for t in tables if len(t)], ignore_index=True), empty
+    kept = [t for t in tables if len(t)]
+    return frames, (pd.concat(kept, ignore_index=True) if kept else bdd.frames_table([])), empty
 
 
 def check_frame_images(frames: Sequence[Mapping], index: Mapping[str, Path], cache_path: Path,
@@ -132,3 +134,17 @@ def first_frames(frames: Sequence[Mapping], keep: set[str]) -> list[Mapping]:
             seen.add(f["name"])
             out.append(f)
     return out
+
+
+def confirm_candidates(confirm: pd.DataFrame, collect_source: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The confirmation candidates: labelled frames of the confirm label files (BDD val) with a
+    readable image that share no frame and no drive group with any frame of the collect label
+    files (so none can be in train, eval, the mining pool, mined or random frames).
+
+    ``confirm``/``collect_source``: :func:`frame_table` tables. Returns (candidates with
+    ``slice``, counts of frames dropped per reason)."""
+    c = confirm.drop_duplicates("name", keep="first")
+    no_image = ~c["image_path"].astype(bool)
+    shared = c["name"].isin(collect_source["name"]) | c["group"].isin(collect_source["group"])
+    keep = c[~no_image & ~shared].reset_index(drop=True)
+    return keep, {"no_readable_image": int(no_image.sum()), "shares_frame_or_drive": int((shared & ~no_image).sum())}

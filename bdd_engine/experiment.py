@@ -52,12 +52,80 @@ def random_pool_names(pools: pd.DataFrame, k: int, seed: int) -> list[str]:
     return sorted(rng.choice(names, size=min(k, len(names)), replace=False).tolist())
 
 
+def confirmable(slices_df: pd.DataFrame, confirm_n: Mapping[str, int], min_confirm: int) -> pd.DataFrame:
+    """The rows of an eval slice table that may be chosen as the worst slice: any non-``full``
+    row, and full slices with >= ``min_confirm`` confirmation candidates (``confirm_n``:
+    slice → count). Raises naming the best-covered slice when no full slice qualifies."""
+    n = slices_df["slice"].map(lambda s: int(confirm_n.get(s, 0)))
+    ok = (slices_df["level"] != "full") | (n >= int(min_confirm))
+    if not (ok & (slices_df["level"] == "full")).any():
+        top = max(confirm_n.items(), key=lambda kv: kv[1], default=("(none)", 0))
+        raise ValueError(f"no eval slice has >= {min_confirm} confirmation frames (best: {top[0]!r} with {top[1]}); "
+                         "enlarge the confirm label files (synth_n_val for a synthetic world) or lower confirm_min_frames")
+    return slices_df[ok]
+
+
+def confirm_set(candidates: pd.DataFrame, worst: str, max_frames: int, seed: int) -> pd.DataFrame:
+    """The worst slice's confirmation frames: its candidates (§1), a seeded sample of
+    ``max_frames`` when there are more (whole table rows, sorted by name)."""
+    c = candidates[candidates["slice"] == worst]
+    if len(c) > max_frames:
+        c = c.sample(n=int(max_frames), random_state=int(seed))
+    return c.sort_values("name", kind="stable").reset_index(drop=True)
+
+
 def agg_seeds(d: pd.DataFrame) -> pd.Series:
     """Mean Δ over seeds (+ sd when several); the CI is the first seed's paired bootstrap."""
     first = d.sort_values("seed").iloc[0]
     return pd.Series({"delta": d["delta"].mean(), "sd": d["delta"].std(ddof=1) if len(d) > 1 else float("nan"),
                       "ci_lo": first["ci_lo"], "ci_hi": first["ci_hi"], "AP50_1": d["AP50_1"].mean(),
                       "p_le0": first["p_le0"]})
+
+
+Z_POWER = 1.959964 + 0.841621  # two-sided α = 0.05 plus 80% power: MDE = this × SE
+
+
+def hierarchical_deltas(point: Mapping[str, float], boot: Mapping[str, np.ndarray], runs: pd.DataFrame,
+                        seed: int) -> dict[str, Any]:
+    """Δ of every arm vs iter0 and the contrasts that answer the question, with 95% CIs from a
+    hierarchical bootstrap over frames *and* training seeds.
+
+    ``point``: run → mAP@0.5 on the confirmation set (``iter0`` included); ``boot``: run →
+    (B,) mAP@0.5 of the same B frame resamples (shared by every run: paired over frames);
+    ``runs``: one row per training run (``run``, ``arm``, ``seed``). Per resample b, each arm's
+    seeds are drawn with replacement (its runs are independent trainings) and averaged, so the
+    CI holds frame-sampling and seed variance together. Point estimates: seed means.
+    Returns ``arms`` {arm: {delta, ci, sd_seeds, n_seeds}}, ``contrasts`` {"iter1-random",
+    "oracle-random", "iter1-continue": {delta, ci, se}} and ``mde`` (of iter1-random: the
+    true contrast this design detects with 80% power at α = 0.05, two-sided: 2.8 × SE).
+    """
+    rng = np.random.default_rng([int(seed), 17])
+    b0 = np.asarray(boot["iter0"], float)
+    n_boot = len(b0)
+    arm_point, arm_boot, arms = {}, {}, {}
+    for arm, g in runs.groupby("arm", sort=False):
+        m = np.stack([np.asarray(boot[r], float) for r in g["run"]])          # (S, B)
+        pick = rng.integers(0, len(g), size=(n_boot, len(g)))                 # seeds drawn per resample
+        arm_boot[arm] = m[pick, np.arange(n_boot)[:, None]].mean(axis=1) - b0
+        d = np.array([point[r] - point["iter0"] for r in g["run"]], float)
+        arm_point[arm] = float(d.mean())
+        arms[arm] = {"delta": arm_point[arm], "ci": _ci95(arm_boot[arm]), "n_seeds": int(len(g)),
+                     "sd_seeds": float(d.std(ddof=1)) if len(g) > 1 else None}
+    contrasts = {}
+    for a, b in (("iter1", "random"), ("oracle", "random"), ("iter1", "continue")):
+        if a in arm_boot and b in arm_boot:
+            diff = arm_boot[a] - arm_boot[b]
+            contrasts[f"{a}-{b}"] = {"delta": arm_point[a] - arm_point[b], "ci": _ci95(diff),
+                                     "se": float(np.nanstd(diff, ddof=1))}
+    se = contrasts.get("iter1-random", {}).get("se")
+    return {"arms": arms, "contrasts": contrasts, "mde": None if se is None else Z_POWER * se,
+            "n_boot": int(n_boot), "method": "hierarchical bootstrap: frames resampled (shared by all runs), "
+                                              "then each arm's training seeds resampled with replacement"}
+
+
+def _ci95(x: np.ndarray) -> list[float | None]:
+    ok = x[~np.isnan(x)]
+    return [float(v) for v in np.percentile(ok, [2.5, 97.5])] if len(ok) else [None, None]
 
 
 def report_slices(slices_df: pd.DataFrame, worst: str, min_frames: int, top_n: int) -> list[str | None]:
@@ -92,10 +160,13 @@ def headline_table(agg: pd.DataFrame, deltas: pd.DataFrame, rows_sel: list, warm
 
 
 def headline(agg: pd.DataFrame, res0: Any, worst: str, n_eval: int, mining: Mapping[str, Any],
-             labeling: Mapping[str, Any], *, synthetic: bool, seeds: Sequence[int], warm_start: bool,
-             retrain_epochs: int) -> dict[str, Any]:
-    """headline.json: the worst slice's iter0 → iter1 mAP@0.5, Δ with CI, the controls' Δ,
-    mining and labelling quality, the design (seeds, warm start, epochs) and the verdict."""
+             labeling: Mapping[str, Any], confirm: Mapping[str, Any] | None = None, *, synthetic: bool,
+             seeds: Sequence[int], warm_start: bool, retrain_epochs: int) -> dict[str, Any]:
+    """headline.json: the answer on the confirmation set first (``confirm``: from
+    :func:`hierarchical_deltas` plus ``slice``/``n_frames``/``iter0``) — iter1 − random and
+    oracle − random with hierarchical CIs and the design's MDE — then the eval-pool view the
+    worst slice was chosen on (iter0 → iter1 mAP@0.5, Δ with CI, the controls' Δ), mining and
+    labelling quality, the design (seeds, warm start, epochs) and the verdict."""
     it1 = agg[(agg["arm"] == "iter1")].set_index("slice")
     arm_d = {a: agg[(agg["arm"] == a) & (agg["slice"] == worst)]["delta"] for a in CONTROLS}
     h = {
@@ -114,12 +185,61 @@ def headline(agg: pd.DataFrame, res0: Any, worst: str, n_eval: int, mining: Mapp
     }
     if not warm_start:
         h["continue_delta"] = None
+    h.update({"iter0_overall": h["overall_iter0"], "teacher_recall": h["label_recall"],
+              "teacher_precision": h["label_precision"], "teacher_classes": labeling["mined"].get("classes_labelled")})
+    if confirm is not None:
+        h.update(confirm_keys(confirm))
     h["verdict"] = verdict(h)
     return h
 
 
+def confirm_keys(confirm: Mapping[str, Any]) -> dict[str, Any]:
+    """headline.json's confirmation-set keys from :func:`hierarchical_deltas`' output."""
+    c = confirm["contrasts"]
+    pick = lambda k: {"delta": c[k]["delta"], "ci": c[k]["ci"]} if k in c else None  # noqa: E731
+    ir = c.get("iter1-random")
+    return {"confirm_slice": confirm["slice"], "confirm_n": int(confirm["n_frames"]), "confirm_iter0": confirm["iter0"],
+            "confirm_delta": {a: {"delta": v["delta"], "ci": v["ci"]} for a, v in confirm["arms"].items()},
+            "contrast_iter1_random": pick("iter1-random"), "contrast_oracle_random": pick("oracle-random"),
+            "contrast_iter1_continue": pick("iter1-continue"), "mde": confirm["mde"],
+            "contrast_halfwidth": None if ir is None or None in ir["ci"] else (ir["ci"][1] - ir["ci"][0]) / 2,
+            "contrast_method": confirm["method"] + f" ({confirm['n_boot']} resamples)"}
+
+
 def verdict(h: Mapping[str, Any]) -> str:
-    """One sentence on what the headline Δ supports, from the numbers only.
+    """What the headline supports, from the numbers only: the confirmation-set contrast
+    first (when the run has one), then the eval-pool sentence (:func:`pool_verdict`)."""
+    c = h.get("contrast_iter1_random")
+    if not c:
+        return pool_verdict(h)
+    return confirm_verdict(h) + " On the eval pool the slice was chosen on: " + pool_verdict(h)
+
+
+def _ci_words(delta: float, ci: Sequence[float | None], what: str) -> str:
+    lo, hi = ci
+    if lo is None or hi is None:
+        return f"{what} {delta:+.3f} (no CI)"
+    sig = ("above 0 beyond its CI" if lo > 0 else "below 0 beyond its CI" if hi < 0 else "within noise (CI contains 0)")
+    return f"{what} {delta:+.3f} (95% CI [{lo:+.3f}, {hi:+.3f}]): {sig}"
+
+
+def confirm_verdict(h: Mapping[str, Any]) -> str:
+    """The answer on the confirmation set: iter1 − random (does mining + auto-labelling beat
+    the same number of random frames?) and oracle − random (what perfect labels on the mined
+    frames would give), with the design's minimum detectable effect."""
+    parts = [_ci_words(h["contrast_iter1_random"]["delta"], h["contrast_iter1_random"]["ci"],
+                       f"On {h['confirm_n']} held-out frames of {h['confirm_slice']}, Δ(iter1) − Δ(random) =")]
+    o = h.get("contrast_oracle_random")
+    if o:
+        parts.append(_ci_words(o["delta"], o["ci"], "Δ(oracle) − Δ(random) ="))
+    if h.get("mde") is not None:
+        parts.append(f"this design detects a true contrast of {h['mde']:.3f} with 80% power (α = 0.05, "
+                     f"{len(h.get('seeds') or [])} seeds per arm)")
+    return "; ".join(parts) + "."
+
+
+def pool_verdict(h: Mapping[str, Any]) -> str:
+    """One sentence on what the eval-pool headline Δ supports, from the numbers only.
 
     Comparisons are made at the 3 decimals the sentence prints, so a difference that
     reads ``+0.000`` is never "beyond" a CI half-width that reads ``0.000`` (a zero-width

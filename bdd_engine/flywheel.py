@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import pandas as pd
 
 from bdd_engine import (artifacts, autolabel, bdd, casestudy, collect, curate, embed, evaluate, experiment, figures,
@@ -97,6 +98,9 @@ def s1_collect(cfg: Config) -> Result:
 
     Artifacts (``01_collect/``): frames.csv (collected frame table, with each image's
     width/height in pixels), gt_collected.json, strata.csv, slice_index.csv,
+    confirm_frames.csv + gt_confirm.json (the confirmation candidates: labelled frames of
+    ``confirm_label_files`` sharing no frame or drive with the collect label files) and
+    confirm_dropped.json,
     validation_issues.csv, validation.json, inputs.csv (every input file's content hash:
     editing a label file or an image makes §1 and everything after it stale).
     """
@@ -107,29 +111,36 @@ def s1_collect(cfg: Config) -> Result:
         index = bdd.index_images(root, cfg.image_sets)
         paths = collect.label_paths(cfg.data_dir, cfg.label_files)
         frames, table, empty = collect.load_labels(paths, index, _empty_labels_hint(cfg))
-        checks = collect.check_frame_images(frames, index, cfg.out / ".cache" / "image_checks.parquet",
+        cpaths = collect.label_paths(cfg.data_dir, cfg.confirm_label_files)
+        cframes, ctable, cempty = collect.load_labels(cpaths, index, _empty_labels_hint(cfg), allow_empty=True)
+        checks = collect.check_frame_images(frames + cframes, index, cfg.out / ".cache" / "image_checks.parquet",
                                             workers=max(2, int(cfg.workers)))
         unreadable = set(checks.loc[~checks["ok"], "name"])
-        have, total = bdd.image_coverage(frames, {n: p for n, p in index.items() if n not in unreadable})
-        report_ = bdd.validate(frames, index, image_wh=images.sizes_of(checks, checks["name"]))
+        have, total = bdd.image_coverage(frames + cframes, {n: p for n, p in index.items() if n not in unreadable})
+        report_ = bdd.validate(frames + cframes, index, image_wh=images.sizes_of(checks, checks["name"]))
         report_.add(collect.image_issues(checks))
-        collected, strata = slices.collect(collect.frame_table(table, checks), cfg.collect_total,
-                                           cfg.collect_min_floor, cfg.seed)
-        label_files = [p for _, p in paths]
+        source = collect.frame_table(table, checks)
+        collected, strata = slices.collect(source, cfg.collect_total, cfg.collect_min_floor, cfg.seed)
+        confirm, dropped = collect.confirm_candidates(collect.frame_table(ctable, checks), source)
+        label_files = [p for _, p in paths + cpaths]
         inputs = collect.input_table(root, cfg.image_sets, label_files, checks)
         label_sha = collect.label_file_hashes(inputs, root, label_files)
-        summary = collect.validation_summary(report_, len(index), have, total, checks, empty, label_sha,
+        summary = collect.validation_summary(report_, len(index), have, total, checks, empty + cempty, label_sha,
                                              synthetic=bool(cfg.synthetic))
         with sec.writer() as w:
             w.write_df("frames.csv", collected)
             bdd.write_bdd_json(collect.first_frames(frames, set(collected["name"])), w.path("gt_collected.json"))
             w.write_df("strata.csv", strata)
+            w.write_df("confirm_frames.csv", confirm)
+            bdd.write_bdd_json(collect.first_frames(cframes, set(confirm["name"])), w.path("gt_confirm.json"))
+            w.write_json("confirm_dropped.json", dropped)
             w.write_df("slice_index.csv", slices.slice_index(collected))
             w.write_df("validation_issues.csv", report_.issues)
             w.record_inputs(inputs, label_files=label_sha)
             w.write_json("validation.json", summary)
             w.counts.update({"labelled": total, "with_image": have, "collected": len(collected),
-                             "validation_issues": len(report_.issues), "unreadable_images": len(unreadable)})
+                             "validation_issues": len(report_.issues), "unreadable_images": len(unreadable),
+                             "confirm_candidates": len(confirm)})
         print(f"§1 done in {time.time() - t0:.1f} s")
     return Result(1, sec.dir, {
         "frames": sec.read_df("frames.csv"), "strata": sec.read_df("strata.csv"),
@@ -215,7 +226,7 @@ def train_spec(cfg: Config) -> train.TrainSpec:
         imgsz=cfg.train_imgsz, batch=cfg.train_batch, nbs=cfg.train_nbs, optimizer=cfg.train_optimizer,
         lr0=cfg.train_lr0, cos_lr=cfg.train_cos_lr, warmup_epochs=cfg.train_warmup_epochs,
         close_mosaic=cfg.train_close_mosaic, mosaic=cfg.train_mosaic, val=cfg.train_val, plots=bool(cfg.train_plots),
-        seed=int(cfg.seed), workers=int(cfg.workers), device=str(cfg.device), synthetic=bool(cfg.synthetic),
+        seed=int(cfg.seed), cpu_bf16=bool(cfg.train_cpu_bf16), cache=str(cfg.train_cache), workers=int(cfg.workers), device=str(cfg.device), synthetic=bool(cfg.synthetic),
         profile=cfg.profile)
 
 
@@ -264,23 +275,30 @@ def _eval_pool(cfg: Config) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------- §5
-def _worst_slice_info(res: evaluate.EvalResult, min_frames: int) -> dict[str, Any]:
-    """worst_slice.json: worst and best ranked slice with CIs, the gap, overall mAP."""
-    worst = evaluate.worst_slice(res.slices, min_frames)
+def _worst_slice_info(res: evaluate.EvalResult, min_frames: int, confirm_n: Mapping[str, int],
+                      min_confirm: int) -> dict[str, Any]:
+    """worst_slice.json: worst and best ranked slice with CIs, the gap, overall mAP. Only a
+    slice with >= ``min_confirm`` confirmation frames (``confirm_n``: slice → candidates)
+    may be the worst: its Δ must be confirmable on frames that played no part in choosing it."""
+    eligible = experiment.confirmable(res.slices, confirm_n, min_confirm)
+    worst = evaluate.worst_slice(eligible, min_frames)
     full = evaluate.ranked_slices(res.slices, min_frames)
     best = full.sort_values("AP50", ascending=False).iloc[0]
     return {"worst_slice": worst["slice"], "n_eval": int(worst["n_frames"]), "AP50": float(worst["AP50"]),
             "ci": [float(worst["ci_lo"]), float(worst["ci_hi"])], "best_slice": best["slice"],
             "best_AP50": float(best["AP50"]), "best_ci": [float(best["ci_lo"]), float(best["ci_hi"])],
             "gap": float(best["AP50"] - worst["AP50"]), "overall_AP50": res.AP50, "overall_AP": res.AP,
-            "ranked_slices": int(len(full)), "min_eval_frames": int(min_frames)}
+            "ranked_slices": int(len(full)), "min_eval_frames": int(min_frames),
+            "confirmable_slices": int(len(evaluate.ranked_slices(eligible, min_frames))),
+            "min_confirm_frames": int(min_confirm), "confirm_candidates": int(confirm_n.get(worst["slice"], 0))}
 
 
 def s5_eval(cfg: Config) -> Result:
     """Predict once on the eval pool; official mAP overall / per class / per slice / per frame; worst slice.
 
     Artifacts (``05_eval_iter0/``): predictions.json/.parquet, eval.json, slices.csv,
-    slices.md, per_class.csv, per_frame.csv, worst_slice.json; figures
+    slices.md, per_class.csv, per_frame.csv, worst_slice.json, confirm.csv (the worst
+    slice's confirmation frames, fixed here, scored only in §8); figures
     slice_map_iter0.png, worst_slice_failures.png.
     """
     sec = Section(cfg, 5)
@@ -288,9 +306,13 @@ def s5_eval(cfg: Config) -> Result:
         ev = _eval_pool(cfg)
         preds = _predict(cfg, artifacts.iter0_weights(cfg.out), ev)
         res = _evaluate(cfg, preds)
-        info = _worst_slice_info(res, int(cfg.eval_min_frames))
+        cand = artifacts.read_df(cfg.out, 1, "confirm_frames.csv")
+        info = _worst_slice_info(res, int(cfg.eval_min_frames), cand["slice"].value_counts().to_dict(),
+                                 int(cfg.confirm_min_frames))
         worst = info["worst_slice"]
+        confirm = experiment.confirm_set(cand, worst, int(cfg.confirm_max_frames), int(cfg.seed))
         with sec.writer() as w:
+            w.write_df("confirm.csv", confirm)
             _write_eval(w, res, preds)
             w.write_text("slices.md", df_to_markdown(res.slices[res.slices["level"] == "full"]) + "\n")
             w.write_json("worst_slice.json", info)
@@ -356,6 +378,9 @@ def _label_sets(cfg: Config, w: Any, labeler: Any, sets: Mapping[str, list[str]]
                            "train_frames": len(extra[which]),
                            "train_labels": sum(len(f["labels"]) for f in extra[which]),
                            **(_overall_pr(q.all_frames) if q is not None else {})}
+        if q is not None:  # classes the labeler found at least once (a TP): the breadth of its labels
+            per = q.all_frames[q.all_frames["class"] != "overall"]
+            labeling[which]["classes_labelled"] = int((per["tp"] > 0).sum())
     return extra, labeling
 
 
@@ -460,6 +485,30 @@ def _evaluate_arms(cfg: Config, w: Any, arms: pd.DataFrame, res0: evaluate.EvalR
     return results, pd.DataFrame(deltas)
 
 
+def _confirm(cfg: Config, w: Any, arms: pd.DataFrame) -> dict[str, Any]:
+    """Score iter0 and every arm on §5's confirmation set (the worst slice's held-out
+    frames); Δ per arm and the contrasts with hierarchical-bootstrap CIs (confirm.json)."""
+    conf = artifacts.read_df(cfg.out, 5, "confirm.csv")
+    gt_by = {f["name"]: f for f in artifacts.load_gt(cfg.out, 1, "confirm")}
+    gt = [gt_by[n] for n in conf["name"]]
+    n_boot, seed = int(cfg.eval_n_boot), int(cfg.seed)
+    weights = {"iter0": artifacts.iter0_weights(cfg.out), **{r.run: cfg.out / r.weights for r in arms.itertuples()}}
+    frames_w = evaluate.resample_weights(len(gt), n_boot, np.random.default_rng([seed, 23]))
+    point, boot, rows = {}, {}, []
+    for run, wts in weights.items():
+        preds = _predict(cfg, wts, conf)
+        res = evaluate.evaluate(gt, preds, by=cfg.eval_by, n_boot=0, seed=seed)
+        point[run], boot[run] = res.AP50, evaluate.boot_map50(res.cache, np.arange(len(gt)), frames_w)
+        w.write_df(f"confirm/{run}_predictions.parquet", bdd.boxes_table(preds))
+        rows.append({"run": run, "AP50": res.AP50, "AP": res.AP})
+    table = pd.DataFrame(rows).merge(arms[["run", "arm", "seed"]], on="run", how="left").fillna({"arm": "iter0"})
+    w.write_df("confirm_runs.csv", table)
+    out = {"slice": str(conf["slice"].iloc[0]), "n_frames": len(gt), "iter0": point["iter0"],
+           **experiment.hierarchical_deltas(point, boot, arms, seed)}
+    w.write_json("confirm.json", out)
+    return out
+
+
 def _write_runs(cfg: Config, w: Any, runs: pd.DataFrame) -> None:
     """runs/runs.csv + runs.md (one row per training run) and runs/registry.json."""
     runs_dir = cfg.out / "runs"
@@ -528,13 +577,14 @@ def s8_delta(cfg: Config) -> Result:
         with sec.writer() as w:
             results, deltas = _evaluate_arms(cfg, w, arms, res0, rows_sel)
             w.write_df("deltas.csv", deltas)
+            confirm = _confirm(cfg, w, arms)
             agg = deltas.groupby(["arm", "slice"], sort=False).apply(experiment.agg_seeds, include_groups=False).reset_index()
             head = experiment.headline_table(agg, deltas, rows_sel, warm=bool(cfg.retrain_warm_start))
             w.write_df("headline.csv", head)
             w.write_text("headline.md", df_to_markdown(head) + "\n")
             headline = experiment.headline(
                 agg, res0, worst, w5["n_eval"], artifacts.load_json(cfg.out, 6, "mining_summary.json"),
-                artifacts.load_json(cfg.out, 7, "labeling.json"), synthetic=bool(cfg.synthetic),
+                artifacts.load_json(cfg.out, 7, "labeling.json"), confirm, synthetic=bool(cfg.synthetic),
                 seeds=cfg.retrain_seeds, warm_start=bool(cfg.retrain_warm_start), retrain_epochs=int(cfg.retrain_epochs))
             w.write_json("headline.json", headline)
             w.save_fig("slice_delta.png", figures.delta_figure(head, bool(cfg.synthetic)))

@@ -44,11 +44,11 @@ def world(tiny_world, tmp_path) -> Path:
     return dst
 
 
-def labels(world: Path, split: str = "val") -> Path:
+def labels(world: Path, split: str = "train") -> Path:
     return world / "labels" / "det_20" / f"det_{split}.json"
 
 
-def edit_labels(world: Path, fn, split: str = "val") -> None:
+def edit_labels(world: Path, fn, split: str = "train") -> None:
     p = labels(world, split)
     frames = json.loads(p.read_text())
     fn(frames)
@@ -59,7 +59,7 @@ def image_of(world: Path, name: str) -> Path:
     return next(world.glob(f"images/*/*/{name}"))
 
 
-def first_boxed(world: Path, split: str = "val", k: int = 0) -> dict:
+def first_boxed(world: Path, split: str = "train", k: int = 0) -> dict:
     return [f for f in json.loads(labels(world, split).read_text()) if f["labels"]][k]
 
 
@@ -132,12 +132,13 @@ def test_edited_labels_make_collect_and_everything_after_it_stale(world, tmp_pat
     fw.s1_collect(cfg)
     fw.s3_pools(cfg)
     man = Section(cfg, 1).manifest()
-    assert man["inputs"]["label_files"]["labels/det_20/det_val.json"] == checkpoint.sha256_file(labels(world))
+    assert man["inputs"]["label_files"]["labels/det_20/det_train.json"] == checkpoint.sha256_file(labels(world))
+    assert man["inputs"]["label_files"]["labels/det_20/det_val.json"] == checkpoint.sha256_file(labels(world, "val"))
     os.utime(labels(world))  # touched, same bytes: still fresh
     assert status(cfg).set_index("section").loc[[1, 3], "fresh"].all()
     edit_labels(world, lambda fr: fr[0]["attributes"].update(weather="foggy"))
     st = status(cfg).set_index("section")
-    assert st.loc[1, "reason"].startswith("input changed:") and "det_val.json" in st.loc[1, "reason"]
+    assert st.loc[1, "reason"].startswith("input changed:") and "det_train.json" in st.loc[1, "reason"]
     assert st.loc[3, "reason"] == "upstream 01_collect is stale"
     img = image_of(world, first_boxed(world)["name"])
     fw.s1_collect(cfg)
@@ -266,12 +267,15 @@ def test_mixed_image_sizes_are_reported_and_each_frame_uses_its_own(world, tmp_p
 
 # ----------------------------------------------------------------------------- 9 empty label files
 def test_empty_label_files(world, tmp_path, capsys):
+    # an empty confirmation file (val): a warning, no candidates, and §5 will say what is missing
     labels(world, "val").write_text("[]")
     r = fw.s1_collect(make_cfg(world, tmp_path / "one"))
     assert r.info["empty_label_files"] == [str(labels(world, "val"))]
+    assert len(artifacts.read_df(r.dir.parent, 1, "confirm_frames.csv")) == 0
     assert "holds no frames" in capsys.readouterr().out
+    # every collect label file empty: nothing to collect, one error naming the file and the fix
     labels(world, "train").write_text("[]")
-    with pytest.raises(ValueError, match="every label file is empty .*det_train.json.*det_val.json"):
+    with pytest.raises(ValueError, match="every label file is empty .*det_train.json.*synth --profile tiny --force"):
         fw.s1_collect(make_cfg(world, tmp_path / "both"))
 
 

@@ -26,7 +26,9 @@ from bdd_engine.env import PROJECT_ROOT
 SECTIONS = list(_SECTIONS.values())
 HEADLINE_KEYS = {"worst_slice", "n_eval", "iter0", "iter1", "delta", "delta_ci", "random_delta", "oracle_delta",
                  "continue_delta", "overall_iter0", "overall_iter1", "mining_precision", "slice_base_rate",
-                 "labeler", "synthetic"}
+                 "labeler", "synthetic", "seeds", "confirm_n", "contrast_iter1_random", "contrast_oracle_random",
+                 "mde", "iter0_overall", "teacher_recall", "teacher_classes"}
+ARMS = ["iter1", "random", "oracle", "continue"]
 
 
 def run_notebook(world: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -63,7 +65,17 @@ def test_whole_notebook_writes_every_artifact(first_run):
     assert h["synthetic"] is True and h["labeler"] == "teacher"
     assert h["delta_ci"][0] <= h["delta"] <= h["delta_ci"][1]
     runs = pd.read_csv(out / "runs" / "runs.csv")
-    assert runs["arm"].tolist() == ["iter0", "iter1", "random", "oracle", "continue"]
+    seeds = load_config("tiny", env=False).retrain_seeds
+    assert runs["arm"].tolist() == ["iter0"] + [a for a in ARMS for _ in seeds]
+    assert h["seeds"] == seeds and runs["run"].tolist()[1:3] == [f"iter1_s{s}" for s in seeds]
+    confirm = pd.read_csv(out / "05_eval_iter0" / "confirm.csv")
+    assert h["confirm_n"] == len(confirm) >= load_config("tiny", env=False).confirm_min_frames
+    assert set(confirm["slice"]) == {h["worst_slice"]} == {h["confirm_slice"]}
+    # confirmation frames come from held-out drives: none in any pool, none sharing a drive with one
+    pools = pd.read_csv(out / "03_pools" / "pools.csv")
+    assert not set(confirm["name"]) & set(pools["name"]) and not set(confirm["group"]) & set(pools["group"])
+    lo, hi = h["contrast_iter1_random"]["ci"]
+    assert lo < hi and h["mde"] > 0
     assert (runs["epochs"].iloc[1:] == runs["epochs"].iloc[1]).all(), "identical epochs for every arm"
     reg = json.loads((out / "runs" / "registry.json").read_text())
     assert reg["promoted"] in set(runs.loc[runs["arm"].isin(["iter0", "iter1"]), "run"])
@@ -116,7 +128,9 @@ def test_accepted_auto_labels_and_only_those_reach_iter1(first_run):
     accept = float(cfg.label_accept)
     s7 = out / "07_autolabel_retrain"
     labeling = json.loads((s7 / "labeling.json").read_text())
-    arms = pd.read_csv(s7 / "arms.csv").set_index("arm")
+    all_arms = pd.read_csv(s7 / "arms.csv")
+    assert (all_arms.groupby("arm")["data_hash"].nunique() == 1).all(), "seeds of one arm share its data"
+    arms = all_arms[all_arms["seed"] == all_arms["seed"].min()].set_index("arm")
     gt_train = {f["name"] for f in bdd.load_frames(out / "03_pools" / "gt_train.json")}
     mined = pd.read_csv(out / "06_mine" / "mined.csv")["name"].tolist()
     random_names = pd.read_csv(s7 / "random_frames.csv")["name"].tolist()
@@ -137,19 +151,19 @@ def test_accepted_auto_labels_and_only_those_reach_iter1(first_run):
         assert router.loc["accept", "n_labels"] == lab["train_labels"]
         assert router.loc[["accept", "review", "discard"], "n_labels"].sum() == lab["labels"]
         # the arm's training set on disk: GT train frames + exactly the accepted labels of its frames
-        yolo = out / "runs" / "data" / arm / "labels" / "train"
+        yolo = out / "runs" / "data" / arms.loc[arm, "run"] / "labels" / "train"
         assert {p.stem for p in yolo.glob("*.txt")} == {Path(n).stem for n in gt_train | set(kept)}
         assert _yolo_classes(yolo, names) == kept, f"{arm} trained on labels the router did not accept"
         row = arms.loc[arm]
         assert (row["extra_frames"], row["extra_labels"]) == (len(kept), lab["train_labels"])
         assert row["train_frames"] == len(gt_train) + len(kept)
-    cont = out / "runs" / "data" / "continue" / "labels" / "train"
+    cont = out / "runs" / "data" / arms.loc["continue", "run"] / "labels" / "train"
     assert {p.stem for p in cont.glob("*.txt")} == {Path(n).stem for n in gt_train}
     assert (arms.loc["continue", "extra_frames"], arms.loc["oracle", "extra_frames"]) == (0, len(mined))
     hashes = arms["data_hash"]
     assert hashes.is_unique, f"two arms trained on identical data: {hashes.to_dict()}"
-    runs = pd.read_csv(out / "runs" / "runs.csv").set_index("arm")
-    assert runs.loc[list(arms.index), "data_hash"].tolist() == hashes.tolist()
+    runs = pd.read_csv(out / "runs" / "runs.csv").set_index("run")
+    assert runs.loc[list(arms["run"]), "data_hash"].tolist() == hashes.tolist()
 
 
 def test_verdict_words_match_the_delta(first_run):
@@ -158,6 +172,10 @@ def test_verdict_words_match_the_delta(first_run):
     d, (lo, hi), v = h["delta"], h["delta_ci"], h["verdict"]
     assert lo <= d <= hi and hi > lo, "a zero-width CI: iter1 and iter0 predicted the same"
     assert h["overall_iter1"] != h["overall_iter0"], "iter1 is iter0: the retrain changed nothing"
+    c = h["contrast_iter1_random"]
+    assert v.startswith(f"On {h['confirm_n']} held-out frames of {h['confirm_slice']}, Δ(iter1) − Δ(random) = "
+                        f"{c['delta']:+.3f} (95% CI [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]): ")
+    v = v.split("On the eval pool the slice was chosen on: ")[1]
     assert v.startswith(f"Δ {d:+.3f} (95% CI [{lo:+.3f}, {hi:+.3f}]): ")
     sig = {"improved": "the worst slice improved beyond its CI", "worse": "the worst slice got worse beyond its CI",
            "noise": "within noise (its CI contains 0)"}

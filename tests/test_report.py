@@ -93,10 +93,12 @@ def test_retrain_runs_refuses_warm_start_without_continue():
     def runs(c):
         return experiment.retrain_runs(c.retrain_controls, c.retrain_seeds, c.retrain_warm_start)
 
-    assert [r[0] for r in runs(cfg)] == ["iter1", "random", "oracle", "continue"]
+    one = load_config("tiny", {"retrain_seeds": [42]}, env=False)
+    assert [r[0] for r in runs(one)] == ["iter1", "random", "oracle", "continue"]
     seeds = load_config("tiny", {"retrain_seeds": [42, 43]}, env=False)
     assert [r[0] for r in runs(seeds)][:2] == ["iter1_s42", "iter1_s43"]
     with pytest.raises(ValueError, match="continue"):
         runs(load_config("tiny", {"retrain_controls": ["random"]}, env=False))
-    cold = load_config("tiny", {"retrain_controls": ["random"], "retrain_warm_start": False}, env=False)
+    cold = load_config("tiny", {"retrain_controls": ["random"], "retrain_warm_start": False, "retrain_seeds": [42]},
+                       env=False)
     assert [r[1] for r in runs(cold)] == ["iter1", "random"]
