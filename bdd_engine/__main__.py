@@ -6,6 +6,7 @@
     evaluate  BDD-official detection eval of any GT/prediction JSON pair, per slice
     app       launch the FiftyOne App on the profile's dataset
     stand-in-weights  build RANDOM weights with the full profile's exact architectures (--out DIR)
+    import-labels  a Label Studio JSON export of the review queue -> BDD frames (--label-studio EXPORT.json --out DIR)
 
 Every command takes ``--profile`` and ``--set key=value`` (repeatable). A bad key or
 value, a busy or read-only outputs folder, or a folder synth may not touch ends the
@@ -91,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("evaluate", help="python -m bdd_engine evaluate --gt GT.json --pred PRED.json [--by ...] [--json OUT]")
     sub.add_parser("app", help="python -m bdd_engine app --profile P [--port N] [--set key=value]")
     sub.add_parser("stand-in-weights", help="python -m bdd_engine stand-in-weights --out DIR [--only NAME] (RANDOM weights)")
+    sub.add_parser("import-labels", help="python -m bdd_engine import-labels --label-studio EXPORT.json --out DIR")
     return p
 
 
@@ -108,6 +110,14 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 return standin.main(argv[1:])
             except standin.StandInRefused as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+        if argv and argv[0] == "import-labels":
+            from bdd_engine.autolabel import review_import
+
+            try:
+                return review_import.main(argv[1:])
+            except review_import.ExportError as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 2
         args = _parser().parse_args(argv)
