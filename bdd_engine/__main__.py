@@ -96,6 +96,17 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _own_parser_command(name: str):
+    """(main, its refusal error) of a command that parses its own flags; imported only on use."""
+    if name == "stand-in-weights":
+        from bdd_engine import standin  # imports the autolabel package and transformers: only on use
+
+        return standin.main, standin.StandInRefused
+    from bdd_engine.autolabel import review_import
+
+    return review_import.main, review_import.ExportError
+
+
 def main(argv: list[str] | None = None) -> int:
     setup_env()  # offline-safe settings for this process and the notebook kernel it starts
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -104,20 +115,11 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_evaluate(argv[1:])
         if argv and argv[0] == "app":
             return cmd_app(argv[1:])
-        if argv and argv[0] == "stand-in-weights":
-            from bdd_engine import standin  # imports the autolabel package: only on use
-
+        if argv and argv[0] in ("stand-in-weights", "import-labels"):
+            run, refusal = _own_parser_command(argv[0])
             try:
-                return standin.main(argv[1:])
-            except standin.StandInRefused as e:
-                print(f"error: {e}", file=sys.stderr)
-                return 2
-        if argv and argv[0] == "import-labels":
-            from bdd_engine.autolabel import review_import
-
-            try:
-                return review_import.main(argv[1:])
-            except review_import.ExportError as e:
+                return run(argv[1:])
+            except refusal as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 2
         args = _parser().parse_args(argv)
