@@ -197,3 +197,16 @@ def test_cli_writes_bdd_frames_and_refuses_a_foreign_folder(queue, tmp_path, cap
     assert cli(["import-labels", "--label-studio", str(export), "--out", str(foreign)]) == 2
     assert "choose a new --out folder" in capsys.readouterr().err
     assert sorted(x.name for x in foreign.iterdir()) == ["notes.txt"]
+
+
+def test_task_without_data_name_is_named_after_its_local_file_url(queue, tmp_path):
+    _, tasks = queue
+    t = copy.deepcopy(tasks[1])
+    t["id"] = 5
+    del t["data"]["name"]
+    t["data"]["image"] = "/data/local-files/?d=frames/b%20copy.jpg"
+    _annotate(t, copy.deepcopy(t["predictions"][0]["result"]))
+    p = tmp_path / "url.json"
+    p.write_text(json.dumps([t]))
+    (fr,), rep = import_label_studio(p)
+    assert fr["name"] == "b copy.jpg" and rep.names_from_url == 1

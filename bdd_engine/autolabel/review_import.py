@@ -59,6 +59,7 @@ class ImportReport:
     rotated: int = 0                                                 # boxes replaced by their enclosing box
     several_annotations: int = 0                                     # tasks where the latest annotation won
     without_attributes: int = 0                                      # frames whose task data had no BDD attributes
+    names_from_url: int = 0                                          # no data.name: named after the image URL
 
     def skip_task(self, reason: str, task_id: Any) -> None:
         self.skipped_tasks.setdefault(reason, []).append(task_id)
@@ -69,7 +70,7 @@ class ImportReport:
                 "skipped_tasks": {k: {"n": len(v), "task_ids": v} for k, v in self.skipped_tasks.items()},
                 "skipped_results": dict(self.skipped_results), "rotated_boxes": self.rotated,
                 "tasks_with_several_annotations": self.several_annotations,
-                "frames_without_attributes": self.without_attributes}
+                "frames_without_attributes": self.without_attributes, "names_from_url": self.names_from_url}
 
     def summary(self) -> str:
         skipped = "; ".join(f"{len(v)} {k} (task ids {v[:5]}{' ...' if len(v) > 5 else ''})"
@@ -162,6 +163,7 @@ def task_frame(task: Mapping[str, Any], where: str, report: ImportReport) -> dic
         report.skip_task("without a completed annotation", tid)
         return None
     report.several_annotations += n_done > 1
+    report.names_from_url += not task["data"].get("name")  # Label Studio uploads may prefix a hash: check these
     labels = []
     for res in ann.get("result") or []:
         label, reason, rotated = result_label(res, f"{where} ({name})")
