@@ -7,6 +7,7 @@
     app       launch the FiftyOne App on the profile's dataset
     pretrain  build the demo's pretrained init on a disjoint synthetic world (profile pretrain)
     stand-in-weights  build RANDOM weights with the full profile's exact architectures (--out DIR)
+    import-labels  a Label Studio JSON export of the review queue -> BDD frames (--label-studio EXPORT.json --out DIR)
 
 Every command takes ``--profile`` and ``--set key=value`` (repeatable). A bad key or
 value, a busy or read-only outputs folder, or a folder synth may not touch ends the
@@ -116,7 +117,19 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("evaluate", help="python -m bdd_engine evaluate --gt GT.json --pred PRED.json [--by ...] [--json OUT]")
     sub.add_parser("app", help="python -m bdd_engine app --profile P [--port N] [--set key=value]")
     sub.add_parser("stand-in-weights", help="python -m bdd_engine stand-in-weights --out DIR [--only NAME] (RANDOM weights)")
+    sub.add_parser("import-labels", help="python -m bdd_engine import-labels --label-studio EXPORT.json --out DIR")
     return p
+
+
+def _own_parser_command(name: str):
+    """(main, its refusal error) of a command that parses its own flags; imported only on use."""
+    if name == "stand-in-weights":
+        from bdd_engine import standin  # imports the autolabel package and transformers: only on use
+
+        return standin.main, standin.StandInRefused
+    from bdd_engine.autolabel import review_import
+
+    return review_import.main, review_import.ExportError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,12 +140,11 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_evaluate(argv[1:])
         if argv and argv[0] == "app":
             return cmd_app(argv[1:])
-        if argv and argv[0] == "stand-in-weights":
-            from bdd_engine import standin  # imports the autolabel package: only on use
-
+        if argv and argv[0] in ("stand-in-weights", "import-labels"):
+            run, refusal = _own_parser_command(argv[0])
             try:
-                return standin.main(argv[1:])
-            except standin.StandInRefused as e:
+                return run(argv[1:])
+            except refusal as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 2
         args = _parser().parse_args(argv)

@@ -29,6 +29,8 @@ CLASSES: tuple[str, ...] = (
     "train", "motorcycle", "bicycle", "traffic light", "traffic sign",
 )
 CLASS_ID: dict[str, int] = {c: i for i, c in enumerate(CLASSES)}
+# Vulnerable road users: the action plan's recall target and the promotion gates watch these.
+SAFETY_CLASSES: tuple[str, ...] = ("pedestrian", "rider", "bicycle", "motorcycle")
 # Official eval config: these names *are* the mapped class.
 NAME_MAPPING: dict[str, str] = {
     "bike": "bicycle", "caravan": "car", "motor": "motorcycle", "person": "pedestrian", "van": "car",

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from bdd_engine import evaluate, report, views
+from bdd_engine import evaluate, gates, report, views
 from bdd_engine.checkpoint import Section, atomic_write_text, df_to_markdown
 from bdd_engine.env import PROJECT_ROOT
 from bdd_engine.report import fmt, fmt_ci
@@ -260,8 +260,9 @@ def _experiment_fields(cfg: Any, h: Mapping[str, Any], runs: pd.DataFrame, actio
         "runs_table": df_to_markdown(runs.drop(columns=["weights", "commit", "data_hash"])),
         "registry_sentence": (f"Model registry (`outputs/runs/registry.json`): promoted **{registry['promoted']}** — "
                               f"{registry['rule']}."
-                              + (f" Rejected for overall regression: {', '.join(registry['rejected_for_overall_regression'])}."
-                                 if registry["rejected_for_overall_regression"] else "")),
+                              + "".join(f" {run} blocked by: {', '.join(failed)}."
+                                        for run, failed in registry["rejected"].items())),
+        "gates_table": df_to_markdown(gates.gates_table(registry)),
         "golden_sentence": (f"A fixed golden set of {golden['n_golden']} eval frames is labelled by each labeler every run; "
                             f"a statistic moving more than {golden['tol']:.0%} from ground truth or from the previous run is "
                             f"flagged. History: `outputs/golden_qa.json`."),

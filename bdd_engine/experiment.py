@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from bdd_engine import gates
 from bdd_engine.evaluate import ranked_slices
 
 ARMS = ("iter1", "random", "oracle", "continue")
@@ -294,14 +295,34 @@ def runs_table(card0: Mapping[str, Any], weights0: str, seed: int, config_hashes
     return pd.DataFrame(rows)
 
 
-def registry(runs: pd.DataFrame, tol: float) -> dict[str, Any]:
-    """The promoted model: best worst-slice mAP@0.5 among iter0 and the iter1 runs whose overall
-    mAP@0.5 is no worse than iter0's minus ``tol``. Controls are experiments, never promoted."""
+def registry(runs: pd.DataFrame, tol: float, per_class: Mapping[str, pd.DataFrame] | None = None,
+             golden: Mapping[str, Any] | None = None, *, safety_tol: float = 0.0,
+             waive_drift: bool = False) -> dict[str, Any]:
+    """The promoted model: best worst-slice mAP@0.5 among iter0 (the incumbent) and the iter1
+    runs that pass every promotion gate against iter0 (:func:`gates.promotion_gates`):
+    overall mAP@0.5 drop <= ``tol``, safety-class recall@0.5 drop <= ``safety_tol``, golden-QA
+    drift flags clear or ``waive_drift``. Controls are experiments, never promoted.
+
+    ``per_class``: run name -> ``EvalResult.per_class`` (recall50, n_gt), iter0 included;
+    ``golden``: ``report.golden_qa``'s entry. Without them those gates read "not measured"
+    and block (a gate fails closed). Each iter1 run's gates go to ``gates`` in the result."""
     base = runs[runs["arm"] == "iter0"].iloc[0]
     cand = runs[runs["arm"].isin(["iter0", "iter1"])]
-    ok = cand[cand["overall_AP50"] >= base["overall_AP50"] - tol]
+    per_class = per_class or {}
+    rec0, _ = gates.class_recalls(per_class.get(base["run"]))
+    flags = gates.drift_flags_of(golden)
+    verdicts = {}
+    for r in cand[cand["arm"] == "iter1"].itertuples(index=False):
+        rec1, n_gt = gates.class_recalls(per_class.get(r.run))
+        verdicts[r.run] = gates.promotion_gates(base["overall_AP50"], r.overall_AP50, rec0, rec1, n_gt, flags,
+                                                map_tol=tol, recall_tol=safety_tol, waive_drift=waive_drift)
+    ok = cand[[run not in verdicts or verdicts[run]["promote"] for run in cand["run"]]]
     best = ok.sort_values(["worst_slice_AP50", "run"], ascending=[False, True]).iloc[0]
+    failed = {run: [g["name"] for g in v["gates"] if g["verdict"] not in gates.PASSING] for run, v in verdicts.items()}
     return {"promoted": best["run"], "weights": best["weights"],
-            "rule": f"max worst-slice mAP@0.5 among iter0/iter1 with overall mAP@0.5 >= iter0 - {tol}",
+            "rule": (f"max worst-slice mAP@0.5 among iter0 and the iter1 runs passing every gate: overall mAP@0.5 "
+                     f"drop <= {tol}; {'/'.join(gates.SAFETY_CLASSES)} recall@0.5 drop <= {safety_tol} each; "
+                     f"golden-QA drift flags clear{' (waived by config)' if waive_drift else ''}"),
             "candidates": cand[["run", "overall_AP50", "worst_slice_AP50"]].to_dict("records"),
-            "rejected_for_overall_regression": sorted(set(cand["run"]) - set(ok["run"]))}
+            "gates": verdicts, "rejected": {run: f for run, f in failed.items() if f},
+            "rejected_for_overall_regression": sorted(run for run, f in failed.items() if "overall mAP@0.5 drop" in f)}

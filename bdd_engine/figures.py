@@ -6,7 +6,7 @@ synthetic number can be mistaken for a BDD100K one. Boxes are xyxy pixels (BDD).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -56,6 +56,47 @@ def delta_figure(head: pd.DataFrame, synthetic: bool) -> Any:
     return viz.ci_bars(labels, head["delta"], head["ci_lo"], head["ci_hi"],
                        "Δ mAP@0.5 iter1 − iter0 (bars, paired-bootstrap 95% CI) and controls (markers)"
                        + synthetic_note(synthetic), "Δ mAP@0.5", highlight=labels[:1], zero_line=True, series=series)
+
+
+LEARNING_KEYS = ("turn", "worst_slice", "start_worst_AP50", "worst_AP50", "random_worst_AP50",
+                 "start_overall_AP50", "overall_AP50", "random_overall_AP50")
+
+
+def learning_curve(turns: Sequence[Mapping[str, Any]], synthetic: bool) -> Any:
+    """mAP@0.5 per flywheel turn on the turn's worst slice (left) and all eval frames (right):
+    iter1 (solid) beside the random control (dashed, as many random frames, same labeler).
+
+    ``turns``: one dict per turn (1, 2, ...) with :data:`LEARNING_KEYS`, mAP@0.5 fractions:
+    ``start_*`` = the model the turn starts from (its iter0, the previous promotion) measured
+    on this turn's ``worst_slice`` / all frames, ``*_AP50`` = iter1, ``random_*`` = the random
+    control (None: not run, not drawn). Turn k is drawn from x = k-1 (start) to x = k, so a
+    turn whose worst slice differs from the last one's starts at its own level (a visible
+    step, not a fake continuation); each segment is labelled with its slice.
+    """
+    missing = sorted({k for t in turns for k in LEARNING_KEYS if k not in t})
+    if not turns or missing:
+        raise ValueError(f"learning_curve: need >= 1 turn with keys {LEARNING_KEYS}; missing {missing}")
+    t = sorted(turns, key=lambda d: d["turn"])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, key, title in ((axes[0], "worst", "worst slice of each turn"), (axes[1], "overall", "all eval frames")):
+        for i, d in enumerate(t):
+            k, start = int(d["turn"]), d[f"start_{key}_AP50"]
+            ax.plot([k - 1, k], [start, d[f"{key}_AP50"]], "o-", color="tab:blue", zorder=3,
+                    label="iter1" if i == 0 else None)
+            r = d[f"random_{key}_AP50"]
+            if r is not None and r == r:  # None / NaN: no control that turn
+                ax.plot([k - 1, k], [start, r], "s--", color="tab:orange", markevery=[1],  # the start is iter1's point
+                        label="random control" if i == 0 else None)
+            if key == "worst":
+                ax.annotate(str(d["worst_slice"]), (k - 0.5, (start + d["worst_AP50"]) / 2), textcoords="offset points",
+                            xytext=(0, 8), ha="center", fontsize=7)
+        ax.set(title=title, xlabel="flywheel turn (0 = starting model)", xticks=range(0, int(t[-1]["turn"]) + 1))
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mAP@0.5")
+    axes[0].legend(loc="best", fontsize=8)
+    fig.suptitle("Learning curve: mAP@0.5 per turn, iter1 vs random control" + synthetic_note(synthetic))
+    fig.tight_layout()
+    return fig
 
 
 def close_all() -> None:

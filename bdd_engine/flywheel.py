@@ -509,15 +509,19 @@ def _confirm(cfg: Config, w: Any, arms: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
-def _write_runs(cfg: Config, w: Any, runs: pd.DataFrame) -> None:
-    """runs/runs.csv + runs.md (one row per training run) and runs/registry.json."""
+def _write_runs(cfg: Config, w: Any, runs: pd.DataFrame, per_class: Mapping[str, pd.DataFrame],
+                golden: Mapping[str, Any]) -> None:
+    """runs/runs.csv + runs.md (one row per training run) and runs/registry.json, whose promotion
+    gates read ``per_class`` (run -> EvalResult.per_class, iter0 included) and this run's golden-QA entry."""
     runs_dir = cfg.out / "runs"
     for p, write in ((runs_dir / "runs.csv", lambda p: runs.to_csv(p, index=False)),
                      (runs_dir / "runs.md", lambda p: p.write_text(df_to_markdown(runs) + "\n"))):
         with atomic_path(p) as tmp:
             write(tmp)
         w.add_external(p)
-    atomic_write_json(runs_dir / "registry.json", experiment.registry(runs, float(cfg.report_promote_tol)))
+    atomic_write_json(runs_dir / "registry.json", experiment.registry(
+        runs, float(cfg.report_promote_tol), per_class, golden,
+        safety_tol=float(cfg.report_safety_recall_tol), waive_drift=bool(cfg.report_waive_drift)))
     w.add_external(runs_dir / "registry.json")
 
 
@@ -591,9 +595,9 @@ def s8_delta(cfg: Config) -> Result:
             runs = experiment.runs_table(
                 artifacts.load_json(cfg.out, 4, "run_card.json"), artifacts.load_json(cfg.out, 4, "weights.json")["weights"],
                 int(cfg.seed), (cfg.section_hash(4), cfg.section_hash(7)), arms, res0, results, worst)
-            _write_runs(cfg, w, runs)
+            entry = _golden_run(cfg, artifacts.read_df(cfg.out, 3, "pools.csv"), arms)  # before the registry: drift gate
+            _write_runs(cfg, w, runs, {"iter0": res0.per_class, **{k: r.per_class for k, r in results.items()}}, entry)
             modes, actions = _failure_report(cfg, w, arms, results, w5)
-            entry = _golden_run(cfg, artifacts.read_df(cfg.out, 3, "pools.csv"), arms)
             w.write_json("golden_qa.json", entry)
             w.add_external(cfg.out / "golden_qa.json")
             w.save_fig("architecture.png", report.architecture_figure(casestudy.flowchart()))

@@ -10,6 +10,8 @@ Box formats (names say which; arrays are float64 unless stated):
 * ``xywh`` — COCO: top-left corner, width, height, pixels.
 * ``cxcywh_norm`` — YOLO txt: centre, width, height, each divided by the image
   width/height (so in [0, 1] for a box inside the image).
+* ``xywh_pct`` — Label Studio ``rectanglelabels``: top-left x, y, width, height, each in
+  **percent** of the image width/height (so in [0, 100]); continuous, w = x2 - x1.
 
 **Pixel convention.** BDD/Scalabel's COCO conversion (and the Pascal VOC tradition)
 treats ``x2`` as the last pixel *inside* the box, so width = ``x2 - x1 + 1``. IoU takes
@@ -103,6 +105,36 @@ def cxcywh_norm_to_xyxy(boxes: np.ndarray, width: float, height: float) -> np.nd
     b = np.asarray(boxes, dtype=float).reshape(-1, 4)
     cx, cy, w, h = b.T
     return np.stack([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height], axis=1)
+
+
+def xyxy_to_xywh_pct(boxes: np.ndarray, width: float, height: float) -> np.ndarray:
+    """``xyxy`` pixels (N, 4) -> ``xywh_pct`` (N, 4): Label Studio's top-left x, y, width,
+    height in percent of the image ``width``/``height`` (pixels). w = x2 - x1: Label Studio's
+    coordinates are continuous, so no pixel shift (the inverse is exact up to float rounding)."""
+    b = np.asarray(boxes, dtype=float).reshape(-1, 4)
+    x1, y1, x2, y2 = b.T
+    return np.stack([100 * x1 / width, 100 * y1 / height, 100 * (x2 - x1) / width, 100 * (y2 - y1) / height], axis=1)
+
+
+def xywh_pct_to_xyxy(boxes: np.ndarray, width: float, height: float, rotation: np.ndarray | float = 0.0) -> np.ndarray:
+    """``xywh_pct`` (N, 4) of an image ``width`` x ``height`` px -> ``xyxy`` pixels (N, 4).
+
+    ``rotation``: Label Studio's box rotation in degrees, clockwise about the box's top-left
+    corner (scalar or (N,)). A rotated box becomes its axis-aligned enclosing box (BDD boxes
+    cannot rotate); rotation 0 gives x1 = x * width / 100, x2 = x1 + w * width / 100 exactly.
+    """
+    b = np.asarray(boxes, dtype=float).reshape(-1, 4)
+    x1, y1 = b[:, 0] * width / 100, b[:, 1] * height / 100
+    w, h = b[:, 2] * width / 100, b[:, 3] * height / 100
+    theta = np.deg2rad(np.broadcast_to(np.asarray(rotation, dtype=float), x1.shape))
+    c, s = np.cos(theta), np.sin(theta)
+    # corners (0,0), (w,0), (w,h), (0,h) rotated about (x1, y1); y points down, so clockwise on screen
+    dx = np.stack([np.zeros_like(w), w * c, w * c - h * s, -h * s], axis=1)
+    dy = np.stack([np.zeros_like(w), w * s, w * s + h * c, h * c], axis=1)
+    rot = theta != 0
+    out = np.stack([x1, y1, x1 + w, y1 + h], axis=1)
+    out[rot] = np.stack([x1 + dx.min(1), y1 + dy.min(1), x1 + dx.max(1), y1 + dy.max(1)], axis=1)[rot]
+    return out
 
 
 # ----------------------------------------------------------------------------- images

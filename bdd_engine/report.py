@@ -16,11 +16,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from bdd_engine.bdd import CLASSES, boxes_table
+from bdd_engine.bdd import CLASSES, SAFETY_CLASSES, boxes_table
 from bdd_engine.checkpoint import atomic_path, atomic_write_json, df_to_markdown
 from bdd_engine.geometry import PIXEL_SHIFT, box_iou
 
-SAFETY_CLASSES = ("pedestrian", "rider", "bicycle", "motorcycle")
 MODES = ("missed", "mislocalised", "class confusion", "false positive")
 
 

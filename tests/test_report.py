@@ -63,9 +63,12 @@ def test_registry_promotes_best_worst_slice_without_overall_regression():
         {"run": "iter1", "arm": "iter1", "overall_AP50": 0.25, "worst_slice_AP50": 0.20, "weights": "w1"},
         {"run": "oracle", "arm": "oracle", "overall_AP50": 0.40, "worst_slice_AP50": 0.50, "weights": "wo"},
     ])
-    r = experiment.registry(runs, tol=0.01)
+    pc = pd.DataFrame({"recall50": [0.9] * 4, "n_gt": [10] * 4}, index=["pedestrian", "rider", "bicycle", "motorcycle"])
+    clear = {"per_class": {"iter0": pc, "iter1": pc, "oracle": pc}, "golden": {"labelers": {}}}
+    r = experiment.registry(runs, tol=0.01, **clear)
     assert r["promoted"] == "iter0" and r["rejected_for_overall_regression"] == ["iter1"]
-    assert experiment.registry(runs, tol=0.06)["promoted"] == "iter1", "controls are never promoted"
+    assert experiment.registry(runs, tol=0.06, **clear)["promoted"] == "iter1", "controls are never promoted"
+    assert experiment.registry(runs, tol=0.06)["promoted"] == "iter0", "unmeasured gates fail closed"
 
 
 def test_render_refuses_missing_fields_and_finds_leftovers():
@@ -102,3 +105,32 @@ def test_retrain_runs_refuses_warm_start_without_continue():
     cold = load_config("tiny", {"retrain_controls": ["random"], "retrain_warm_start": False, "retrain_seeds": [42]},
                        env=False)
     assert [r[1] for r in runs(cold)] == ["iter1", "random"]
+
+
+# ----------------------------------------------------------------------------- learning curve
+def _turns():
+    return [{"turn": 1, "worst_slice": "foggy | night | highway", "start_worst_AP50": 0.20, "worst_AP50": 0.28,
+             "random_worst_AP50": 0.22, "start_overall_AP50": 0.40, "overall_AP50": 0.42, "random_overall_AP50": 0.41},
+            {"turn": 2, "worst_slice": "rainy | night | city street", "start_worst_AP50": 0.25, "worst_AP50": 0.31,
+             "random_worst_AP50": None, "start_overall_AP50": 0.42, "overall_AP50": 0.45, "random_overall_AP50": 0.43}]
+
+
+def test_learning_curve_draws_each_turn_and_the_control(tmp_path):
+    from bdd_engine import figures
+    from bdd_engine.checkpoint import atomic_save_fig
+
+    fig = figures.learning_curve(_turns(), synthetic=True)
+    left, right = fig.axes
+    model = [ln for ln in left.lines if ln.get_linestyle() == "-"]
+    control = [ln for ln in left.lines if ln.get_linestyle() == "--"]
+    assert [list(ln.get_ydata()) for ln in model] == [[0.20, 0.28], [0.25, 0.31]]
+    assert [list(ln.get_xdata()) for ln in model] == [[0, 1], [1, 2]]
+    assert [list(ln.get_ydata()) for ln in control] == [[0.20, 0.22]], "turn 2's missing control is not drawn"
+    assert [list(ln.get_ydata()) for ln in right.lines if ln.get_linestyle() == "--"] == [[0.40, 0.41], [0.42, 0.43]]
+    assert {a.get_text() for a in left.texts} == {"foggy | night | highway", "rainy | night | city street"}
+    assert "SYNTHETIC" in fig._suptitle.get_text()
+    p = atomic_save_fig(tmp_path / "learning_curve.png", fig)
+    assert p.stat().st_size > 10_000
+    bad = [{k: v for k, v in _turns()[0].items() if k != "random_worst_AP50"}]
+    with pytest.raises(ValueError, match="random_worst_AP50"):
+        figures.learning_curve(bad, synthetic=False)

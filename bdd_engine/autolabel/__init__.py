@@ -16,6 +16,8 @@ module         concept
 ``quality``    :func:`label_quality`: P/R at IoU 0.5 vs GT, spot check, missed classes, confusions
 ``router``     accept / review / discard by score, who needs a human, the training set, cost
 ``exports``    COCO, Label Studio, YOLO exports and :func:`write_outputs` (what §7 calls)
+``review_import``  the inverse: Label Studio JSON export -> BDD frames; :func:`next_turn_frames`
+               (accepted auto-labels + reviewed labels)
 =============  =====================================================================
 
 Boxes are ``xyxy`` pixels of the original image everywhere (BDD ``box2d``); scores are in [0, 1].
@@ -31,6 +33,7 @@ from bdd_engine.autolabel.oracle import OracleLabeler
 from bdd_engine.autolabel.prompts import (DEFAULT_PROMPT, PHRASE_TO_CLASS, assign_phrases, build_phrase_map,
                                           parse_prompt, phrase_spans, prompt_groups, prompt_text)
 from bdd_engine.autolabel.quality import QualityReport, confusions, label_quality, pr_table
+from bdd_engine.autolabel.review_import import ExportError, ImportReport, import_label_studio, next_turn_frames
 from bdd_engine.autolabel.router import (BUCKETS, accepted_frames, bucket_of, cost_table, frames_for_humans, route,
                                          router_table)
 from bdd_engine.autolabel.teacher import TeacherLabeler
@@ -49,4 +52,6 @@ __all__ = [
     "QualityReport", "label_quality", "pr_table", "confusions",
     "BUCKETS", "bucket_of", "route", "router_table", "frames_for_humans", "accepted_frames", "cost_table",
     "LABEL_STUDIO_CONFIG", "export_coco", "export_label_studio", "export_yolo_set", "write_outputs",
+    # review import
+    "ExportError", "ImportReport", "import_label_studio", "next_turn_frames",
 ]

@@ -21,7 +21,7 @@ from bdd_engine.autolabel.router import accepted_frames, cost_table, frames_for_
 from bdd_engine.bdd import CLASS_ID, CLASSES, map_category, write_bdd_json
 from bdd_engine.checkpoint import atomic_write_df, atomic_write_json, atomic_write_text, df_to_markdown
 from bdd_engine.env import PROJECT_ROOT
-from bdd_engine.geometry import image_size
+from bdd_engine.geometry import image_size, xyxy_to_xywh_pct
 from bdd_engine.yolo import export_yolo
 
 LABEL_STUDIO_CONFIG = """<View>
@@ -64,7 +64,9 @@ def export_label_studio(frames: Sequence[Mapping[str, Any]], image_paths: Mappin
                         url_prefix: str = "/data/local-files/?d=", root: str | os.PathLike | None = None) -> Path:
     """Label Studio import JSON: one task per frame, labels as ``predictions`` (pre-annotations).
 
-    Boxes become ``rectanglelabels`` in **percent** of the image (Label Studio's unit).
+    Boxes become ``rectanglelabels`` in **percent** of the image (Label Studio's unit,
+    ``geometry.xyxy_to_xywh_pct``). Task data: image URL, frame ``name``, BDD frame
+    ``attributes`` (+ ``timestamp``); :mod:`bdd_engine.autolabel.review_import` is the inverse.
     Image URLs are ``url_prefix + path relative to root`` (local-files storage; set
     ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT`` to ``root``). Also writes the matching
     labelling config next to it (``<stem>.label_config.xml``).
@@ -78,18 +80,22 @@ def export_label_studio(frames: Sequence[Mapping[str, Any]], image_paths: Mappin
             rel = p.resolve().relative_to(root.resolve())
         except ValueError:
             rel = p.resolve()
+        labels = fr.get("labels") or []
+        pct = xyxy_to_xywh_pct([[float(lb["box2d"][c]) for c in ("x1", "y1", "x2", "y2")] for lb in labels], w, h)
         results, scores = [], []
-        for k, lb in enumerate(fr.get("labels") or []):
-            b = lb["box2d"]
-            x1, y1, x2, y2 = (float(b[c]) for c in ("x1", "y1", "x2", "y2"))
+        for k, (lb, (x, y, bw, bh)) in enumerate(zip(labels, pct)):
             results.append({
                 "id": f"{Path(fr['name']).stem}_{k}", "type": "rectanglelabels", "from_name": "label",
                 "to_name": "image", "original_width": int(w), "original_height": int(h), "image_rotation": 0,
-                "value": {"x": 100 * x1 / w, "y": 100 * y1 / h, "width": 100 * (x2 - x1) / w,
-                          "height": 100 * (y2 - y1) / h, "rotation": 0, "rectanglelabels": [lb["category"]]},
+                "value": {"x": float(x), "y": float(y), "width": float(bw), "height": float(bh), "rotation": 0,
+                          "rectanglelabels": [lb["category"]]},
                 "score": float(lb.get("score", 1.0))})
             scores.append(float(lb.get("score", 1.0)))
-        tasks.append({"data": {"image": f"{url_prefix}{rel.as_posix()}", "name": fr["name"]},
+        # the frame's attributes ride along in the task data (Label Studio exports data back
+        # verbatim), so review_import can rebuild a complete BDD frame from the export alone
+        data = {"image": f"{url_prefix}{rel.as_posix()}", "name": fr["name"], "attributes": fr.get("attributes") or {},
+                **({"timestamp": fr["timestamp"]} if "timestamp" in fr else {})}
+        tasks.append({"data": data,
                       "predictions": [{"model_version": model_version,
                                        "score": float(np.mean(scores)) if scores else 0.0, "result": results}]})
     path = Path(path)
