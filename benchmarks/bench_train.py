@@ -71,9 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", default="demo")
     ap.add_argument("--epochs", type=int, default=None, help="default: the profile's train_epochs")
     ap.add_argument("--out", type=Path, default=Path("/tmp/bdd_bench_train"), help="bench outputs folder (§1–§3 + runs)")
+    ap.add_argument("--data-root", default=None, help="world root (default: the profile's data_root)")
     ap.add_argument("--only", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
     args = ap.parse_args(argv)
-    cfg = load_config(args.profile, {"outputs_dir": str(args.out), "curate_map_method": "pca"}, env=False)
+    over = {"outputs_dir": str(args.out), "curate_map_method": "pca"}
+    cfg = load_config(args.profile, {**over, **({"data_root": args.data_root} if args.data_root else {})}, env=False)
     for step in (flywheel.s1_collect, flywheel.s2_curate, flywheel.s3_pools):  # fresh checkpoints are reused
         step(cfg)
     data_yaml = artifacts.section_dir(cfg.out, 3) / "yolo" / "data.yaml"
