@@ -53,8 +53,11 @@ def limitations(cfg: Any, h: Mapping[str, Any], labeling: Mapping[str, Any], min
         out.append(f"**One training seed ({seeds[0]}).** The CI covers frame sampling, not training randomness; "
                    "set `retrain_seeds: [42, 43, 44]` to report mean ± sd over seeds.")
     else:
-        out.append(f"**{len(seeds)} training seeds** ({', '.join(map(str, seeds))}): the sd column covers training "
-                   "randomness across only that many repeats.")
+        n = len(seeds)
+        out.append(f"**{n} training seeds per arm** ({', '.join(map(str, seeds))}). The confirmation CIs resample "
+                   f"them (hierarchical bootstrap), but resampling {n} values with replacement has an expected variance "
+                   f"of {n - 1}/{n} of theirs, so the seed part of each CI is somewhat narrow; the random control's "
+                   "frames are one seeded draw, so its CI holds training noise, not the luck of that draw.")
     lab = labeling.get("mined", {})
     if lab.get("labeler") == "teacher":
         out.append(f"**The labeler is iter0 itself (self-training).** Its labels on the mined frames have precision "
