@@ -101,6 +101,14 @@ def reasons(h: Mapping[str, Any], quality: pd.DataFrame, lab: Mapping[str, Any])
     out.append(f"The auto-labels cover {_pct(h.get('label_recall'))} of the ground-truth objects on the mined frames"
                + (f"; the labeler found no {', '.join(blind)}" if blind else "")
                + f", so iter1 trained on {lab['train_frames']} frames whose unlabelled objects count as background.")
+    cd = h.get("confirm_delta") or {}
+    cont = cd.get("continue")
+    if cont and cont["ci"][1] is not None and cont["ci"][1] < 0:
+        worse = [a for a, v in cd.items() if v["ci"][1] is not None and v["ci"][1] < 0]
+        out.append(f"On the confirmation set {len(worse)} of {len(cd)} arms lost mAP against iter0, the `continue` control "
+                   f"too ({cont['delta']:+.3f}, CI {fmt_ci(cont['ci'])}), which adds no data: the {h['retrain_epochs']} "
+                   "warm-restarted epochs (fresh optimizer state and warm-up) cost more than the added frames bring, "
+                   "and that shared cost is what the contrasts against `random` and `continue` cancel.")
     o, (lo, hi) = h.get("oracle_delta"), h["delta_ci"]
     if o is not None:
         out.append(f"Even ground-truth labels on the same frames (oracle) moved the slice by {o:+.3f}, "

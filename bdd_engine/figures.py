@@ -62,6 +62,24 @@ LEARNING_KEYS = ("turn", "worst_slice", "start_worst_AP50", "worst_AP50", "rando
                  "start_overall_AP50", "overall_AP50", "random_overall_AP50")
 
 
+def confirm_figure(confirm: Mapping[str, Any], synthetic: bool) -> Any:
+    """The headline on the confirmation set: each arm's Δ vs iter0 and the contrasts, with
+    their hierarchical-bootstrap 95% CIs; the shaded band is ± the design's MDE (a contrast
+    inside it is one this design cannot tell from 0 with 80% power). ``confirm``: §8's confirm.json."""
+    rows = [(f"Δ {a} (vs iter0)", v["delta"], v["ci"]) for a, v in confirm["arms"].items()]
+    rows += [(k.replace("-", " − "), v["delta"], v["ci"]) for k, v in confirm["contrasts"].items()]
+    nan = float("nan")
+    fig = viz.ci_bars([r[0] for r in rows], [r[1] for r in rows], [nan if r[2][0] is None else r[2][0] for r in rows],
+                      [nan if r[2][1] is None else r[2][1] for r in rows],
+                      f"Confirmation set: {confirm['n_frames']} held-out frames of {confirm['slice']}"
+                      + synthetic_note(synthetic), "Δ mAP@0.5 (bars) with hierarchical-bootstrap 95% CI (whiskers)",
+                      highlight=["iter1 − random"], zero_line=True)
+    if confirm.get("mde"):
+        fig.axes[0].axvspan(-confirm["mde"], confirm["mde"], color="grey", alpha=0.15, label="± MDE (80% power)")
+        fig.axes[0].legend(loc="lower right", fontsize=8)
+    return fig
+
+
 def learning_curve(turns: Sequence[Mapping[str, Any]], synthetic: bool) -> Any:
     """mAP@0.5 per flywheel turn on the turn's worst slice (left) and all eval frames (right):
     iter1 (solid) beside the random control (dashed, as many random frames, same labeler).

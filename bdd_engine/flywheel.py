@@ -592,6 +592,7 @@ def s8_delta(cfg: Config) -> Result:
                 seeds=cfg.retrain_seeds, warm_start=bool(cfg.retrain_warm_start), retrain_epochs=int(cfg.retrain_epochs))
             w.write_json("headline.json", headline)
             w.save_fig("slice_delta.png", figures.delta_figure(head, bool(cfg.synthetic)))
+            w.save_fig("confirm_contrast.png", figures.confirm_figure(confirm, bool(cfg.synthetic)))
             runs = experiment.runs_table(
                 artifacts.load_json(cfg.out, 4, "run_card.json"), artifacts.load_json(cfg.out, 4, "weights.json")["weights"],
                 int(cfg.seed), (cfg.section_hash(4), cfg.section_hash(7)), arms, res0, results, worst)

@@ -83,7 +83,7 @@ def test_whole_notebook_writes_every_artifact(first_run):
     assert len(gq["history"]) == 1 and set(gq["history"][0]["labelers"]) == {"teacher_iter0", "teacher_iter1"}
     assert "Safety-critical" in (out / "08_delta" / "action_plan.md").read_text()
     for fig in ("slice_distribution", "slice_long_tail", "embedding_map", "slice_map_iter0", "worst_slice_failures",
-                "mined_frames_grid", "slice_delta", "architecture"):
+                "mined_frames_grid", "slice_delta", "confirm_contrast", "architecture"):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 10_000, fig
 
 
