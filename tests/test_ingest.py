@@ -177,3 +177,28 @@ def test_resume_after_kill_9(tmp_path):
     assert frames.groupby("video").size().to_dict() == {f"kill{k}": 240 for k in range(5)}
     on_disk = sorted(p.name for p in (out / "frames").iterdir())
     assert on_disk == sorted(frames["name"])  # no partial or temp file of the killed attempt left
+
+
+def test_synth_videos_cli_writes_drives_whose_keyframe_is_the_world_image(tiny_world, tmp_path, capsys):
+    """``synth --videos``: one .mov per 100K keyframe under <world>/videos/<split>/, the keyframe among its frames."""
+    args = ["synth", "--profile", "tiny", "--set", f"data_root={tiny_world}", "--videos", "--video-limit", "2",
+            "--video-seconds", "3"]
+    assert main(args) == 0
+    specs = _specs()[:2]
+    vids = [tiny_world / "videos" / s.split / (Path(s.name).stem + ".mov") for s in specs]
+    assert all(v.is_file() for v in vids) and "2 under" in capsys.readouterr().out
+    mtimes = [v.stat().st_mtime_ns for v in vids]
+    assert main(args) == 0 and [v.stat().st_mtime_ns for v in vids] == mtimes  # existing videos are kept
+    res = ingest.ingest(vids[0].parent, tmp_path / "out", fps=1, progress=False)
+    rows = res.frames[res.frames["video"] == vids[0].stem]
+    assert rows["frame_index"].tolist() == [0, 30, 60]
+    key = np.asarray(Image.open(rows["image_path"].iloc[1]), int)  # keyframe = middle second
+    world = np.asarray(Image.open(tiny_world / "images/100k" / specs[0].split / specs[0].name), int)
+    others = [np.abs(np.asarray(Image.open(p), int) - world).mean() for p in rows["image_path"].iloc[[0, 2]]]
+    assert np.abs(key - world).mean() < 8.0 and min(others) > 2.5 * np.abs(key - world).mean()
+    # a folder that is not a synthetic world is refused, and nothing is written into it
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    with pytest.raises(synth.WorldRefused):
+        synthvideo.write_world_videos(foreign, specs, limit=1)
+    assert not any(foreign.iterdir())
