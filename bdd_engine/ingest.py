@@ -28,8 +28,10 @@ videos and redoes the one a kill interrupted, deleting that video's partial fram
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import re
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -142,8 +144,9 @@ def keyframe_pts(path: str | os.PathLike) -> list[int]:
         c.close()
 
 
-def iter_pyav(path: str | os.PathLike, fps: float, method: str = "seek") -> Iterator[Decoded]:
-    """Sampled frames of ``path`` through PyAV (frame + slice threads); see the module doc for ``method``.
+def iter_pyav(path: str | os.PathLike, fps: float, method: str = "seek", threads: int = 0) -> Iterator[Decoded]:
+    """Sampled frames of ``path`` through PyAV; see the module doc for ``method``. ``threads``:
+    decoder threads (0 = FFmpeg's choice, frame + slice threading; 1 when videos run in parallel).
     Raises :class:`VideoError` on a decode error and when frames stop before the header's duration."""
     import av
 
@@ -157,6 +160,8 @@ def iter_pyav(path: str | os.PathLike, fps: float, method: str = "seek") -> Iter
         keys = keyframe_pts(path) if method == "seek" and not counted else []
         st = c.streams.video[0]
         st.thread_type = "AUTO"
+        if threads:
+            st.codec_context.thread_count = threads
         tb = float(st.time_base)
         key_s = np.array([(k - start) * tb for k in keys])
         eps = 0.5 / rate
@@ -217,11 +222,12 @@ def iter_opencv(path: str | os.PathLike, fps: float, method: str = "seek") -> It
         cap.release()
 
 
-def iter_frames(path: str | os.PathLike, fps: float, decoder: str = "pyav", method: str = "seek") -> Iterator[Decoded]:
-    """:func:`iter_pyav` or :func:`iter_opencv`."""
+def iter_frames(path: str | os.PathLike, fps: float, decoder: str = "pyav", method: str = "seek",
+                threads: int = 0) -> Iterator[Decoded]:
+    """:func:`iter_pyav` or :func:`iter_opencv` (``threads``: PyAV only, see :func:`iter_pyav`)."""
     if decoder not in DECODERS or method not in METHODS:
         raise ValueError(f"decoder must be one of {DECODERS} and method one of {METHODS}, got {decoder!r}/{method!r}")
-    return (iter_pyav if decoder == "pyav" else iter_opencv)(path, fps, method)
+    return iter_pyav(path, fps, method, threads) if decoder == "pyav" else iter_opencv(path, fps, method)
 
 
 # ----------------------------------------------------------------------------- one video
@@ -237,7 +243,7 @@ def _write_jpeg(path: Path, rgb: np.ndarray, quality: int) -> None:
 
 def ingest_video(path: str | os.PathLike, video: str, frames_dir: str | os.PathLike, *, fps: float,
                  scene_threshold: float | None = None, max_frames: int | None = None, decoder: str = "pyav",
-                 method: str = "seek", jpeg_quality: int = 90, progress: bool = True) -> pd.DataFrame:
+                 method: str = "seek", threads: int = 0, jpeg_quality: int = 90, progress: bool = True) -> pd.DataFrame:
     """Sample one video into ``frames_dir``; return its :data:`FRAME_COLUMNS` rows.
 
     ``fps``: samples per second of video time. ``scene_threshold``: drop a sample whose
@@ -248,7 +254,7 @@ def ingest_video(path: str | os.PathLike, video: str, frames_dir: str | os.PathL
     rows, last = [], None
     bar = tqdm(desc=video[:40], unit="frame", disable=not progress, leave=False)
     try:
-        for d in iter_frames(path, fps, decoder, method):
+        for d in iter_frames(path, fps, decoder, method, threads):
             bar.update()
             if scene_threshold is not None:
                 thumb = d.gray_thumb()
@@ -302,9 +308,10 @@ def unique(paths: Sequence[Path], key: Callable[[Path], str], skipped: list[dict
 
 
 def ingest(src: str | os.PathLike, out: str | os.PathLike, *, fps: float = 1.0, scene_threshold: float | None = None,
-           max_frames_per_video: int | None = None, decoder: str = "pyav", method: str = "seek",
+           max_frames_per_video: int | None = None, decoder: str = "pyav", method: str = "seek", workers: int = 1,
            jpeg_quality: int = 90, progress: bool = True) -> IngestResult:
-    """Ingest every video and image under ``src`` into ``out`` (see the module doc). Resumable;
+    """Ingest every video and image under ``src`` into ``out`` (see the module doc). ``workers``:
+    videos decoded in parallel processes (the frames do not depend on it). Resumable;
     refuses (:class:`checkpoint.FolderRefused`) an ``out`` it did not create or made with other
     ``fps``/``scene_threshold``/``max_frames_per_video``/``jpeg_quality``."""
     src, out = Path(src).resolve(), Path(out).resolve()
@@ -328,7 +335,7 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, fps: float = 1.0, 
     try:
         parts, counts = _ingest_videos(videos, out, skipped, fps=fps, scene_threshold=scene_threshold,
                                        max_frames=max_frames_per_video, decoder=decoder, method=method,
-                                       jpeg_quality=jpeg_quality, progress=progress)
+                                       jpeg_quality=jpeg_quality, workers=workers, progress=progress)
         parts.append(image_rows(unique(images, lambda p: p.name, skipped), skipped, progress))
         frames = pd.concat([p for p in parts if len(p)] or [pd.DataFrame(columns=FRAME_COLUMNS)], ignore_index=True)
         frames = frames[FRAME_COLUMNS].astype({"frame_index": "Int64", "timestamp_ms": "Int64"})
@@ -347,29 +354,57 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, fps: float = 1.0, 
     return IngestResult(out, frames, skipped_df, counts)
 
 
-def _ingest_videos(videos: Sequence[Path], out: Path, skipped: list[dict], **kw: Any) -> tuple[list[pd.DataFrame], dict]:
-    """Each video once: a finished one (``done/<video>.csv``) is read back, the others sampled."""
+def _ingest_videos(videos: Sequence[Path], out: Path, skipped: list[dict], *, workers: int, progress: bool,
+                   **kw: Any) -> tuple[list[pd.DataFrame], dict]:
+    """Each video once: a finished one (``done/<video>.csv``) is read back, the others sampled
+    (``workers`` > 1: that many processes, one video each at a time, one decoder thread each)."""
     frames_dir, done_dir = out / "frames", out / "done"
     frames_dir.mkdir(exist_ok=True)
-    parts, counts = [], {"videos_done": 0, "videos_resumed": 0}
-    progress = kw.pop("progress")
-    for p in tqdm(videos, desc="ingest videos", unit="video", disable=not progress or not videos):
+    for tmp in done_dir.glob(".*.tmp.csv"):  # a done marker a kill caught mid-write: its video is redone
+        tmp.unlink()
+    counts = {"videos_done": 0, "videos_resumed": 0}
+    parts: dict[Path, pd.DataFrame] = {}
+    todo = []
+    for p in videos:
         done = done_dir / f"{p.stem}.csv"
         if done.exists():
-            parts.append(pd.read_csv(done, dtype={"name": str, "video": str, "group": str}))
+            parts[p] = pd.read_csv(done, dtype={"name": str, "video": str, "group": str})
             counts["videos_resumed"] += 1
-            continue
-        _remove_partial(frames_dir, p.stem)
-        try:
-            rows = ingest_video(p, p.stem, frames_dir, progress=progress, **kw)
-        except VideoError as e:
-            _remove_partial(frames_dir, p.stem)
-            skipped.append({"source_path": str(p), "reason": str(e)})
-            continue
-        atomic_write_df(done, rows)  # the done marker, last: the video's frames are all on disk
-        parts.append(rows)
-        counts["videos_done"] += 1
-    return parts, counts
+        else:
+            todo.append((p, frames_dir, done, {**kw, "progress": progress and workers <= 1,
+                                               "threads": 1 if workers > 1 else kw.get("threads", 0)}))
+    if workers > 1 and len(todo) > 1:
+        # spawn, not fork: a forked child would inherit the run lock's file and hold it after a kill
+        ex = ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"))
+        results = ex.map(_video_job, todo)
+    else:
+        ex, results = None, map(_video_job, todo)
+    try:
+        for (p, *_), (rows, err) in zip(todo, tqdm(results, total=len(todo), desc="ingest videos", unit="video",
+                                                  disable=not progress or not todo)):
+            if err is not None:
+                skipped.append({"source_path": str(p), "reason": err})
+            else:
+                parts[p] = rows
+                counts["videos_done"] += 1
+    finally:
+        if ex is not None:
+            ex.shutdown(cancel_futures=True)
+    return [parts[p] for p in videos if p in parts], counts
+
+
+def _video_job(job: tuple[Path, Path, Path, dict]) -> tuple[pd.DataFrame | None, str | None]:
+    """One video: clear a killed attempt's frames, sample, then write the done marker (last).
+    Returns (rows, None) or (None, reason) for a corrupt/truncated video (its frames removed)."""
+    path, frames_dir, done, kw = job
+    _remove_partial(frames_dir, path.stem)
+    try:
+        rows = ingest_video(path, path.stem, frames_dir, **kw)
+    except VideoError as e:
+        _remove_partial(frames_dir, path.stem)
+        return None, str(e)
+    atomic_write_df(done, rows)  # the done marker, last: the video's frames are all on disk
+    return rows, None
 
 
 def image_rows(images: Sequence[Path], skipped: list[dict], progress: bool) -> pd.DataFrame:
