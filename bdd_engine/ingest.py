@@ -217,6 +217,10 @@ def iter_opencv(path: str | os.PathLike, fps: float, method: str = "seek") -> It
             ok, img = cap.retrieve()
             if not ok or img is None:
                 raise VideoError(f"cannot decode frame {i}")
+            if method == "seek" and int(cap.get(cv2.CAP_PROP_POS_FRAMES)) != want + 1:
+                # past the end of a truncated file OpenCV returns the last decodable frame again
+                raise VideoError(f"truncated: asked for frame {want}, the decoder is at frame "
+                                 f"{int(cap.get(cv2.CAP_PROP_POS_FRAMES)) - 1} of {n} in the header")
             yield decoded(i, img)
     finally:
         cap.release()

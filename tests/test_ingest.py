@@ -74,6 +74,31 @@ def test_frame_counts_names_timestamps(clips, tmp_path):
     assert len(disk) == len(f) == 12 and len(pd.read_csv(tmp_path / "out" / "skipped.csv")) == 2
 
 
+def test_truncated_video_with_index_up_front_is_caught_by_every_decoder(clips, tmp_path):
+    """moov atom first (faststart), media data cut at 60 %: the header promises frames that are gone."""
+    import av
+
+    src, _ = clips
+    whole, cut = tmp_path / "whole.mp4", tmp_path / "src" / "cut.mp4"
+    with av.open(str(src / "drive-c.avi")) as i, av.open(str(whole), "w", format="mp4",
+                                                          options={"movflags": "faststart"}) as o:
+        s = o.add_stream_from_template(i.streams.video[0])
+        for p in i.demux(i.streams.video[0]):
+            if p.dts is not None:
+                p.stream = s
+                o.mux(p)
+    cut.parent.mkdir()
+    cut.write_bytes(whole.read_bytes()[: int(whole.stat().st_size * 0.6)])
+    for dec in ingest.DECODERS:
+        for m in ingest.METHODS:
+            assert len(list(ingest.iter_frames(whole, 1, dec, m))) == 5, (dec, m)
+            with pytest.raises(ingest.VideoError, match="truncated|decode error"):
+                list(ingest.iter_frames(cut, 1, dec, m))
+    res = ingest.ingest(cut.parent, tmp_path / "out", progress=False)
+    assert res.counts["videos_skipped"] == 1 and len(res.frames) == 0
+    assert not any((tmp_path / "out" / "frames").iterdir())  # the frames before the cut are removed too
+
+
 def test_two_fps_and_max_frames(clips, tmp_path):
     src, _ = clips
     res = ingest.ingest(src, tmp_path / "o2", fps=2, progress=False)
