@@ -14,8 +14,8 @@ ships 40 s .mov at 30 fps, 1280×720, H.264) and images (``.jpg``, ``.jpeg``, ``
 
 Decoding streams one frame at a time (PyAV or OpenCV, both FFmpeg). ``method="seek"``
 reads the keyframe index first (demux only, no decoding) and jumps to the keyframe
-before a sample only when that skips frames; otherwise it decodes on, so it is never
-worse than ``"seq"`` (decode every frame). Which is faster on which video is measured by
+before a sample only when that skips more than :data:`SEEK_MIN_SKIP` frames; otherwise it
+decodes on, so with rare keyframes it costs what ``"seq"`` (decode every frame) costs. Which is faster on which video is measured by
 ``benchmarks/bench_ingest.py``.
 
 Safety and resume: ``out`` is created and marked (``INGEST.json``, see
@@ -55,6 +55,10 @@ FRAME_COLUMNS = ["name", "video", "group", "frame_index", "timestamp_ms", "sourc
                  "width", "height"]
 SKIP_COLUMNS = ["source_path", "reason"]
 THUMB_WH = (64, 36)  # scene-change thumbnail, px (16:9 like BDD)
+# Seek only when that skips more than this many frames: a seek flushes the decoder, whose
+# threads then refill from an I-frame (~10x a P/B frame at 720p); skipping the 9 frames
+# before each keyframe of a GOP-250 clip cost more than decoding them (bench_ingest).
+SEEK_MIN_SKIP = 10
 
 
 class VideoError(RuntimeError):
@@ -168,7 +172,7 @@ def iter_pyav(path: str | os.PathLike, fps: float, method: str = "seek", threads
         gen, pos, n_out = c.decode(st), -1.0, 0
         for t in sample_times(dur, rate, fps):
             i = int(np.searchsorted(key_s, t + eps, side="right")) - 1  # last keyframe at or before t
-            if i >= 0 and pos + 1.5 / rate < key_s[i]:  # jumping there skips >= 1 frame: seek
+            if i >= 0 and (key_s[i] - pos) * rate > SEEK_MIN_SKIP:  # jumping there skips enough: seek
                 c.seek(int(keys[i]), stream=st, backward=True, any_frame=False)
                 gen = c.decode(st)
             for fr in gen:
