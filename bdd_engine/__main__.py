@@ -1,6 +1,10 @@
 """Command line: ``python -m bdd_engine <command> --profile P [--set key=value ...]``.
 
     synth     generate the synthetic BDD100K-format world for a synthetic profile
+              (--videos: also each 100K keyframe's drive as a short H.264 video)
+    ingest    sample videos to JPEG frames at --fps (and take image folders as they are)
+    label     label any folder of images/videos (gsam2 | teacher): BDD, COCO, Label Studio, YOLO, router
+    predict   a detector's predictions on a folder of images as BDD JSON (for evaluate)
     run       execute notebook.py headless (jupytext + nbclient), optionally --from N
     status    which sections are fresh, and why the others are not
     evaluate  BDD-official detection eval of any GT/prediction JSON pair, per slice
@@ -21,7 +25,7 @@ import os
 import sys
 from pathlib import Path
 
-from bdd_engine import checkpoint, flywheel, runner, synth
+from bdd_engine import checkpoint, flywheel, ingest, runner, synth, synthvideo
 from bdd_engine.evaluate import main_evaluate
 from bdd_engine.explorer import main_app
 from bdd_engine.config import ConfigError, load_config, parse_overrides
@@ -39,6 +43,60 @@ def cmd_synth(args: argparse.Namespace) -> int:
     cfg = _cfg(args)
     root = synth.generate(cfg, args.out, force=args.force)
     print(f"synthetic world ready: {root}")
+    if args.videos:
+        cmd_synth_videos(args, cfg, root)
+    return 0
+
+
+def cmd_synth_videos(args: argparse.Namespace, cfg, root: Path) -> None:
+    infos = synthvideo.write_world_videos(root, synth.plan_world(cfg), seconds=args.video_seconds,
+                                          fps=args.video_fps, limit=args.video_limit)
+    print(f"synthetic videos ready: {len(infos)} under {root / 'videos'} ({args.video_seconds} s at "
+          f"{args.video_fps} fps each, keyframe at {args.video_seconds // 2} s)")
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    res = ingest.ingest(args.src, args.out, fps=args.fps, scene_threshold=args.scene_threshold,
+                        max_frames_per_video=args.max_frames_per_video, decoder=args.decoder, method=args.method,
+                        workers=args.workers)
+    print(res.summary())
+    for r in res.skipped.itertuples(index=False):
+        print(f"skipped: {r.source_path}: {r.reason}", file=sys.stderr)
+    print(f"frames table: {res.out / 'frames.csv'}" + (f"; skipped: {res.out / 'skipped.csv'}" if len(res.skipped) else ""))
+    return 0
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    from bdd_engine import anyfolder, autolabel  # loads the labelling stack only on use
+
+    cfg = _cfg(args)
+    if args.labeler == "teacher" and args.weights is None:
+        raise ConfigError("label --labeler teacher needs --weights W (an Ultralytics .pt, e.g. outputs/runs/iter0/weights/best.pt)")
+    if args.labeler == "gsam2" and args.weights is not None:
+        raise ConfigError("label --labeler gsam2 takes its model folders from the profile: "
+                          "--set label_gsam2_gdino_dir=DIR --set label_gsam2_sam_dir=DIR (not --weights)")
+    labeler = autolabel.get_labeler(cfg, args.labeler, teacher_weights=args.weights)  # as §7 builds it
+    info = {"weights": str(Path(args.weights).resolve()) if args.weights else None, **labeler.model_info()}
+    t = anyfolder.label_folder(args.src, args.out, labeler, accept=float(cfg.label_accept),
+                               review=float(cfg.label_review), seed=int(cfg.seed), fps=args.fps, labeler_info=info)
+    print(t["ingest"].summary())
+    print(t["run"].summary())
+    print(f"labels: {Path(args.out) / 'labels.json'} · COCO: coco.json · Label Studio: label_studio_review.json · "
+          f"YOLO: yolo/ · router: router.csv · summary.md")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from bdd_engine import anyfolder
+
+    cfg = _cfg(args)
+    conf = float(cfg.eval_conf if args.conf is None else args.conf)
+    path, frames, skipped = anyfolder.predict_folder(args.weights, args.src, args.out, conf=conf, device=cfg.device,
+                                                     imgsz=args.imgsz, overwrite=args.force)
+    for s in skipped:
+        print(f"skipped: {s['source_path']}: {s['reason']}", file=sys.stderr)
+    print(f"predictions: {path} ({len(frames)} frames, {sum(len(f['labels']) for f in frames)} boxes, "
+          f"conf >= {conf:g}, {len(skipped)} images skipped)")
     return 0
 
 
@@ -95,11 +153,16 @@ def cmd_app(argv: list[str]) -> int:
     return int(main_app(argv) or 0)
 
 
+def _ingest_flags(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--fps", type=float, default=1.0, help="video frames sampled per second of video")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bdd_engine", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name, fn in (("synth", cmd_synth), ("run", cmd_run), ("status", cmd_status), ("pretrain", cmd_pretrain)):
+    for name, fn in (("synth", cmd_synth), ("run", cmd_run), ("status", cmd_status), ("pretrain", cmd_pretrain),
+                     ("label", cmd_label), ("predict", cmd_predict)):
         sp = sub.add_parser(name)
         sp.add_argument("--profile", default=os.environ.get("BDD_PROFILE", "demo"))
         sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
@@ -107,13 +170,43 @@ def _parser() -> argparse.ArgumentParser:
         if name == "synth":
             sp.add_argument("--out", type=Path, default=None, help="world root (default: the profile's data_root)")
             sp.add_argument("--force", action="store_true", help="regenerate even if the world exists")
+            sp.add_argument("--videos", action="store_true",
+                            help="also write each 100K keyframe's drive as <world>/videos/<split>/<video>.mov")
+            sp.add_argument("--video-seconds", type=int, default=4, help="seconds per video (keyframe in the middle)")
+            sp.add_argument("--video-fps", type=int, default=30, help="frames per second of the videos")
+            sp.add_argument("--video-limit", type=int, default=None, help="first N keyframes only (default: all)")
         if name == "pretrain":
             sp.set_defaults(profile="pretrain")
             sp.add_argument("--name", default=PRETRAINED_NAME, help="file name under bdd_engine/models/ (no extension)")
             sp.add_argument("--no-install", action="store_true", help="train only; leave bdd_engine/models/ alone")
+        if name == "label":
+            sp.add_argument("--src", type=Path, required=True, help="folder of images and/or videos")
+            sp.add_argument("--labeler", choices=("gsam2", "teacher"), required=True)
+            sp.add_argument("--weights", type=Path, default=None, help="teacher: an Ultralytics .pt")
+            sp.add_argument("--out", type=Path, required=True, help="new folder (label creates and marks it)")
+            _ingest_flags(sp)
+        if name == "predict":
+            sp.add_argument("--weights", type=Path, required=True, help="an Ultralytics .pt")
+            sp.add_argument("--src", type=Path, required=True, help="folder of images")
+            sp.add_argument("--out", type=Path, required=True, help="predictions JSON (BDD format) to write")
+            sp.add_argument("--conf", type=float, default=None, help="score threshold (default: the profile's eval_conf)")
+            sp.add_argument("--imgsz", type=int, default=None, help="inference size, px (default: the weights')")
+            sp.add_argument("--force", action="store_true", help="overwrite --out if it exists")
         if name == "run":
             sp.add_argument("--from", dest="from_section", type=int, default=None, choices=sorted(checkpoint.SECTIONS),
                             metavar="N", help="recompute section N (1-8) and every later one")
+    ing = sub.add_parser("ingest", help="sample videos under --src to JPEG frames in --out (a folder it creates)")
+    ing.add_argument("--src", type=Path, required=True, help="folder of videos (.mov .mp4 .avi) and/or images")
+    ing.add_argument("--out", type=Path, required=True, help="new folder (or one an earlier ingest made: resumes)")
+    _ingest_flags(ing)
+    ing.add_argument("--scene-threshold", type=float, default=None,
+                     help="drop a frame whose mean |gray difference| to the last kept one is below this, in [0, 1]")
+    ing.add_argument("--max-frames-per-video", type=int, default=None, help="stop a video after N kept frames")
+    ing.add_argument("--decoder", choices=ingest.DECODERS, default="pyav")
+    ing.add_argument("--method", choices=ingest.METHODS, default="seek",
+                     help="seek = jump to the keyframe before a sample when that skips frames; seq = decode all")
+    ing.add_argument("--workers", type=int, default=1, help="videos decoded in parallel processes (2 on 2 cores)")
+    ing.set_defaults(fn=cmd_ingest)
     sub.add_parser("evaluate", help="python -m bdd_engine evaluate --gt GT.json --pred PRED.json [--by ...] [--json OUT]")
     sub.add_parser("app", help="python -m bdd_engine app --profile P [--port N] [--set key=value]")
     sub.add_parser("stand-in-weights", help="python -m bdd_engine stand-in-weights --out DIR [--only NAME] (RANDOM weights)")
@@ -149,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
         args = _parser().parse_args(argv)
         return args.fn(args)
-    except (ConfigError, synth.WorldRefused, checkpoint.OutputsBusy, checkpoint.OutputsNotWritable) as e:
+    except (ConfigError, synth.WorldRefused, checkpoint.OutputsBusy, checkpoint.OutputsNotWritable,
+            checkpoint.FolderRefused, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -257,6 +257,38 @@ def why_not_writable(folder: str | os.PathLike) -> str | None:
         return str(e.strerror or e)
 
 
+# ----------------------------------------------------------------------------- owned folders
+class FolderRefused(RuntimeError):
+    """A command will not write into a folder it did not create (or made with other settings)."""
+
+
+def claim_folder(path: str | os.PathLike, marker: str, generator: str, params: Mapping[str, Any]) -> Path:
+    """Make ``path`` this ``generator``'s folder, or check that it already is.
+
+    A missing folder is created and marked first (``<path>/<marker>``: strict JSON with
+    ``generator`` and ``params``). An existing folder is accepted only with that marker,
+    the same ``generator`` and the same ``params`` (so resuming never mixes settings);
+    anything else raises :class:`FolderRefused` naming the folder and the fix.
+    """
+    path = Path(path)
+    params = strict_json(json.loads(json.dumps(dict(params), default=_json_default)))
+    if not path.exists():
+        path.mkdir(parents=True)
+        atomic_write_json(path / marker, {"generator": generator, "params": params})
+        return path
+    try:
+        m = json.loads((path / marker).read_text())
+    except (OSError, json.JSONDecodeError):
+        m = None
+    if not isinstance(m, dict) or m.get("generator") != generator:
+        raise FolderRefused(f"{path} exists and was not created by {generator} (no {marker}); it never writes "
+                            f"into a folder it did not create. Pass a new path (it will be created).")
+    if m.get("params") != params:
+        raise FolderRefused(f"{path} was written by {generator} with other settings {m.get('params')} "
+                            f"(now {params}); resume with the same settings, or pass a new path.")
+    return path
+
+
 # ----------------------------------------------------------------------------- inputs
 INPUT_COLUMNS = ["path", "kind", "size", "mtime_ns", "sha256"]
 

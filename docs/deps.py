@@ -23,9 +23,9 @@ PKG = ROOT / "bdd_engine"
 # floor → modules (bottom first). One concept per module; a floor only imports downward.
 LAYERS: dict[str, tuple[str, ...]] = {
     "0 foundations": ("env", "sections", "geometry", "weights", "config", "checkpoint"),
-    "1 data": ("bdd", "images", "synth", "slices", "viz", "artifacts"),
-    "2 models and metrics": ("evaluate", "yolo", "train", "embed", "curate", "mine", "collect", "pretrain"),
-    "3 labelling and experiment": ("autolabel", "gates", "experiment", "report", "figures", "explorer", "standin"),
+    "1 data": ("bdd", "images", "synth", "slices", "viz", "artifacts", "synthvideo", "ingest"),
+    "2 models and metrics": ("evaluate", "yolo", "train", "embed", "curate", "mine", "collect", "pretrain", "attributes"),
+    "3 labelling and experiment": ("autolabel", "gates", "experiment", "report", "figures", "explorer", "standin", "anyfolder"),
     "4 presentation": ("views", "casestudy"),
     "5 section runners": ("flywheel",),
     "6 entry points": ("runner", "__main__"),

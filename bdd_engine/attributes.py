@@ -1,0 +1,167 @@
+"""Predicted ODD attributes (weather, timeofday, scene) for frames nobody labelled.
+
+Two predictors, both returning, per attribute, the predicted BDD value (verbatim, e.g.
+``dawn/dusk``) and a confidence in [0, 1] (the winning class probability):
+
+* :func:`fit_probes` — a linear probe per attribute (multinomial logistic regression) on
+  the embeddings of labelled frames (any embedder: ``gradhist`` offline, CLIP, DINOv2).
+  ``undefined`` is not a value to learn: frames whose value is ``undefined`` or missing
+  are left out of that attribute's training and evaluation.
+* :func:`zero_shot` — CLIP zero-shot: cosine of an image embedding with the text
+  embeddings of one prompt per value (:data:`PROMPTS`), softmax at CLIP's logit scale.
+
+:func:`evaluate_probes` holds out whole drive groups (``bdd.group_of``: same-drive frames
+are near-duplicates) and reports per-attribute accuracy next to the majority-class rate,
+plus confusion matrices; :func:`confusion_figure` draws them. Rows produced here carry
+``attr_source = "predicted"``. Not wired into the flywheel (issue 15 item 4 is only
+partly built here).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bdd_engine.bdd import SLICE_ATTRS
+
+UNDEFINED = "undefined"
+
+# One prompt per BDD value (verbatim keys); "undefined" has no prompt: it is not a condition.
+PROMPTS: dict[str, dict[str, str]] = {
+    "weather": {"clear": "a photo of a road on a clear day", "overcast": "a photo of a road under an overcast sky",
+                "partly cloudy": "a photo of a road under a partly cloudy sky",
+                "rainy": "a photo of a road in the rain", "snowy": "a photo of a road in the snow",
+                "foggy": "a photo of a road in dense fog"},
+    "timeofday": {"daytime": "a photo of a road in daylight", "night": "a photo of a road at night",
+                  "dawn/dusk": "a photo of a road at dusk with a low sun"},
+    "scene": {"city street": "a photo of a city street", "highway": "a photo of a highway",
+              "residential": "a photo of a residential street", "parking lot": "a photo of a parking lot",
+              "gas stations": "a photo of a gas station", "tunnel": "a photo of a road in a tunnel"},
+}
+
+
+def _known(values: Sequence[Any]) -> np.ndarray:
+    """Mask of values that are a real condition (not ``undefined``, not missing)."""
+    return np.array([isinstance(v, str) and v not in ("", UNDEFINED) for v in values])
+
+
+def fit_probes(X: np.ndarray, labels: pd.DataFrame, *, attrs: Sequence[str] = SLICE_ATTRS, seed: int = 42,
+               C: float = 0.1) -> dict[str, Any]:
+    """One probe per attribute: standardised features → logistic regression. ``X``: (N, D) float
+    embeddings, row i ↔ ``labels.iloc[i]``; ``labels`` has a column per attribute (BDD values).
+    ``C``: inverse L2 strength (0.1: on the tiny world's gradhist descriptors C in {0.01, 0.1, 1}
+    scored within a few points of each other; without standardising, the small descriptor values
+    left scene at the majority class). An attribute with fewer than two known values gets no
+    probe (absent from the result)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    probes = {}
+    for a in attrs:
+        y = labels[a].to_numpy(object)
+        m = _known(y)
+        if len(set(y[m])) < 2:
+            continue
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=3000, random_state=seed))
+        probes[a] = clf.fit(X[m], y[m].astype(str))
+    return probes
+
+
+def predict_attributes(probes: Mapping[str, Any], X: np.ndarray) -> pd.DataFrame:
+    """(N rows) ``<attr>``, ``<attr>_conf`` per probed attribute and ``attr_source = "predicted"``."""
+    out = {}
+    for a, clf in probes.items():
+        p = clf.predict_proba(X)
+        out[a] = clf.classes_[p.argmax(1)]
+        out[f"{a}_conf"] = p.max(1)
+    df = pd.DataFrame(out)
+    df["attr_source"] = "predicted"
+    return df
+
+
+def zero_shot(image_emb: np.ndarray, text_emb: Mapping[str, tuple[Sequence[str], np.ndarray]],
+              logit_scale: float = 100.0) -> pd.DataFrame:
+    """CLIP zero-shot. ``image_emb``: (N, D) L2-normalised; ``text_emb``: attr → (values, (K, D)
+    L2-normalised text embeddings, row k ↔ values[k]); ``logit_scale``: CLIP's temperature
+    (100 for OpenAI/LAION CLIP). Same columns as :func:`predict_attributes`."""
+    out = {}
+    for a, (values, T) in text_emb.items():
+        z = logit_scale * image_emb @ np.asarray(T).T
+        z = np.exp(z - z.max(1, keepdims=True))
+        p = z / z.sum(1, keepdims=True)
+        out[a] = np.asarray(values, object)[p.argmax(1)]
+        out[f"{a}_conf"] = p.max(1)
+    df = pd.DataFrame(out)
+    df["attr_source"] = "predicted"
+    return df
+
+
+def clip_text_embeddings(model: Any, tokenizer: Any, prompts: Mapping[str, Mapping[str, str]] = PROMPTS,
+                         device: str = "cpu") -> dict[str, tuple[list[str], np.ndarray]]:
+    """attr → (values, (K, D) L2-normalised text embeddings) from an open_clip ``model`` and its ``tokenizer``."""
+    import torch
+
+    out = {}
+    with torch.no_grad():
+        for a, table in prompts.items():
+            values = list(table)
+            t = model.encode_text(tokenizer([table[v] for v in values]).to(device)).float().cpu().numpy()
+            out[a] = (values, t / np.linalg.norm(t, axis=1, keepdims=True))
+    return out
+
+
+def evaluate_probes(X: np.ndarray, labels: pd.DataFrame, groups: Sequence[str], *, test_size: float = 0.3,
+                    attrs: Sequence[str] = SLICE_ATTRS, seed: int = 42,
+                    C: float = 0.1) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """Fit on some drive groups, score on the held-out ones (``test_size``: share of groups).
+
+    Returns (table: attribute, n_train, n_test, accuracy, majority (share of the test set's most
+    common value), mean_conf; confusion: attr → DataFrame of counts, rows = truth, cols = predicted)."""
+    from sklearn.metrics import confusion_matrix
+    from sklearn.model_selection import GroupShuffleSplit
+
+    tr, te = next(GroupShuffleSplit(1, test_size=test_size, random_state=seed).split(X, groups=np.asarray(groups)))
+    probes = fit_probes(X[tr], labels.iloc[tr], attrs=attrs, seed=seed, C=C)
+    pred = predict_attributes(probes, X[te])
+    rows, conf = [], {}
+    for a, clf in probes.items():
+        y = labels[a].to_numpy(object)[te]
+        m = _known(y)
+        y, p = y[m].astype(str), pred[a].to_numpy()[m]
+        values = sorted(set(y) | set(clf.classes_))
+        conf[a] = pd.DataFrame(confusion_matrix(y, p, labels=values), index=values, columns=values)
+        rows.append({"attribute": a, "n_train": int(_known(labels[a].to_numpy(object)[tr]).sum()),
+                     "n_test": int(m.sum()), "accuracy": float((y == p).mean()) if m.any() else np.nan,
+                     "majority": float(pd.Series(y).value_counts(normalize=True).iloc[0]) if m.any() else np.nan,
+                     "mean_conf": float(pred[f"{a}_conf"].to_numpy()[m].mean()) if m.any() else np.nan})
+    return pd.DataFrame(rows), conf
+
+
+def confusion_figure(confusions: Mapping[str, pd.DataFrame], table: pd.DataFrame | None = None, title: str = ""):
+    """One panel per attribute: row-normalised confusion (share of each true value), counts written in."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(confusions), figsize=(5.2 * len(confusions), 4.6), squeeze=False)
+    for ax, (a, cm) in zip(axes[0], confusions.items()):
+        share = cm.to_numpy(float) / np.maximum(cm.to_numpy().sum(1, keepdims=True), 1)
+        ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+        for i in range(cm.shape[0]):
+            for j in range(cm.shape[1]):
+                ax.text(j, i, int(cm.iat[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if share[i, j] > 0.6 else "black")
+        ax.set_xticks(range(cm.shape[1]), cm.columns, rotation=40, ha="right", fontsize=8)
+        ax.set_yticks(range(cm.shape[0]), cm.index, fontsize=8)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true (held-out drives)")
+        head = a
+        if table is not None and a in set(table["attribute"]):
+            r = table.set_index("attribute").loc[a]
+            head += f": accuracy {r['accuracy']:.2f} (majority {r['majority']:.2f}, n={int(r['n_test'])})"
+        ax.set_title(head, fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
