@@ -230,6 +230,23 @@ def test_gsam2_boxes_are_nms_then_mask_tightened(labeler, images):
         assert m is not None and m.shape == (len(bx), H, W) and m.dtype == bool
 
 
+def test_gsam2_sam_box_chunks_change_no_mask(labeler, images, monkeypatch):
+    """SAM 2.1 decodes an image's boxes in chunks (memory, issue 14): one box per call gives
+    the very masks of one call for all, in box order."""
+    from bdd_engine.autolabel import gsam2, load_rgb
+
+    frames, paths = images
+    ims = [load_rgb(p) for p in paths[:2]]
+    boxes = [np.array([[10, 10, 120, 90], [50, 20, 300, 170], [0, 0, 320, 180]], float)] * 2
+    monkeypatch.setattr(gsam2, "SAM_BOX_CHUNK", 100)
+    whole = labeler.masks(ims, boxes)
+    monkeypatch.setattr(gsam2, "SAM_BOX_CHUNK", 1)
+    chunked = labeler.masks(ims, boxes)
+    for a, b in zip(whole, chunked):
+        assert a.shape == b.shape == (3, H, W) and a.dtype == b.dtype == bool
+        assert (a != b).mean() <= 1e-4  # batched matmuls may round a boundary pixel, nothing more
+
+
 def test_gsam2_box_scaling_matches_official_postprocess(labeler, images):
     """Our pixel boxes use the same conversion as post_process_grounded_object_detection."""
     import torch
