@@ -1,7 +1,7 @@
 """Stand-in weights: the full profile's models with their exact architectures and file
 layouts, randomly initialised and built offline.
 
-    python -m bdd_engine stand-in-weights --out DIR [--only NAME ...]
+    python -m bdd_engine stand-in-weights --out DIR [--only NAME ...] [--if-missing]
 
 Each file or folder lands at the path ``weights.REGISTRY`` gives it under ``DIR`` (the
 layout ``./setup.sh --weights`` downloads), so ``--set``-ing a profile's weights to
@@ -55,7 +55,7 @@ from bdd_engine import weights
 from bdd_engine.autolabel.prompts import DEFAULT_PROMPT, PHRASE_TO_CLASS
 from bdd_engine.env import setup_env
 
-MARKER = "STAND_IN.json"
+MARKER = weights.STAND_IN_MARKER
 TOLERANCE = 0.01  # relative, against the published figure
 MODELS = ("yolov8m", "clip", "dinov2", "grounding-dino", "sam2")
 BERT_VOCAB_SIZE = 30522
@@ -94,6 +94,13 @@ def check_targets(out: Path, names: Iterable[str]) -> None:
     if clash:
         raise StandInRefused(f"refusing to overwrite {', '.join(clash)}: not listed as stand-in in "
                              f"{Path(out) / MARKER} (real weights?). Choose another --out folder or move them.")
+
+
+def missing(out: Path, names: Iterable[str] = MODELS) -> list[str]:
+    """Models whose stand-in is not complete under ``out``: target absent, or not yet listed
+    in the marker (the marker is written after each model, so a build killed mid-save is redone)."""
+    listed = read_marker(out).get("files", {})
+    return [n for n in names if not target(out, n).exists() or weights.REGISTRY[n][0] not in listed]
 
 
 def check_count(name: str, n_params: int) -> float:
@@ -287,7 +294,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="folder (pass `weights` explicitly to fill weights/)")
     p.add_argument("--only", action="append", choices=MODELS, help="build only this model (repeatable)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--if-missing", action="store_true",
+                   help="build only the models not yet complete under --out (make smoke-full; a rebuild changes file hashes)")
     a = p.parse_args(argv)
-    build(a.out, a.only or MODELS, seed=a.seed)
+    names = a.only or MODELS
+    if a.if_missing:
+        names = missing(a.out, names)
+        if not names:
+            print(f"[stand-in] all present under {a.out} ({a.out / MARKER})")
+            return 0
+    build(a.out, names, seed=a.seed)
     print(f"[stand-in] marker: {a.out / MARKER} (RANDOM weights: outputs are meaningless)")
     return 0

@@ -7,12 +7,15 @@ which raises one actionable message.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 from bdd_engine.env import PROJECT_ROOT
 
 WEIGHTS_DIR = Path(os.environ.get("BDD_WEIGHTS_DIR", PROJECT_ROOT / "weights"))
+# Written by `python -m bdd_engine stand-in-weights` (bdd_engine.standin) beside RANDOM weights.
+STAND_IN_MARKER = "STAND_IN.json"
 
 # name -> (path under weights/, source used by setup.sh, what it is for)
 REGISTRY: dict[str, tuple[str, str, str]] = {
@@ -54,3 +57,14 @@ def require(name: str) -> Path:
 
 def missing() -> list[str]:
     return [n for n in REGISTRY if not path(n).exists()]
+
+
+def stand_in_entry(p: str | os.PathLike) -> dict | None:
+    """The ``STAND_IN.json`` entry of weights file/folder ``p`` (the nearest marker above it
+    lists it: built by ``stand-in-weights``, RANDOM values), or None (real weights, or absent)."""
+    p = Path(p).resolve()
+    for folder in p.parents:
+        marker = folder / STAND_IN_MARKER
+        if marker.is_file():
+            return json.loads(marker.read_text()).get("files", {}).get(p.relative_to(folder).as_posix())
+    return None
