@@ -156,11 +156,16 @@ def _headline_fields(cfg: Any, h: Mapping[str, Any], head: pd.DataFrame, golden:
     beat_random = h.get("random_delta")
     head_disp = _headline_display(head)
     syn = " (synthetic)" if synthetic else ""
+    stand_ins = views.stand_in_models(cfg)
     return {
-        "title": "BDD100K mini data-engine — case study v1" + (": synthetic BDD100K-format world" if synthetic else ""),
+        "title": "BDD100K mini data-engine — case study v1" + (": synthetic BDD100K-format world" if synthetic else "")
+                 + (" with STAND-IN (random) weights" if stand_ins else ""),
         "synthetic_banner": ("> **SYNTHETIC DATA.** Every number, table and figure in this study was measured on a "
                              "generated world in BDD100K's format, with small models trained on CPU. None of it is a "
-                             "BDD100K result." if synthetic else "> Data: BDD100K (det_20 labels), official layout."),
+                             "BDD100K result." if synthetic else "> Data: BDD100K (det_20 labels), official layout.")
+                            + (f"\n>\n> **STAND-IN WEIGHTS.** {', '.join(stand_ins)}: exact architectures, randomly "
+                               "initialised (listed in `STAND_IN.json`), not the published checkpoints; every "
+                               "prediction, embedding and label here is meaningless." if stand_ins else ""),
         "run_id": golden["run_id"], "profile": cfg.profile, "seed": cfg.seed, "commit": card0.get("git_commit", "unknown"),
         "headline_sentence": _confirm_sentence(h) + (f"One turn of the flywheel on the worst slice, **{worst}** ({h['n_eval']} eval frames): "
                               f"mAP@0.5 went from {fmt(h['iter0'])} (iter0) to {fmt(h['iter1'])} (iter1), "

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from bdd_engine import artifacts, explorer
+from bdd_engine import artifacts, explorer, weights
 from bdd_engine.checkpoint import status
 from bdd_engine.config import Config, load_config
 from bdd_engine.env import setup_env
@@ -30,8 +30,38 @@ def banner(cfg: Config) -> None:
     if cfg.synthetic:
         print("SYNTHETIC DATA — every number below is measured on a generated BDD100K-format world, "
               "not on BDD100K.")
+    stand_ins = stand_in_models(cfg)
+    if stand_ins:  # "warning" lines reach the terminal of a headless run too (runner.ECHO_PREFIXES)
+        print(f"warning: STAND-IN WEIGHTS — {', '.join(stand_ins)} are randomly initialised "
+              f"({weights.STAND_IN_MARKER}): every prediction, embedding and label below is meaningless.")
     print(f"profile {cfg.profile} · config {cfg.hash()} · data {cfg.data_dir} · outputs {cfg.out} · seed {cfg.seed}")
     _display(status(cfg))
+
+
+def _weights_used(cfg: Config) -> dict[str, Path]:
+    """Registry name -> the weights file/folder the profile's models load (as the loaders resolve
+    them: a bare .pt name lives in weights/, any other relative path is project-relative)."""
+    def where(value: Any, name: str) -> Path:
+        if not value:
+            return weights.path(name)
+        v = Path(str(value))
+        return v if v.is_absolute() else (weights.WEIGHTS_DIR / v if len(v.parts) == 1 else cfg.root / v)
+
+    init = cfg.train_init_weights or (cfg.train_model if str(cfg.train_model).endswith(".pt") else None)
+    used = {"yolov8m": where(init, "yolov8m")} if init else {}
+    if cfg.embed_model in ("clip", "dinov2"):
+        key = "embed_clip_weights" if cfg.embed_model == "clip" else "embed_dinov2_dir"
+        used[cfg.embed_model] = where(cfg[key], cfg.embed_model)
+    if cfg.label_labeler == "gsam2":
+        used["grounding-dino"] = where(cfg.label_gsam2_gdino_dir, "grounding-dino")
+        if cfg.label_gsam2_refine:
+            used["sam2"] = where(cfg.label_gsam2_sam_dir, "sam2")
+    return used
+
+
+def stand_in_models(cfg: Config) -> list[str]:
+    """The profile's models whose weights are STAND-INs (listed in a ``STAND_IN.json``)."""
+    return [name for name, p in _weights_used(cfg).items() if weights.stand_in_entry(p)]
 
 
 def _display(obj: Any) -> None:
