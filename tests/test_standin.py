@@ -62,6 +62,22 @@ def test_dinov2_build_marker_loader_and_refusal(tmp_path):
     assert time.time() - t0 < 60
 
 
+def test_if_missing_builds_only_what_is_not_complete_and_provenance_finds_it(tmp_path, capsys):
+    out = tmp_path / "w"
+    assert main(["stand-in-weights", "--out", str(out), "--only", "dinov2", "--if-missing"]) == 0
+    dest = out / weights.REGISTRY["dinov2"][0]
+    assert standin.missing(out) == ["yolov8m", "clip", "grounding-dino", "sam2"]
+    stamp = (dest / "config.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["stand-in-weights", "--out", str(out), "--only", "dinov2", "--if-missing"]) == 0
+    assert "all present" in capsys.readouterr().out and (dest / "config.json").stat().st_mtime_ns == stamp
+    # the marker names what provenance reports; real weights beside it (not listed) are not stand-ins
+    assert weights.stand_in_entry(dest)["random"] is True
+    (out / "yolov8m.pt").write_bytes(b"real")
+    assert weights.stand_in_entry(out / "yolov8m.pt") is None and weights.stand_in_entry(tmp_path / "x.pt") is None
+    assert "yolov8m" in standin.missing(out)  # present but not listed: a build would refuse it, not skip it
+
+
 def test_out_is_required(capsys):
     with pytest.raises(SystemExit):
         main(["stand-in-weights"])
