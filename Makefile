@@ -2,13 +2,17 @@
 PY      := .venv/bin/python
 PROFILE ?= demo
 
-.PHONY: venv demo test test-all mutants bench status app clean-outputs
+.PHONY: venv demo smoke-full test test-all mutants bench status app clean-outputs
 
 venv:                      ## create .venv + install pinned requirements (no-op when up to date)
 	@./setup.sh
 
 demo: venv                 ## the whole notebook headless (a synthetic profile generates its world first; real data is only read)
 	$(PY) -m bdd_engine run --profile $(PROFILE)
+
+smoke-full: venv           ## full profile's code path on a 1280x720 SYNTHETIC world + STAND-IN (random) weights, 2 CPU cores (<= 20 min)
+	$(PY) -m bdd_engine stand-in-weights --out weights/stand-in --if-missing
+	$(PY) -m bdd_engine run --profile smoke-full
 
 test: venv                 ## the test suite (< ~10 min on 2 cores; excludes @slow)
 	$(PY) -m pytest -q -m "not slow"
