@@ -369,6 +369,28 @@ def _channels_last(trainer: Any) -> None:
         trainer.ema.ema.to(memory_format=torch.channels_last)
 
 
+def _epoch_bar(name: str) -> dict[str, Callable]:
+    """Ultralytics callbacks drawing one tqdm bar over a run's epochs (resumed runs start
+    where they stopped), so a headless run shows training progress."""
+    from tqdm.auto import tqdm
+
+    bar: dict[str, Any] = {}
+
+    def start(trainer: Any) -> None:
+        bar["t"] = tqdm(total=int(trainer.epochs), initial=int(trainer.start_epoch), desc=f"train {name}",
+                        unit="epoch", mininterval=1)
+
+    def epoch_end(trainer: Any) -> None:
+        if "t" in bar:
+            bar["t"].update(1)
+
+    def end(trainer: Any) -> None:
+        if "t" in bar:
+            bar.pop("t").close()
+
+    return {"on_train_start": start, "on_train_epoch_end": epoch_end, "on_train_end": end}
+
+
 def _fit(run_dir: Path, model_src: str, pretrained: bool, resume: bool, data_yaml: Path, device: str,
          args: Mapping[str, Any], callbacks: Mapping[str, Callable] | None, bf16: bool = False) -> dict[str, float]:
     """Run (or resume) ``YOLO.train``; Ultralytics' final metrics as floats. ``bf16``: the
@@ -383,6 +405,8 @@ def _fit(run_dir: Path, model_src: str, pretrained: bool, resume: bool, data_yam
         model = YOLO(model_src)
     if bf16:  # channels-last lets oneDNN's bf16 convolutions skip a layout change per layer (~15% of a step)
         model.add_callback("on_pretrain_routine_end", _channels_last)
+    for event, fn in _epoch_bar(run_dir.name).items():  # verbose=False silences Ultralytics' own bars
+        model.add_callback(event, fn)
     for event, fn in (callbacks or {}).items():
         model.add_callback(event, fn)
     if resume:
