@@ -551,7 +551,8 @@ def boot_map50(cache: MatchCache, frames: np.ndarray, weights: np.ndarray, chunk
     return out
 
 
-def _ci(samples: np.ndarray) -> tuple[float, float]:
+def percentile_ci(samples: np.ndarray) -> tuple[float, float]:
+    """95% percentile interval of bootstrap samples, NaNs dropped; (NaN, NaN) when none."""
     ok = samples[~np.isnan(samples)]
     if len(ok) == 0:
         return (math.nan, math.nan)
@@ -708,7 +709,7 @@ def evaluate(gt_frames: Sequence[Mapping[str, Any]], pred_frames: Sequence[Mappi
             lo = hi = math.nan
             if n_boot > 0:
                 w = resample_weights(len(members[name]), n_boot, slice_seed(seed, name))
-                lo, hi = _ci(boot_map50(cache, members[name], w))
+                lo, hi = percentile_ci(boot_map50(cache, members[name], w))
             rows.append({"slice": name, "level": level, **dict(zip(by, key)),
                          "n_frames": len(members[name]), "n_gt": int(sl["npig"][i].sum()),
                          "AP50": float(ap50_s[i]), "AP": float(ap_s[i]), "ci_lo": lo, "ci_hi": hi})
@@ -765,7 +766,7 @@ def paired_delta(res0: EvalResult, res1: EvalResult, slice: str | None, n_boot: 
     a1 = float(_nanmean(group_ap(res1.cache, frames, zero, 1, t_idx=(0,))["ap"][0, :, 0], axis=0))
     w = resample_weights(len(frames), n_boot, slice_seed(seed, name))
     d = boot_map50(res1.cache, frames, w) - boot_map50(res0.cache, frames, w)
-    lo, hi = _ci(d)
+    lo, hi = percentile_ci(d)
     ok = d[~np.isnan(d)]
     return {"slice": name, "n_frames": int(len(frames)), "AP50_0": a0, "AP50_1": a1, "delta": a1 - a0,
             "ci": [lo, hi], "p_le0": float((ok <= 0).mean()) if len(ok) else math.nan}

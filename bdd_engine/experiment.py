@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from bdd_engine import gates
-from bdd_engine.evaluate import ranked_slices
+from bdd_engine.evaluate import percentile_ci, ranked_slices
 
 ARMS = ("iter1", "random", "oracle", "continue")
 CONTROLS = ("random", "oracle", "continue")
@@ -110,13 +110,13 @@ def hierarchical_deltas(point: Mapping[str, float], boot: Mapping[str, np.ndarra
         arm_boot[arm] = m[pick, np.arange(n_boot)[:, None]].mean(axis=1) - b0
         d = np.array([point[r] - point["iter0"] for r in g["run"]], float)
         arm_point[arm] = float(d.mean())
-        arms[arm] = {"delta": arm_point[arm], "ci": _ci95(arm_boot[arm]), "n_seeds": int(len(g)),
+        arms[arm] = {"delta": arm_point[arm], "ci": _ci_or_none(arm_boot[arm]), "n_seeds": int(len(g)),
                      "sd_seeds": float(d.std(ddof=1)) if len(g) > 1 else None}
     contrasts = {}
     for a, b in (("iter1", "random"), ("oracle", "random"), ("iter1", "continue")):
         if a in arm_boot and b in arm_boot:
             diff = arm_boot[a] - arm_boot[b]
-            contrasts[f"{a}-{b}"] = {"delta": arm_point[a] - arm_point[b], "ci": _ci95(diff),
+            contrasts[f"{a}-{b}"] = {"delta": arm_point[a] - arm_point[b], "ci": _ci_or_none(diff),
                                      "se": float(np.nanstd(diff, ddof=1))}
     se = contrasts.get("iter1-random", {}).get("se")
     return {"arms": arms, "contrasts": contrasts, "mde": None if se is None else Z_POWER * se,
@@ -124,9 +124,9 @@ def hierarchical_deltas(point: Mapping[str, float], boot: Mapping[str, np.ndarra
                                               "then each arm's training seeds resampled with replacement"}
 
 
-def _ci95(x: np.ndarray) -> list[float | None]:
-    ok = x[~np.isnan(x)]
-    return [float(v) for v in np.percentile(ok, [2.5, 97.5])] if len(ok) else [None, None]
+def _ci_or_none(samples: np.ndarray) -> list[float | None]:
+    """:func:`evaluate.percentile_ci` as a JSON list, None (not NaN) when nothing was finite."""
+    return [None if v != v else v for v in percentile_ci(samples)]
 
 
 def report_slices(slices_df: pd.DataFrame, worst: str, min_frames: int, top_n: int) -> list[str | None]:
