@@ -62,6 +62,17 @@ class ProgressHooks:
             return
         await super()._async_cleanup_kernel()
 
+    async def _async_check_alive(self) -> None:
+        # nbclient's once-a-second liveness poll can wake after a Ctrl-C clean-up closed the
+        # client; it then asserts and asyncio prints "Task exception was never retrieved"
+        # under our one-line message. A closed client is a gone kernel: say so the way the
+        # poll expects, and it stops quietly.
+        if self.kc is None:
+            from nbclient.exceptions import DeadKernelError
+
+            raise DeadKernelError("kernel client closed (interrupted)")
+        await super()._async_check_alive()
+
     def output(self, outs, msg, display_id, cell_index):  # noqa: ANN001 (nbclient's signature)
         if msg["msg_type"] == "stream":
             self._echo(msg["content"].get("name"), msg["content"].get("text", ""))
