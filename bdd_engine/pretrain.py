@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bdd_engine import bdd, synth, train
+from bdd_engine import bdd, collect, synth, train
 from bdd_engine.checkpoint import atomic_path, atomic_write_json, sha256_file
 from bdd_engine.yolo import export_yolo
 
@@ -40,10 +40,8 @@ def learning_curve(results_csv: Path) -> list[dict[str, float]]:
 def world_frames(root: Path, label_files: list[str], image_sets: list[str]) -> tuple[dict[str, list], dict[str, str]]:
     """(split → BDD frames, name → image path) of a synthetic world; ``det_<split>.json`` per split."""
     index = bdd.index_images(root, image_sets)
-    splits = {}
-    for rel in label_files:
-        split = Path(rel).stem.split("_")[-1]          # det_train.json → train
-        splits[split] = [f for f in bdd.load_frames(root / rel) if f["name"] in index]
+    splits = {split: [f for f in bdd.load_frames(path) if f["name"] in index]
+              for split, path in collect.label_paths(root, label_files)}
     return splits, {n: str(p) for n, p in index.items()}
 
 
