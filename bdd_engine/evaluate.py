@@ -746,6 +746,12 @@ def worst_slice(slice_table: pd.DataFrame, min_frames: int, level: str | None = 
     return ok.drop(columns="_neg").iloc[0]
 
 
+def frames_map50(cache: MatchCache, frames: np.ndarray) -> float:
+    """mAP@0.5 (area all) of the frames ``frames`` (indices into ``cache.names``) taken as one group."""
+    zero = np.zeros(len(frames), np.int64)
+    return float(_nanmean(group_ap(cache, frames, zero, 1, t_idx=(0,))["ap"][0, :, 0], axis=0))
+
+
 def paired_delta(res0: EvalResult, res1: EvalResult, slice: str | None, n_boot: int = 1000,
                  seed: int = 42) -> dict[str, Any]:
     """mAP@0.5 change res1 − res0 on one slice (None = all frames) with a paired
@@ -761,9 +767,7 @@ def paired_delta(res0: EvalResult, res1: EvalResult, slice: str | None, n_boot: 
     frames = np.arange(len(res0.cache.names)) if slice is None else res0.members.get(slice)
     if frames is None:
         raise KeyError(f"unknown slice {slice!r}")
-    zero = np.zeros(len(frames), np.int64)
-    a0 = float(_nanmean(group_ap(res0.cache, frames, zero, 1, t_idx=(0,))["ap"][0, :, 0], axis=0))
-    a1 = float(_nanmean(group_ap(res1.cache, frames, zero, 1, t_idx=(0,))["ap"][0, :, 0], axis=0))
+    a0, a1 = frames_map50(res0.cache, frames), frames_map50(res1.cache, frames)
     w = resample_weights(len(frames), n_boot, slice_seed(seed, name))
     d = boot_map50(res1.cache, frames, w) - boot_map50(res0.cache, frames, w)
     lo, hi = percentile_ci(d)

@@ -45,9 +45,7 @@ def _grid_point(caches: dict, arms: pd.DataFrame, frames: np.ndarray, n_seeds: i
     point, boot = {}, {}
     for run in ["iter0", *sub["run"]]:
         c = caches[run].cache
-        zero = np.zeros(len(frames), np.int64)
-        point[run] = float(evaluate._nanmean(evaluate.group_ap(c, frames, zero, 1, t_idx=(0,))["ap"][0, :, 0], axis=0))
-        boot[run] = evaluate.boot_map50(c, frames, w)
+        point[run], boot[run] = evaluate.frames_map50(c, frames), evaluate.boot_map50(c, frames, w)
     h = experiment.hierarchical_deltas(point, boot, sub, seed)
     c = h["contrasts"]["iter1-random"]
     return {"seeds": n_seeds, "frames": int(len(frames)), "delta": round(c["delta"], 4),
