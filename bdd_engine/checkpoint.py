@@ -460,6 +460,24 @@ class Section:
         return pd.read_csv(p, keep_default_na=False, na_values=[""])
 
 
+def reset_peak_rss() -> None:
+    """Restart this process's peak-RSS count (Linux ``clear_refs`` 5), so that the peak read at
+    a section's end is that section's own, not the largest of every section before it."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_rss_mb() -> float | None:
+    """Peak resident set size of this process since the last :func:`reset_peak_rss`, in MB
+    (``VmHWM``); None where /proc is not available. Ultralytics trains with 0 workers on CPU,
+    so the section's work happens in this process."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return None
+
+
 class SectionWriter:
     """Collects a section's artifacts in its staging folder; commits on context exit."""
 
@@ -520,7 +538,8 @@ class SectionWriter:
             artifacts[p.relative_to(root).as_posix()] = sha256_file(p)
         manifest = {**sec.expected(), **({"inputs": self.inputs} if self.inputs else {}),
                     "artifacts": artifacts, "counts": self.counts}
-        atomic_write_json(self.dir / "timing.json", {"seconds": round(seconds, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        atomic_write_json(self.dir / "timing.json", {"seconds": round(seconds, 2), "peak_rss_mb": peak_rss_mb(),
+                                                      "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
         atomic_write_json(self.dir / "manifest.json", manifest)  # last: marks completeness
         _swap_in(self.dir, sec.dir)
 

@@ -24,7 +24,7 @@ import pandas as pd
 from bdd_engine import (artifacts, autolabel, bdd, casestudy, collect, curate, embed, evaluate, experiment, figures,
                         images, mine, report, slices, synth, train)
 from bdd_engine.checkpoint import (Section, acquire_lock, atomic_path, atomic_write_json, df_to_markdown,
-                                   release_lock)
+                                   release_lock, reset_peak_rss)
 from bdd_engine.config import Config
 from bdd_engine.yolo import export_yolo
 
@@ -54,6 +54,7 @@ def needs_run(sec: Section) -> bool:
     if reason:
         print(f"§{sec.number} {sec.name}: computing — {reason}")
         sec.started = time.time()  # timing.json then covers the whole computation, not just the writer
+        reset_peak_rss()  # ... and its peak RSS is this section's alone
         return True
     release_lock(sec.root)
     print(f"§{sec.number} {sec.name}: fresh checkpoint, loading")
@@ -432,6 +433,8 @@ def s7_autolabel_retrain(cfg: Config) -> Result:
             sets["random"] = experiment.random_pool_names(pools, len(mined), int(cfg.seed))
         with sec.writer() as w:
             extra, labeling = _label_sets(cfg, w, labeler, sets, gt_pool, paths)
+            del labeler  # the arms train without the labeler's models beside them (gsam2: GBs)
+            train.free_memory()
             extra["oracle"] = [gt_pool[n] for n in mined]
             extra["continue"] = []
             rows = []
