@@ -120,7 +120,7 @@ def frames_1280(d: Path) -> tuple[list[dict], list[Path]]:
     return frames, paths
 
 
-@pytest.mark.slow  # 170 s in `make test` on 2 shared cores (load 5-8): over the ~2 min budget
+# 34 s on 2 cores at load ~6 (1-frame Grounding DINO batches, as smoke-full runs them): within `make test`'s budget
 def test_gsam2_stand_in_at_1280x720_through_section_7(stand_in_gsam2, tmp_path):
     """smoke-full's labeler (get_labeler on the profile, as §7 builds it) with the stand-in
     Grounding DINO tiny + SAM 2.1 hiera-tiny on 2 full-size frames, then §7's writer. RANDOM
