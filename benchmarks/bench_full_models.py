@@ -79,6 +79,14 @@ def bench_clip(cfg, paths: list[Path]) -> dict:
     return {"s_per_img": round(t / len(paths), 3), "dim": dim, "batch": int(cfg.embed_batch)}
 
 
+def _tensors(out) -> list:
+    """Every tensor in a head's training output (a list, or a dict of lists in newer Ultralytics)."""
+    if hasattr(out, "float"):
+        return [out]
+    items = out.values() if isinstance(out, dict) else out if isinstance(out, (list, tuple)) else []
+    return [t for o in items for t in _tensors(o)]
+
+
 def bench_yolov8m(cfg, paths: list[Path], batch: int) -> dict:
     import torch
     from ultralytics import YOLO
@@ -93,7 +101,7 @@ def bench_yolov8m(cfg, paths: list[Path], batch: int) -> dict:
     for p in net.parameters():
         p.requires_grad_(True)
     x = torch.rand(batch, 3, imgsz, imgsz)
-    step = lambda: sum(o.float().sum() for o in net(x)).backward()  # noqa: E731 (forward + backward, no optimizer)
+    step = lambda: sum(t.float().sum() for t in _tensors(net(x))).backward()  # noqa: E731 (fwd + bwd, no optimizer)
     step()  # warm-up
     t_step, _ = timed(step)
     return {"predict_s_per_img": round(t_pred / len(paths), 3), "train_step_s_per_img": round(t_step / batch, 3),
