@@ -442,21 +442,23 @@ def test_peak_rss_is_the_sections_own_after_a_reset(tmp_path):
 
 def test_free_memory_returns_a_finished_runs_heap_to_the_os():
     """train.free_memory trims glibc's freed heap: many small freed blocks (as a trainer leaves)
-    stay resident without it (3.7 GB -> 0.9 GB after one YOLOv8m run, docs/full_profile.md)."""
-    import psutil
-
-    import torch  # noqa: F401  (imported before measuring: free_memory imports it)
-
-    from bdd_engine import train
-
-    train.free_memory()
-    rss = lambda: psutil.Process().memory_info().rss / 2**20  # noqa: E731
-    blocks, keep = [], []
-    for _ in range(4000):  # 250 MB of heap blocks, each followed by a small survivor that pins the heap
-        blocks.append(bytearray(64 * 1024))
-        keep.append(bytearray(600))
-    del blocks
-    before = rss()
-    train.free_memory()
-    assert rss() < before - 150, (before, rss())
-    del keep
+    stay resident without it (3.7 GB -> 0.9 GB after one YOLOv8m run, docs/full_profile.md).
+    In a fresh interpreter: the suite's own heap (arenas, earlier tests) would blur the count."""
+    code = """
+import psutil
+from bdd_engine import train
+train.free_memory()  # imports torch first
+rss = lambda: psutil.Process().memory_info().rss / 2**20
+blocks, keep = [], []
+for _ in range(4000):  # 250 MB of heap blocks, each followed by a small survivor that pins the heap
+    blocks.append(bytearray(64 * 1024))
+    keep.append(bytearray(600))
+del blocks
+before = rss()
+train.free_memory()
+print(before, rss())
+"""
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    before, after = map(float, r.stdout.split()[-2:])
+    assert after < before - 150, (before, after)
