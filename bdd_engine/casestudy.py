@@ -371,7 +371,7 @@ def stage_fields(cfg: Any, turn: int, w: Any) -> dict[str, Any]:
     shared = pd.DataFrame([{"folder": f, "MB": tree_bytes(cfg.out / f) / 1e6, "holds": what} for f, what in (
         ("runs", "training runs of turn 1 (weights, run cards) and their YOLO sets (label files; images are links)"),
         ("figures", "turn 1's figures"), (".cache", "embeddings memmap, image checks"),
-        ("case_study", "this study (md + pdf)"))] + [
+        ("case_study", "turn 1's study (md + pdf)" if turn > 1 else "this study (md + pdf)"))] + [
         {"folder": f"turn{t}", "MB": tree_bytes(cfg.out / f"turn{t}") / 1e6,
          "holds": f"turn {t}: its §5–§8, runs, figures, case study"} for t in range(2, int(turn) + 1)])
     disp = rows.assign(wall_s=[fmt(v, 1) for v in rows["wall_s"]], folder_MB=[fmt(v, 2) for v in rows["folder_MB"]],

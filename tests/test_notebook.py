@@ -399,9 +399,11 @@ def test_two_turns_train_on_the_imported_reviewed_labels(first_run, tiny_world, 
         assert (t2 / "case_study" / img).exists(), img
     assert "§8 (turn 2)" in _section(md, 11)
     # a changed review makes turn 2's §7 and §8 stale, nothing before them
+    # the run's own config: the profile, its --set keys and the BDD_* environment the run inherited
     cfg = load_config("tiny", {"data_root": str(tiny_world), "outputs_dir": str(out), "flywheel_turns": 2,
-                               "flywheel_reviewed": [str(tmp_path / "reviewed")]}, env=False)
-    assert status(cfg)["fresh"].all()
+                               "flywheel_reviewed": [str(tmp_path / "reviewed")]})
+    st = status(cfg)
+    assert st["fresh"].all(), (st[["folder", "reason"]].to_string(), {k: v for k, v in os.environ.items() if "BDD" in k})
     frames = bdd.load_frames(tmp_path / "reviewed" / "labels.json")
     frames[0]["labels"] = frames[0]["labels"][:-1]
     bdd.write_bdd_json(frames, tmp_path / "reviewed" / "labels.json")
