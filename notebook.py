@@ -219,3 +219,24 @@ print("case study:", r8.info["case_study"])
 
 # %%
 vw.checkpoint_note(cfg.out, 8)
+
+# %% [markdown]
+# ## More turns (`flywheel_turns`)
+# Turn t > 1 repeats §5–§8 in `outputs/turn<t>/`: the model the previous turn's registry
+# promoted becomes iter0 and teacher, the worst slice is chosen again, only frames no earlier
+# turn mined are mined, and every arm trains on train ∪ the earlier turns' accepted
+# auto-labels ∪ their reviewed labels (`flywheel_reviewed`: `import-labels` folders of the
+# Label Studio review queue). The learning curve shows mAP@0.5 per turn, iter1 beside the
+# random control. With `flywheel_turns: 1` (the demo) this cell only shows turn 1's point.
+
+# %%
+import pandas as pd
+
+from bdd_engine import artifacts, flywheel as fw, views as vw
+
+cfg = vw.cfg()
+fw.more_turns(cfg)
+n = int(cfg.flywheel_turns)
+display(pd.DataFrame(artifacts.load_json(cfg.out, 8, "learning_curve.json", n)))
+vw.show(artifacts.turn_dir(cfg.out, n), "learning_curve.png")
+print("case study:", artifacts.turn_dir(cfg.out, n) / "case_study" / "case_study_v1.md")

@@ -14,20 +14,25 @@ import numpy as np
 import pandas as pd
 
 from bdd_engine import bdd
-from bdd_engine.sections import SECTIONS
+from bdd_engine.sections import SECTIONS, turn_folder
 
 
-def section_dir(out: Path, n: int) -> Path:
-    return Path(out) / SECTIONS[n]
+def turn_dir(out: Path, turn: int = 1) -> Path:
+    """A flywheel turn's outputs: ``out`` for turn 1, ``out/turn<t>`` after (its §5–§8, runs/, figures/)."""
+    return Path(out) / turn_folder(turn)
 
 
-def load_json(out: Path, n: int, rel: str) -> Any:
-    return json.loads((section_dir(out, n) / rel).read_text())
+def section_dir(out: Path, n: int, turn: int = 1) -> Path:
+    return turn_dir(out, turn) / SECTIONS[n]
 
 
-def read_df(out: Path, n: int, rel: str) -> pd.DataFrame:
+def load_json(out: Path, n: int, rel: str, turn: int = 1) -> Any:
+    return json.loads((section_dir(out, n, turn) / rel).read_text())
+
+
+def read_df(out: Path, n: int, rel: str, turn: int = 1) -> pd.DataFrame:
     """A section's table; CSV keeps BDD values like ``undefined`` and names as strings."""
-    p = section_dir(out, n) / rel
+    p = section_dir(out, n, turn) / rel
     if p.suffix == ".parquet":
         return pd.read_parquet(p)
     return pd.read_csv(p, keep_default_na=False, na_values=[""])
@@ -49,6 +54,23 @@ def load_embeddings(out: Path) -> tuple[np.ndarray, list[str]]:
 def iter0_weights(out: Path) -> Path:
     """§4's trained weights (a .pt under ``runs/iter0``)."""
     return Path(out) / load_json(out, 4, "weights.json")["weights"]
+
+
+def registry(out: Path, turn: int = 1) -> dict[str, Any]:
+    """A turn's model registry (§8's ``runs/registry.json``: promoted run, its weights, gates)."""
+    return json.loads((turn_dir(out, turn) / "runs" / "registry.json").read_text())
+
+
+def start_weights(out: Path, turn: int = 1) -> Path:
+    """The model a turn starts from (its iter0 and teacher): §4's iter0 for turn 1, else the
+    weights turn t-1's registry promoted (paths in registries are relative to ``out``)."""
+    return iter0_weights(out) if int(turn) == 1 else Path(out) / registry(out, int(turn) - 1)["weights"]
+
+
+def run_card(weights: Path) -> dict[str, Any]:
+    """The run card beside a training run's weights (``runs/<run>/weights/best.pt`` → ``runs/<run>/run_card.json``)."""
+    p = Path(weights).parent.parent / "run_card.json"
+    return json.loads(p.read_text()) if p.exists() else {}
 
 
 def image_sizes(frames: pd.DataFrame) -> dict[str, tuple[int, int]]:

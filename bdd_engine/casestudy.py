@@ -14,10 +14,16 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from bdd_engine import evaluate, gates, report, views
-from bdd_engine.checkpoint import Section, atomic_write_text, df_to_markdown
+import json
+import re
+import time
+
+from bdd_engine import artifacts, evaluate, gates, report, views
+from bdd_engine.checkpoint import Section, atomic_write_text, df_to_markdown, tree_bytes
 from bdd_engine.env import PROJECT_ROOT
 from bdd_engine.report import fmt, fmt_ci
+from bdd_engine.sections import SECTIONS, TURN_SECTIONS
+from bdd_engine.train import git_commit
 
 TEMPLATE = PROJECT_ROOT / "case_study_template.md"
 
@@ -119,9 +125,9 @@ def reasons(h: Mapping[str, Any], quality: pd.DataFrame, lab: Mapping[str, Any])
     return " ".join(out)
 
 
-def _read(cfg: Any) -> SimpleNamespace:
-    """What sections 1–7 left that the case study quotes, read once."""
-    s1, s2, s3, s4, s5, s6, s7 = (Section(cfg, n) for n in range(1, 8))
+def _read(cfg: Any, turn: int = 1) -> SimpleNamespace:
+    """What sections 1–7 left that the case study quotes, read once (§5–§7 of ``turn``)."""
+    s1, s2, s3, s4, s5, s6, s7 = (Section(cfg, n, turn if n in TURN_SECTIONS else 1) for n in range(1, 8))
     slices5 = evaluate.ranked_slices(s5.read_df("slices.csv"), int(cfg.eval_min_frames))
     labeling = s7.load_json("labeling.json")
     return SimpleNamespace(
@@ -129,7 +135,7 @@ def _read(cfg: Any) -> SimpleNamespace:
         pools=s3.read_df("pools.csv"), pool_summary=s3.read_df("pool_summary.csv"), card0=s4.load_json("run_card.json"),
         w5=s5.load_json("worst_slice.json"), mining=s6.load_json("mining_summary.json"),
         mining_precision=s6.read_df("mining_precision.csv"), labeling=labeling, lab=labeling["mined"],
-        arms=s7.read_df("arms.csv"),
+        arms=s7.read_df("arms.csv"), inputs1=(s1.manifest() or {}).get("inputs") or {},
         full=slices5.sort_values("AP50")[["slice", "n_frames", "AP50", "ci_lo", "ci_hi"]],
         quality=pd.read_csv(s7.dir / "labels_mined" / "quality_all.csv"),
         router=pd.read_csv(s7.dir / "labels_mined" / "router.csv"),
@@ -287,17 +293,239 @@ def _experiment_fields(cfg: Any, h: Mapping[str, Any], runs: pd.DataFrame, actio
     }
 
 
+def problem_statement(labeler: str, confirm_max: int, min_confirm: int, seeds: Sequence[int], n_boot: int,
+                      strategy: str, turn: int) -> str:
+    """The question, the hypothesis and the pre-registered success metric, from the design's
+    settings only (no result): what §8's confirmation contrast will be judged by."""
+    return (
+        "**Problem.** A driving detector is weakest on some part of its operational design domain (a `weather | "
+        "timeofday | scene` slice), and labelling more frames everywhere is the expensive way to fix it. The data engine "
+        "should find the frames that help that slice in an unlabelled pool and label them cheaply.\n\n"
+        f"**Hypothesis.** Frames mined from the pool by similarity to the worst slice's failure frames (strategy "
+        f"`{strategy}`) and auto-labelled by the `{labeler}` labeler improve the worst slice more than the same number of "
+        "random pool frames labelled the same way, with every other setting equal (epochs, seeds, start model).\n\n"
+        f"**Success metric (fixed before any retrained model is scored).** On the confirmation set — up to {confirm_max} "
+        f"held-out frames of the worst slice from drives that no pool frame comes from (the slice may be chosen only with "
+        f">= {min_confirm} of them), fixed in §5 — the contrast **Δ(iter1) − Δ(random)** in mAP@0.5, each arm averaged "
+        f"over {len(seeds)} training seed(s) ({', '.join(map(str, seeds))}), with a 95% CI from a hierarchical bootstrap "
+        f"(frames, then seeds; {n_boot} resamples). **Success = the CI's lower bound is above 0.** Reported beside it, "
+        "not deciding: Δ(oracle) − Δ(random) (what ground-truth labels on the mined frames would give), the eval-pool Δ "
+        "per slice the worst slice was chosen on, and the promotion gates."
+        + (f" This is turn {turn}: the same metric, for the slice this turn chose, starting from the previous turn's "
+           "promoted model." if turn > 1 else ""))
+
+
+STRATEGY_WHY = {
+    "prototype": ("every mined frame is a nearest neighbour of the failure prototype, so the whole labelling budget of "
+                  "the turn goes to the slice the pre-registered contrast measures; at this budget ({k} frames) a 30% "
+                  "coverage share would leave {k70} targeted frames and dilute the contrast the design is powered for. "
+                  "The `full` profile uses `hybrid` (seed 001's 30% coverage / 70% targeted)"),
+    "hybrid": ("seed 001's recipe: {targeted} of the {k} frames ({share:.0%}) come from the failure frames' k-NN and the "
+               "rest by k-center coverage of the pool, so the next model also sees pool diversity it has not failed on "
+               "yet (at full scale and over several turns this guards against over-fitting one slice); the demo keeps "
+               "`prototype` because its budget of one small turn is sized for the targeted contrast"),
+    "uncertainty": ("the frames iter0 is least sure of regardless of slice: an active-learning baseline, not the "
+                    "slice-targeted hypothesis"),
+}
+
+
+def strategy_sentence(mining: Mapping[str, Any], hybrid_targeted: float) -> str:
+    """Which selection strategy this run used and why (``mining``: §6's mining_summary.json)."""
+    k, strat = int(mining["k"]), str(mining["strategy"])
+    why = STRATEGY_WHY.get(strat, "a strategy of `mine.py`").format(
+        k=k, k70=int(round(0.7 * k)), targeted=int(round(k * hybrid_targeted)), share=hybrid_targeted)
+    return f"**Selection strategy: `{strat}`** — {why}."
+
+
+def stage_rows(sections: Sequence[Section], current: Section | None = None, staging: Path | None = None,
+               started: float | None = None) -> pd.DataFrame:
+    """Time and disk of each section: wall seconds from its timing.json (the whole computation),
+    bytes in its folder, and bytes of the files it recorded outside it (weights, figures,
+    registries). ``current`` is the section being written (its staging folder, seconds so
+    far). MB = 10^6 bytes."""
+    rows = []
+    for sec in sections:
+        live = current is not None and sec.key == current.key
+        folder = staging if live else sec.dir
+        man = {} if live else (sec.manifest() or {})
+        ext = [k for k in man.get("artifacts", {}) if not k.startswith(sec.key + "/")]
+        if live:
+            secs, note = (time.time() - started) if started else None, "so far (writing the case study)"
+        else:
+            try:
+                secs, note = json.loads((sec.dir / "timing.json").read_text())["seconds"], ""
+            except (OSError, ValueError, KeyError):
+                secs, note = None, "no timing.json"
+        rows.append({"section": f"§{sec.number}" + (f" (turn {sec.turn})" if sec.turn > 1 else ""), "folder": sec.key,
+                     "wall_s": secs, "folder_MB": tree_bytes(folder) / 1e6,
+                     "outside_MB": sum(tree_bytes(sec.root / k) for k in ext) / 1e6, "note": note})
+    return pd.DataFrame(rows)
+
+
+def stage_fields(cfg: Any, turn: int, w: Any) -> dict[str, Any]:
+    """The per-stage table (§1–§4 once, §5–§8 per turn so far) and the shared folders."""
+    secs = [Section(cfg, n) for n in SECTIONS if n not in TURN_SECTIONS]
+    secs += [Section(cfg, n, t) for t in range(1, int(turn) + 1) for n in TURN_SECTIONS]
+    rows = stage_rows(secs, w.section, w.dir, getattr(w.section, "started", None))
+    total_s = float(rows["wall_s"].fillna(0).sum())
+    shared = pd.DataFrame([{"folder": f, "MB": tree_bytes(cfg.out / f) / 1e6, "holds": what} for f, what in (
+        ("runs", "training runs of turn 1 (weights, run cards) and their YOLO sets (label files; images are links)"),
+        ("figures", "turn 1's figures"), (".cache", "embeddings memmap, image checks"),
+        ("case_study", "turn 1's study (md + pdf)" if turn > 1 else "this study (md + pdf)"))] + [
+        {"folder": f"turn{t}", "MB": tree_bytes(cfg.out / f"turn{t}") / 1e6,
+         "holds": f"turn {t}: its §5–§8, runs, figures, case study"} for t in range(2, int(turn) + 1)])
+    disp = rows.assign(wall_s=[fmt(v, 1) for v in rows["wall_s"]], folder_MB=[fmt(v, 2) for v in rows["folder_MB"]],
+                       outside_MB=[fmt(v, 2) for v in rows["outside_MB"]])
+    return {"stage_sentence": (f"Wall time is each section's `timing.json` (the whole computation, training included; "
+                               f"a section loaded from a fresh checkpoint keeps the time of the run that computed it); disk "
+                               f"is the bytes in the section's folder and in the files it recorded outside it. Sections "
+                               f"total {fmt(total_s / 60, 1)} min and the outputs folder "
+                               f"{fmt(tree_bytes(cfg.out) / 1e6, 1)} MB (source images are linked, not copied)."),
+            "stage_table": df_to_markdown(disp) + "\n\nShared folders (their files are counted above where a section "
+                                                  "recorded them):\n\n" + df_to_markdown(shared.assign(
+                                                      MB=[fmt(v, 2) for v in shared["MB"]])),
+            "_stage_rows": rows}
+
+
+def provenance_fields(cfg: Any, inputs1: Mapping[str, Any], card0: Mapping[str, Any]) -> dict[str, Any]:
+    """SHA-256 of every label file §1 read (its manifest), how many images it hashed, the commits."""
+    labels = inputs1.get("label_files") or {}
+    table = pd.DataFrame([{"label file (under data_root)": f"`{k}`", "sha256": f"`{v}`"} for k, v in labels.items()],
+                         columns=["label file (under data_root)", "sha256"])
+    n_img = max(0, int(inputs1.get("n", 0)) - len(labels))
+    now = git_commit()
+    return {"provenance_sentence": (
+        f"§1 read {len(labels)} label files and {n_img} images; each file's SHA-256 is recorded in "
+        f"`01_collect/inputs.csv` (editing any of them makes §1 and every later section stale) and the label files' "
+        f"below (from `01_collect/manifest.json`). All inputs together: digest `{inputs1.get('digest', 'unknown')}`. "
+        f"Code: this study was generated at commit `{now}`; iter0 was trained at `{card0.get('git_commit', 'unknown')}` "
+        "(`-dirty` = uncommitted changes to tracked files; `unknown` = not a git checkout). Data root: "
+        f"`{cfg.data_root}`{' (a SYNTHETIC world, marked SYNTHETIC.json)' if cfg.synthetic else ''}."),
+        "provenance_table": df_to_markdown(table)}
+
+
+# Measured on this project's 2-core CPU under load by `make smoke-full` (docs/full_profile.md, issue 14):
+# upper bounds, full-resolution 1280x720 frames, full-profile models.
+FULL_PROFILE_S_PER_IMG = {"CLIP ViT-B-32 embed": "0.047", "YOLOv8m predict at 640": "0.42–0.46",
+                          "YOLOv8m train at 640 (per image-epoch)": "5.1", "gsam2 label (Grounding DINO + SAM 2.1)": "79–113"}
+
+
+def _hours(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds:
+        return "n/a"
+    return f"{seconds / 3600:.1f} h" if seconds < 86400 * 3 else f"{seconds / 86400:.0f} days"
+
+
+def scale_text(n_frames: int, stage: pd.DataFrame, emb_dim: int, pool: int, train_frames: int, card0: Mapping[str, Any],
+               lab: Mapping[str, Any], human_share: float | None, total_mb: float) -> str:
+    """What changes at 100× and 10,000× this run's collected frames, from this run's measured
+    per-frame costs (``stage``: :func:`stage_rows`) extrapolated linearly on this CPU, and which
+    existing engines take over. Every number is this run's or docs/full_profile.md's."""
+    t = dict(zip(stage["folder"], stage["wall_s"]))
+    emb_s = (t.get("02_curate") or 0) / max(n_frames, 1)
+    ep = card0.get("epochs") or 1
+    train_s = (card0.get("wall_time_s") or 0) / max(train_frames * ep, 1)
+    lab_s = (lab.get("seconds") or 0) / max(lab.get("frames") or 1, 1)
+    mb_frame = total_mb / max(n_frames, 1)
+    rows = []
+    for mult in (100, 10_000):
+        n, p = n_frames * mult, pool * mult
+        rows.append({"scale": f"{mult:,}×", "frames": f"{n:,}",
+                     "embed (this CPU)": _hours(emb_s * n),
+                     "flat index (pool × dim × 4 B)": f"{p * emb_dim * 4 / 1e9:.2f} GB",
+                     "one epoch over all frames (this CPU)": _hours(train_s * n),
+                     "outputs at this run's MB/frame": f"{mb_frame * n / 1e3:.1f} GB"})
+    table = df_to_markdown(pd.DataFrame(rows))
+    full = "; ".join(f"{k} {v} s/img" for k, v in FULL_PROFILE_S_PER_IMG.items())
+    hs = "n/a" if human_share is None or human_share != human_share else f"{100 * human_share:.0f}%"
+    return (
+        f"Measured here: §2 embedded {n_frames:,} frames at {emb_s * 1e3:.1f} ms/frame ({emb_dim}-d); training cost "
+        f"{train_s:.3f} s per image-epoch; the labeler took {lab_s:.2f} s/frame; the outputs hold {mb_frame:.2f} MB per "
+        f"collected frame. With the full profile's models at full resolution on this CPU (docs/full_profile.md): {full}. "
+        "Linear extrapolation on this CPU (a lower bound on what must change, not a plan):\n\n"
+        f"{table}\n\n"
+        f"- **100× ({100 * n_frames:,} frames; BDD100K has 100K images).** One machine still holds it, but not one CPU: embedding, "
+        "prediction over the pool and training move to GPUs (the full profile's projection is 3.2 h of YOLOv8m training "
+        "on one RTX 4070 for one turn, docs/full_profile.md), and batch embedding/labelling to a pool of GPU workers "
+        "(Ray Data). Exact FAISS search stays fine (the flat index above fits in RAM); `mine_ivf_above` switches to an "
+        "IVF index past 200,000 pool frames. FiftyOne with its local MongoDB still serves the explorer; the golden set, "
+        "router and gates are unchanged.\n"
+        f"- **10,000× ({10_000 * n_frames:,} frames: a fleet's data).** A flat index grows past one machine's RAM: FAISS IVF-PQ (product "
+        "quantisation, tens of bytes per vector, sharded) replaces it; metadata and slices live in a database "
+        "(FiftyOne Enterprise on a MongoDB cluster, or a columnar lake) instead of one local mongod; training becomes "
+        "multi-node data-parallel (PyTorch DDP/torchrun; Ultralytics runs DDP across the GPUs of one node); "
+        "auto-labelling with Grounded-SAM-2 at "
+        f"{FULL_PROFILE_S_PER_IMG['gsam2 label (Grounding DINO + SAM 2.1)']} s/img on CPU is GPU-only, and the review "
+        f"queue goes to Label Studio at team scale (Enterprise: many annotators, task assignment, agreement); the router "
+        f"kept {hs} of this run's mined frames away from humans, which is what makes that queue affordable. What does "
+        "not change: the checkpoint contract (each stage a folder with a manifest), the slice definitions, the controls "
+        "and the pre-registered contrast.")
+
+
+def turns_fields(curve: Sequence[Mapping[str, Any]], n_turns: int, carried: Sequence[Mapping[str, Any] | None]) -> dict[str, Any]:
+    """§10: the learning curve's table and sentence. ``curve``: :func:`experiment.turn_point`
+    per turn so far; ``carried``: each turn's labeling.json ``carried`` counts (None for turn 1)."""
+    rows = []
+    for d, c in zip(curve, carried):
+        rows.append({"turn": d["turn"], "worst slice": d["worst_slice"], "start → iter1 (worst)":
+                     f"{fmt(d['start_worst_AP50'])} → {fmt(d['worst_AP50'])}", "random (worst)": fmt(d["random_worst_AP50"]),
+                     "start → iter1 (overall)": f"{fmt(d['start_overall_AP50'])} → {fmt(d['overall_AP50'])}",
+                     "random (overall)": fmt(d["random_overall_AP50"]),
+                     "Δ(iter1) − Δ(random), confirmation": f"{fmt(d['contrast_iter1_random'], signed=True)} "
+                                                          f"{fmt_ci(d['contrast_ci']) if d.get('contrast_ci') else ''}".strip(),
+                     "carried into train": "–" if not c else f"{c['frames']} frames ({c['reviewed_frames']} reviewed)",
+                     "promoted": d["promoted"]})
+    last = curve[-1]["turn"]
+    one = len(curve) == 1
+    return {"turns_sentence": (
+        f"`flywheel_turns: {n_turns}`; this study covers turn{'' if one else 's'} 1–{last}. " if not one else
+        f"`flywheel_turns: {n_turns}`: one turn ran, so each curve is one segment (start model → iter1). ")
+        + ("Turn t > 1 starts from turn t-1's promoted model (its iter0 and, for the teacher labeler, its labeler), "
+           "picks the worst slice again, mines only frames no earlier turn mined, and trains every arm on train ∪ the "
+           "frames carried from earlier turns — their accepted auto-labels, with the Label Studio review of the queue "
+           "(`import-labels`, profile key `flywheel_reviewed`) replacing the auto-labels of reviewed frames. Each turn "
+           "lives in its own folder (`outputs/turn<t>/`) and depends on the previous turn's, so a change in turn t-1 "
+           "makes turn t stale. mAP@0.5 on the eval pool; the random control (dashed) adds as many random frames with "
+           "the same labeler."),
+        "turns_table": df_to_markdown(pd.DataFrame(rows))}
+
+
 def fields(cfg: Any, headline: Mapping[str, Any], head: pd.DataFrame, runs: pd.DataFrame,
-           actions: Sequence[Mapping[str, Any]], golden: Mapping[str, Any], registry: Mapping[str, Any]) -> dict[str, Any]:
-    """Every template field: §8's tables (passed in) and what sections 1–7 left (read once).
-    The case study reports the run's configuration, so it reads ``cfg`` (never changes it)."""
-    r = _read(cfg)
+           actions: Sequence[Mapping[str, Any]], golden: Mapping[str, Any], registry: Mapping[str, Any], *,
+           w: Any, turn: int, curve: Sequence[Mapping[str, Any]], config_table: pd.DataFrame) -> dict[str, Any]:
+    """Every template field: §8's tables (passed in: ``w`` is §8's open writer, ``curve`` one
+    learning-curve point per turn so far, ``config_table`` :func:`experiment.config_table`) and
+    what sections 1–7 of ``turn`` left (read once). The case study reports the run's
+    configuration, so it reads ``cfg`` (never changes it)."""
+    r = _read(cfg, turn)
     f = {**_headline_fields(cfg, headline, head, golden, r), **_data_fields(cfg, headline, r), **_label_fields(r),
          **_experiment_fields(cfg, headline, runs, actions, golden, registry, r)}
+    if turn > 1:
+        f["title"] += f" — flywheel turn {turn}"
+    f["problem_statement"] = problem_statement(r.lab["labeler"], int(cfg.confirm_max_frames), int(cfg.confirm_min_frames),
+                                               headline.get("seeds") or [cfg.seed], int(cfg.eval_n_boot),
+                                               str(r.mining["strategy"]), turn)
+    f["strategy_sentence"] = strategy_sentence(r.mining, float(cfg.mine_hybrid_targeted))
+    f["config_table"] = df_to_markdown(config_table)
+    carried = [None] + [artifacts.load_json(cfg.out, 7, "labeling.json", t).get("carried") for t in range(2, turn + 1)]
+    f.update(turns_fields(curve, int(cfg.flywheel_turns), carried))
+    stage = stage_fields(cfg, turn, w)
+    rows = stage.pop("_stage_rows")
+    f.update(stage)
+    f.update(provenance_fields(cfg, r.inputs1, r.card0))
+    share = r.cost.loc[r.cost["option"].str.contains("review queue"), "share_human_skipped"].dropna()
+    iter1 = r.arms[r.arms["arm"] == "iter1"].iloc[0]
+    f["scale_text"] = scale_text(int(r.imb["n_frames"]), rows, int(r.emb_meta["dim"]),
+                                 int((r.pools["pool"] == "pool").sum()), int(iter1["train_frames"]) - int(iter1["extra_frames"]),
+                                 r.card0, r.lab, float(share.max()) if len(share) else None,
+                                 float(rows["folder_MB"].sum() + rows["outside_MB"].sum()))
     lims = limitations(cfg, headline, r.labeling, r.mining, r.card0, r.emb_meta["embedder"])
     f["limitations"] = "\n".join(f"{i}. {t}" for i, t in enumerate(lims, 1))
-    f["next_steps"] = ("Next turn: promote the registry's model, make it iter0, and repeat §5–§8 on the new worst slice; "
-                       "on real data, switch the labeler to gsam2 and the embedder to clip (`full` profile).")
+    f["next_steps"] = (f"Next turn: review this turn's queue (`label_studio_review.json` of §7) in Label Studio, import it "
+                       f"(`python -m bdd_engine import-labels --label-studio EXPORT.json --out DIR`), add DIR to "
+                       f"`flywheel_reviewed` and run with `flywheel_turns: {turn + 1}`: the registry's model becomes "
+                       "iter0 and §5–§8 repeat on the new worst slice; on real data, switch the labeler to gsam2 and the "
+                       "embedder to clip (`full` profile).")
     return f
 
 
@@ -312,18 +540,32 @@ def flowchart() -> str:
 ARCH_IMAGE = "![The flywheel, drawn from the template's flowchart: one checkpoint folder per section](../figures/architecture.png)\n"
 
 
-def write(cfg: Any, w: Any, *, headline: Mapping[str, Any], head: pd.DataFrame, runs: pd.DataFrame,
-          actions: Sequence[Mapping[str, Any]], golden: Mapping[str, Any], modes: pd.DataFrame) -> tuple[Path, Path]:
-    """Render the case study into ``outputs/case_study/`` (md + pdf); returns both paths."""
-    import json
+def _figure_links(text: str, base: Path, root: Path) -> str:
+    """A later turn's study lives in ``turn<t>/case_study/``: figures its turn did not draw
+    (§2's, made once) are linked from the outputs folder's ``figures/``."""
+    if base == root:
+        return text
+    rel = Path(*[".."] * (len(base.relative_to(root).parts) + 1))
+    return re.sub(r"\]\(\.\./figures/([^)]+)\)",
+                  lambda m: m.group(0) if (base / "figures" / m.group(1)).exists()
+                  else f"]({(rel / 'figures' / m.group(1)).as_posix()})", text)
 
-    reg = json.loads((cfg.out / "runs" / "registry.json").read_text())
+
+def write(cfg: Any, w: Any, *, headline: Mapping[str, Any], head: pd.DataFrame, runs: pd.DataFrame,
+          actions: Sequence[Mapping[str, Any]], golden: Mapping[str, Any], modes: pd.DataFrame, turn: int = 1,
+          curve: Sequence[Mapping[str, Any]], config_table: pd.DataFrame) -> tuple[Path, Path]:
+    """Render the case study into the turn's ``case_study/`` (``outputs/case_study/`` for turn 1;
+    md + pdf); returns both paths. ``w``: §8's open writer (its time and disk so far)."""
+    base = artifacts.turn_dir(cfg.out, turn)
+    reg = artifacts.registry(cfg.out, turn)
     template = report.MERMAID.sub(lambda m: ARCH_IMAGE, TEMPLATE.read_text(), count=1)
-    text = report.render(template, fields(cfg, headline, head, runs, actions, golden, reg))
+    text = report.render(template, fields(cfg, headline, head, runs, actions, golden, reg, w=w, turn=turn, curve=curve,
+                                          config_table=config_table))
+    text = _figure_links(text, base, cfg.out)
     bad = report.leftovers(text)
     if bad:
         raise ValueError(f"case study still has template markers or placeholders: {bad[:5]}")
-    out = cfg.out / "case_study"
+    out = base / "case_study"
     out.mkdir(parents=True, exist_ok=True)
     md = atomic_write_text(out / "case_study_v1.md", text)
     pdf = report.markdown_to_pdf(text, out, out / "case_study_v1.pdf")

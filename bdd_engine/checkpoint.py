@@ -5,6 +5,7 @@ Layout under ``cfg.out`` (``outputs/`` by default)::
     01_collect/ 02_curate/ 03_pools/ 04_train/ 05_eval_iter0/ 06_mine/
     07_autolabel_retrain/ 08_delta/           <- one folder per notebook section
     runs/iter0|iter1|...  figures/  case_study/   <- shared, written file-by-file atomically
+    turn2/05_eval_iter0/ ... turn2/08_delta/ turn2/runs/ turn2/figures/ ...  <- flywheel turn 2 (§5–§8 again)
 
 A section writes everything into a staging folder (``.03_pools.staging``), then its
 ``manifest.json`` **last**, then swaps the staging folder in with two renames. A kill at
@@ -14,6 +15,10 @@ manifest hashes, input and artifact sha256s and counts; the section's own wall t
 ``timing.json`` beside it. Manifests are byte-identical across runs only where the
 artifacts are: training run cards (§4, §7) record wall times and commits, so manifests
 from §4 on differ between two runs even when every number is the same.
+
+A flywheel turn t > 1 repeats §5–§8 in ``turn<t>/`` with the same layout; its sections also
+depend on the previous turn's (``sections.SPECS[n].previous_turn``), so a change anywhere in
+turn t-1 makes turn t stale.
 
 A section is *fresh* when its manifest exists, its config hash and upstream hashes match
 the current ones, every upstream section is itself fresh, every recorded input file (§1:
@@ -44,7 +49,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import pandas as pd
 
-from bdd_engine.sections import SECTIONS, UPSTREAM  # the one section table
+from bdd_engine.sections import SECTIONS, SPECS, TURN_SECTIONS, UPSTREAM, turn_folder  # the one section table
 
 
 # ----------------------------------------------------------------------------- atomic I/O
@@ -168,6 +173,23 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def tree_bytes(path: str | os.PathLike) -> int:
+    """Bytes on disk of the regular files under ``path`` (a file: its size; a symlink counts
+    as the link, never its target — linked dataset images are not ours; missing: 0)."""
+    p = Path(path)
+    if p.is_symlink() or not p.exists():
+        return 0
+    if p.is_file():
+        return p.stat().st_size
+    total = 0
+    for dirpath, _, files in os.walk(p):
+        for f in files:
+            fp = Path(dirpath) / f
+            if not fp.is_symlink():
+                total += fp.stat().st_size
+    return total
+
+
 def _digest(p: Path) -> str:
     """sha256 of a file; for a symlink (linked dataset images), of its target path —
     hashing gigabytes of linked source images on every freshness check would be wasteful,
@@ -235,8 +257,8 @@ def acquire_lock(root: str | os.PathLike) -> None:
     fh.write(f"{os.getpid()}\n")
     fh.flush()
     _LOCKS[root] = fh
-    for old in root.glob(".*.old"):
-        recover(root, old.name[1:-len(".old")])
+    for old in [*root.glob(".*.old"), *root.glob("turn*/.*.old")]:
+        recover(old.parent, old.name[1:-len(".old")])
 
 
 def release_lock(root: str | os.PathLike) -> None:
@@ -346,29 +368,41 @@ class Section:
     >>> pd.read_csv(sec.dir / "train.csv")
 
     Reading never renames or deletes anything; only the lock holder's :meth:`writer` does.
+    ``turn`` > 1 (§5–§8 only) is that section of a later flywheel turn, in ``turn<t>/``.
     """
 
-    def __init__(self, cfg: Any, number: int):
+    def __init__(self, cfg: Any, number: int, turn: int = 1):
         if number not in SECTIONS:
             raise ValueError(f"no section {number}; sections are {sorted(SECTIONS)}")
+        if int(turn) > 1 and number not in TURN_SECTIONS:
+            raise ValueError(f"§{number} runs once; only §{TURN_SECTIONS[0]}–§{TURN_SECTIONS[-1]} repeat per turn")
         self.cfg = cfg
         self.number = number
+        self.turn = int(turn)
         self.name = SECTIONS[number]
         self.root: Path = cfg.out
-        self.dir: Path = self.root / self.name
+        self.base: Path = self.root / turn_folder(self.turn) if self.turn > 1 else self.root  # the turn's outputs
+        self.dir: Path = self.base / self.name
+        self.key = self.dir.relative_to(self.root).as_posix()  # its name in manifests: 05_eval_iter0, turn2/05_eval_iter0
 
     # -- identity ------------------------------------------------------------------
     @property
     def manifest_path(self) -> Path:
         return self.dir / "manifest.json"
 
+    def upstream(self) -> list["Section"]:
+        """The sections this one reads: its upstream in this turn (§1–§4 exist once), and
+        from turn 2 on the previous turn's sections it builds on."""
+        ups = [Section(self.cfg, k, self.turn if k in TURN_SECTIONS else 1) for k in UPSTREAM[self.number]]
+        if self.turn > 1:
+            ups += [Section(self.cfg, k, self.turn - 1) for k in SPECS[self.number].previous_turn]
+        return ups
+
     def expected(self) -> dict[str, Any]:
         """What the manifest must say for this section to be fresh."""
-        upstream = {}
-        for k in UPSTREAM[self.number]:
-            up = Section(self.cfg, k)
-            upstream[up.name] = up.manifest_hash()
-        return {"section": self.name, "config_hash": self.cfg.section_hash(self.number), "upstream": upstream}
+        upstream = {up.key: up.manifest_hash() for up in self.upstream()}
+        return {"section": self.name, "config_hash": self.cfg.section_hash(self.number, self.turn), "upstream": upstream,
+                **({"turn": self.turn} if self.turn > 1 else {})}
 
     def manifest(self) -> dict[str, Any] | None:
         try:
@@ -388,28 +422,27 @@ class Section:
         Transitive: a section whose upstream is stale (config, inputs, a failed rerun) is
         stale too, so a failure can never leave later sections looking fresh."""
         memo = {} if _memo is None else _memo
-        if self.number not in memo:
-            memo[self.number] = self._staleness(memo)
-        return memo[self.number]
+        if self.key not in memo:
+            memo[self.key] = self._staleness(memo)
+        return memo[self.key]
 
-    def _staleness(self, memo: dict[int, str | None]) -> str | None:
+    def _staleness(self, memo: dict[str, str | None]) -> str | None:
         man = self.manifest()
         if man is None:
-            interrupted = (self.root / f".{self.name}.old").exists()
+            interrupted = (self.base / f".{self.name}.old").exists()
             return "interrupted while swapping in (recovered on the next run)" if interrupted \
                 else "no manifest (never run, or interrupted)"
         exp = self.expected()
         if man.get("config_hash") != exp["config_hash"]:
             return "config changed"
-        for k in UPSTREAM[self.number]:
-            up = Section(self.cfg, k)
-            h = exp["upstream"][up.name]
+        for up in self.upstream():
+            h = exp["upstream"][up.key]
             if h is None:
-                return f"upstream {up.name} missing"
-            if man.get("upstream", {}).get(up.name) != h:
-                return f"upstream {up.name} changed"
+                return f"upstream {up.key} missing"
+            if man.get("upstream", {}).get(up.key) != h:
+                return f"upstream {up.key} changed"
             if up.staleness(memo) is not None:
-                return f"upstream {up.name} is stale"
+                return f"upstream {up.key} is stale"
         inputs = man.get("inputs")
         if inputs:
             table_path = self.root / inputs["table"]
@@ -433,8 +466,8 @@ class Section:
     @contextlib.contextmanager
     def writer(self) -> Iterator["SectionWriter"]:
         acquire_lock(self.root)  # one process at a time; raises naming the holder
-        recover(self.root, self.name)
-        staging = self.root / f".{self.name}.staging"
+        recover(self.base, self.name)
+        staging = self.base / f".{self.name}.staging"
         if staging.exists():
             shutil.rmtree(staging)  # leftovers of a killed run: never trusted
         staging.mkdir(parents=True)
@@ -519,12 +552,12 @@ class SectionWriter:
         goes into the manifest verbatim."""
         self.write_df("inputs.csv", table[INPUT_COLUMNS].sort_values("path", kind="stable"))
         digest = hashlib.sha256("\n".join(sorted(f"{p}\t{h}" for p, h in zip(table["path"], table["sha256"]))).encode())
-        self.inputs = {"table": f"{self.section.name}/inputs.csv", "n": int(len(table)),
+        self.inputs = {"table": f"{self.section.key}/inputs.csv", "n": int(len(table)),
                        "digest": digest.hexdigest(), **provenance}
 
     def save_fig(self, name: str, fig: Any, dpi: int = 110) -> Path:
-        """Figures live in outputs/figures/ (the case study links them there)."""
-        p = atomic_save_fig(self.section.root / "figures" / name, fig, dpi=dpi)
+        """Figures live in the turn's figures/ (outputs/figures/ for turn 1; the case study links them there)."""
+        p = atomic_save_fig(self.section.base / "figures" / name, fig, dpi=dpi)
         return self.add_external(p)
 
     def _commit(self, seconds: float) -> None:
@@ -533,7 +566,7 @@ class SectionWriter:
         artifacts: dict[str, str] = {}
         for p in sorted(self.dir.rglob("*")):
             if p.is_file() and p.name not in ("manifest.json", "timing.json"):
-                artifacts[f"{sec.name}/{p.relative_to(self.dir).as_posix()}"] = _digest(p)
+                artifacts[f"{sec.key}/{p.relative_to(self.dir).as_posix()}"] = _digest(p)
         for p in sorted(set(self.external)):
             artifacts[p.relative_to(root).as_posix()] = sha256_file(p)
         manifest = {**sec.expected(), **({"inputs": self.inputs} if self.inputs else {}),
@@ -566,9 +599,12 @@ def recover(root: Path, name: str) -> None:
 
 
 def status(cfg: Any) -> pd.DataFrame:
-    """One row per section: fresh or why not (for the notebook's title cell and the CLI)."""
+    """One row per section (and per later flywheel turn's §5–§8): fresh or why not (for the
+    notebook's title cell and the CLI)."""
     rows, memo = [], {}
-    for n, name in SECTIONS.items():
-        reason = Section(cfg, n).staleness(memo)
-        rows.append({"section": n, "folder": name, "fresh": reason is None, "reason": reason or ""})
+    secs = [Section(cfg, n) for n in SECTIONS]
+    secs += [Section(cfg, n, t) for t in range(2, int(cfg.flywheel_turns) + 1) for n in TURN_SECTIONS]
+    for sec in secs:
+        reason = sec.staleness(memo)
+        rows.append({"section": sec.number, "folder": sec.key, "fresh": reason is None, "reason": reason or ""})
     return pd.DataFrame(rows)

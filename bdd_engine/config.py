@@ -23,7 +23,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from bdd_engine.env import PROJECT_ROOT
-from bdd_engine.sections import SECTION_PREFIXES
+from bdd_engine.sections import SECTION_PREFIXES, SPECS
 
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 DEFAULTS = PROFILES_DIR / "default.yaml"  # every key once, `key: value  # (type) meaning`
@@ -71,15 +71,21 @@ class Config(dict):
     def out(self) -> Path:
         return self.path("outputs_dir")
 
-    def section_hash(self, section: int) -> str:
-        """sha256 over GLOBAL_KEYS + this section's prefixed keys (canonical JSON)."""
+    def section_hash(self, section: int, turn: int = 1) -> str:
+        """sha256 over GLOBAL_KEYS + this section's prefixed keys (canonical JSON). From
+        turn 2 on it also covers the turn number and the first ``turn - 1`` entries of the
+        section's turn keys (turn 1's hash never includes them)."""
         prefixes = SECTION_PREFIXES[section]
         sub = {k: v for k, v in self.items() if k in GLOBAL_KEYS or k.startswith(prefixes)}
+        if int(turn) > 1:
+            sub["__turn__"] = int(turn)
+            sub.update({k: list(self[k])[:int(turn) - 1] for k in SPECS[section].turn_keys})
         return _hash(sub)
 
     def hash(self) -> str:
-        """Identifies a whole run: every key that can change a result."""
-        return _hash({k: v for k, v in self.items() if k not in NON_RESULT_KEYS})
+        """Identifies a whole run: every key that can change a result (``flywheel_*`` keys
+        never change turn 1; later turns' sections hash what they read of them)."""
+        return _hash({k: v for k, v in self.items() if k not in NON_RESULT_KEYS and not k.startswith("flywheel_")})
 
 
 def _hash(obj: Any) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -326,3 +327,59 @@ def registry(runs: pd.DataFrame, tol: float, per_class: Mapping[str, pd.DataFram
             "candidates": cand[["run", "overall_AP50", "worst_slice_AP50"]].to_dict("records"),
             "gates": verdicts, "rejected": {run: f for run, f in failed.items() if f},
             "rejected_for_overall_regression": sorted(run for run, f in failed.items() if "overall mAP@0.5 drop" in f)}
+
+
+def turn_point(turn: int, h: Mapping[str, Any], head: pd.DataFrame, registry: Mapping[str, Any]) -> dict[str, Any]:
+    """One flywheel turn for the learning curve (``figures.LEARNING_KEYS``), mAP@0.5 fractions
+    on the eval pool: the turn's start model (``start_*``: its iter0, the previous turn's
+    promotion) and iter1 (seed mean) on the turn's worst slice and on all eval frames, the
+    random control as start + its mean Δ (None without one). ``h``: the turn's headline.json;
+    ``head``: its headline.csv (the overall row gives the controls' overall Δ); ``registry``:
+    its registry.json (what the next turn starts from). Adds the confirmation contrast."""
+    overall = head[head["slice"] == "overall (all eval frames)"].iloc[0]
+    rnd = overall["random_delta"] if "random_delta" in head else None
+    rnd = None if rnd is None or rnd != rnd else float(rnd)
+    c = h.get("contrast_iter1_random") or {}
+    return {"turn": int(turn), "worst_slice": h["worst_slice"], "start_worst_AP50": h["iter0"], "worst_AP50": h["iter1"],
+            "random_worst_AP50": None if h.get("random_delta") is None else h["iter0"] + h["random_delta"],
+            "start_overall_AP50": h["overall_iter0"], "overall_AP50": h["overall_iter1"],
+            "random_overall_AP50": None if rnd is None else h["overall_iter0"] + rnd,
+            "contrast_iter1_random": c.get("delta"), "contrast_ci": c.get("ci"), "promoted": registry["promoted"]}
+
+
+CONFIG_KEYS = ("imgsz", "batch", "nbs", "optimizer", "lr0", "epochs")
+
+
+def config_table(runs: pd.DataFrame, cards: Mapping[str, Mapping[str, Any]], results: Mapping[str, Any],
+                 classes: Sequence[str] = ("car", "pedestrian")) -> pd.DataFrame:
+    """The training configuration of every run with its scores on the eval pool: run, arm,
+    seed, model, init, the Ultralytics arguments in :data:`CONFIG_KEYS`, data hash,
+    mAP@0.5:0.95 and mAP@0.5 overall (fractions), recall@0.5 of each of ``classes`` (None
+    when the class has no GT). ``runs``: :func:`runs_table`; ``cards``: run → run card;
+    ``results``: run → ``evaluate.EvalResult`` (``iter0`` included)."""
+    rows = []
+    for r in runs.itertuples(index=False):
+        card, res = cards.get(r.run) or {}, results[r.run]
+        args = card.get("config") or {}
+        row = {"run": r.run, "arm": r.arm, "seed": int(r.seed), "model": Path(str(card.get("model"))).name,
+               "init": _init_name(card.get("init_weights")),
+               **{k: args.get(k) for k in CONFIG_KEYS}, "data_hash": r.data_hash,
+               "mAP@0.5:0.95": float(res.AP), "mAP@0.5": float(res.AP50)}
+        pc = res.per_class
+        for c in classes:
+            ok = c in pc.index and int(pc.loc[c, "n_gt"]) > 0
+            row[f"recall {c}"] = float(pc.loc[c, "recall50"]) if ok else None
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _init_name(init: str | None) -> str:
+    """A run card's ``init_weights`` as the run it came from (``runs/iter0/weights/last.pt`` →
+    ``iter0``, ``turn2/runs/iter1/weights/best.pt`` → ``turn2/iter1``), a file name, or ``scratch``."""
+    if not init:
+        return "scratch"
+    p = Path(init)
+    if p.parent.name != "weights":
+        return p.name
+    turn = [q for q in p.parts if q.startswith("turn") and q[4:].isdigit()]
+    return "/".join(turn[-1:] + [p.parent.parent.name])

@@ -23,8 +23,8 @@ import pandas as pd
 
 from bdd_engine import (artifacts, autolabel, bdd, casestudy, collect, curate, embed, evaluate, experiment, figures,
                         images, mine, report, slices, synth, train)
-from bdd_engine.checkpoint import (Section, acquire_lock, atomic_path, atomic_write_json, df_to_markdown,
-                                   release_lock, reset_peak_rss)
+from bdd_engine.checkpoint import (Section, acquire_lock, atomic_path, atomic_write_json, claim_folder,
+                                   df_to_markdown, input_row, release_lock, reset_peak_rss)
 from bdd_engine.config import Config
 from bdd_engine.yolo import export_yolo
 
@@ -45,19 +45,26 @@ def forced(n: int) -> bool:
     return f is not None and f <= n
 
 
+TURN_MARKER = "TURN.json"  # marks outputs/turn<t>/ as made by the flywheel (never write into another folder)
+
+
 def needs_run(sec: Section) -> bool:
-    """Decide (and say) whether a section computes; while it does, hold the outputs lock."""
+    """Decide (and say) whether a section computes; while it does, hold the outputs lock.
+    A later turn's folder (``outputs/turn<t>/``) is created and marked first, or refused
+    when it exists without our marker."""
     reason = f"recomputing from §{_RUN['from']}" if forced(sec.number) else sec.staleness()
     if reason:
         acquire_lock(sec.root)  # one process computes per outputs folder (released by the writer)
         reason = reason if forced(sec.number) else sec.staleness()  # another run may have just written it
     if reason:
-        print(f"§{sec.number} {sec.name}: computing — {reason}")
+        print(f"§{sec.number} {sec.key}: computing — {reason}")
+        if sec.turn > 1:
+            claim_folder(sec.base, TURN_MARKER, "bdd_engine.flywheel", {"turn": sec.turn})
         sec.started = time.time()  # timing.json then covers the whole computation, not just the writer
         reset_peak_rss()  # ... and its peak RSS is this section's alone
         return True
     release_lock(sec.root)
-    print(f"§{sec.number} {sec.name}: fresh checkpoint, loading")
+    print(f"§{sec.number} {sec.key}: fresh checkpoint, loading")
     return False
 
 
@@ -294,18 +301,20 @@ def _worst_slice_info(res: evaluate.EvalResult, min_frames: int, confirm_n: Mapp
             "min_confirm_frames": int(min_confirm), "confirm_candidates": int(confirm_n.get(worst["slice"], 0))}
 
 
-def s5_eval(cfg: Config) -> Result:
+def s5_eval(cfg: Config, turn: int = 1) -> Result:
     """Predict once on the eval pool; official mAP overall / per class / per slice / per frame; worst slice.
+
+    ``turn`` > 1: the same with the model turn-1's registry promoted, in ``turn<t>/``.
 
     Artifacts (``05_eval_iter0/``): predictions.json/.parquet, eval.json, slices.csv,
     slices.md, per_class.csv, per_frame.csv, worst_slice.json, confirm.csv (the worst
     slice's confirmation frames, fixed here, scored only in §8); figures
     slice_map_iter0.png, worst_slice_failures.png.
     """
-    sec = Section(cfg, 5)
+    sec = Section(cfg, 5, turn)
     if needs_run(sec):
         ev = _eval_pool(cfg)
-        preds = _predict(cfg, artifacts.iter0_weights(cfg.out), ev)
+        preds = _predict(cfg, artifacts.start_weights(cfg.out, turn), ev)
         res = _evaluate(cfg, preds)
         cand = artifacts.read_df(cfg.out, 1, "confirm_frames.csv")
         info = _worst_slice_info(res, int(cfg.eval_min_frames), cand["slice"].value_counts().to_dict(),
@@ -330,21 +339,21 @@ def s5_eval(cfg: Config) -> Result:
 
 
 # ----------------------------------------------------------------------------- §6
-def s6_mine(cfg: Config) -> Result:
+def s6_mine(cfg: Config, turn: int = 1) -> Result:
     """Mine the worst slice from the pool: failure prototype → FAISS → top-K; precision vs base rate.
 
     Also predicts once on the mining pool with iter0 (uncertainty signal, reported per slice).
     Artifacts (``06_mine/``): mined.csv, mining_precision.csv, mining_summary.json,
     uncertainty_by_slice.csv, pool_predictions.parquet; figure mined_frames_grid.png.
     """
-    sec = Section(cfg, 6)
+    sec = Section(cfg, 6, turn)
     if needs_run(sec):
         pools = artifacts.read_df(cfg.out, 3, "pools.csv")
-        per_frame = artifacts.read_df(cfg.out, 5, "per_frame.csv")
-        worst = artifacts.load_json(cfg.out, 5, "worst_slice.json")["worst_slice"]
+        per_frame = artifacts.read_df(cfg.out, 5, "per_frame.csv", turn)
+        worst = artifacts.load_json(cfg.out, 5, "worst_slice.json", turn)["worst_slice"]
         emb, names = artifacts.load_embeddings(cfg.out)
-        pool = pools[pools["pool"] == "pool"]
-        preds_pool = _predict(cfg, artifacts.iter0_weights(cfg.out), pool)
+        pool = _unused_pool(cfg, pools, turn)
+        preds_pool = _predict(cfg, artifacts.start_weights(cfg.out, turn), pool)
         res = mine.mine(per_frame, pools[pools["pool"] == "eval"], pool, emb, names, k=int(cfg.mine_k),
                         strategy=str(cfg.mine_strategy), by=list(cfg.eval_by), fail_ap=float(cfg.mine_fail_ap),
                         fail_recall=float(cfg.mine_fail_recall), hybrid_targeted=float(cfg.mine_hybrid_targeted),
@@ -358,6 +367,15 @@ def s6_mine(cfg: Config) -> Result:
         figures.close_all()
     return Result(6, sec.dir, {"mined": sec.read_df("mined.csv"), "precision": sec.read_df("mining_precision.csv")},
                   sec.load_json("mining_summary.json"))
+
+
+def _unused_pool(cfg: Config, pools: pd.DataFrame, turn: int) -> pd.DataFrame:
+    """The mining pool's rows no earlier turn mined (turn t mines and draws its random
+    control only from frames turns 1..t-1 did not add to train)."""
+    used = set()
+    for t in range(1, int(turn)):
+        used |= set(artifacts.read_df(cfg.out, 6, "mined.csv", t)["name"])
+    return pools[(pools["pool"] == "pool") & ~pools["name"].isin(used)]
 
 
 # ----------------------------------------------------------------------------- §7
@@ -390,23 +408,63 @@ def _overall_pr(pr: pd.DataFrame) -> dict[str, float]:
     return {"precision": float(o["precision"]), "recall": float(o["recall"])}
 
 
-def _train_arm(cfg: Config, run_name: str, seed: int, frames: list, val: list, paths: Mapping[str, str],
-               sizes: Mapping[str, tuple[int, int]], w0: Path) -> tuple[Path, dict[str, Any], str, int]:
-    """Export one arm's YOLO set and train it; (weights, run card, data hash, epochs)."""
+def _train_arm(cfg: Config, runs_dir: Path, run_name: str, seed: int, frames: list, val: list,
+               paths: Mapping[str, str], sizes: Mapping[str, tuple[int, int]],
+               w0: Path) -> tuple[Path, dict[str, Any], str, int]:
+    """Export one arm's YOLO set to ``runs_dir/data/<run>`` and train it in ``runs_dir/<run>``;
+    (weights, run card, data hash, epochs)."""
     warm = bool(cfg.retrain_warm_start)
     dhash = experiment.frames_hash(frames)
-    data_dir = cfg.out / "runs" / "data" / run_name
+    data_dir = runs_dir / "data" / run_name
     shutil.rmtree(data_dir, ignore_errors=True)   # never train on a previous set's leftovers
     # Ultralytics needs a val split; the first train frames keep eval out of training
     data_yaml, _ = export_yolo({"train": frames, "val": val}, paths, data_dir, sizes)
     epochs = int(cfg.retrain_epochs) if warm else int(cfg.train_epochs)
     spec = replace(train_spec(cfg), seed=int(seed), epochs=epochs,
                    init_weights=str(w0) if warm else cfg.train_init_weights)
-    weights = train.train(spec, data_yaml, cfg.out / "runs", name=run_name, data_hash=dhash)
+    weights = train.train(spec, data_yaml, runs_dir, name=run_name, data_hash=dhash)
     return weights, json.loads((weights.parent.parent / "run_card.json").read_text()), dhash, epochs
 
 
-def s7_autolabel_retrain(cfg: Config) -> Result:
+def _reviewed_path(cfg: Config, turn: int) -> Path | None:
+    """``flywheel_reviewed``'s entry for turn ``turn``'s review queue (an ``import-labels``
+    folder or its labels.json, relative to the project root), or None when not given."""
+    entries = list(cfg.flywheel_reviewed)
+    if len(entries) < int(turn):
+        return None
+    p = Path(str(entries[int(turn) - 1])).expanduser()
+    p = p if p.is_absolute() else cfg.root / p
+    p = p / autolabel.review_import.LABELS if p.is_dir() else p
+    if not p.is_file():
+        raise FileNotFoundError(f"flywheel_reviewed[{int(turn) - 1}] = {entries[int(turn) - 1]!r}: no {p} (make it with "
+                                f"python -m bdd_engine import-labels --label-studio EXPORT.json --out DIR)")
+    return p
+
+
+def _carried(cfg: Config, turn: int, pool_names: set[str]) -> tuple[list[dict[str, Any]], dict[str, Any], Path | None]:
+    """Frames every arm of turn ``turn`` adds to train because earlier turns labelled them:
+    turn t-1's carried frames + its accepted mined auto-labels, with turn t-1's reviewed
+    labels (``flywheel_reviewed[t-2]``) replacing the auto-labels of their frames
+    (``review_import.next_turn_frames``). Returns (BDD frames sorted by name, counts, the
+    reviewed labels file read or None). Turn 1 carries nothing."""
+    if int(turn) == 1:
+        return [], {}, None
+    prev = int(turn) - 1
+    before = bdd.load_frames(artifacts.section_dir(cfg.out, 7, prev) / "carried.json") if prev > 1 else []
+    labelled = bdd.load_frames(artifacts.section_dir(cfg.out, 7, prev) / "labels_mined" / "labels.json")
+    accepted = autolabel.accepted_frames(autolabel.LabelRun("previous turn", labelled), float(cfg.label_accept))
+    path = _reviewed_path(cfg, prev)
+    reviewed = bdd.load_frames(path) if path is not None else []
+    unknown = sorted({f["name"] for f in reviewed} - pool_names)
+    if unknown:
+        raise ValueError(f"{path}: {len(unknown)} reviewed frames are not mining-pool frames of this run "
+                         f"({unknown[:3]}); import the review queue of turn {prev} of this outputs folder")
+    frames, counts = autolabel.next_turn_frames(before + accepted, reviewed)
+    return frames, {"from_turn": prev, "earlier_turns_frames": len(before), "reviewed_file": str(path) if path else None,
+                    **counts}, path
+
+
+def s7_autolabel_retrain(cfg: Config, turn: int = 1) -> Result:
     """Auto-label the mined frames (and the random control's), then retrain every arm.
 
     Arms (identical epochs, hyper-parameters and start point): ``iter1`` = train ∪
@@ -416,21 +474,29 @@ def s7_autolabel_retrain(cfg: Config) -> Result:
     Artifacts (``07_autolabel_retrain/``): labels_mined/ and labels_random/ (labels,
     quality, router, cost, exports — :func:`autolabel.write_outputs`), arms.csv,
     random_frames.csv, labeling.json. Runs in ``runs/<run>/``, YOLO sets in ``runs/data/<run>/``.
+
+    ``turn`` > 1 (in ``turn<t>/``): the labeler is the turn's start model (turn t-1's
+    promotion) and every arm's train also holds the carried frames (:func:`_carried`:
+    earlier turns' accepted auto-labels and reviewed labels), written to carried.json;
+    the reviewed labels file is a recorded input (editing it makes this turn stale).
     """
-    sec = Section(cfg, 7)
+    sec = Section(cfg, 7, turn)
     if needs_run(sec):
         pools = artifacts.read_df(cfg.out, 3, "pools.csv")
         paths = dict(zip(pools["name"], pools["image_path"]))
         sizes = artifacts.image_sizes(artifacts.read_df(cfg.out, 1, "frames.csv"))
-        mined = artifacts.read_df(cfg.out, 6, "mined.csv")["name"].tolist()
+        mined = artifacts.read_df(cfg.out, 6, "mined.csv", turn)["name"].tolist()
         gt_pool = {f["name"]: f for f in artifacts.load_gt(cfg.out, 3, "pool")}
         gt_train = artifacts.load_gt(cfg.out, 3, "train")
-        w0 = artifacts.iter0_weights(cfg.out)
+        carried, carry_info, reviewed_file = _carried(cfg, turn, set(gt_pool))
+        w0 = artifacts.start_weights(cfg.out, turn)
         runs = experiment.retrain_runs(cfg.retrain_controls, cfg.retrain_seeds, bool(cfg.retrain_warm_start))
         labeler = autolabel.get_labeler(cfg, teacher_weights=w0, gt_frames=list(gt_pool.values()))
         sets = {"mined": mined}
         if any(a == "random" for _, a, _ in runs):
-            sets["random"] = experiment.random_pool_names(pools, len(mined), int(cfg.seed))
+            sets["random"] = experiment.random_pool_names(_unused_pool(cfg, pools, turn), len(mined), int(cfg.seed))
+        runs_dir = artifacts.turn_dir(cfg.out, turn) / "runs"
+        init = "iter0" if turn == 1 else f"turn{turn - 1} promoted"
         with sec.writer() as w:
             extra, labeling = _label_sets(cfg, w, labeler, sets, gt_pool, paths)
             del labeler  # the arms train without the labeler's models beside them (gsam2: GBs)
@@ -440,10 +506,12 @@ def s7_autolabel_retrain(cfg: Config) -> Result:
             rows = []
             for run_name, arm, seed in runs:
                 add = extra["mined" if arm == "iter1" else arm]
-                frames = gt_train + add
-                weights, card, dhash, epochs = _train_arm(cfg, run_name, seed, frames, gt_train[:32], paths, sizes, w0)
+                frames = gt_train + carried + add
+                weights, card, dhash, epochs = _train_arm(cfg, runs_dir, run_name, seed, frames, gt_train[:32], paths,
+                                                          sizes, w0)
                 rows.append({"run": run_name, "arm": arm, "seed": seed,
-                             "init": "iter0" if cfg.retrain_warm_start else "scratch/config",
+                             "init": init if cfg.retrain_warm_start else "scratch/config",
+                             **({"carried_frames": len(carried)} if turn > 1 else {}),
                              "epochs": epochs, "train_frames": len(frames), "extra_frames": len(add),
                              "extra_labels": sum(len(f.get("labels") or []) for f in add), "data_hash": dhash,
                              "wall_time_s": card.get("wall_time_s"), "device": card.get("device"),
@@ -452,6 +520,11 @@ def s7_autolabel_retrain(cfg: Config) -> Result:
                 w.add_external(weights)
             w.write_df("arms.csv", pd.DataFrame(rows))
             w.write_df("random_frames.csv", pd.DataFrame({"name": sets.get("random", [])}))
+            if turn > 1:
+                bdd.write_bdd_json(carried, w.path("carried.json"))
+                labeling["carried"] = carry_info
+                if reviewed_file is not None:
+                    w.record_inputs(pd.DataFrame([input_row(reviewed_file)]), reviewed_labels=str(reviewed_file))
             w.write_json("labeling.json", labeling)
             w.counts.update({"runs": len(rows), "mined_labelled": len(mined)})
     return Result(7, sec.dir, _label_tables(sec.dir), {"labeling": sec.load_json("labeling.json")})
@@ -488,14 +561,14 @@ def _evaluate_arms(cfg: Config, w: Any, arms: pd.DataFrame, res0: evaluate.EvalR
     return results, pd.DataFrame(deltas)
 
 
-def _confirm(cfg: Config, w: Any, arms: pd.DataFrame) -> dict[str, Any]:
+def _confirm(cfg: Config, w: Any, arms: pd.DataFrame, turn: int) -> dict[str, Any]:
     """Score iter0 and every arm on §5's confirmation set (the worst slice's held-out
     frames); Δ per arm and the contrasts with hierarchical-bootstrap CIs (confirm.json)."""
-    conf = artifacts.read_df(cfg.out, 5, "confirm.csv")
+    conf = artifacts.read_df(cfg.out, 5, "confirm.csv", turn)
     gt_by = {f["name"]: f for f in artifacts.load_gt(cfg.out, 1, "confirm")}
     gt = [gt_by[n] for n in conf["name"]]
     n_boot, seed = int(cfg.eval_n_boot), int(cfg.seed)
-    weights = {"iter0": artifacts.iter0_weights(cfg.out), **{r.run: cfg.out / r.weights for r in arms.itertuples()}}
+    weights = {"iter0": artifacts.start_weights(cfg.out, turn), **{r.run: cfg.out / r.weights for r in arms.itertuples()}}
     frames_w = evaluate.resample_weights(len(gt), n_boot, np.random.default_rng([seed, 23]))
     point, boot, rows = {}, {}, []
     for run, wts in weights.items():
@@ -513,10 +586,10 @@ def _confirm(cfg: Config, w: Any, arms: pd.DataFrame) -> dict[str, Any]:
 
 
 def _write_runs(cfg: Config, w: Any, runs: pd.DataFrame, per_class: Mapping[str, pd.DataFrame],
-                golden: Mapping[str, Any]) -> None:
+                golden: Mapping[str, Any], turn: int) -> None:
     """runs/runs.csv + runs.md (one row per training run) and runs/registry.json, whose promotion
     gates read ``per_class`` (run -> EvalResult.per_class, iter0 included) and this run's golden-QA entry."""
-    runs_dir = cfg.out / "runs"
+    runs_dir = artifacts.turn_dir(cfg.out, turn) / "runs"
     for p, write in ((runs_dir / "runs.csv", lambda p: runs.to_csv(p, index=False)),
                      (runs_dir / "runs.md", lambda p: p.write_text(df_to_markdown(runs) + "\n"))):
         with atomic_path(p) as tmp:
@@ -544,9 +617,10 @@ def _failure_report(cfg: Config, w: Any, arms: pd.DataFrame, results: Mapping[st
     return modes, actions
 
 
-def _golden_run(cfg: Config, pools: pd.DataFrame, arms: pd.DataFrame) -> dict[str, Any]:
+def _golden_run(cfg: Config, pools: pd.DataFrame, arms: pd.DataFrame, turn: int) -> dict[str, Any]:
     """Golden QA entry for this run: GT vs the labeler of this turn (and, for a model
-    labeler, the next turn's: the iter1 model as teacher)."""
+    labeler, the next turn's: the iter1 model as teacher). Turn t > 1 keeps its history in
+    ``turn<t>/golden_qa.json``, started from turn t-1's, so drift is also checked turn to turn."""
     gold = pools[pools["golden"]]
     gt_by = {f["name"]: f for f in artifacts.load_gt(cfg.out, 3, "eval")}
     gt = [gt_by[n] for n in gold["name"]]
@@ -554,17 +628,40 @@ def _golden_run(cfg: Config, pools: pd.DataFrame, arms: pd.DataFrame) -> dict[st
     labelled = {}
     name = str(cfg.label_labeler)
     if name == "teacher":
-        for tag, wts in (("teacher_iter0", artifacts.iter0_weights(cfg.out)),
+        for tag, wts in (("teacher_iter0", artifacts.start_weights(cfg.out, turn)),
                          ("teacher_iter1", cfg.out / arms[arms["arm"] == "iter1"].iloc[0]["weights"])):
             labelled[tag] = autolabel.get_labeler(cfg, teacher_weights=wts).label(gt, paths, progress=False).frames
     elif name == "gsam2":
         labelled["gsam2"] = autolabel.get_labeler(cfg).label(gt, paths, progress=False).frames
-    run_id = f"{cfg.profile}-{cfg.hash()}-{Section(cfg, 6).manifest_hash()}"  # config + mined set = one iteration
-    return report.golden_qa(cfg.out / "golden_qa.json", run_id, gt, labelled, float(cfg.report_drift_tol),
-                            bool(cfg.synthetic))
+    run_id = f"{cfg.profile}-{cfg.hash()}-{Section(cfg, 6, turn).manifest_hash()}"  # config + mined set = one iteration
+    history = artifacts.turn_dir(cfg.out, turn) / "golden_qa.json"
+    if turn > 1:  # this turn's history starts as the previous turn's (rewritten on every recompute: deterministic)
+        atomic_write_json(history, json.loads((artifacts.turn_dir(cfg.out, turn - 1) / "golden_qa.json").read_text()))
+    return report.golden_qa(history, run_id, gt, labelled, float(cfg.report_drift_tol), bool(cfg.synthetic))
 
 
-def s8_delta(cfg: Config) -> Result:
+def _start_card(cfg: Config, turn: int) -> tuple[dict[str, Any], str, str]:
+    """(run card, weights relative to outputs, config hash) of the model a turn starts from."""
+    if turn == 1:
+        return (artifacts.load_json(cfg.out, 4, "run_card.json"),
+                artifacts.load_json(cfg.out, 4, "weights.json")["weights"], cfg.section_hash(4))
+    wts = artifacts.start_weights(cfg.out, turn)
+    return (artifacts.run_card(wts), str(wts.resolve().relative_to(cfg.out.resolve())),
+            cfg.section_hash(7, turn - 1))
+
+
+def _learning_curve(cfg: Config, turn: int, headline: Mapping[str, Any], head: pd.DataFrame) -> list[dict[str, Any]]:
+    """One :func:`experiment.turn_point` per turn 1..``turn`` (earlier turns from their §8,
+    this one from the tables in hand)."""
+    points = []
+    for t in range(1, int(turn)):
+        d = artifacts.section_dir(cfg.out, 8, t)
+        points.append(experiment.turn_point(t, json.loads((d / "headline.json").read_text()),
+                                            pd.read_csv(d / "headline.csv"), artifacts.registry(cfg.out, t)))
+    return points + [experiment.turn_point(turn, headline, head, artifacts.registry(cfg.out, turn))]
+
+
+def s8_delta(cfg: Config, turn: int = 1) -> Result:
     """Evaluate every §7 arm on the eval pool; paired Δ vs iter0 per slice; runs table,
     registry, golden QA, action plan and the case study.
 
@@ -572,47 +669,76 @@ def s8_delta(cfg: Config) -> Result:
     <run>_eval.json / _slices.csv / _per_class.csv / _per_frame.csv / _predictions.*,
     failure_modes.csv, action_plan.md, golden_qa.json (this run's entry); outside it:
     runs/runs.csv/.md, runs/registry.json, golden_qa.json (history),
-    case_study/case_study_v1.md/.pdf, figures slice_delta.png and architecture.png.
+    case_study/case_study_v1.md/.pdf, figures slice_delta.png, confirm_contrast.png,
+    learning_curve.png (+ learning_curve.json here: one point per turn so far) and architecture.png.
+    ``turn`` > 1: the same for that turn, everything under ``turn<t>/`` (its case study covers
+    every turn so far).
     """
-    sec = Section(cfg, 8)
+    sec = Section(cfg, 8, turn)
     if needs_run(sec):
-        w5 = artifacts.load_json(cfg.out, 5, "worst_slice.json")
+        w5 = artifacts.load_json(cfg.out, 5, "worst_slice.json", turn)
         worst = w5["worst_slice"]
-        res0 = _evaluate(cfg, bdd.load_frames(artifacts.section_dir(cfg.out, 5) / "predictions.json"))
-        arms = artifacts.read_df(cfg.out, 7, "arms.csv")
+        res0 = _evaluate(cfg, bdd.load_frames(artifacts.section_dir(cfg.out, 5, turn) / "predictions.json"))
+        arms = artifacts.read_df(cfg.out, 7, "arms.csv", turn)
         rows_sel = experiment.report_slices(res0.slices, worst, int(cfg.eval_min_frames), int(cfg.report_top_slices))
         with sec.writer() as w:
             results, deltas = _evaluate_arms(cfg, w, arms, res0, rows_sel)
             w.write_df("deltas.csv", deltas)
-            confirm = _confirm(cfg, w, arms)
+            confirm = _confirm(cfg, w, arms, turn)
             agg = deltas.groupby(["arm", "slice"], sort=False).apply(experiment.agg_seeds, include_groups=False).reset_index()
             head = experiment.headline_table(agg, deltas, rows_sel, warm=bool(cfg.retrain_warm_start))
             w.write_df("headline.csv", head)
             w.write_text("headline.md", df_to_markdown(head) + "\n")
             headline = experiment.headline(
-                agg, res0, worst, w5["n_eval"], artifacts.load_json(cfg.out, 6, "mining_summary.json"),
-                artifacts.load_json(cfg.out, 7, "labeling.json"), confirm, synthetic=bool(cfg.synthetic),
+                agg, res0, worst, w5["n_eval"], artifacts.load_json(cfg.out, 6, "mining_summary.json", turn),
+                artifacts.load_json(cfg.out, 7, "labeling.json", turn), confirm, synthetic=bool(cfg.synthetic),
                 seeds=cfg.retrain_seeds, warm_start=bool(cfg.retrain_warm_start), retrain_epochs=int(cfg.retrain_epochs))
             w.write_json("headline.json", headline)
             w.save_fig("slice_delta.png", figures.delta_figure(head, bool(cfg.synthetic)))
             w.save_fig("confirm_contrast.png", figures.confirm_figure(confirm, bool(cfg.synthetic)))
-            runs = experiment.runs_table(
-                artifacts.load_json(cfg.out, 4, "run_card.json"), artifacts.load_json(cfg.out, 4, "weights.json")["weights"],
-                int(cfg.seed), (cfg.section_hash(4), cfg.section_hash(7)), arms, res0, results, worst)
-            entry = _golden_run(cfg, artifacts.read_df(cfg.out, 3, "pools.csv"), arms)  # before the registry: drift gate
-            _write_runs(cfg, w, runs, {"iter0": res0.per_class, **{k: r.per_class for k, r in results.items()}}, entry)
+            card0, weights0, hash0 = _start_card(cfg, turn)
+            runs = experiment.runs_table(card0, weights0, int(cfg.seed), (hash0, cfg.section_hash(7, turn)), arms, res0,
+                                         results, worst)
+            entry = _golden_run(cfg, artifacts.read_df(cfg.out, 3, "pools.csv"), arms, turn)  # before the registry: drift gate
+            _write_runs(cfg, w, runs, {"iter0": res0.per_class, **{k: r.per_class for k, r in results.items()}}, entry,
+                        turn)
             modes, actions = _failure_report(cfg, w, arms, results, w5)
             w.write_json("golden_qa.json", entry)
-            w.add_external(cfg.out / "golden_qa.json")
+            w.add_external(artifacts.turn_dir(cfg.out, turn) / "golden_qa.json")
+            curve = _learning_curve(cfg, turn, headline, head)
+            w.write_json("learning_curve.json", curve)
+            w.save_fig("learning_curve.png", figures.learning_curve(curve, bool(cfg.synthetic)))
             w.save_fig("architecture.png", report.architecture_figure(casestudy.flowchart()))
             figures.close_all()
+            config_table = experiment.config_table(
+                runs, {"iter0": card0, **{r.run: artifacts.run_card(cfg.out / r.weights) for r in arms.itertuples()}},
+                {"iter0": res0, **results})
             md_path, pdf_path = casestudy.write(cfg, w, headline=headline, head=head, runs=runs, actions=actions,
-                                                golden=entry, modes=modes)
+                                                golden=entry, modes=modes, turn=turn, curve=curve,
+                                                config_table=config_table)
             w.add_external(md_path)
             w.add_external(pdf_path)
             w.counts.update({"runs_evaluated": len(results), "slices_reported": len(rows_sel)})
         figures.close_all()
     info = sec.load_json("headline.json")
-    return Result(8, sec.dir, {"headline": sec.read_df("headline.csv"), "runs": pd.read_csv(cfg.out / "runs" / "runs.csv")},
-                  {"verdict": info["verdict"], "headline": info,
-                   "case_study": cfg.out / "case_study" / "case_study_v1.md"})
+    base = artifacts.turn_dir(cfg.out, turn)
+    return Result(8, sec.dir, {"headline": sec.read_df("headline.csv"), "runs": pd.read_csv(base / "runs" / "runs.csv"),
+                               "learning_curve": pd.DataFrame(sec.load_json("learning_curve.json"))},
+                  {"verdict": info["verdict"], "headline": info, "turn": turn,
+                   "case_study": base / "case_study" / "case_study_v1.md"})
+
+
+# ----------------------------------------------------------------------------- turns
+def more_turns(cfg: Config) -> list[Result]:
+    """Turns 2..``flywheel_turns`` of §5–§8 (each in ``outputs/turn<t>/``, each from the
+    model the previous turn's registry promoted); the §8 Result of every turn run. Turn 1
+    is the notebook's §5–§8 above; with ``flywheel_turns: 1`` this does nothing."""
+    out = []
+    for t in range(2, int(cfg.flywheel_turns) + 1):
+        t0 = time.time()
+        s5_eval(cfg, t)
+        s6_mine(cfg, t)
+        s7_autolabel_retrain(cfg, t)
+        out.append(s8_delta(cfg, t))
+        print(f"§5–§8 turn {t}: done in {time.time() - t0:.1f} s ({artifacts.turn_dir(cfg.out, t)})")
+    return out

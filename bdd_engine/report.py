@@ -259,7 +259,9 @@ def architecture_figure(mermaid: str, per_row: int = 4) -> Any:
 
 # ----------------------------------------------------------------------------- case study
 FIELD = re.compile(r"\{\{\s*([a-zA-Z0-9_]+)\s*\}\}")
-LEFTOVER = re.compile(r"\{\{|\}\}|\be\.g\.|\bTODO\b|\bTBD\b|\bXXX\b|<placeholder>|\[insert", re.IGNORECASE)
+# template markers ({{x}}), unformatted Python fields ({x}), to-do words and placeholder text
+LEFTOVER = re.compile(r"\{\{|\}\}|\{[A-Za-z_][A-Za-z0-9_.]*\}|\be\.g\.|\bTODO\b|\bTBD\b|\bXXX\b|\bplaceholder\b|"
+                      r"\[insert", re.IGNORECASE)
 
 
 def render(template: str, fields: Mapping[str, Any]) -> str:

@@ -96,7 +96,10 @@ def fake_kernel(monkeypatch):
     import nbclient
 
     for k in ("BDD_PROFILE", "BDD_OUTPUTS_DIR", "BDD_MINE_K"):
-        monkeypatch.delenv(k, raising=False)          # restored (removed) after the test: run sets them
+        # run sets them in this process: setenv records "absent" so teardown removes them again (delenv of a
+        # missing key records nothing, and BDD_MINE_K=7 leaked into every later test's notebook run)
+        monkeypatch.setenv(k, "")
+        monkeypatch.delenv(k)
     monkeypatch.setattr(nbclient, "NotebookClient", RecordingClient)
     monkeypatch.setattr(fw, "data_root", lambda cfg: None, raising=False)   # no world generation here
     RecordingClient.seen = {}

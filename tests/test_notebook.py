@@ -9,8 +9,12 @@ own data, and the verdict's words agree with the numbers.
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,9 +22,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bdd_engine import bdd, report
+from bdd_engine import bdd, experiment, report
+from bdd_engine.__main__ import main as cli
 from bdd_engine.config import load_config
-from bdd_engine.checkpoint import SECTIONS as _SECTIONS
+from bdd_engine.checkpoint import SECTIONS as _SECTIONS, status
 from bdd_engine.env import PROJECT_ROOT
 
 SECTIONS = list(_SECTIONS.values())
@@ -201,9 +206,9 @@ def test_case_study_has_no_placeholders(first_run):
     md = (out / "case_study" / "case_study_v1.md").read_text()
     assert report.leftovers(md) == []
     assert "SYNTHETIC DATA" in md.split("## 1.")[0], "the synthetic banner comes before any number"
-    for n in range(1, 11):
+    for n in range(1, 15):
         assert f"\n## {n}. " in md
-    lims = md.split("## 10.")[1]
+    lims = md.split("## 14.")[1]
     assert sum(1 for ln in lims.splitlines() if ln[:3].rstrip(". ").isdigit()) >= 6
     assert lims.split("\n1. ")[1].startswith("**The data is synthetic.**")
     for img in __import__("re").findall(r"\]\((\.\./figures/[^)]+)\)", md):
@@ -258,3 +263,151 @@ def test_rerun_from_6_in_fresh_kernel(first_run, tiny_world):
     assert {k: again[k] for k in HEADLINE_KEYS} == {k: head[k] for k in HEADLINE_KEYS}
     gq = json.loads((out / "golden_qa.json").read_text())
     assert len(gq["history"]) == 1, "the same iteration replaces its golden-QA entry, never duplicates it"
+
+
+def _section(md: str, n: int) -> str:
+    return md.split(f"\n## {n}. ")[1].split("\n## ")[0]
+
+
+def _row(table: str, first: str) -> list[str]:
+    """Cells of the markdown table row whose first cell is ``first``."""
+    (row,) = [ln for ln in table.splitlines() if ln.startswith(f"| {first} |")]
+    return [c.strip() for c in row.strip("|").split(" | ")]
+
+
+def test_case_study_new_sections_hold_this_runs_numbers(first_run, tiny_world):
+    out, _ = first_run
+    md = (out / "case_study" / "case_study_v1.md").read_text()
+    h = json.loads((out / "08_delta" / "headline.json").read_text())
+    problem = md.split("## Problem, hypothesis and success metric")[1].split("\n## 1. ")[0]
+    assert "**Δ(iter1) − Δ(random)**" in problem and "Success = the CI's lower bound is above 0" in problem
+    assert f"over {len(h['seeds'])} training seed(s)" in problem
+    assert "**Selection strategy: `prototype`**" in _section(md, 6)
+    # the training-config table: every run, its mAP@0.5:0.95 and car/pedestrian recall as evaluated
+    runs = pd.read_csv(out / "runs" / "runs.csv")
+    for run in runs["run"]:
+        d = out / ("05_eval_iter0" if run == "iter0" else "08_delta")
+        pre = "" if run == "iter0" else f"{run}_"
+        ev = json.loads((d / f"{pre}eval.json").read_text())
+        pc = pd.read_csv(d / f"{pre}per_class.csv").set_index("class")
+        cells = _row(_section(md, 8).split("recall@0.5 of car and pedestrian:")[1].split("![")[0], run)
+        assert cells[-4:] == [f"{ev['AP']:.3f}", f"{ev['AP50']:.3f}", f"{pc.loc['car', 'recall50']:.3f}",
+                              f"{pc.loc['pedestrian', 'recall50']:.3f}"], run
+    # learning curve: one point (turn 1), the headline's numbers
+    (pt,) = json.loads((out / "08_delta" / "learning_curve.json").read_text())
+    assert (pt["turn"], pt["start_worst_AP50"], pt["worst_AP50"]) == (1, h["iter0"], h["iter1"])
+    assert pt["random_worst_AP50"] == pytest.approx(h["iter0"] + h["random_delta"])
+    assert (out / "figures" / "learning_curve.png").stat().st_size > 10_000
+    assert _row(_section(md, 10), "1")[1] == h["worst_slice"].replace("|", "\\|")
+    # time and disk: every section's timing.json (training included), folder bytes
+    stage = _section(md, 11)
+    for n, folder in enumerate(SECTIONS[:7], 1):
+        t = json.loads((out / folder / "timing.json").read_text())["seconds"]
+        assert _row(stage, f"§{n}")[1:3] == [folder, f"{t:.1f}"], folder
+    card = json.loads((out / "04_train" / "run_card.json").read_text())
+    assert float(_row(stage, "§4")[2]) >= 0.9 * card["wall_time_s"] > 1
+    assert float(_row(stage, "§5")[3]) > 0.1 and float(_row(stage, "§7")[4]) > 1  # MB: predictions; arm weights
+    # provenance: the SHA-256 of every label file §1 read, recomputed here
+    prov = _section(md, 12)
+    for rel in ("labels/det_20/det_train.json", "labels/det_20/det_val.json"):
+        assert f"| `{rel}` | `{hashlib.sha256((tiny_world / rel).read_bytes()).hexdigest()}` |" in prov
+    assert re.search(r"generated at commit `([0-9a-f]{40}(-dirty)?|unknown)`", prov)
+    scale = _section(md, 13)
+    assert "| 100× | 22,200 |" in scale and "| 10,000× | 2,220,000 |" in scale and "FAISS IVF-PQ" in scale
+    for n in (10, 11, 12, 13):
+        assert not re.search(r"\b(None|nan|NaN)\b", _section(md, n)), n
+
+
+def _review(queue: list, out: Path) -> tuple[Path, str]:
+    """Turn 1's Label Studio queue as a reviewer would submit it: the first task's boxes all
+    relabelled bus plus an added motorcycle, every other task accepted as pre-annotated."""
+    tasks = copy.deepcopy(queue)
+    for i, t in enumerate(tasks, 1):
+        t["id"] = i
+        res = copy.deepcopy(t["predictions"][0]["result"]) if t.get("predictions") else []
+        if i == 1:
+            for r in res:
+                r["value"]["rectanglelabels"] = ["bus"]
+            res.append({"id": "added", "type": "rectanglelabels", "from_name": "label", "to_name": "image",
+                        "original_width": 320, "original_height": 180, "image_rotation": 0,
+                        "value": {"x": 5.0, "y": 5.0, "width": 20.0, "height": 30.0, "rotation": 0,
+                                  "rectanglelabels": ["motorcycle"]}})
+        t["annotations"] = [{"id": 100 + i, "was_cancelled": False, "result": res,
+                             "created_at": "2026-12-02T05:00:00Z", "updated_at": "2026-12-02T05:00:00Z"}]
+    out.write_text(json.dumps(tasks))
+    return out, tasks[0]["data"]["name"]
+
+
+def test_two_turns_train_on_the_imported_reviewed_labels(first_run, tiny_world, tmp_path):
+    """flywheel_turns 2 on a copy of the first run (turn 1 stays fresh): turn 2 starts from the
+    registry's model, mines frames turn 1 did not, and every arm trains on the reviewed labels."""
+    src, _ = first_run
+    out = tmp_path / "outputs"
+    shutil.copytree(src, out, symlinks=True)
+    queue = json.loads((out / "07_autolabel_retrain" / "labels_mined" / "label_studio_review.json").read_text())
+    assert queue, "turn 1 sent nothing to review: the test needs a queue"
+    export, edited = _review(queue, tmp_path / "export.json")
+    assert cli(["import-labels", "--label-studio", str(export), "--out", str(tmp_path / "reviewed")]) == 0
+    p = run_notebook(tiny_world, out, "--set", "flywheel_turns=2", "--set", f"flywheel_reviewed=[{tmp_path / 'reviewed'}]")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "§5–§8 turn 2: done in" in p.stdout
+    t1, t2 = out, out / "turn2"
+    assert json.loads((t2 / "TURN.json").read_text())["params"] == {"turn": 2}
+    for s in SECTIONS:  # turn 1 was loaded, not recomputed
+        assert (t1 / s / "manifest.json").read_text() == (src / s / "manifest.json").read_text(), s
+    # the registry's model is turn 2's iter0: its eval-pool mAP is the one the registry recorded
+    reg = json.loads((t1 / "runs" / "registry.json").read_text())
+    promoted = {c["run"]: c for c in reg["candidates"]}[reg["promoted"]]
+    assert json.loads((t2 / "05_eval_iter0" / "eval.json").read_text())["AP50"] == pytest.approx(promoted["overall_AP50"])
+    mined1 = set(pd.read_csv(t1 / "06_mine" / "mined.csv")["name"])
+    mined2 = set(pd.read_csv(t2 / "06_mine" / "mined.csv")["name"])
+    random2 = set(pd.read_csv(t2 / "07_autolabel_retrain" / "random_frames.csv")["name"])
+    assert mined2 and not mined2 & mined1 and not random2 & mined1, "turn 2 re-used frames turn 1 added"
+    # carried = turn 1's accepted auto-labels with the reviewed frames replacing theirs
+    reviewed = {f["name"]: f for f in bdd.load_frames(tmp_path / "reviewed" / "labels.json")}
+    carried = {f["name"]: f for f in bdd.load_frames(t2 / "07_autolabel_retrain" / "carried.json")}
+    lab2 = json.loads((t2 / "07_autolabel_retrain" / "labeling.json").read_text())["carried"]
+    assert lab2["reviewed_frames"] == len(reviewed) == len(queue) and set(reviewed) <= set(carried)
+    accepted1 = {n for n, f in ((f["name"], f) for f in bdd.load_frames(
+        t1 / "07_autolabel_retrain" / "labels_mined" / "labels.json")) if any(lb["score"] >= 0.4 for lb in f["labels"])}
+    assert set(carried) == accepted1 | set(reviewed) and lab2["frames"] == len(carried)
+    want = sorted(bdd.CLASSES.index(c) for c in [lb["category"] for lb in reviewed[edited]["labels"]])
+    assert set(want) == {bdd.CLASSES.index("bus"), bdd.CLASSES.index("motorcycle")}
+    assert [lb["category"] for lb in carried[edited]["labels"]] == [lb["category"] for lb in reviewed[edited]["labels"]]
+    # ... and reach every arm's YOLO training set on disk
+    arms = pd.read_csv(t2 / "07_autolabel_retrain" / "arms.csv")
+    gt_train = bdd.load_frames(t1 / "03_pools" / "gt_train.json")
+    assert (arms["carried_frames"] == len(carried)).all() and set(arms["init"]) == {"turn1 promoted"}
+    for r in arms.itertuples():
+        yolo = t2 / "runs" / "data" / r.run / "labels" / "train"
+        assert _yolo_classes(yolo, [edited]) == {edited: want}, r.run
+        assert {Path(n).stem for n in carried} <= {q.stem for q in yolo.glob("*.txt")}
+    cont = arms[arms["arm"] == "continue"].iloc[0]
+    assert cont["data_hash"] == experiment.frames_hash(gt_train + sorted(carried.values(), key=lambda f: f["name"]))
+    # the learning curve: one point per turn, turn 1's as turn 1 drew it
+    curve = json.loads((t2 / "08_delta" / "learning_curve.json").read_text())
+    assert [c["turn"] for c in curve] == [1, 2]
+    assert curve[0] == json.loads((t1 / "08_delta" / "learning_curve.json").read_text())[0]
+    h2 = json.loads((t2 / "08_delta" / "headline.json").read_text())
+    assert (curve[1]["start_worst_AP50"], curve[1]["worst_AP50"]) == (h2["iter0"], h2["iter1"])
+    assert curve[1]["start_overall_AP50"] == pytest.approx(promoted["overall_AP50"])
+    md = (t2 / "case_study" / "case_study_v1.md").read_text()
+    assert report.leftovers(md) == [] and "flywheel turn 2" in md.splitlines()[0]
+    assert [ln.split(" | ")[0] for ln in _section(md, 10).splitlines() if ln.startswith("| ") and ln[2].isdigit()] == \
+        ["| 1", "| 2"]
+    for img in re.findall(r"\]\(((?:\.\./)+figures/[^)]+)\)", md):
+        assert (t2 / "case_study" / img).exists(), img
+    assert "§8 (turn 2)" in _section(md, 11)
+    # a changed review makes turn 2's §7 and §8 stale, nothing before them
+    # the run's own config: the profile, its --set keys and the BDD_* environment the run inherited
+    cfg = load_config("tiny", {"data_root": str(tiny_world), "outputs_dir": str(out), "flywheel_turns": 2,
+                               "flywheel_reviewed": [str(tmp_path / "reviewed")]})
+    st = status(cfg)
+    assert st["fresh"].all(), (st[["folder", "reason"]].to_string(), {k: v for k, v in os.environ.items() if "BDD" in k})
+    frames = bdd.load_frames(tmp_path / "reviewed" / "labels.json")
+    frames[0]["labels"] = frames[0]["labels"][:-1]
+    bdd.write_bdd_json(frames, tmp_path / "reviewed" / "labels.json")
+    st = status(cfg).set_index("folder")
+    assert st.loc[st.index[:10], "fresh"].all()
+    assert st.loc["turn2/07_autolabel_retrain", "reason"].startswith("input changed: ")
+    assert st.loc["turn2/08_delta", "reason"] == "upstream turn2/07_autolabel_retrain is stale"

@@ -84,9 +84,10 @@ def test_template_renders_every_field_and_has_the_flowchart():
     text = casestudy.TEMPLATE.read_text()
     nodes, edges = report.parse_flowchart(casestudy.flowchart())
     assert list(nodes) == [f"s{i}" for i in range(1, 9)]
-    assert ("s8", "s1", True, "next turn: promoted model, new drives") in edges
-    for n in range(1, 11):
+    assert ("s8", "s5", True, "next turn: promoted model, new worst slice") in edges
+    for n in range(1, 15):
         assert f"\n## {n}. " in text
+    assert text.index("## Problem, hypothesis and success metric") < text.index("## 1. Summary")
     assert "e.g." not in text
 
 
