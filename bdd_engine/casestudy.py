@@ -349,15 +349,17 @@ def stage_rows(sections: Sequence[Section], current: Section | None = None, stag
         folder = staging if live else sec.dir
         man = {} if live else (sec.manifest() or {})
         ext = [k for k in man.get("artifacts", {}) if not k.startswith(sec.key + "/")]
+        rss = None
         if live:
             secs, note = (time.time() - started) if started else None, "so far (writing the case study)"
         else:
             try:
-                secs, note = json.loads((sec.dir / "timing.json").read_text())["seconds"], ""
+                timing = json.loads((sec.dir / "timing.json").read_text())
+                secs, rss, note = timing["seconds"], timing.get("peak_rss_mb"), ""
             except (OSError, ValueError, KeyError):
                 secs, note = None, "no timing.json"
         rows.append({"section": f"§{sec.number}" + (f" (turn {sec.turn})" if sec.turn > 1 else ""), "folder": sec.key,
-                     "wall_s": secs, "folder_MB": tree_bytes(folder) / 1e6,
+                     "wall_s": secs, "peak_rss_MB": rss, "folder_MB": tree_bytes(folder) / 1e6,
                      "outside_MB": sum(tree_bytes(sec.root / k) for k in ext) / 1e6, "note": note})
     return pd.DataFrame(rows)
 
@@ -374,10 +376,13 @@ def stage_fields(cfg: Any, turn: int, w: Any) -> dict[str, Any]:
         ("case_study", "turn 1's study (md + pdf)" if turn > 1 else "this study (md + pdf)"))] + [
         {"folder": f"turn{t}", "MB": tree_bytes(cfg.out / f"turn{t}") / 1e6,
          "holds": f"turn {t}: its §5–§8, runs, figures, case study"} for t in range(2, int(turn) + 1)])
-    disp = rows.assign(wall_s=[fmt(v, 1) for v in rows["wall_s"]], folder_MB=[fmt(v, 2) for v in rows["folder_MB"]],
+    disp = rows.assign(wall_s=[fmt(v, 1) for v in rows["wall_s"]], peak_rss_MB=[fmt(v, 0) for v in rows["peak_rss_MB"]],
+                       folder_MB=[fmt(v, 2) for v in rows["folder_MB"]],
                        outside_MB=[fmt(v, 2) for v in rows["outside_MB"]])
     return {"stage_sentence": (f"Wall time is each section's `timing.json` (the whole computation, training included; "
-                               f"a section loaded from a fresh checkpoint keeps the time of the run that computed it); disk "
+                               f"a section loaded from a fresh checkpoint keeps the time of the run that computed it); peak "
+                               f"RSS is the process's high-water mark while the section computed (it includes what earlier "
+                               f"sections left resident); disk "
                                f"is the bytes in the section's folder and in the files it recorded outside it. Sections "
                                f"total {fmt(total_s / 60, 1)} min and the outputs folder "
                                f"{fmt(tree_bytes(cfg.out) / 1e6, 1)} MB (source images are linked, not copied)."),

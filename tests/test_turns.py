@@ -157,9 +157,11 @@ def test_stage_rows_read_timing_and_bytes(tiny_world, tmp_path):
         ext.parent.mkdir(parents=True)
         ext.write_bytes(b"y" * 2500)
         w.add_external(ext)
-    t = json.loads((sec.dir / "timing.json").read_text())["seconds"]
+    timing_json = json.loads((sec.dir / "timing.json").read_text())
+    t = timing_json["seconds"]
     rows = casestudy.stage_rows([sec, Section(cfg, 4)])
     assert rows.loc[0, "wall_s"] == t and rows.loc[0, "outside_MB"] == 2500 / 1e6
+    assert rows.loc[0, "peak_rss_MB"] == timing_json["peak_rss_mb"] > 0  # the section's own VmHWM
     man, timing = (sec.dir / "manifest.json").stat().st_size, (sec.dir / "timing.json").stat().st_size
     assert rows.loc[0, "folder_MB"] == (1000 + man + timing) / 1e6
     assert rows.loc[1, "note"] == "no timing.json" and rows.loc[1, "folder_MB"] == 0
