@@ -752,24 +752,30 @@ def frames_map50(cache: MatchCache, frames: np.ndarray) -> float:
     return float(_nanmean(group_ap(cache, frames, zero, 1, t_idx=(0,))["ap"][0, :, 0], axis=0))
 
 
-def paired_delta(res0: EvalResult, res1: EvalResult, slice: str | None, n_boot: int = 1000,
+def paired_delta(res0: EvalResult, res1: EvalResult | Sequence[EvalResult], slice: str | None, n_boot: int = 1000,
                  seed: int = 42) -> dict[str, Any]:
     """mAP@0.5 change res1 − res0 on one slice (None = all frames) with a paired
     bootstrap 95% CI: both models are scored on the *same* resampled frames.
 
-    Both results must cover the same GT frames. Returns slice, n_frames, AP50_0,
+    ``res1`` may be several results (one arm's training seeds): then AP50_1 and delta are
+    their means, and each resample's Δ is the seed mean on that resample, so the CI belongs
+    to the mean it stands beside (frames resampled; the seeds are the ones trained).
+    All results must cover the same GT frames. Returns slice, n_frames, AP50_0,
     AP50_1, delta, ci (list [lo, hi]), p_le0 (share of resamples with delta <= 0).
     """
-    if list(res0.cache.names) != list(res1.cache.names):
-        raise ValueError("paired_delta needs both evaluations on the same GT frames "
-                         f"({len(res0.cache.names)} vs {len(res1.cache.names)} frames, or different names)")
+    res1s = [res1] if isinstance(res1, EvalResult) else list(res1)
+    for r in res1s:
+        if list(res0.cache.names) != list(r.cache.names):
+            raise ValueError("paired_delta needs both evaluations on the same GT frames "
+                             f"({len(res0.cache.names)} vs {len(r.cache.names)} frames, or different names)")
     name = slice if slice is not None else "__all__"
     frames = np.arange(len(res0.cache.names)) if slice is None else res0.members.get(slice)
     if frames is None:
         raise KeyError(f"unknown slice {slice!r}")
-    a0, a1 = frames_map50(res0.cache, frames), frames_map50(res1.cache, frames)
+    a0 = frames_map50(res0.cache, frames)
+    a1 = float(np.mean([frames_map50(r.cache, frames) for r in res1s]))
     w = resample_weights(len(frames), n_boot, slice_seed(seed, name))
-    d = boot_map50(res1.cache, frames, w) - boot_map50(res0.cache, frames, w)
+    d = np.mean([boot_map50(r.cache, frames, w) for r in res1s], axis=0) - boot_map50(res0.cache, frames, w)
     lo, hi = percentile_ci(d)
     ok = d[~np.isnan(d)]
     return {"slice": name, "n_frames": int(len(frames)), "AP50_0": a0, "AP50_1": a1, "delta": a1 - a0,

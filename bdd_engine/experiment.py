@@ -76,14 +76,6 @@ def confirm_set(candidates: pd.DataFrame, worst: str, max_frames: int, seed: int
     return c.sort_values("name", kind="stable").reset_index(drop=True)
 
 
-def agg_seeds(d: pd.DataFrame) -> pd.Series:
-    """Mean Δ over seeds (+ sd when several); the CI is the first seed's paired bootstrap."""
-    first = d.sort_values("seed").iloc[0]
-    return pd.Series({"delta": d["delta"].mean(), "sd": d["delta"].std(ddof=1) if len(d) > 1 else float("nan"),
-                      "ci_lo": first["ci_lo"], "ci_hi": first["ci_hi"], "AP50_1": d["AP50_1"].mean(),
-                      "p_le0": first["p_le0"]})
-
-
 Z_POWER = 1.959964 + 0.841621  # two-sided α = 0.05 plus 80% power: MDE = this × SE
 
 

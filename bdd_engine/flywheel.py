@@ -543,6 +543,22 @@ def _label_tables(folder: Path) -> dict[str, pd.DataFrame]:
 
 
 # ----------------------------------------------------------------------------- §8
+def _arm_deltas(cfg: Config, arms: pd.DataFrame, results: Mapping[str, evaluate.EvalResult],
+                res0: evaluate.EvalResult, rows_sel: list, deltas: pd.DataFrame) -> pd.DataFrame:
+    """Each arm's seed-mean Δ per reported slice, with the paired bootstrap CI of that mean
+    (was the first seed's CI beside the mean) and the sd of its seeds' Δ."""
+    n_boot, seed = int(cfg.eval_n_boot), int(cfg.seed)
+    rows = []
+    for arm, g in arms.groupby("arm", sort=False):
+        for s in rows_sel:
+            d = evaluate.paired_delta(res0, [results[r] for r in g["run"]], s, n_boot, seed)
+            per = deltas.loc[(deltas["arm"] == arm) & (deltas["slice"] == d["slice"]), "delta"]
+            rows.append({"arm": arm, "slice": d["slice"], "delta": d["delta"],
+                         "sd": per.std(ddof=1) if len(per) > 1 else float("nan"), "ci_lo": d["ci"][0],
+                         "ci_hi": d["ci"][1], "AP50_1": d["AP50_1"], "p_le0": d["p_le0"]})
+    return pd.DataFrame(rows)
+
+
 def _evaluate_arms(cfg: Config, w: Any, arms: pd.DataFrame, res0: evaluate.EvalResult,
                    rows_sel: list) -> tuple[dict[str, evaluate.EvalResult], pd.DataFrame]:
     """Predict + evaluate every arm on the eval pool; paired Δ vs iter0 per reported slice."""
@@ -685,7 +701,7 @@ def s8_delta(cfg: Config, turn: int = 1) -> Result:
             results, deltas = _evaluate_arms(cfg, w, arms, res0, rows_sel)
             w.write_df("deltas.csv", deltas)
             confirm = _confirm(cfg, w, arms, turn)
-            agg = deltas.groupby(["arm", "slice"], sort=False).apply(experiment.agg_seeds, include_groups=False).reset_index()
+            agg = _arm_deltas(cfg, arms, results, res0, rows_sel, deltas)
             head = experiment.headline_table(agg, deltas, rows_sel, warm=bool(cfg.retrain_warm_start))
             w.write_df("headline.csv", head)
             w.write_text("headline.md", df_to_markdown(head) + "\n")

@@ -324,6 +324,28 @@ def test_paired_delta_p_value_direction_and_ci_level():
     assert paired_delta(r0, r0, None, n_boot=50)["p_le0"] == 1.0
 
 
+def test_paired_delta_of_several_seeds_is_their_mean_with_the_ci_of_that_mean():
+    """§8's arm rows: the seed-mean Δ stands beside the CI of the seed mean (per resample, the
+    seeds' Δ averaged), not beside one seed's CI (the old rule could leave the mean outside it)."""
+    gts, preds = gen_case(45, n_frames=60, tied_scores=False)
+    r0 = evaluate(gts, preds, n_boot=0)
+    names = sorted(f["name"] for f in gts)
+    good = evaluate(gts, [{"name": g["name"], "labels": [dict(x, score=1.0) for x in g["labels"] if "box2d" in x]}
+                          for g in gts], n_boot=0)                                  # every GT found
+    bad = evaluate(gts, [{"name": g["name"], "labels": []} for g in gts], n_boot=0)  # nothing found
+    one = paired_delta(r0, good, None, n_boot=300, seed=5)
+    assert paired_delta(r0, [good], None, n_boot=300, seed=5) == one                  # one seed: unchanged
+    both = paired_delta(r0, [good, bad], None, n_boot=300, seed=5)
+    assert both["delta"] == pytest.approx((good.AP50 + bad.AP50) / 2 - r0.AP50, abs=1e-12)
+    assert both["AP50_1"] == pytest.approx((good.AP50 + bad.AP50) / 2, abs=1e-12)
+    w = _weights(5, "__all__", len(names), 300)
+    frames = np.arange(len(names))
+    mean = (boot_map50(good.cache, frames, w) + boot_map50(bad.cache, frames, w)) / 2 - boot_map50(r0.cache, frames, w)
+    lo, hi = np.percentile(mean[~np.isnan(mean)], [2.5, 97.5])
+    assert both["ci"] == [pytest.approx(lo, abs=1e-12), pytest.approx(hi, abs=1e-12)]
+    assert both["ci"][0] <= both["delta"] <= both["ci"][1] and both["ci"][1] < one["ci"][0]  # not the first seed's CI
+
+
 def test_resamples_depend_on_the_slice_name_not_on_other_slices():
     gts, preds = gen_case(47, n_frames=60)
     full = evaluate(gts, preds, n_boot=60, seed=9)
