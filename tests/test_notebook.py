@@ -306,7 +306,9 @@ def test_case_study_new_sections_hold_this_runs_numbers(first_run, tiny_world):
         assert _row(stage, f"§{n}")[1:3] == [folder, f"{t:.1f}"], folder
     card = json.loads((out / "04_train" / "run_card.json").read_text())
     assert float(_row(stage, "§4")[2]) >= 0.9 * card["wall_time_s"] > 1
-    assert float(_row(stage, "§5")[3]) > 0.1 and float(_row(stage, "§7")[4]) > 1  # MB: predictions; arm weights
+    rss4 = json.loads((out / "04_train" / "timing.json").read_text())["peak_rss_mb"]
+    assert rss4 > 100 and float(_row(stage, "§4")[3]) == pytest.approx(rss4, abs=0.5)  # MB, the section's own peak
+    assert float(_row(stage, "§5")[4]) > 0.1 and float(_row(stage, "§7")[5]) > 1  # MB: predictions; arm weights
     # provenance: the SHA-256 of every label file §1 read, recomputed here
     prov = _section(md, 12)
     for rel in ("labels/det_20/det_train.json", "labels/det_20/det_val.json"):
