@@ -349,6 +349,7 @@ def s6_mine(cfg: Config) -> Result:
                         fail_recall=float(cfg.mine_fail_recall), hybrid_targeted=float(cfg.mine_hybrid_targeted),
                         ivf_above=int(cfg.mine_ivf_above), ivf_recall=float(cfg.mine_ivf_recall),
                         min_frames=int(cfg.eval_min_frames), seed=int(cfg.seed), synthetic=bool(cfg.synthetic),
+                        max_per_drive=int(cfg.mine_max_per_drive), min_distance=float(cfg.mine_min_distance),
                         preds_pool=preds_pool, worst_slice=worst)
         with sec.writer() as w:
             mine.write_artifacts(res, w, dict(zip(pools["name"], pools["image_path"])))

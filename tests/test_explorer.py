@@ -188,7 +188,7 @@ def test_similarity_top10_equals_faiss_mining(ds, world):
                     by=cfg.eval_by, fail_ap=cfg.mine_fail_ap, fail_recall=cfg.mine_fail_recall,
                     hybrid_targeted=cfg.mine_hybrid_targeted, ivf_above=cfg.mine_ivf_above,
                     ivf_recall=cfg.mine_ivf_recall, min_frames=cfg.eval_min_frames, seed=cfg.seed,
-                    synthetic=cfg.synthetic, worst_slice=worst)
+                    synthetic=cfg.synthetic, max_per_drive=0, min_distance=0.0, worst_slice=worst)  # plain top-10
     assert len(res.failure_names) >= 2
     proto = emb[[names.index(n) for n in res.failure_names]].mean(0)
     ds.sort_by_similarity(ds.first().id, k=5, brain_key="img_sim")  # an earlier query on another view ...
