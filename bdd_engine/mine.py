@@ -586,14 +586,16 @@ def _rows(names: Sequence[str], row_of: Mapping[str, int], emb: np.ndarray, coun
 # ----------------------------------------------------------------------------- artefacts
 def mined_grid_figure(result: MineResult, image_paths: Mapping[str, Any], n: int = 100, ncols: int = 10) -> Any:
     """10x10 thumbnails of the top-``n`` mined frames, captioned ``#rank weather/timeofday``
-    + scene; captions of frames in the worst slice are green, others red."""
+    + scene (``pred`` before the rank when the attributes are predicted, ``attr_source``);
+    captions of frames in the worst slice are green, others red."""
     from bdd_engine.viz import thumb_grid
 
     top = result.mined.sort_values("rank").head(n)
     caps, colors = [], []
     for _, r in top.iterrows():
         vals = [str(r[a]) for a in result.target]
-        caps.append(f"#{r['rank']} {' / '.join(vals[:2])}\n{' / '.join(vals[2:])}")
+        pred = "pred " if r.get("attr_source") == "predicted" else ""
+        caps.append(f"{pred}#{r['rank']} {' / '.join(vals[:2])}\n{' / '.join(vals[2:])}")
         colors.append("#1a7f1a" if r["match_slice"] else "#b00020")
     h = result.headline()
     title = (f"Mined frames ({result.strategy}) for worst slice '{result.worst_slice}': precision {h['precision']:.2f} "
