@@ -18,6 +18,7 @@ from bdd_engine.config import load_config
 from bdd_engine.env import PROJECT_ROOT
 
 import fiftyone as fo  # noqa: E402,I001  pinned in requirements.txt: missing = an error, not 11 silent skips
+from fiftyone import ViewField as F  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -398,3 +399,29 @@ def test_sync_from_checkpoints_rebuilds_after_delete(tiny_cfg, db):
     assert ds3.info["synced"]["05_eval_iter0"] == "config changed"
     assert "eval_iter0" not in ds3.list_evaluations()
     ds3.delete()
+
+
+def test_ingested_frames_without_gt_carry_predicted_attributes(world, db):
+    """Issue 15: an ingested frame (no GT, no attributes) is a sample; §6's predicted attributes are
+    set on it, marked attr_source 'predicted' with confidences; labelled frames keep theirs."""
+    cfg, ft, frames, _ = world
+    lab = ft.head(3).assign(origin="labels")
+    ing = pd.DataFrame([{"name": "fe000001-00000001-0000030.jpg", "split": "ingested", "weather": None,
+                         "timeofday": None, "scene": None, "slice": None, "video": "fe000001-00000001",
+                         "group": "fe000001", "image_path": ft["image_path"].iloc[5], "n_boxes": 0, "origin": "ingested"}])
+    table = pd.concat([lab, ing], ignore_index=True)
+    with pytest.raises(ValueError, match="have no ground-truth frame"):   # a labelled frame without GT is still refused
+        explorer.build_dataset(cfg, table.assign(origin="labels"), frames, name="t-ingested", overwrite=True)
+    ds2 = explorer.build_dataset(cfg, table, frames, name="t-ingested", overwrite=True)
+    assert len(ds2) == 4 and ds2.match(F("origin") == "ingested").count() == 1
+    attrs = pd.DataFrame({"name": table["name"], "weather": ["a", "b", "c", "foggy"], "timeofday": ["x"] * 3 + ["night"],
+                          "scene": ["y"] * 3 + ["highway"], "slice": ["s"] * 3 + ["foggy | night | highway"],
+                          "weather_conf": [None] * 3 + [0.7], "timeofday_conf": [None] * 3 + [0.9],
+                          "scene_conf": [None] * 3 + [0.6], "attr_source": ["labels"] * 3 + ["predicted"]})
+    assert explorer.set_predicted_attributes(ds2, attrs, ["weather", "timeofday", "scene"]) == 1
+    s = ds2.match(F("name") == ing["name"].iloc[0]).first()
+    assert (s["attr_source"], s["slice"], s["weather"], s["timeofday_conf"]) == ("predicted", "foggy | night | highway",
+                                                                                  "foggy", 0.9)
+    kept = ds2.match(F("attr_source") == "labels")
+    assert kept.values("weather") == lab["weather"].tolist() and set(kept.values("weather_conf")) == {None}
+    fo.delete_dataset("t-ingested")
