@@ -67,7 +67,9 @@ def fit_probes(X: np.ndarray, labels: pd.DataFrame, *, attrs: Sequence[str] = SL
         m = _known(y)
         if len(set(y[m])) < 2:
             continue
-        clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=3000, random_state=seed))
+        # newton-cg: the same L2 multinomial objective as lbfgs, 12-13 iterations instead of 29-110 (demo
+        # train+eval, 373-d gradhist: 0.05-0.12 s vs 1-6 s per attribute, measured)
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=3000, random_state=seed, solver="newton-cg"))
         probes[a] = clf.fit(X[m], y[m].astype(str))
     return probes
 
