@@ -15,7 +15,7 @@ from bdd_engine import ingest, synth, synthvideo
 from bdd_engine.config import load_config
 
 
-def make_ingest_dir(tmp: Path, n_new: int = 24, n_own: int = 6, seconds: int = 4) -> Path:
+def make_ingest_dir(tmp: Path, n_new: int = 16, n_own: int = 6, seconds: int = 3) -> Path:
     """Videos under ``tmp/videos``, ingested into ``tmp/ingested`` (returned)."""
     specs = [s for s in synth.plan_world(load_config("tiny", env=False)) if s.image_set == "100k"]
     own = [s for s in specs if s.split == "train"][:n_own // 2] + [s for s in specs if s.split == "val"][:n_own - n_own // 2]
