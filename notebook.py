@@ -149,7 +149,11 @@ vw.checkpoint_note(cfg.out, 5)
 # Failure frames = worst-slice eval frames with frame AP@0.5 = 0 or recall < 0.3. Their
 # normalised mean embedding is the query; FAISS searches the mining pool (exact inner
 # product, IVF above `mine_ivf_above`). Mining precision — how many mined frames really are
-# of the worst slice — is measured against the slice's base rate in the pool.
+# of the worst slice — is measured against the slice's base rate in the pool. Near-duplicate
+# control: at most `mine_max_per_drive` frames per drive, none closer than `mine_min_distance`
+# (cosine) to another mined frame. Pool frames without attributes (ingested with
+# `pool_sources: [labels, ingested]`) get predicted ones (`attr_source: predicted`); the
+# predictor is scored on the labelled pool frames, whose drives it never saw.
 
 # %%
 from bdd_engine import flywheel as fw, views as vw
@@ -157,7 +161,8 @@ from bdd_engine import flywheel as fw, views as vw
 cfg = vw.cfg()
 r6 = fw.s6_mine(cfg)
 display(vw.mining_table(r6.info))
-vw.show(cfg.out, "mined_frames_grid.png")
+display(r6["attributes"])
+vw.show(cfg.out, "mined_frames_grid.png", "attribute_confusion.png")
 
 # %% [markdown]
 # In FiftyOne: `sort_by_similarity` on the failure prototype and the saved `mined` view.

@@ -245,6 +245,30 @@ def _data_fields(cfg: Any, h: Mapping[str, Any], r: SimpleNamespace) -> dict[str
     }
 
 
+def dedup_sentence(d: Mapping[str, Any]) -> str:
+    """§6's near-duplicate control (mining_summary.json ``dedup``): settings, before → after."""
+    b, a = d["before"], d["after"]
+    rule = (f"at most {d['max_per_drive']} frame(s) per drive" if d["max_per_drive"] else "no per-drive cap") + (
+        f", no two closer than cosine distance {d['min_distance']:g}" if d["min_distance"] else ", no distance floor")
+    return (f"Near-duplicate control ({rule}): the unfiltered top {b['frames']} came from {b['drives']} drives "
+            f"(precision {fmt(b['precision'])}); the mined {a['frames']} come from {a['drives']} drives "
+            f"(precision {fmt(a['precision'])}), {d['capped']} candidates skipped by the cap and "
+            f"{d['near_duplicates']} as near-duplicates.")
+
+
+def gt_sentence(counts: Mapping[str, Any], k: int) -> str:
+    """How many mined frames have ground truth, and how many carry predicted attributes (§6 counts)."""
+    pred = int(counts["mined_predicted_attrs"])
+    out = f" {counts['mined_with_gt']} of the {k} mined frames have ground truth"
+    if counts["pool_ingested"]:
+        out += (f"; the pool held {counts['pool_ingested']} ingested frames without labels, {k - counts['mined_with_gt']} "
+                f"of them mined, whose slice uses **predicted** attributes ({pred} mined frames with "
+                f"`attr_source: predicted`; the predictor's accuracy on labelled pool frames is in "
+                f"`06_mine/attribute_accuracy.csv` and `figures/attribute_confusion.png`). Label quality and the oracle "
+                f"arm use only the frames with ground truth.")
+    return out + "."
+
+
 def _label_fields(r: SimpleNamespace) -> dict[str, Any]:
     mining, lab, quality, router, cost = r.mining, r.lab, r.quality, r.router, r.cost
     mined_k = int(mining["k"])
@@ -254,11 +278,13 @@ def _label_fields(r: SimpleNamespace) -> dict[str, Any]:
                             f"`{mining['strategy']}`, FAISS index {_index(mining['index'])}; "
                             f"{mined_k} frames mined. **Mining precision {fmt(mining['precision'])}** (share of mined frames "
                             f"truly in the worst slice) vs a base rate of {fmt(mining['base_rate'])} in the pool: "
-                            f"lift {fmt(mining['lift'], 2)}."),
+                            f"lift {fmt(mining['lift'], 2)}. " + dedup_sentence(mining["dedup"])
+                            + gt_sentence(mining["counts"], int(mining["k"]))),
         "mining_table": df_to_markdown(r.mining_precision.head(12)),
         "label_sentence": (f"Labeler: **{lab['labeler']}**. It labelled {lab['frames']} mined frames in "
                            f"{fmt(lab['seconds'], 1)} s ({lab['failed']} failures), {lab['labels']} boxes. Against the held-back "
-                           f"ground truth: precision {fmt(lab.get('precision'))}, recall {fmt(lab.get('recall'))} at IoU 0.5. "
+                           f"ground truth, measured only where it exists ({lab['frames_with_gt']} of "
+                           f"{lab['frames']} frames): precision {fmt(lab.get('precision'))}, recall {fmt(lab.get('recall'))} at IoU 0.5. "
                            f"Training uses auto-accepted labels only: {lab['train_frames']} frames, "
                            f"{lab['train_labels']} boxes."),
         "label_quality_table": df_to_markdown(quality),

@@ -148,3 +148,66 @@ def confirm_candidates(confirm: pd.DataFrame, collect_source: pd.DataFrame) -> t
     shared = c["name"].isin(collect_source["name"]) | c["group"].isin(collect_source["group"])
     keep = c[~no_image & ~shared].reset_index(drop=True)
     return keep, {"no_readable_image": int(no_image.sum()), "shares_frame_or_drive": int((shared & ~no_image).sum())}
+
+
+# ----------------------------------------------------------------------------- ingested frames
+POOL_SOURCES = ("labels", "ingested")
+
+
+def check_pool_sources(sources: Sequence[str], ingest_dir: str | None) -> bool:
+    """Validate ``pool_sources`` (+ ``ingest_dir``); True when ingested frames join. ``labels`` is
+    required: train and eval frames only ever come from labels."""
+    bad = [s for s in sources if s not in POOL_SOURCES]
+    if bad or "labels" not in sources:
+        raise ValueError(f"pool_sources must list 'labels' and optionally 'ingested' (of {list(POOL_SOURCES)}), "
+                         f"got {list(sources)}")
+    if "ingested" in sources and not ingest_dir:
+        raise ValueError("pool_sources has 'ingested' but ingest_dir is null: set ingest_dir to a folder made by "
+                         "`python -m bdd_engine ingest --out DIR`")
+    return "ingested" in sources
+
+
+def ingested_frames(ingest_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The frames of an ingest folder as frame-table rows without labels, read only.
+
+    ``ingest_dir``: a folder ``ingest`` made (``INGEST.json`` + ``frames.csv``; anything else
+    raises with the fix). Returns (rows: name, split ``"ingested"``, weather/timeofday/scene/slice
+    empty (no attributes), video, group, absolute image_path, n_boxes 0, width/height in pixels,
+    origin ``"ingested"``; the inputs rows that make a changed ingest folder visible: frames.csv
+    by content, the frames/ folder by listing)."""
+    from bdd_engine.ingest import MARKER
+
+    d = Path(ingest_dir)
+    if not (d / MARKER).is_file() or not (d / "frames.csv").is_file():
+        raise FileNotFoundError(f"ingest_dir {d} is not a finished ingest folder ({MARKER} and frames.csv); "
+                                f"make it with `python -m bdd_engine ingest --src VIDEOS --out {d}`")
+    t = pd.read_csv(d / "frames.csv", keep_default_na=False, na_values=[""], dtype={"name": str, "video": str,
+                                                                                     "group": str})
+    rows = pd.DataFrame({"name": t["name"], "split": "ingested"})
+    for a in (*bdd.SLICE_ATTRS, "slice"):
+        rows[a] = pd.Series([None] * len(t), dtype=object)
+    rows["video"], rows["group"] = t["video"], t["group"]
+    rows["image_path"] = [str(p if Path(p).is_absolute() else d / p) for p in t["image_path"]]
+    rows["n_boxes"] = 0
+    rows["width"], rows["height"] = t["width"].astype(int), t["height"].astype(int)
+    rows["origin"] = "ingested"
+    inputs = [input_row(d / "frames.csv")] + ([input_row(d / "frames", kind="dir")] if (d / "frames").is_dir() else [])
+    return rows, pd.DataFrame(inputs)
+
+
+def join_ingested(collected: pd.DataFrame, ingested: pd.DataFrame, labelled: pd.DataFrame,
+                  confirm: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Collected labelled frames + the ingested ones that may join the mining pool.
+
+    An ingested frame is left out (and counted) when its name is a labelled frame's
+    (``labelled``: every frame of the label files) or when its drive group is a confirmation
+    candidate's (``confirm``): the confirmation set must share no drive with any pool frame.
+    Drives shared with eval frames are §3's to hold out. Returns (frames with an ``origin``
+    column: labels | ingested, counts)."""
+    same_name = ingested["name"].isin(labelled["name"])
+    confirm_drive = ingested["group"].isin(confirm["group"]) & ~same_name
+    keep = ingested[~same_name & ~confirm_drive]
+    out = pd.concat([collected.assign(origin="labels"), keep], ignore_index=True)
+    return out, {"ingested": int(len(ingested)), "ingested_joined": int(len(keep)),
+                 "ingested_dropped_name_clash": int(same_name.sum()),
+                 "ingested_dropped_confirm_drive": int(confirm_drive.sum())}

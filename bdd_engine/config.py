@@ -29,7 +29,7 @@ PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 DEFAULTS = PROFILES_DIR / "default.yaml"  # every key once, `key: value  # (type) meaning`
 
 # Keys every section depends on (they change what the data *is*).
-GLOBAL_KEYS = ("seed", "data_root", "synthetic", "label_files", "image_sets")
+GLOBAL_KEYS = ("seed", "data_root", "synthetic", "label_files", "image_sets", "pool_sources", "ingest_dir")
 
 # BDD_* environment variables that are not config keys (profile choice, cache dir).
 RESERVED_ENV = ("BDD_PROFILE", "BDD_CACHE_DIR")

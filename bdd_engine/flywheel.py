@@ -21,8 +21,8 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from bdd_engine import (artifacts, autolabel, bdd, casestudy, collect, curate, embed, evaluate, experiment, figures,
-                        images, mine, report, slices, synth, train)
+from bdd_engine import (artifacts, attributes, autolabel, bdd, casestudy, collect, curate, embed, evaluate, experiment,
+                        figures, images, mine, report, slices, synth, train)
 from bdd_engine.checkpoint import (Section, acquire_lock, atomic_path, atomic_write_json, claim_folder,
                                    df_to_markdown, input_row, release_lock, reset_peak_rss)
 from bdd_engine.config import Config
@@ -108,7 +108,8 @@ def s1_collect(cfg: Config) -> Result:
     width/height in pixels), gt_collected.json, strata.csv, slice_index.csv,
     confirm_frames.csv + gt_confirm.json (the confirmation candidates: labelled frames of
     ``confirm_label_files`` sharing no frame or drive with the collect label files) and
-    confirm_dropped.json,
+    confirm_dropped.json, ingested.json (with ``pool_sources: [labels, ingested]``: the frames of
+    ``ingest_dir`` joined or left out; frames.csv's ``origin`` says labels | ingested),
     validation_issues.csv, validation.json, inputs.csv (every input file's content hash:
     editing a label file or an image makes §1 and everything after it stale).
     """
@@ -132,6 +133,11 @@ def s1_collect(cfg: Config) -> Result:
         confirm, dropped = collect.confirm_candidates(collect.frame_table(ctable, checks), source)
         label_files = [p for _, p in paths + cpaths]
         inputs = collect.input_table(root, cfg.image_sets, label_files, checks)
+        collected, ingested = collected.assign(origin="labels"), {"ingested": 0, "ingested_joined": 0}
+        if collect.check_pool_sources(cfg.pool_sources, cfg.ingest_dir):  # unlabelled frames: mining pool only
+            rows, ing_inputs = collect.ingested_frames(cfg.path("ingest_dir"))
+            collected, ingested = collect.join_ingested(collected, rows, source, confirm)
+            inputs = pd.concat([inputs, ing_inputs], ignore_index=True)
         label_sha = collect.label_file_hashes(inputs, root, label_files)
         summary = collect.validation_summary(report_, len(index), have, total, checks, empty + cempty, label_sha,
                                              synthetic=bool(cfg.synthetic))
@@ -142,13 +148,14 @@ def s1_collect(cfg: Config) -> Result:
             w.write_df("confirm_frames.csv", confirm)
             bdd.write_bdd_json(collect.first_frames(cframes, set(confirm["name"])), w.path("gt_confirm.json"))
             w.write_json("confirm_dropped.json", dropped)
+            w.write_json("ingested.json", ingested)
             w.write_df("slice_index.csv", slices.slice_index(collected))
             w.write_df("validation_issues.csv", report_.issues)
             w.record_inputs(inputs, label_files=label_sha)
             w.write_json("validation.json", summary)
             w.counts.update({"labelled": total, "with_image": have, "collected": len(collected),
                              "validation_issues": len(report_.issues), "unreadable_images": len(unreadable),
-                             "confirm_candidates": len(confirm)})
+                             "confirm_candidates": len(confirm), "ingested_joined": ingested["ingested_joined"]})
         print(f"§1 done in {time.time() - t0:.1f} s")
     return Result(1, sec.dir, {
         "frames": sec.read_df("frames.csv"), "strata": sec.read_df("strata.csv"),
@@ -157,11 +164,16 @@ def s1_collect(cfg: Config) -> Result:
 
 
 # ----------------------------------------------------------------------------- §2
+def _embedder(cfg: Config) -> embed.Embedder:
+    """The profile's embedder (``embed_*`` keys)."""
+    return embed.get_embedder(str(cfg.embed_model), device=str(cfg.device), imgsz=int(cfg.embed_imgsz),
+                              clip_arch=str(cfg.embed_clip_arch), clip_weights=cfg.embed_clip_weights,
+                              dinov2_dir=cfg.embed_dinov2_dir)
+
+
 def _embeddings(cfg: Config, frames: pd.DataFrame) -> tuple[Any, list[str], Any]:
     """(L2-normalised (N, D) memmap, names, embedder) for ``frames``, cached under outputs/.cache."""
-    emb_model = embed.get_embedder(str(cfg.embed_model), device=str(cfg.device), imgsz=int(cfg.embed_imgsz),
-                                   clip_arch=str(cfg.embed_clip_arch), clip_weights=cfg.embed_clip_weights,
-                                   dinov2_dir=cfg.embed_dinov2_dir)
+    emb_model = _embedder(cfg)
     arr, names = embed.embed_frames(emb_model, list(frames["image_path"]), list(frames["name"]),
                                     cfg.out / ".cache" / "embeddings", batch_size=int(cfg.embed_batch),
                                     workers=int(cfg.workers))
@@ -195,6 +207,8 @@ def s2_curate(cfg: Config) -> Result:
 def s3_pools(cfg: Config) -> Result:
     """Split collected frames into train / eval / mining pool by drive group; export YOLO.
 
+    Ingested frames (no labels) are pool-only: mining pool, or holdout when they share a drive
+    with eval; gt_pool.json holds only the pool frames that have ground truth.
     Artifacts (``03_pools/``): pools.csv, pool_summary.csv, eval_slices.csv,
     gt_{train,eval,pool}.json, yolo/ (data.yaml, images -> links, labels).
     """
@@ -209,8 +223,8 @@ def s3_pools(cfg: Config) -> Result:
             w.write_df("pools.csv", pools)
             w.write_df("pool_summary.csv", slices.pool_summary(pools))
             w.write_df("eval_slices.csv", slices.slice_index(pools[pools["pool"] == "eval"]))
-            for p in ("train", "eval", "pool"):
-                bdd.write_bdd_json([gt[n] for n in pools.loc[pools["pool"] == p, "name"]], w.path(f"gt_{p}.json"))
+            for p in ("train", "eval", "pool"):  # ingested pool frames have no ground truth
+                bdd.write_bdd_json([gt[n] for n in pools.loc[pools["pool"] == p, "name"] if n in gt], w.path(f"gt_{p}.json"))
             train_frames = [gt[n] for n in pools.loc[pools["pool"] == "train", "name"]]
             # Ultralytics needs a val split; a slice of *train* keeps eval out of training decisions
             _, counts = export_yolo({"train": train_frames, "val": train_frames[:32]}, paths, w.path("yolo"),
@@ -218,6 +232,7 @@ def s3_pools(cfg: Config) -> Result:
             w.write_json("yolo_export.json", dict(counts))
             w.counts.update({p: int((pools["pool"] == p).sum()) for p in ("train", "eval", "pool", "holdout")})
             w.counts["golden"] = int(pools["golden"].sum())
+            w.counts["ingested_pool"] = int(((pools["pool"] == "pool") & (pools["origin"] == "ingested")).sum())
     return Result(3, sec.dir, {
         "pools": sec.read_df("pools.csv"), "summary": sec.read_df("pool_summary.csv"),
         "eval_slices": sec.read_df("eval_slices.csv"),
@@ -343,8 +358,11 @@ def s6_mine(cfg: Config, turn: int = 1) -> Result:
     """Mine the worst slice from the pool: failure prototype → FAISS → top-K; precision vs base rate.
 
     Also predicts once on the mining pool with iter0 (uncertainty signal, reported per slice).
+    Pool frames without attributes (ingested) get predicted ones (``attr_source: predicted``,
+    with a confidence), which their slice uses; mined.csv says which frames have ground truth.
     Artifacts (``06_mine/``): mined.csv, mining_precision.csv, mining_summary.json,
-    uncertainty_by_slice.csv, pool_predictions.parquet; figure mined_frames_grid.png.
+    uncertainty_by_slice.csv, pool_predictions.parquet, pool_attributes.csv,
+    attribute_accuracy.csv; figures mined_frames_grid.png, attribute_confusion.png.
     """
     sec = Section(cfg, 6, turn)
     if needs_run(sec):
@@ -352,20 +370,32 @@ def s6_mine(cfg: Config, turn: int = 1) -> Result:
         per_frame = artifacts.read_df(cfg.out, 5, "per_frame.csv", turn)
         worst = artifacts.load_json(cfg.out, 5, "worst_slice.json", turn)["worst_slice"]
         emb, names = artifacts.load_embeddings(cfg.out)
-        pool = _unused_pool(cfg, pools, turn)
+        pool, attr_acc, attr_conf = _pool_attributes(cfg, _unused_pool(cfg, pools, turn), pools, emb, names)
         preds_pool = _predict(cfg, artifacts.start_weights(cfg.out, turn), pool)
         res = mine.mine(per_frame, pools[pools["pool"] == "eval"], pool, emb, names, k=int(cfg.mine_k),
                         strategy=str(cfg.mine_strategy), by=list(cfg.eval_by), fail_ap=float(cfg.mine_fail_ap),
                         fail_recall=float(cfg.mine_fail_recall), hybrid_targeted=float(cfg.mine_hybrid_targeted),
                         ivf_above=int(cfg.mine_ivf_above), ivf_recall=float(cfg.mine_ivf_recall),
                         min_frames=int(cfg.eval_min_frames), seed=int(cfg.seed), synthetic=bool(cfg.synthetic),
+                        max_per_drive=int(cfg.mine_max_per_drive), min_distance=float(cfg.mine_min_distance),
                         preds_pool=preds_pool, worst_slice=worst)
+        extra = ["attr_source", *[f"{a}_conf" for a in cfg.eval_by], "origin"]
+        res.mined = res.mined.merge(pool[["name", *extra]], on="name", how="left")
+        res.counts.update({"mined_with_gt": int((res.mined["origin"] == "labels").sum()),
+                           "mined_predicted_attrs": int((res.mined["attr_source"] == "predicted").sum()),
+                           "pool_ingested": int((pool["origin"] == "ingested").sum())})
         with sec.writer() as w:
             mine.write_artifacts(res, w, dict(zip(pools["name"], pools["image_path"])))
             train.save_predictions(preds_pool, w.path("pool_predictions.json"), w.path("pool_predictions.parquet"))
+            w.write_df("pool_attributes.csv", pool[["name", *cfg.eval_by, "slice", *extra]])
+            w.write_df("attribute_accuracy.csv", attr_acc)
+            w.save_fig("attribute_confusion.png", attributes.confusion_figure(
+                attr_conf, attr_acc, f"Attribute predictor ({cfg.mine_attr_predictor}) on the labelled pool frames "
+                f"(drives it never saw){' — SYNTHETIC data' if cfg.synthetic else ''}"))
             w.counts.update({"mined": len(res.mined), "failure_frames": len(res.failure_names), "pool": len(pool)})
         figures.close_all()
-    return Result(6, sec.dir, {"mined": sec.read_df("mined.csv"), "precision": sec.read_df("mining_precision.csv")},
+    return Result(6, sec.dir, {"mined": sec.read_df("mined.csv"), "precision": sec.read_df("mining_precision.csv"),
+                               "attributes": sec.read_df("attribute_accuracy.csv")},
                   sec.load_json("mining_summary.json"))
 
 
@@ -378,6 +408,26 @@ def _unused_pool(cfg: Config, pools: pd.DataFrame, turn: int) -> pd.DataFrame:
     return pools[(pools["pool"] == "pool") & ~pools["name"].isin(used)]
 
 
+def _pool_attributes(cfg: Config, pool: pd.DataFrame, pools: pd.DataFrame, emb: Any,
+                     names: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, pd.DataFrame]]:
+    """The mining pool ``pool`` (rows of pools.csv) with every frame's attributes: labels where
+    they exist, else predicted (``mine_attr_predictor``: a probe fitted on train+eval frames, or
+    CLIP zero-shot), plus the predictor's accuracy on the labelled pool frames
+    (see attributes.pool_attributes)."""
+    row = {n: i for i, n in enumerate(names)}
+    def X(df: pd.DataFrame) -> np.ndarray:  # frames without an embedding get a zero row (mine skips them)
+        out = np.zeros((len(df), emb.shape[1]), np.float32)
+        have = [(j, row[n]) for j, n in enumerate(df["name"]) if n in row]
+        if have:
+            out[[j for j, _ in have]] = np.asarray(emb[[r for _, r in have]], np.float32)
+        return out
+    fit = pools[pools["pool"].isin(["train", "eval"])]
+    method = str(cfg.mine_attr_predictor)
+    texts = attributes.clip_embedder_texts(_embedder(cfg), str(cfg.embed_clip_arch)) if method == "zero_shot" else None
+    return attributes.pool_attributes(pool, X(pool), fit, X(fit), method=method, text_emb=texts,
+                                      attrs=list(cfg.eval_by), seed=int(cfg.seed))
+
+
 # ----------------------------------------------------------------------------- §7
 def _label_sets(cfg: Config, w: Any, labeler: Any, sets: Mapping[str, list[str]], gt_pool: Mapping[str, dict],
                 paths: Mapping[str, str]) -> tuple[dict[str, list], dict[str, Any]]:
@@ -386,13 +436,15 @@ def _label_sets(cfg: Config, w: Any, labeler: Any, sets: Mapping[str, list[str]]
     accept, review = float(cfg.label_accept), float(cfg.label_review)
     extra, labeling = {}, {}
     for which, names in sets.items():
-        frames = [gt_pool[n] for n in names]
+        frames = [gt_pool.get(n) or {"name": n, "attributes": {}, "labels": []} for n in names]  # ingested: no GT
+        gt = [f for f in frames if f["name"] in gt_pool]  # label quality only where ground truth exists
         run = labeler.label(frames, [paths[n] for n in names])
-        t = autolabel.write_outputs(w.path(f"labels_{which}"), run, frames, paths, accept=accept,
+        t = autolabel.write_outputs(w.path(f"labels_{which}"), run, gt, paths, accept=accept,
                                     review=review, spot_check=int(cfg.label_spot_check), seed=int(cfg.seed))
-        extra[which] = frames if run.is_oracle else autolabel.accepted_frames(run, accept)
+        extra[which] = gt if run.is_oracle else autolabel.accepted_frames(run, accept)
         q = t["quality"]
-        labeling[which] = {"labeler": run.labeler, "frames": run.n_frames, "failed": run.n_failed,
+        labeling[which] = {"labeler": run.labeler, "frames": run.n_frames, "frames_with_gt": len(gt),
+                           "failed": run.n_failed,
                            "labels": run.n_labels, "seconds": round(run.seconds, 2),
                            "train_frames": len(extra[which]),
                            "train_labels": sum(len(f["labels"]) for f in extra[which]),
@@ -501,7 +553,7 @@ def s7_autolabel_retrain(cfg: Config, turn: int = 1) -> Result:
             extra, labeling = _label_sets(cfg, w, labeler, sets, gt_pool, paths)
             del labeler  # the arms train without the labeler's models beside them (gsam2: GBs)
             train.free_memory()
-            extra["oracle"] = [gt_pool[n] for n in mined]
+            extra["oracle"] = [gt_pool[n] for n in mined if n in gt_pool]  # ingested frames have no GT to give
             extra["continue"] = []
             rows = []
             for run_name, arm, seed in runs:

@@ -15,7 +15,13 @@ by the §6 runner):
 3. the search index: FAISS ``IndexFlatIP`` (exact) up to ``ivf_above`` pool frames,
    ``IndexIVFFlat`` above, with ``nprobe`` raised until recall@K against exact search
    on calibration queries reaches ``ivf_recall``;
-4. mining precision: the share of mined frames whose slice attributes match the worst
+4. near-duplicate control (:func:`diversify`), walking the strategy's ranking: a frame is
+   skipped when its drive group (``bdd.group_of``: first hex block of the video) already
+   has ``max_per_drive`` mined frames (``capped``), or when its cosine distance to a frame
+   already mined is below ``min_distance`` (``near_duplicates``); the ranking is fetched
+   further until ``k`` frames are kept or the pool is exhausted. The unfiltered top-K is
+   reported beside it (frames, distinct drives, slice precision: ``MineResult.dedup``);
+5. mining precision: the share of mined frames whose slice attributes match the worst
    slice (all of them, and each one alone), next to that value's base rate in the pool.
 
 Embeddings are cosine-ready: (N, D) float32 rows with unit L2 norm (``embed.embed_frames``);
@@ -33,7 +39,8 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from bdd_engine.bdd import SLICE_SEP, boxes_table
+from bdd_engine.bdd import SLICE_SEP, boxes_table, group_of, video_of
+from bdd_engine.slices import key as slice_key
 
 STRATEGIES = ("prototype", "hybrid", "uncertainty")
 _ENTROPY_MIN_SCORE = 0.1  # boxes below this are the detector's noise floor, not hesitation
@@ -197,6 +204,50 @@ def round_robin_union(ids: np.ndarray, scores: np.ndarray, n: int) -> tuple[list
     return out, sc
 
 
+def diversify(candidates: Sequence[int], x: np.ndarray, groups: Sequence[str], *, k: int, max_per_drive: int,
+              min_distance: float, kept: Sequence[int] = ()) -> tuple[list[int], dict[str, int]]:
+    """Walk ``candidates`` (row ids of ``x``, best first) and keep up to ``k`` of them (on top
+    of the already ``kept`` rows, which count for both rules).
+
+    ``x``: (N, D) float32 unit rows; ``groups``: drive group of each row (N,). A candidate is
+    skipped when its drive already holds ``max_per_drive`` kept frames (0 = no cap; counted
+    in ``capped``), else when its cosine distance (1 − x·y) to any kept frame is below
+    ``min_distance`` (0 = off; counted in ``near_duplicates``). Returns (the newly kept row
+    ids in candidate order, counts {capped, near_duplicates, examined}); a repeated id is ignored.
+    """
+    keep = list(dict.fromkeys(int(i) for i in kept))
+    per: dict[str, int] = {}
+    for i in keep:
+        per[groups[i]] = per.get(groups[i], 0) + 1
+    kx = np.zeros((len(keep) + max(int(k), 0), x.shape[1]), np.float32)  # kept rows, filled in order
+    kx[: len(keep)] = np.asarray(x[keep], np.float32) if keep else 0
+    n_kx = len(keep)
+    seen = set(keep)
+    new: list[int] = []
+    counts = {"capped": 0, "near_duplicates": 0, "examined": 0}
+    for c in candidates:
+        c = int(c)
+        if len(new) >= k:
+            break
+        if c < 0 or c in seen:
+            continue
+        seen.add(c)
+        counts["examined"] += 1
+        g = groups[c]
+        if max_per_drive > 0 and per.get(g, 0) >= max_per_drive:
+            counts["capped"] += 1
+            continue
+        v = np.asarray(x[c], np.float32)
+        if min_distance > 0 and n_kx and float(1.0 - np.max(kx[:n_kx] @ v)) < min_distance:
+            counts["near_duplicates"] += 1
+            continue
+        new.append(c)
+        kx[n_kx] = v
+        n_kx += 1
+        per[g] = per.get(g, 0) + 1
+    return new, counts
+
+
 # ----------------------------------------------------------------------------- uncertainty
 def uncertainty_scores(preds: Any, names: Iterable[str]) -> pd.DataFrame:
     """Per-frame uncertainty of a detector's predictions.
@@ -317,6 +368,7 @@ class MineResult:
     uncertainty_by_slice: pd.DataFrame | None = None
     counts: dict[str, int] = field(default_factory=dict)
     synthetic: bool = False  # figures then say so
+    dedup: dict[str, Any] = field(default_factory=dict)  # near-duplicate control: settings, before/after, drops
 
     def headline(self) -> dict[str, Any]:
         """Mining precision for the worst slice over the whole mined list."""
@@ -329,7 +381,8 @@ class MineResult:
 def mine(per_frame_eval_df: pd.DataFrame, eval_frames_df: pd.DataFrame, pool_frames_df: pd.DataFrame,
          emb: np.ndarray, emb_names: Sequence[str], *, k: int, strategy: str, by: Sequence[str], fail_ap: float,
          fail_recall: float, hybrid_targeted: float, ivf_above: int, ivf_recall: float, min_frames: int, seed: int,
-         synthetic: bool, preds_pool: Any = None, worst_slice: str | None = None) -> MineResult:
+         synthetic: bool, max_per_drive: int, min_distance: float, preds_pool: Any = None,
+         worst_slice: str | None = None) -> MineResult:
     """Mine ``k`` pool frames for the worst slice (see module docstring).
 
     Inputs: ``per_frame_eval_df`` (name, ap50, recall50, …; the evaluation contract),
@@ -344,6 +397,9 @@ def mine(per_frame_eval_df: pd.DataFrame, eval_frames_df: pd.DataFrame, pool_fra
     recall@0.5 < ``fail_recall`` (:func:`failure_frames`); ``hybrid_targeted``: share of
     ``k`` (0..1) taken from the failure frames' k-NN by ``hybrid``; the index is exact up to
     ``ivf_above`` pool frames, IVF above with recall@k >= ``ivf_recall`` (:func:`build_index`);
+    near-duplicate control (:func:`diversify`): at most ``max_per_drive`` frames per drive
+    group (0 = no cap; the group is the pool table's ``group`` column, else derived from the
+    name) and no two mined frames closer than cosine distance ``min_distance`` (0 = off);
     ``seed`` makes it deterministic; ``synthetic`` marks the figures.
     """
     strategy = str(strategy)
@@ -362,17 +418,85 @@ def mine(per_frame_eval_df: pd.DataFrame, eval_frames_df: pd.DataFrame, pool_fra
     unc = uncertainty_scores(preds_pool, pool["name"]) if preds_pool is not None else None
     index = build_index(xb, ivf_above=int(ivf_above), seed=seed, k=k, target_recall=float(ivf_recall),
                         calib_queries=xf[:50])
-    ids, scores, source = _select(strategy, index, xb, xf, unc, k=k, hybrid_targeted=float(hybrid_targeted),
-                                  seed=seed)
+    opts = {"k": k, "hybrid_targeted": float(hybrid_targeted), "seed": seed}
+    base_ids, _, _ = _select(strategy, index, xb, xf, unc, **opts)
+    groups = _groups(pool)
+    cap, min_d = int(max_per_drive), float(min_distance)
+    if cap > 0 or min_d > 0:
+        ids, scores, source, drops = _select_diverse(strategy, index, xb, xf, unc, groups, max_per_drive=cap,
+                                                     min_distance=min_d, **opts)
+    else:
+        ids, scores, source = _select(strategy, index, xb, xf, unc, **opts)
+        drops = {"capped": 0, "near_duplicates": 0}
     mined = _mined_table(pool, ids, scores, source, attrs, worst_slice, unc)
+    mined["group"] = [groups[i] for i in ids]
     precision = mining_precision(mined, pool, target, cutoffs=(10, 50))
+    in_slice = (slice_key(pool, attrs) == worst_slice).to_numpy()
+    def side(rows: np.ndarray) -> dict[str, Any]:
+        rows = np.asarray(rows, np.int64)
+        return {"frames": int(len(rows)), "drives": int(len({groups[i] for i in rows})),
+                "precision": float(in_slice[rows].mean()) if len(rows) else float("nan")}
+    dedup = {"max_per_drive": cap, "min_distance": min_d, "before": side(base_ids), "after": side(ids),
+             "capped": int(drops["capped"]), "near_duplicates": int(drops["near_duplicates"])}
     counts.update({"pool": int(len(pool)), "failure_frames": len(fail_names), "mined": int(len(mined))})
     return MineResult(
         worst_slice=worst_slice, target=target, strategy=strategy, failure_names=fail_names, failure_rule=rule,
         mined=mined, precision=precision, index_info=index.info, uncertainty=unc,
         uncertainty_by_slice=uncertainty_by_slice(unc, pool) if unc is not None else None, counts=counts,
-        synthetic=bool(synthetic),
+        synthetic=bool(synthetic), dedup=dedup,
     )
+
+
+def _groups(pool: pd.DataFrame) -> list[str]:
+    """Drive group of each pool row: the ``group`` column (§1's rule), else from the name."""
+    if "group" in pool.columns:
+        return [str(g) for g in pool["group"]]
+    return [group_of(video_of(str(n))) for n in pool["name"]]
+
+
+def _select_diverse(strategy: str, index: SearchIndex, xb: np.ndarray, xf: np.ndarray, unc: pd.DataFrame | None,
+                    groups: Sequence[str], *, k: int, hybrid_targeted: float, seed: int, max_per_drive: int,
+                    min_distance: float) -> tuple[np.ndarray, np.ndarray, list[str], dict[str, int]]:
+    """:func:`_select` with the near-duplicate control: each ranking is fetched in growing
+    prefixes (2k, 4k, ... up to the pool) until :func:`diversify` keeps enough of it.
+    ``hybrid`` applies it to the targeted share first, then to the k-center coverage (seeded
+    with the kept targeted frames). Returns (ids, scores, sources, drop counts)."""
+    n = len(xb)
+    drops = {"capped": 0, "near_duplicates": 0}
+
+    def walk(fetch, want: int, kept: list[int]) -> tuple[list[int], dict[int, tuple[float, str]]]:
+        m = min(n, max(2 * want, 16))
+        while True:
+            ids, sc, src = fetch(m)
+            new, c = diversify(ids, xb, groups, k=want, max_per_drive=max_per_drive, min_distance=min_distance,
+                               kept=kept)
+            if len(new) >= want or m >= n:
+                drops["capped"] += c["capped"]
+                drops["near_duplicates"] += c["near_duplicates"]
+                info = {int(i): (float(s), str(o)) for i, s, o in zip(ids, sc, src)}
+                return new, info
+            m = min(n, 2 * m)
+
+    if strategy == "hybrid":
+        n_t = int(round(k * hybrid_targeted))
+
+        def targeted(m: int):
+            s, i = index.search(xf, m)
+            t_ids, t_sc = round_robin_union(i, s, m)
+            return t_ids, t_sc, ["targeted"] * len(t_ids)
+
+        def coverage(m: int):
+            c_ids, c_d = greedy_k_center(xb, m, init=kept_t, seed=seed)
+            return list(c_ids), list(c_d), ["coverage"] * len(c_ids)
+
+        kept_t, info_t = walk(targeted, n_t, []) if n_t > 0 else ([], {})
+        kept_c, info_c = walk(coverage, k - len(kept_t), list(kept_t))
+        ids, info = kept_t + kept_c, {**info_c, **info_t}
+    else:
+        ids, info = walk(lambda m: _select(strategy, index, xb, xf, unc, k=m, hybrid_targeted=hybrid_targeted,
+                                           seed=seed), k, [])
+    return (np.asarray(ids, np.int64), np.asarray([info[i][0] for i in ids], np.float32), [info[i][1] for i in ids],
+            drops)
 
 
 def _target(worst_slice: str, attrs: Sequence[str]) -> dict[str, str]:
@@ -462,14 +586,16 @@ def _rows(names: Sequence[str], row_of: Mapping[str, int], emb: np.ndarray, coun
 # ----------------------------------------------------------------------------- artefacts
 def mined_grid_figure(result: MineResult, image_paths: Mapping[str, Any], n: int = 100, ncols: int = 10) -> Any:
     """10x10 thumbnails of the top-``n`` mined frames, captioned ``#rank weather/timeofday``
-    + scene; captions of frames in the worst slice are green, others red."""
+    + scene (``pred`` before the rank when the attributes are predicted, ``attr_source``);
+    captions of frames in the worst slice are green, others red."""
     from bdd_engine.viz import thumb_grid
 
     top = result.mined.sort_values("rank").head(n)
     caps, colors = [], []
     for _, r in top.iterrows():
         vals = [str(r[a]) for a in result.target]
-        caps.append(f"#{r['rank']} {' / '.join(vals[:2])}\n{' / '.join(vals[2:])}")
+        pred = "pred " if r.get("attr_source") == "predicted" else ""
+        caps.append(f"{pred}#{r['rank']} {' / '.join(vals[:2])}\n{' / '.join(vals[2:])}")
         colors.append("#1a7f1a" if r["match_slice"] else "#b00020")
     h = result.headline()
     title = (f"Mined frames ({result.strategy}) for worst slice '{result.worst_slice}': precision {h['precision']:.2f} "
@@ -490,7 +616,7 @@ def write_artifacts(result: MineResult, writer: Any, image_paths: Mapping[str, A
     info = {k: v for k, v in result.index_info.items() if not k.endswith("_s")}  # timings are not deterministic
     writer.write_json("mining_summary.json", {**result.headline(), "failure_rule": result.failure_rule,
                                                "failure_frames": result.failure_names, "index": info,
-                                               "counts": result.counts})
+                                               "counts": result.counts, "dedup": result.dedup})
     fig = mined_grid_figure(result, image_paths)
     writer.save_fig("mined_frames_grid.png", fig)
     plt.close(fig)

@@ -119,10 +119,13 @@ def make_pools(frames: pd.DataFrame, train_size: int, eval_size: int, top_slices
     - train: stratified by weather x timeofday over the remaining groups, whole groups;
     - pool: everything else (unlabelled to us: its labels are read only to score
       auto-labels and for the oracle control);
+    - frames whose ``origin`` is ``ingested`` (no labels, no attributes) are pool-only: they
+      join the mining pool, or ``holdout`` when their drive group holds an eval frame;
     - golden: a fixed, slice-balanced subset of eval for label QA.
     Returns the frame table with columns ``pool`` and ``golden`` added.
     """
-    df = frames.copy()
+    unlabelled = frames["origin"].eq("ingested") if "origin" in frames.columns else pd.Series(False, frames.index)
+    df = frames[~unlabelled].copy()
     df["slice"] = key(df)
     df["pool"] = ""
     idx = slice_index(df)
@@ -162,6 +165,11 @@ def make_pools(frames: pd.DataFrame, train_size: int, eval_size: int, top_slices
             got[s] += int(gsize[g])
     df.loc[df["group"].isin(train_groups) & (df["pool"] == ""), "pool"] = "train"
     df.loc[df["pool"] == "", "pool"] = "pool"
+    if unlabelled.any():
+        extra = frames[unlabelled].copy()
+        extra["slice"] = key(extra)
+        extra["pool"] = np.where(extra["group"].isin(eval_groups), "holdout", "pool")
+        df = pd.concat([df, extra], ignore_index=True)
 
     ev = _shuffled(df[df["pool"] == "eval"], seed + 2)
     ev["_r"] = ev.groupby("slice").cumcount()  # round-robin over slices → balanced golden set
@@ -185,7 +193,10 @@ def check_leakage(pools: pd.DataFrame) -> None:
 
 
 def pool_summary(pools: pd.DataFrame) -> pd.DataFrame:
-    """Frames and drive groups per pool (for the §3 checkpoint)."""
+    """Frames and drive groups per pool (for the §3 checkpoint); ``ingested``: how many of the
+    frames came without labels (``origin`` ingested), when the table says."""
     g = pools.groupby("pool").agg(frames=("name", "size"), groups=("group", "nunique"), slices=("slice", "nunique"))
+    if "origin" in pools.columns:
+        g["ingested"] = pools[pools["origin"] == "ingested"].groupby("pool").size().reindex(g.index).fillna(0).astype(int)
     return g.reindex([p for p in ("train", "eval", "pool", "holdout") if p in g.index]).reset_index()
 

@@ -177,7 +177,11 @@ def mining_table(i: Mapping[str, Any]) -> pd.DataFrame:
     """§6's ``mining_summary.json`` as one row."""
     return pd.DataFrame([{"worst slice": i["worst_slice"], "strategy": i["strategy"], "mined": i["k"],
                           "failure frames": i["n_failure_frames"], "precision": i["precision"],
-                          "base rate in pool": i["base_rate"], "lift": i["lift"], "index": i["index"]}])
+                          "base rate in pool": i["base_rate"], "lift": i["lift"], "index": i["index"],
+                          "drives (top-k → mined)": f"{i['dedup']['before']['drives']} → {i['dedup']['after']['drives']}",
+                          "capped": i["dedup"]["capped"], "near-duplicates": i["dedup"]["near_duplicates"],
+                          "with GT": i["counts"]["mined_with_gt"],
+                          "predicted attributes": i["counts"]["mined_predicted_attrs"]}])
 
 
 def explorer_demo(cfg: Any, n: int) -> pd.DataFrame:

@@ -105,7 +105,8 @@ def test_s2_and_s6_on_tiny_world(tmp_path, tiny_world):
     r = M.mine(pf, val, pool, emb, names, k=cfg.mine_k, strategy=cfg.mine_strategy, by=cfg.eval_by,
                fail_ap=cfg.mine_fail_ap, fail_recall=cfg.mine_fail_recall, hybrid_targeted=cfg.mine_hybrid_targeted,
                ivf_above=cfg.mine_ivf_above, ivf_recall=cfg.mine_ivf_recall, min_frames=cfg.eval_min_frames,
-               seed=cfg.seed, synthetic=cfg.synthetic, worst_slice=worst)
+               seed=cfg.seed, synthetic=cfg.synthetic, max_per_drive=cfg.mine_max_per_drive,
+               min_distance=cfg.mine_min_distance, worst_slice=worst)
     h = r.headline()
     assert len(r.mined) == cfg.mine_k and h["base_rate"] == pytest.approx((pool["slice"] == worst).mean())
     tod = r.precision[(r.precision.level == "timeofday") & (r.precision.top == cfg.mine_k)].iloc[0]

@@ -18,6 +18,7 @@ from bdd_engine.config import load_config
 from bdd_engine.env import PROJECT_ROOT
 
 import fiftyone as fo  # noqa: E402,I001  pinned in requirements.txt: missing = an error, not 11 silent skips
+from fiftyone import ViewField as F  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -188,7 +189,7 @@ def test_similarity_top10_equals_faiss_mining(ds, world):
                     by=cfg.eval_by, fail_ap=cfg.mine_fail_ap, fail_recall=cfg.mine_fail_recall,
                     hybrid_targeted=cfg.mine_hybrid_targeted, ivf_above=cfg.mine_ivf_above,
                     ivf_recall=cfg.mine_ivf_recall, min_frames=cfg.eval_min_frames, seed=cfg.seed,
-                    synthetic=cfg.synthetic, worst_slice=worst)
+                    synthetic=cfg.synthetic, max_per_drive=0, min_distance=0.0, worst_slice=worst)  # plain top-10
     assert len(res.failure_names) >= 2
     proto = emb[[names.index(n) for n in res.failure_names]].mean(0)
     ds.sort_by_similarity(ds.first().id, k=5, brain_key="img_sim")  # an earlier query on another view ...
@@ -398,3 +399,34 @@ def test_sync_from_checkpoints_rebuilds_after_delete(tiny_cfg, db):
     assert ds3.info["synced"]["05_eval_iter0"] == "config changed"
     assert "eval_iter0" not in ds3.list_evaluations()
     ds3.delete()
+
+
+def test_ingested_frames_without_gt_carry_predicted_attributes(world, db):
+    """Issue 15: an ingested frame (no GT, no attributes) is a sample; §6's predicted attributes are
+    set on it, marked attr_source 'predicted' with confidences; labelled frames keep theirs."""
+    cfg, ft, frames, _ = world
+    lab = ft.head(3).assign(origin="labels")
+    ing = pd.DataFrame([{"name": "fe000001-00000001-0000030.jpg", "split": "ingested", "weather": None,
+                         "timeofday": None, "scene": None, "slice": None, "video": "fe000001-00000001",
+                         "group": "fe000001", "image_path": ft["image_path"].iloc[5], "n_boxes": 0, "origin": "ingested"}])
+    table = pd.concat([lab, ing], ignore_index=True)
+    with pytest.raises(ValueError, match="have no ground-truth frame"):   # a labelled frame without GT is still refused
+        explorer.build_dataset(cfg, table.assign(origin="labels"), frames, name="t-ingested", overwrite=True)
+    ds2 = explorer.build_dataset(cfg, table, frames, name="t-ingested", overwrite=True)
+    assert len(ds2) == 4 and ds2.match(F("origin") == "ingested").count() == 1
+    attrs = pd.DataFrame({"name": table["name"], "weather": ["a", "b", "c", "foggy"], "timeofday": ["x"] * 3 + ["night"],
+                          "scene": ["y"] * 3 + ["highway"], "slice": ["s"] * 3 + ["foggy | night | highway"],
+                          "weather_conf": [None] * 3 + [0.7], "timeofday_conf": [None] * 3 + [0.9],
+                          "scene_conf": [None] * 3 + [0.6], "attr_source": ["labels"] * 3 + ["predicted"]})
+    assert explorer.set_predicted_attributes(ds2, attrs, ["weather", "timeofday", "scene"]) == 1
+    s = ds2.match(F("name") == ing["name"].iloc[0]).first()
+    assert (s["attr_source"], s["slice"], s["weather"], s["timeofday_conf"]) == ("predicted", "foggy | night | highway",
+                                                                                  "foggy", 0.9)
+    kept = ds2.match(F("attr_source") == "labels")
+    assert kept.values("weather") == lab["weather"].tolist() and set(kept.values("weather_conf")) == {None}
+    # a pool with nothing predicted (the demo: no ingested frames) syncs too, its confidences all None
+    ds3 = explorer.build_dataset(cfg, lab, frames, name="t-ingested-none", overwrite=True)
+    assert explorer.set_predicted_attributes(ds3, attrs.head(3), ["weather", "timeofday", "scene"]) == 0
+    assert set(ds3.values("scene_conf")) == {None} and set(ds3.values("attr_source")) == {"labels"}
+    fo.delete_dataset("t-ingested")
+    fo.delete_dataset("t-ingested-none")

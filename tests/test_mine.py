@@ -47,7 +47,7 @@ def opts(**kw):
     """mine()'s keyword arguments (the demo profile's values, k 30)."""
     base = {"k": 30, "strategy": "prototype", "by": ["weather", "timeofday", "scene"], "fail_ap": 0.0,
             "fail_recall": 0.3, "hybrid_targeted": 0.7, "ivf_above": 200_000, "ivf_recall": 0.95, "min_frames": 15,
-            "seed": 42, "synthetic": False}
+            "seed": 42, "synthetic": False, "max_per_drive": 0, "min_distance": 0.0}
     return {**base, **kw}
 
 
@@ -212,5 +212,60 @@ def test_write_artifacts(tmp_path):
     assert (tmp_path / "out" / "figures" / "mined_frames_grid.png").stat().st_size > 10_000
     summary = sec.load_json("mining_summary.json")
     assert summary["precision"] == pytest.approx(r.headline()["precision"]) and "build_s" not in summary["index"]
+    assert summary["dedup"] == r.dedup and set(r.dedup) == {"max_per_drive", "min_distance", "before", "after",
+                                                            "capped", "near_duplicates"}
     arts = sec.manifest()["artifacts"]
     assert "06_mine/mined.csv" in arts and "figures/mined_frames_grid.png" in arts
+
+
+# ----------------------------------------------------------------------------- near-duplicate control
+def test_diversify_caps_drives_and_drops_near_copies():
+    x = np.eye(4, dtype=np.float32)[[0, 0, 1, 2, 3, 1]]          # rows 0/1 identical, 2/5 identical
+    x[1] = [0.999, 0.0447, 0, 0]                                   # cos(0, 1) = 0.999 → distance 0.001
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    groups = ["a", "b", "a", "c", "c", "d"]
+    kept, c = M.diversify([0, 1, 2, 3, 4, 5], x, groups, k=10, max_per_drive=1, min_distance=0.01)
+    # 1: near copy of 0 (other drive); 2: drive a full; 4: drive c full; 5: row 2's copy, but 2 was never kept
+    assert kept == [0, 3, 5] and c == {"capped": 2, "near_duplicates": 1, "examined": 6}
+    kept, c = M.diversify([0, 1, 2, 3, 4, 5], x, groups, k=10, max_per_drive=2, min_distance=0.0)
+    assert kept == [0, 1, 2, 3, 4, 5] and c["capped"] == 0            # cap 2: no drive is over it
+    kept, c = M.diversify([0, 1, 2, 3, 4, 5], x, groups, k=10, max_per_drive=0, min_distance=0.0005)
+    assert kept == [0, 1, 2, 3, 4] and c["near_duplicates"] == 1       # 0.001 >= 0.0005 keeps 1; 5 == 2 dropped
+    kept, _ = M.diversify([2, 3, 4], x, groups, k=1, max_per_drive=1, min_distance=0.0, kept=[0])
+    assert kept == [3]                                                # already-kept rows count: drive a is full
+
+
+def _drives(pool: pd.DataFrame, per: int) -> pd.DataFrame:
+    """Give the pool drive groups of ``per`` consecutive frames (names stay unique)."""
+    return pool.assign(group=[f"g{i // per:04d}" for i in range(len(pool))])
+
+
+def test_mine_cap_per_drive_and_before_after_report():
+    pool, ev, pf, x, names = world()
+    pool = _drives(pool.sort_values(["slice", "name"]).reset_index(drop=True), 4)  # same-slice drives of 4
+    plain = M.mine(pf, ev, pool, x, names, worst_slice=WORST, **opts())
+    r = M.mine(pf, ev, pool, x, names, worst_slice=WORST, **opts(max_per_drive=1))
+    assert len(r.mined) == 30 and r.mined["group"].is_unique
+    d = r.dedup
+    assert d["before"] == {"frames": 30, "drives": plain.mined["group"].nunique(),
+                           "precision": pytest.approx(plain.headline()["precision"])}
+    assert d["after"]["drives"] == 30 > d["before"]["drives"] and d["capped"] > 0 and d["near_duplicates"] == 0
+    assert d["after"]["precision"] == pytest.approx(r.headline()["precision"])
+    # the first frame of every drive keeps its place in the ranking; the others are skipped
+    first = plain.mined.drop_duplicates("group")["name"].tolist()
+    assert r.mined["name"].tolist()[: len(first)] == first
+    assert plain.dedup["capped"] == 0 and plain.dedup["after"] == plain.dedup["before"]
+    r2 = M.mine(pf, ev, pool, x, names, worst_slice=WORST, **opts(max_per_drive=1))
+    pd.testing.assert_frame_equal(r.mined, r2.mined)
+
+
+def test_mine_min_distance_and_hybrid_respect_the_rules():
+    pool, ev, pf, x, names = world()
+    pool = _drives(pool, 2)
+    r = M.mine(pf, ev, pool, x, names, worst_slice=WORST, **opts(min_distance=0.3))
+    m = x[[names.index(n) for n in r.mined["name"]]]
+    sim = m @ m.T - 2 * np.eye(len(m))
+    assert len(r.mined) == 30 and 1 - sim.max() >= 0.3 and r.dedup["near_duplicates"] > 0
+    h = M.mine(pf, ev, pool, x, names, worst_slice=WORST, **opts(strategy="hybrid", max_per_drive=1))
+    assert (h.mined["source"] == "targeted").sum() == 21 and (h.mined["source"] == "coverage").sum() == 9
+    assert h.mined["group"].is_unique and h.dedup["after"]["drives"] == 30

@@ -101,7 +101,8 @@ def test_mine_hands_both_thresholds_to_the_rule():
     x = rng.normal(size=(len(names), d)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     base = {"seed": 1, "k": 5, "strategy": "prototype", "by": ["weather", "timeofday", "scene"], "hybrid_targeted": 0.7,
-            "ivf_above": 200_000, "ivf_recall": 0.95, "min_frames": 15, "synthetic": False}
+            "ivf_above": 200_000, "ivf_recall": 0.95, "min_frames": 15, "synthetic": False,
+            "max_per_drive": 0, "min_distance": 0.0}
     r = M.mine(pf, ev, pool, x, names, worst_slice=W, **base, fail_ap=0.2, fail_recall=0.5)
     assert r.failure_names == ["f00.jpg", "f01.jpg", "f02.jpg"]
     assert r.failure_rule == "ap50 <= 0.2 or recall50 < 0.5" and r.counts["failure_frames"] == 3

@@ -42,6 +42,7 @@ from bdd_engine.explorer.enrich import (
     add_embeddings,
     add_predictions,
     save_views,
+    set_predicted_attributes,
     sort_by_similarity,
     tag_mined,
     tag_pools,
@@ -55,8 +56,8 @@ __all__ = [
     "GT_FIELD", "build_dataset", "dataset_name",
     "DATABASE", "DB_FIX", "PrivateDatabase", "check_writable", "connect", "default_db_dir", "disconnect",
     "mongod_path", "mongod_pids",
-    "SAVED_VIEWS", "add_autolabels", "add_embeddings", "add_predictions", "save_views", "sort_by_similarity",
-    "tag_mined", "tag_pools",
+    "SAVED_VIEWS", "add_autolabels", "add_embeddings", "add_predictions", "save_views", "set_predicted_attributes",
+    "sort_by_similarity", "tag_mined", "tag_pools",
     "ExplorerError",
     "MIRRORED", "SYNC_SECTIONS", "get_dataset", "sync_from_checkpoints",
 ]

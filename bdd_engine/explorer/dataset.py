@@ -28,7 +28,7 @@ from bdd_engine.geometry import image_size
 log = logging.getLogger(__name__)
 
 GT_FIELD = "ground_truth"
-FRAME_FIELDS = ("name", "split", "weather", "timeofday", "scene", "slice", "video", "group")
+FRAME_FIELDS = ("name", "split", "weather", "timeofday", "scene", "slice", "video", "group", "origin")
 
 
 def dataset_name(cfg: Mapping[str, Any]) -> str:
@@ -111,7 +111,8 @@ def _plain(v: Any) -> Any:
 
 
 def _check_tables(frames_df: pd.DataFrame, gt_frames: Sequence[Mapping[str, Any]]) -> None:
-    """ValueError for missing columns, duplicate names or frames without ground truth."""
+    """ValueError for missing columns, duplicate names or frames without ground truth (except
+    ingested frames, ``origin`` ingested, which have none by design)."""
     need = {"name", "weather", "timeofday", "scene", "slice", "image_path"}
     if missing := need - set(frames_df.columns):
         raise ValueError(f"frames_df lacks columns {sorted(missing)}")
@@ -119,7 +120,8 @@ def _check_tables(frames_df: pd.DataFrame, gt_frames: Sequence[Mapping[str, Any]
         dup = frames_df.loc[frames_df["name"].duplicated(), "name"].head(3).tolist()
         raise ValueError(f"frames_df has duplicate names, e.g. {dup}")
     gt_names = {str(f["name"]) for f in gt_frames}
-    no_gt = [n for n in frames_df["name"] if str(n) not in gt_names]
+    sources = frames_df["origin"] if "origin" in frames_df.columns else [""] * len(frames_df)
+    no_gt = [n for n, src in zip(frames_df["name"], sources) if str(n) not in gt_names and src != "ingested"]
     if no_gt:
         raise ValueError(f"{len(no_gt)} frame(s) have no ground-truth frame, e.g. {no_gt[:3]}")
 

@@ -170,6 +170,28 @@ def tag_mined(ds, mined_df: pd.DataFrame, tag: str = "mined") -> int:
     return len(view)
 
 
+def set_predicted_attributes(ds, table: pd.DataFrame, attrs: Sequence[str]) -> int:
+    """§6's pool attributes: ``attr_source`` (labels | predicted) on the table's frames, and on
+    the predicted ones the attribute fields, ``slice`` and ``<attr>_conf`` (0..1). ``table``:
+    pool_attributes.csv (name, attrs, slice, <attr>_conf, attr_source). Returns how many
+    frames carry predicted attributes; frames not in the dataset are ignored."""
+    t = table.set_index(table["name"].astype(str))
+    names = ds.values("name")
+    src = {n: str(v) for n, v in t["attr_source"].items()}
+    ds.set_values("attr_source", [src.get(n) for n in names])
+    pred = t[t["attr_source"] == "predicted"]
+    cur = {f: ds.values(f) for f in (*attrs, "slice")}
+    for f in (*attrs, "slice"):
+        ds.set_values(f, [pred.at[n, f] if n in pred.index else v for n, v in zip(names, cur[f])])
+    import fiftyone as fo  # heavy optional dependency (~3 s): imported on use
+
+    for a in attrs:
+        if not ds.has_sample_field(f"{a}_conf"):  # declared: with nothing predicted, FiftyOne can't infer a type from Nones
+            ds.add_sample_field(f"{a}_conf", fo.FloatField)
+        ds.set_values(f"{a}_conf", [float(pred.at[n, f"{a}_conf"]) if n in pred.index else None for n in names])
+    return int(sum(n in pred.index for n in names))
+
+
 def tag_pools(ds, tags: Mapping[str, list[str]], all_tags: Iterable[str]) -> None:
     """Replace the pool tags: untag every tag of ``all_tags``, then tag each frame with its
     ``tags[name]``; the ``pool`` field becomes the comma-joined tags (None without any)."""

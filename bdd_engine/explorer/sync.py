@@ -20,7 +20,8 @@ from bdd_engine.autolabel import bucket_of
 from bdd_engine.checkpoint import Section
 from bdd_engine.explorer.dataset import build_dataset, dataset_name, ids_by_name, pool_map
 from bdd_engine.explorer.db import connect, default_db_dir
-from bdd_engine.explorer.enrich import add_autolabels, add_embeddings, add_predictions, save_views, tag_mined, tag_pools
+from bdd_engine.explorer.enrich import (add_autolabels, add_embeddings, add_predictions, save_views,
+                                       set_predicted_attributes, tag_mined, tag_pools)
 from bdd_engine.explorer.errors import ExplorerError
 from bdd_engine.sections import SPECS
 from bdd_engine.train import filter_conf
@@ -83,6 +84,7 @@ def _sync_section(cfg: Any, ds, n: int) -> None:
         _apply_predictions(cfg, ds, sec, "iter1_predictions.json", "iter1")
     elif n == 6:
         tag_mined(ds, sec.read_df("mined.csv"))
+        set_predicted_attributes(ds, sec.read_df("pool_attributes.csv"), list(cfg["eval_by"]))
     elif n == 7:
         _apply_autolabels(cfg, ds, sec)
 
