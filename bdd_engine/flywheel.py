@@ -540,7 +540,7 @@ def s7_autolabel_retrain(cfg: Config, turn: int = 1) -> Result:
         mined = artifacts.read_df(cfg.out, 6, "mined.csv", turn)["name"].tolist()
         gt_pool = {f["name"]: f for f in artifacts.load_gt(cfg.out, 3, "pool")}
         gt_train = artifacts.load_gt(cfg.out, 3, "train")
-        carried, carry_info, reviewed_file = _carried(cfg, turn, set(gt_pool))
+        carried, carry_info, reviewed_file = _carried(cfg, turn, set(pools.loc[pools["pool"] == "pool", "name"]))
         w0 = artifacts.start_weights(cfg.out, turn)
         runs = experiment.retrain_runs(cfg.retrain_controls, cfg.retrain_seeds, bool(cfg.retrain_warm_start))
         labeler = autolabel.get_labeler(cfg, teacher_weights=w0, gt_frames=list(gt_pool.values()))

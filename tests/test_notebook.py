@@ -369,7 +369,7 @@ def _review(queue: list, out: Path) -> tuple[Path, str]:
     return out, tasks[0]["data"]["name"]
 
 
-def test_two_turns_train_on_the_imported_reviewed_labels(first_run, tiny_world, tmp_path):
+def test_two_turns_train_on_the_imported_reviewed_labels(first_run, tiny_world, ingested, tmp_path):
     """flywheel_turns 2 on a copy of the first run (turn 1 stays fresh): turn 2 starts from the
     registry's model, mines frames turn 1 did not, and every arm trains on the reviewed labels."""
     src, _ = first_run
@@ -379,7 +379,8 @@ def test_two_turns_train_on_the_imported_reviewed_labels(first_run, tiny_world, 
     assert queue, "turn 1 sent nothing to review: the test needs a queue"
     export, edited = _review(queue, tmp_path / "export.json")
     assert cli(["import-labels", "--label-studio", str(export), "--out", str(tmp_path / "reviewed")]) == 0
-    p = run_notebook(tiny_world, out, "--set", "flywheel_turns=2", "--set", f"flywheel_reviewed=[{tmp_path / 'reviewed'}]")
+    p = run_notebook(tiny_world, out, "--set", "flywheel_turns=2", "--set", f"flywheel_reviewed=[{tmp_path / 'reviewed'}]",
+                     ingested=ingested[0])  # the first run's data: turn 1 stays fresh
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "§5–§8 turn 2: done in" in p.stdout
     t1, t2 = out, out / "turn2"
@@ -432,7 +433,8 @@ def test_two_turns_train_on_the_imported_reviewed_labels(first_run, tiny_world, 
     # a changed review makes turn 2's §7 and §8 stale, nothing before them
     # the run's own config: the profile, its --set keys and the BDD_* environment the run inherited
     cfg = load_config("tiny", {"data_root": str(tiny_world), "outputs_dir": str(out), "flywheel_turns": 2,
-                               "flywheel_reviewed": [str(tmp_path / "reviewed")]})
+                               "flywheel_reviewed": [str(tmp_path / "reviewed")], "pool_sources": ["labels", "ingested"],
+                               "ingest_dir": str(ingested[0]), "mine_k": 20})
     st = status(cfg)
     assert st["fresh"].all(), (st[["folder", "reason"]].to_string(), {k: v for k, v in os.environ.items() if "BDD" in k})
     frames = bdd.load_frames(tmp_path / "reviewed" / "labels.json")
@@ -442,6 +444,7 @@ def test_two_turns_train_on_the_imported_reviewed_labels(first_run, tiny_world, 
     assert st.loc[st.index[:10], "fresh"].all()
     assert st.loc["turn2/07_autolabel_retrain", "reason"].startswith("input changed: ")
     assert st.loc["turn2/08_delta", "reason"] == "upstream turn2/07_autolabel_retrain is stale"
+
 
 def test_ingested_frames_join_the_pool_and_only_the_pool(first_run, ingested):
     """Issue 15: frames without labels or attributes are mined with predicted attributes, labelled by §7,
