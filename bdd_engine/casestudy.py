@@ -435,10 +435,11 @@ def provenance_fields(cfg: Any, inputs1: Mapping[str, Any], card0: Mapping[str, 
         "provenance_table": df_to_markdown(table)}
 
 
-# Measured on this project's 2-core CPU under load by `make smoke-full` (docs/full_profile.md, issue 14):
-# upper bounds, full-resolution 1280x720 frames, full-profile models.
-FULL_PROFILE_S_PER_IMG = {"CLIP ViT-B-32 embed": "0.047", "YOLOv8m predict at 640": "0.42–0.46",
-                          "YOLOv8m train at 640 (per image-epoch)": "5.1", "gsam2 label (Grounding DINO + SAM 2.1)": "79–113"}
+# Measured on this project's 2-core CPU by benchmarks/bench_full_models.py (docs/full_profile.md, issue 14):
+# full-resolution 1280x720 frames, full-profile models (stand-in weights: same compute), load 1-5.
+FULL_PROFILE_S_PER_IMG = {"CLIP ViT-B-32 embed": "0.052", "YOLOv8m predict at 640": "0.34",
+                          "YOLOv8m train step at 640 (fp32 forward + backward)": "2.31",
+                          "gsam2 label (Grounding DINO + SAM 2.1, 20 boxes)": "14.5"}
 
 
 def _hours(seconds: float | None) -> str:
@@ -486,7 +487,7 @@ def scale_text(n_frames: int, stage: pd.DataFrame, emb_dim: int, pool: int, trai
         "(FiftyOne Enterprise on a MongoDB cluster, or a columnar lake) instead of one local mongod; training becomes "
         "multi-node data-parallel (PyTorch DDP/torchrun; Ultralytics runs DDP across the GPUs of one node); "
         "auto-labelling with Grounded-SAM-2 at "
-        f"{FULL_PROFILE_S_PER_IMG['gsam2 label (Grounding DINO + SAM 2.1)']} s/img on CPU is GPU-only, and the review "
+        f"{FULL_PROFILE_S_PER_IMG['gsam2 label (Grounding DINO + SAM 2.1, 20 boxes)']} s/img on CPU is GPU-only, and the review "
         f"queue goes to Label Studio at team scale (Enterprise: many annotators, task assignment, agreement); the router "
         f"kept {hs} of this run's mined frames away from humans, which is what makes that queue affordable. What does "
         "not change: the checkpoint contract (each stage a folder with a manifest), the slice definitions, the controls "
