@@ -100,6 +100,20 @@ def test_train_fresh_resume_and_predict(tmp_path, spec):
     paths = [tmp_path / "data" / "images" / "val" / f["name"] for f in val]
     preds = predict(w, paths, conf=0.001, batch=3, device="cpu", progress=False)   # imgsz from the checkpoint
     assert preds == predict(w, paths, conf=0.001, imgsz=64, batch=4, device="cpu", progress=False)
+    # chunked Ultralytics calls (1 batch of 2 per call: one frame per chunk when odd) return every frame once, in order
+    import bdd_engine.train as train_mod
+    chunks = []
+    real_predict = __import__("ultralytics").YOLO.predict
+    def counting(self, source, **kw):  # noqa: E306
+        chunks.append(len(source))
+        return real_predict(self, source, **kw)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train_mod, "PREDICT_CHUNK_BATCHES", 1)
+        mp.setattr(__import__("ultralytics").YOLO, "predict", counting)
+        assert predict(w, paths, conf=0.001, batch=2, device="cpu", progress=False) == \
+            predict(w, paths, conf=0.001, batch=len(paths), device="cpu", progress=False)
+    n = len(paths)
+    assert chunks == [2] * (n // 2) + [n % 2] * (n % 2) + [n] and n >= 3
     assert preds != predict(w, paths, conf=0.001, imgsz=128, batch=4, device="cpu", progress=False)
     assert [p["name"] for p in preds] == [f["name"] for f in val]
     lbs = [lb for p in preds for lb in p["labels"]]
