@@ -287,16 +287,25 @@ class FolderRefused(RuntimeError):
 def claim_folder(path: str | os.PathLike, marker: str, generator: str, params: Mapping[str, Any]) -> Path:
     """Make ``path`` this ``generator``'s folder, or check that it already is.
 
-    A missing folder is created and marked first (``<path>/<marker>``: strict JSON with
-    ``generator`` and ``params``). An existing folder is accepted only with that marker,
-    the same ``generator`` and the same ``params`` (so resuming never mixes settings);
-    anything else raises :class:`FolderRefused` naming the folder and the fix.
+    A missing folder is created already marked (``<path>/<marker>``: strict JSON with
+    ``generator`` and ``params``): it is made and marked under a hidden temporary name beside
+    it, then renamed into place, so a kill at any point never leaves an unmarked folder that
+    the next run would refuse (the temporary of a killed claim is removed by the next one).
+    An existing folder is accepted only with that marker, the same ``generator`` and the same
+    ``params`` (so resuming never mixes settings); anything else raises :class:`FolderRefused`
+    naming the folder and the fix.
     """
     path = Path(path)
     params = strict_json(json.loads(json.dumps(dict(params), default=_json_default)))
     if not path.exists():
-        path.mkdir(parents=True)
-        atomic_write_json(path / marker, {"generator": generator, "params": params})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f".{path.name}.claim-*"):  # a killed claim's temporary: empty or our marker only
+            if stale.is_dir() and all(q.name == marker or q.name.startswith(f".{marker}.") for q in stale.iterdir()):
+                shutil.rmtree(stale, ignore_errors=True)
+        tmp = path.parent / f".{path.name}.claim-{os.getpid()}"
+        tmp.mkdir()
+        atomic_write_json(tmp / marker, {"generator": generator, "params": params})
+        os.rename(tmp, path)
         return path
     try:
         m = json.loads((path / marker).read_text())

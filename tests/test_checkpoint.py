@@ -462,3 +462,28 @@ print(before, rss())
     assert r.returncode == 0, r.stderr[-2000:]
     before, after = map(float, r.stdout.split()[-2:])
     assert after < before - 150, (before, after)
+
+
+# ----------------------------------------------------------------------------- owned folders
+def test_claim_folder_killed_mid_claim_leaves_nothing_a_rerun_refuses(tmp_path, monkeypatch):
+    """A kill between creating a folder and marking it must not leave an unmarked folder
+    (which every later run would refuse as foreign): the claim appears whole or not at all."""
+    target = tmp_path / "out" / "turn2"
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt  # stands in for kill -9 after the mkdir, before the marker
+
+    with monkeypatch.context() as m:
+        m.setattr(ck, "atomic_write_json", killed)
+        with pytest.raises(KeyboardInterrupt):
+            ck.claim_folder(target, "TURN.json", "gen", {"turn": 2})
+    assert not target.exists()
+    assert ck.claim_folder(target, "TURN.json", "gen", {"turn": 2}) == target  # the rerun heals
+    assert json.loads((target / "TURN.json").read_text()) == {"generator": "gen", "params": {"turn": 2}}
+    assert [p.name for p in target.parent.iterdir()] == ["turn2"]  # the killed claim's temporary is gone
+    assert ck.claim_folder(target, "TURN.json", "gen", {"turn": 2}) == target
+    foreign = tmp_path / "out" / ".mine.claim-1"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("user data")
+    ck.claim_folder(tmp_path / "out" / "mine", "TURN.json", "gen", {})
+    assert (foreign / "notes.txt").read_text() == "user data"  # only an empty or marker-only temporary is removed
