@@ -665,7 +665,9 @@ def _write_runs(cfg: Config, w: Any, runs: pd.DataFrame, per_class: Mapping[str,
         w.add_external(p)
     atomic_write_json(runs_dir / "registry.json", experiment.registry(
         runs, float(cfg.report_promote_tol), per_class, golden,
-        safety_tol=float(cfg.report_safety_recall_tol), waive_drift=bool(cfg.report_waive_drift)))
+        safety_tol=float(cfg.report_safety_recall_tol), waive_drift=bool(cfg.report_waive_drift),
+        teacher=str(cfg.label_labeler) == "teacher", recall_target=float(cfg.report_safety_recall),
+        map_floor=float(cfg.report_deploy_min_map)))
     w.add_external(runs_dir / "registry.json")
 
 
@@ -687,7 +689,8 @@ def _failure_report(cfg: Config, w: Any, arms: pd.DataFrame, results: Mapping[st
 
 def _golden_run(cfg: Config, pools: pd.DataFrame, arms: pd.DataFrame, turn: int) -> dict[str, Any]:
     """Golden QA entry for this run: GT vs the labeler of this turn (and, for a model
-    labeler, the next turn's: the iter1 model as teacher). Turn t > 1 keeps its history in
+    labeler, the next turn's candidates: each iter1 run as teacher, ``teacher_<run>``, whose
+    flags are that run's drift gate in the registry). Turn t > 1 keeps its history in
     ``turn<t>/golden_qa.json``, started from turn t-1's, so drift is also checked turn to turn."""
     gold = pools[pools["golden"]]
     gt_by = {f["name"]: f for f in artifacts.load_gt(cfg.out, 3, "eval")}
@@ -696,8 +699,9 @@ def _golden_run(cfg: Config, pools: pd.DataFrame, arms: pd.DataFrame, turn: int)
     labelled = {}
     name = str(cfg.label_labeler)
     if name == "teacher":
+        cands = arms[arms["arm"] == "iter1"]
         for tag, wts in (("teacher_iter0", artifacts.start_weights(cfg.out, turn)),
-                         ("teacher_iter1", cfg.out / arms[arms["arm"] == "iter1"].iloc[0]["weights"])):
+                         *((f"teacher_{r}", cfg.out / w) for r, w in zip(cands["run"], cands["weights"]))):
             labelled[tag] = autolabel.get_labeler(cfg, teacher_weights=wts).label(gt, paths, progress=False).frames
     elif name == "gsam2":
         labelled["gsam2"] = autolabel.get_labeler(cfg).label(gt, paths, progress=False).frames

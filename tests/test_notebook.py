@@ -111,8 +111,12 @@ def test_whole_notebook_writes_every_artifact(first_run):
     assert (runs["epochs"].iloc[1:] == runs["epochs"].iloc[1]).all(), "identical epochs for every arm"
     reg = json.loads((out / "runs" / "registry.json").read_text())
     assert reg["promoted"] in set(runs.loc[runs["arm"].isin(["iter0", "iter1"]), "run"])
+    cands = set(runs.loc[runs["arm"].isin(["iter0", "iter1"]), "run"])
+    assert set(reg["stages"]) == cands and reg["stage"] == reg["stages"][reg["promoted"]]["stage"]
     gq = json.loads((out / "golden_qa.json").read_text())
-    assert len(gq["history"]) == 1 and set(gq["history"][0]["labelers"]) == {"teacher_iter0", "teacher_iter1"}
+    iter1_runs = set(runs.loc[runs["arm"] == "iter1", "run"])
+    assert len(gq["history"]) == 1 and set(gq["history"][0]["labelers"]) == {"teacher_iter0"} | {
+        f"teacher_{r}" for r in iter1_runs}  # each candidate's own labels: its drift gate
     assert "Safety-critical" in (out / "08_delta" / "action_plan.md").read_text()
     for fig in ("slice_distribution", "slice_long_tail", "embedding_map", "slice_map_iter0", "worst_slice_failures",
                 "mined_frames_grid", "attribute_confusion", "slice_delta", "confirm_contrast", "architecture"):
