@@ -118,8 +118,26 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    print(checkpoint.status(_cfg(args)).to_string(index=False))
+    cfg = _cfg(args)
+    print(checkpoint.status(cfg).to_string(index=False))
+    models = _model_stages(cfg)
+    if len(models):
+        print("\nmodel registry (runs/registry.json of each turn; stage: candidate -> promoted -> deployable):")
+        print(models.to_string(index=False))
     return 0
+
+
+def _model_stages(cfg):
+    """Every turn's registry stages (run, turn, stage, chosen, held by); turns without a registry left out."""
+    import pandas as pd
+
+    from bdd_engine import artifacts, gates
+
+    tables = [gates.stages_table(artifacts.registry(cfg.out, t)).assign(turn=t)
+              for t in range(1, int(cfg.flywheel_turns) + 1)
+              if (artifacts.turn_dir(cfg.out, t) / "runs" / "registry.json").exists()]
+    cols = ["run", "turn", "stage", "chosen", "held by"]
+    return pd.concat(tables, ignore_index=True)[cols] if tables else pd.DataFrame(columns=cols)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

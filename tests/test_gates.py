@@ -195,3 +195,12 @@ def test_a_safety_class_without_gt_is_not_a_deployment_gate():
 def test_deploy_floor_key_is_in_the_default_profile():
     cfg = load_config("demo", env=False)
     assert cfg.report_deploy_min_map == 0.5 and cfg.report_safety_recall == 0.8
+
+
+def test_case_study_says_the_stage_and_the_gate_that_held_it():
+    from bdd_engine import casestudy
+
+    r = _stages(map_floor=0.32)
+    text = casestudy.model_stage_sentence(r)
+    assert "**iter1**: **promoted**, held by: overall mAP@0.5 floor" in text and ">= 0.32" in text
+    assert "**deployable**" in casestudy.model_stage_sentence(_stages())
