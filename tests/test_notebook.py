@@ -85,6 +85,12 @@ def test_whole_notebook_writes_every_artifact(first_run):
     nb = json.loads((out / "notebook_tiny.ipynb").read_text())
     errors = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
+    # §6's cell shows the uncertainty-by-slice table (issue 26: it was written but shown nowhere)
+    s6 = next(c for c in nb["cells"] if c["cell_type"] == "code" and "fw.s6_mine(cfg)" in "".join(c["source"]))
+    shown = "".join("".join(o.get("data", {}).get("text/html", "")) for o in s6.get("outputs", []))
+    assert "mean_uncertainty" in shown
+    conf = pd.read_csv(out / "08_delta" / "confusion.csv")
+    assert conf["panel"].str.startswith("iter0 · eval pool").any() and (conf["count"] > 0).all()
     h = json.loads((out / "08_delta" / "headline.json").read_text())
     assert HEADLINE_KEYS <= set(h)
     assert h["synthetic"] is True and h["labeler"] == "teacher"
@@ -119,7 +125,8 @@ def test_whole_notebook_writes_every_artifact(first_run):
         f"teacher_{r}" for r in iter1_runs}  # each candidate's own labels: its drift gate
     assert "Safety-critical" in (out / "08_delta" / "action_plan.md").read_text()
     for fig in ("slice_distribution", "slice_long_tail", "embedding_map", "slice_map_iter0", "worst_slice_failures",
-                "mined_frames_grid", "attribute_confusion", "slice_delta", "confirm_contrast", "architecture"):
+                "mined_frames_grid", "attribute_confusion", "slice_delta", "confirm_contrast", "architecture",
+                "confusion_iter0", "confusion"):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 10_000, fig
 
 
