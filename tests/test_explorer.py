@@ -501,4 +501,7 @@ def test_every_models_eval_run_exists_with_our_map_and_fixed_broken_views(tiny_w
     assert fixed and broken and fixed <= set(ws[::2]) and broken.isdisjoint(ws[::2])
     assert set(ds.load_saved_view("fixed_by_iter1").values("name")) == fixed
     assert set(ds.load_saved_view("broken_by_iter1").values("name")) == broken
+    line = explorer.app.contents_line(ds)  # what `python -m bdd_engine app` prints under its URL
+    assert "eval_iter1_s42 (promoted)" in line and "eval_t2_iter0 (promoted)" in line and "eval_random_gt_s42," in line
+    assert "fixed_by_iter1" in line and "broken_by_iter1" in line
     ds.delete()

@@ -82,7 +82,8 @@ def _apply_runs(cfg: Any, ds, sec: Section) -> None:
     arms = Section(cfg, 7, sec.turn).read_df("arms.csv")
     for r in arms.itertuples(index=False):
         _apply_predictions(cfg, ds, sec, f"{r.run}_predictions.json", model_key(sec.turn, r.run),
-                           {"turn": sec.turn, "run": str(r.run), "arm": str(r.arm), "seed": int(r.seed)})
+                           {"turn": sec.turn, "run": str(r.run), "arm": str(r.arm),
+                            "seed": None if getattr(r, "seed", None) is None else int(r.seed)})
     reg = sec.base / "runs" / "registry.json"
     if reg.exists():
         promoted = json.loads(reg.read_text())["promoted"]
