@@ -224,7 +224,8 @@ def test_mined_autolabels_and_saved_views(ds, world):
     worst = ft.loc[ft["name"].isin(pools["eval"]), "slice"].value_counts().index[0]
     if "eval_iter0" not in ds.list_evaluations():
         explorer.add_predictions(ds, _fake_predictions(frames), eval_on="eval")
-    made = explorer.save_views(ds, worst_slice=worst, eval_key="eval_iter0")
+    explorer.add_predictions(ds, _fake_predictions(frames, seed=9), "predictions_iter1_s42", "eval_iter1_s42", eval_on="eval")
+    made = explorer.save_views(ds, worst_slice=worst, eval_key="eval_iter0", compare_key="eval_iter1_s42")
     assert set(made) == set(explorer.SAVED_VIEWS)
     n_worst = int(((ft["slice"] == worst) & ft["name"].isin(pools["eval"])).sum())
     assert len(ds.load_saved_view("worst_slice")) == n_worst
