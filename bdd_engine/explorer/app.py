@@ -174,7 +174,8 @@ def main_app(argv: Sequence[str] | None = None) -> int:
     try:
         handle = launch_app(cfg, port=args.port, address=args.address)
         print(f"FiftyOne App: {handle.url}  (dataset {dataset_name(cfg)}; Ctrl-C to stop)", flush=True)
-        print(contents_line(handle.session.dataset), flush=True)
+        if handle.session.dataset is not None:
+            print(contents_line(handle.session.dataset), flush=True)
         while True:
             time.sleep(1)
     except KeyboardInterrupt:
