@@ -136,7 +136,7 @@ from bdd_engine import flywheel as fw, views as vw
 cfg = vw.cfg()
 r5 = fw.s5_eval(cfg)
 display(vw.worst_slice_table(r5.info))
-vw.show(cfg.out, "slice_map_iter0.png", "worst_slice_failures.png")
+vw.show(cfg.out, "slice_map_iter0.png", "worst_slice_failures.png", "confusion_iter0.png")
 
 # %% [markdown]
 # ## Checkpoint
@@ -162,6 +162,7 @@ cfg = vw.cfg()
 r6 = fw.s6_mine(cfg)
 display(vw.mining_table(r6.info))
 display(r6["attributes"])
+display(r6["uncertainty_by_slice"])  # iter0's mean uncertainty (1 - max score) per pool slice, most uncertain first
 vw.show(cfg.out, "mined_frames_grid.png", "attribute_confusion.png")
 
 # %% [markdown]
@@ -215,7 +216,7 @@ cfg = vw.cfg()
 r8 = fw.s8_delta(cfg)
 display(r8["headline"])
 display(r8["runs"])
-vw.show(cfg.out, "slice_delta.png", "architecture.png")
+vw.show(cfg.out, "slice_delta.png", "confusion.png", "architecture.png")
 print(r8.info["verdict"])
 print("case study:", r8.info["case_study"])
 

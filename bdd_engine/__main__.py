@@ -5,6 +5,7 @@
     ingest    sample videos to JPEG frames at --fps (and take image folders as they are)
     label     label any folder of images/videos (gsam2 | teacher): BDD, COCO, Label Studio, YOLO, router
     predict   a detector's predictions on a folder of images as BDD JSON (for evaluate)
+    train     train the profile's detector on any labelled folder (BDD JSON, COCO or YOLO layout), as §4 does
     run       execute notebook.py headless (jupytext + nbclient), optionally --from N
     status    which sections are fresh, and why the others are not
     evaluate  BDD-official detection eval of any GT/prediction JSON pair, per slice
@@ -100,6 +101,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train on a labelled folder (bdd_engine.trainfolder): bad input is one line and exit 2."""
+    from bdd_engine import trainfolder
+
+    cfg = _cfg(args)
+    try:
+        card = trainfolder.train_folder(args.data, args.out, flywheel.train_spec(cfg), images=args.images,
+                                        val_fraction=args.val_fraction, seed=int(cfg.seed), conf=float(cfg.eval_conf))
+    except trainfolder.TrainDataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    sp, d = card["split"], card["data"]
+    print(f"trained on {sp.get('train', 0)} frames ({d['format']}, {d['boxes']} boxes; val {sp.get('val', 0)} frames: "
+          f"{sp['rule']}); weights: {card['weights']}")
+    print(f"evaluate: python -m bdd_engine evaluate --gt {Path(args.out) / 'val_gt.json'} "
+          f"--pred {Path(args.out) / 'val_predictions.json'} · run card: {Path(args.out) / 'run_card.json'}")
+    return 0
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """Generate the pretrain world, train on it, install bdd_engine/models/<name>.pt + its run card."""
     from bdd_engine import pretrain
@@ -118,8 +138,26 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    print(checkpoint.status(_cfg(args)).to_string(index=False))
+    cfg = _cfg(args)
+    print(checkpoint.status(cfg).to_string(index=False))
+    models = _model_stages(cfg)
+    if len(models):
+        print("\nmodel registry (runs/registry.json of each turn; stage: candidate -> promoted -> deployable):")
+        print(models.to_string(index=False))
     return 0
+
+
+def _model_stages(cfg):
+    """Every turn's registry stages (run, turn, stage, chosen, held by); turns without a registry left out."""
+    import pandas as pd
+
+    from bdd_engine import artifacts, gates
+
+    tables = [gates.stages_table(artifacts.registry(cfg.out, t)).assign(turn=t)
+              for t in range(1, int(cfg.flywheel_turns) + 1)
+              if (artifacts.turn_dir(cfg.out, t) / "runs" / "registry.json").exists()]
+    cols = ["run", "turn", "stage", "chosen", "held by"]
+    return pd.concat(tables, ignore_index=True)[cols] if tables else pd.DataFrame(columns=cols)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -162,7 +200,7 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     for name, fn in (("synth", cmd_synth), ("run", cmd_run), ("status", cmd_status), ("pretrain", cmd_pretrain),
-                     ("label", cmd_label), ("predict", cmd_predict)):
+                     ("label", cmd_label), ("predict", cmd_predict), ("train", cmd_train)):
         sp = sub.add_parser(name)
         sp.add_argument("--profile", default=os.environ.get("BDD_PROFILE", "demo"))
         sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
@@ -192,6 +230,14 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--conf", type=float, default=None, help="score threshold (default: the profile's eval_conf)")
             sp.add_argument("--imgsz", type=int, default=None, help="inference size, px (default: the weights')")
             sp.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+        if name == "train":
+            sp.add_argument("--data", type=Path, required=True,
+                            help="labelled folder (one BDD/COCO JSON, or YOLO labels/ + images/) or a BDD/COCO JSON file")
+            sp.add_argument("--out", type=Path, required=True, help="new folder (train creates and marks it)")
+            sp.add_argument("--images", type=Path, default=None,
+                            help="where the JSON's images are (default: the JSON's folder, searched recursively)")
+            sp.add_argument("--val-fraction", type=float, default=0.2,
+                            help="share of drive (or name) groups held out for val, whole groups only")
         if name == "run":
             sp.add_argument("--from", dest="from_section", type=int, default=None, choices=sorted(checkpoint.SECTIONS),
                             metavar="N", help="recompute section N (1-8) and every later one")

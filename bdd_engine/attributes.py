@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from bdd_engine.bdd import SLICE_ATTRS
+from bdd_engine.viz import heatmaps
 
 UNDEFINED = "undefined"
 
@@ -221,25 +222,10 @@ def pool_attributes(pool: pd.DataFrame, X_pool: np.ndarray, fit_frames: pd.DataF
 
 def confusion_figure(confusions: Mapping[str, pd.DataFrame], table: pd.DataFrame | None = None, title: str = ""):
     """One panel per attribute: row-normalised confusion (share of each true value), counts written in."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(confusions), figsize=(5.2 * len(confusions), 4.6), squeeze=False)
-    for ax, (a, cm) in zip(axes[0], confusions.items()):
-        share = cm.to_numpy(float) / np.maximum(cm.to_numpy().sum(1, keepdims=True), 1)
-        ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-        for i in range(cm.shape[0]):
-            for j in range(cm.shape[1]):
-                ax.text(j, i, int(cm.iat[i, j]), ha="center", va="center", fontsize=8,
-                        color="white" if share[i, j] > 0.6 else "black")
-        ax.set_xticks(range(cm.shape[1]), cm.columns, rotation=40, ha="right", fontsize=8)
-        ax.set_yticks(range(cm.shape[0]), cm.index, fontsize=8)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true (held-out drives)")
-        head = a
+    heads = {}
+    for a in confusions:
+        heads[a] = a
         if table is not None and a in set(table["attribute"]):
             r = table.set_index("attribute").loc[a]
-            head += f": accuracy {r['accuracy']:.2f} (majority {r['majority']:.2f}, n={int(r['n_test'])})"
-        ax.set_title(head, fontsize=9)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return fig
+            heads[a] += f": accuracy {r['accuracy']:.2f} (majority {r['majority']:.2f}, n={int(r['n_test'])})"
+    return heatmaps([(heads[a], cm) for a, cm in confusions.items()], "predicted", "true (held-out drives)", title)

@@ -311,12 +311,23 @@ def _experiment_fields(cfg: Any, h: Mapping[str, Any], runs: pd.DataFrame, actio
                               + "".join(f" {run} blocked by: {', '.join(failed)}."
                                         for run, failed in registry["rejected"].items())),
         "gates_table": df_to_markdown(gates.gates_table(registry)),
+        "model_stage_sentence": model_stage_sentence(registry),
+        "model_stages_table": df_to_markdown(gates.stages_table(registry)),
         "golden_sentence": (f"A fixed golden set of {golden['n_golden']} eval frames is labelled by each labeler every run; "
                             f"a statistic moving more than {golden['tol']:.0%} from ground truth or from the previous run is "
                             f"flagged. History: `outputs/golden_qa.json`."),
         "golden_table": df_to_markdown(report.golden_table(golden)),
         "actions_table": df_to_markdown(pd.DataFrame(actions)[["priority", "trigger", "action", "success"]]),
     }
+
+
+def model_stage_sentence(registry: Mapping[str, Any]) -> str:
+    """Which stage the registry's model reached and, short of deployable, which gates held it."""
+    run = registry["promoted"]
+    st = registry["stages"][run]
+    held = f", held by: {', '.join(st['held_by'])}" if st["held_by"] else ""
+    return (f"Stage of the registry's model **{run}**: **{st['stage']}**{held} ({registry['deploy_rule']}). "
+            "A model can be promoted (it beats the incumbent under every relative gate) without being deployable.")
 
 
 def problem_statement(labeler: str, confirm_max: int, min_confirm: int, seeds: Sequence[int], n_boot: int,

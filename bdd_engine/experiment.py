@@ -290,35 +290,59 @@ def runs_table(card0: Mapping[str, Any], weights0: str, seed: int, config_hashes
 
 def registry(runs: pd.DataFrame, tol: float, per_class: Mapping[str, pd.DataFrame] | None = None,
              golden: Mapping[str, Any] | None = None, *, safety_tol: float = 0.0,
-             waive_drift: bool = False) -> dict[str, Any]:
+             waive_drift: bool = False, teacher: bool = True, recall_target: float | None = None,
+             map_floor: float | None = None) -> dict[str, Any]:
     """The promoted model: best worst-slice mAP@0.5 among iter0 (the incumbent) and the iter1
     runs that pass every promotion gate against iter0 (:func:`gates.promotion_gates`):
     overall mAP@0.5 drop <= ``tol``, safety-class recall@0.5 drop <= ``safety_tol``, golden-QA
-    drift flags clear or ``waive_drift``. Controls are experiments, never promoted.
+    drift flags of the candidate's own labels clear or ``waive_drift``. Controls are
+    experiments, never promoted.
 
     ``per_class``: run name -> ``EvalResult.per_class`` (recall50, n_gt), iter0 included;
-    ``golden``: ``report.golden_qa``'s entry. Without them those gates read "not measured"
-    and block (a gate fails closed). Each iter1 run's gates go to ``gates`` in the result."""
+    ``golden``: ``report.golden_qa``'s entry, where the candidate's own labels are the entry
+    ``teacher_<run>`` when ``teacher`` (the model labels the next turn), and it labels nothing
+    otherwise. Without them those gates read "not measured" and block (a gate fails closed).
+    Each iter1 run's gates go to ``gates``; every candidate's absolute targets
+    (:func:`gates.deploy_gates`: ``recall_target`` per safety class with GT, ``map_floor``
+    overall; None = not set, which blocks) to ``deploy_gates``, and its stage (candidate ->
+    promoted -> deployable) with the gates that held it to ``stages``."""
     base = runs[runs["arm"] == "iter0"].iloc[0]
     cand = runs[runs["arm"].isin(["iter0", "iter1"])]
     per_class = per_class or {}
     rec0, _ = gates.class_recalls(per_class.get(base["run"]))
-    flags = gates.drift_flags_of(golden)
     verdicts = {}
     for r in cand[cand["arm"] == "iter1"].itertuples(index=False):
         rec1, n_gt = gates.class_recalls(per_class.get(r.run))
-        verdicts[r.run] = gates.promotion_gates(base["overall_AP50"], r.overall_AP50, rec0, rec1, n_gt, flags,
-                                                map_tol=tol, recall_tol=safety_tol, waive_drift=waive_drift)
+        verdicts[r.run] = gates.promotion_gates(base["overall_AP50"], r.overall_AP50, rec0, rec1, n_gt,
+                                                gates.drift_flags_of(golden, f"teacher_{r.run}"), map_tol=tol,
+                                                recall_tol=safety_tol, waive_drift=waive_drift, labels=teacher)
     ok = cand[[run not in verdicts or verdicts[run]["promote"] for run in cand["run"]]]
     best = ok.sort_values(["worst_slice_AP50", "run"], ascending=[False, True]).iloc[0]
     failed = {run: [g["name"] for g in v["gates"] if g["verdict"] not in gates.PASSING] for run, v in verdicts.items()}
-    return {"promoted": best["run"], "weights": best["weights"],
+    deploy, stages = _deploy_stages(cand, per_class, verdicts, recall_target, map_floor)
+    return {"promoted": best["run"], "weights": best["weights"], "stage": stages[best["run"]]["stage"],
             "rule": (f"max worst-slice mAP@0.5 among iter0 and the iter1 runs passing every gate: overall mAP@0.5 "
                      f"drop <= {tol}; {'/'.join(gates.SAFETY_CLASSES)} recall@0.5 drop <= {safety_tol} each; "
-                     f"golden-QA drift flags clear{' (waived by config)' if waive_drift else ''}"),
+                     f"golden-QA drift flags of the candidate's own labels clear"
+                     f"{' (waived by config)' if waive_drift else ''}"),
+            "deploy_rule": (f"deployable = promoted and overall mAP@0.5 >= {map_floor} and recall@0.5 >= "
+                            f"{recall_target} for each of {'/'.join(gates.SAFETY_CLASSES)} with GT"),
             "candidates": cand[["run", "overall_AP50", "worst_slice_AP50"]].to_dict("records"),
-            "gates": verdicts, "rejected": {run: f for run, f in failed.items() if f},
+            "gates": verdicts, "deploy_gates": deploy, "stages": stages,
+            "rejected": {run: f for run, f in failed.items() if f},
             "rejected_for_overall_regression": sorted(run for run, f in failed.items() if "overall mAP@0.5 drop" in f)}
+
+
+def _deploy_stages(cand: pd.DataFrame, per_class: Mapping[str, pd.DataFrame], verdicts: Mapping[str, Any],
+                   recall_target: float | None, map_floor: float | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Each candidate's absolute targets and its stage (the incumbent iter0 has no relative gate)."""
+    deploy, stages = {}, {}
+    for r in cand.itertuples(index=False):
+        rec, n_gt = gates.class_recalls(per_class.get(r.run))
+        deploy[r.run] = gates.deploy_gates(r.overall_AP50, rec, n_gt, recall_target=recall_target,
+                                           map_floor=map_floor)
+        stages[r.run] = gates.stage_of(verdicts.get(r.run), deploy[r.run])
+    return deploy, stages
 
 
 def turn_point(turn: int, h: Mapping[str, Any], head: pd.DataFrame, registry: Mapping[str, Any]) -> dict[str, Any]:

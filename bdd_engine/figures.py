@@ -120,3 +120,12 @@ def learning_curve(turns: Sequence[Mapping[str, Any]], synthetic: bool) -> Any:
 def close_all() -> None:
     """Free every open figure (a long notebook otherwise keeps them all in memory)."""
     plt.close("all")
+
+
+def confusion_figure(panels: Mapping[str, pd.DataFrame], conf: float, synthetic: bool, ncols: int = 2) -> Any:
+    """Per-class confusion matrices (``confusion.confusion_matrix``: true class rows, predicted
+    class columns, ``background`` = missed / invented boxes), one panel per {title: matrix}."""
+    return viz.heatmaps(list(panels.items()), "predicted class", "true class",
+                        f"Detections at score >= {conf:g}, IoU >= 0.5: colour = share of the true class's boxes; "
+                        f"background row = false positives, column = misses{synthetic_note(synthetic)}",
+                        ncols=min(ncols, len(panels)), panel_size=(6.6, 6.0))

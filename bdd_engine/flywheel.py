@@ -21,8 +21,8 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from bdd_engine import (artifacts, attributes, autolabel, bdd, casestudy, collect, curate, embed, evaluate, experiment,
-                        figures, images, mine, report, slices, synth, train)
+from bdd_engine import (artifacts, attributes, autolabel, bdd, casestudy, collect, confusion, curate, embed, evaluate,
+                        experiment, figures, images, mine, report, slices, synth, train)
 from bdd_engine.checkpoint import (Section, acquire_lock, atomic_path, atomic_write_json, claim_folder,
                                    df_to_markdown, input_row, release_lock, reset_peak_rss)
 from bdd_engine.config import Config
@@ -323,8 +323,8 @@ def s5_eval(cfg: Config, turn: int = 1) -> Result:
 
     Artifacts (``05_eval_iter0/``): predictions.json/.parquet, eval.json, slices.csv,
     slices.md, per_class.csv, per_frame.csv, worst_slice.json, confirm.csv (the worst
-    slice's confirmation frames, fixed here, scored only in §8); figures
-    slice_map_iter0.png, worst_slice_failures.png.
+    slice's confirmation frames, fixed here, scored only in §8), confusion_iter0.csv; figures
+    slice_map_iter0.png, worst_slice_failures.png, confusion_iter0.png.
     """
     sec = Section(cfg, 5, turn)
     if needs_run(sec):
@@ -347,10 +347,26 @@ def s5_eval(cfg: Config, turn: int = 1) -> Result:
             w.save_fig("worst_slice_failures.png", figures.failures_figure(
                 ev.loc[ev["slice"] == worst, ["name", "image_path"]], worst, res.per_frame,
                 artifacts.load_gt(cfg.out, 3, "eval"), preds, cfg.eval_vis_conf, bool(cfg.synthetic)))
+            _write_confusion(cfg, w, "confusion_iter0", ev, worst, {"iter0": preds})
             w.counts.update({"eval_frames": len(ev), "slices_ranked": info["ranked_slices"]})
         figures.close_all()
     return Result(5, sec.dir, {"slices": sec.read_df("slices.csv"), "per_class": sec.read_df("per_class.csv"),
                                "per_frame": sec.read_df("per_frame.csv")}, sec.load_json("worst_slice.json"))
+
+
+def _write_confusion(cfg: Config, w: Any, file: str, ev: pd.DataFrame, worst: str,
+                     models: Mapping[str, list[dict[str, Any]]]) -> None:
+    """<file>.csv + figure <file>.png: each model's (name -> eval-pool predictions) per-class
+    confusion matrix at the operating threshold on the eval pool and on the worst slice."""
+    gt = artifacts.load_gt(cfg.out, 3, "eval")
+    ws = ev.loc[ev["slice"] == worst, "name"].tolist()
+    conf = float(cfg.eval_vis_conf)
+    panels = {}
+    for name, preds in models.items():
+        panels[f"{name} · eval pool ({len(ev)} frames)"] = confusion.confusion_matrix(gt, preds, conf)
+        panels[f"{name} · worst slice {worst} ({len(ws)} frames)"] = confusion.confusion_matrix(gt, preds, conf, names=ws)
+    w.write_df(f"{file}.csv", confusion.to_long(panels))
+    w.save_fig(f"{file}.png", figures.confusion_figure(panels, conf, bool(cfg.synthetic)))
 
 
 # ----------------------------------------------------------------------------- §6
@@ -394,8 +410,10 @@ def s6_mine(cfg: Config, turn: int = 1) -> Result:
                 f"(drives it never saw){' — SYNTHETIC data' if cfg.synthetic else ''}"))
             w.counts.update({"mined": len(res.mined), "failure_frames": len(res.failure_names), "pool": len(pool)})
         figures.close_all()
+    unc = sec.dir / "uncertainty_by_slice.csv"
     return Result(6, sec.dir, {"mined": sec.read_df("mined.csv"), "precision": sec.read_df("mining_precision.csv"),
-                               "attributes": sec.read_df("attribute_accuracy.csv")},
+                               "attributes": sec.read_df("attribute_accuracy.csv"),
+                               "uncertainty_by_slice": pd.read_csv(unc) if unc.exists() else pd.DataFrame()},
                   sec.load_json("mining_summary.json"))
 
 
@@ -665,7 +683,9 @@ def _write_runs(cfg: Config, w: Any, runs: pd.DataFrame, per_class: Mapping[str,
         w.add_external(p)
     atomic_write_json(runs_dir / "registry.json", experiment.registry(
         runs, float(cfg.report_promote_tol), per_class, golden,
-        safety_tol=float(cfg.report_safety_recall_tol), waive_drift=bool(cfg.report_waive_drift)))
+        safety_tol=float(cfg.report_safety_recall_tol), waive_drift=bool(cfg.report_waive_drift),
+        teacher=str(cfg.label_labeler) == "teacher", recall_target=float(cfg.report_safety_recall),
+        map_floor=float(cfg.report_deploy_min_map)))
     w.add_external(runs_dir / "registry.json")
 
 
@@ -687,7 +707,8 @@ def _failure_report(cfg: Config, w: Any, arms: pd.DataFrame, results: Mapping[st
 
 def _golden_run(cfg: Config, pools: pd.DataFrame, arms: pd.DataFrame, turn: int) -> dict[str, Any]:
     """Golden QA entry for this run: GT vs the labeler of this turn (and, for a model
-    labeler, the next turn's: the iter1 model as teacher). Turn t > 1 keeps its history in
+    labeler, the next turn's candidates: each iter1 run as teacher, ``teacher_<run>``, whose
+    flags are that run's drift gate in the registry). Turn t > 1 keeps its history in
     ``turn<t>/golden_qa.json``, started from turn t-1's, so drift is also checked turn to turn."""
     gold = pools[pools["golden"]]
     gt_by = {f["name"]: f for f in artifacts.load_gt(cfg.out, 3, "eval")}
@@ -696,8 +717,9 @@ def _golden_run(cfg: Config, pools: pd.DataFrame, arms: pd.DataFrame, turn: int)
     labelled = {}
     name = str(cfg.label_labeler)
     if name == "teacher":
+        cands = arms[arms["arm"] == "iter1"]
         for tag, wts in (("teacher_iter0", artifacts.start_weights(cfg.out, turn)),
-                         ("teacher_iter1", cfg.out / arms[arms["arm"] == "iter1"].iloc[0]["weights"])):
+                         *((f"teacher_{r}", cfg.out / w) for r, w in zip(cands["run"], cands["weights"]))):
             labelled[tag] = autolabel.get_labeler(cfg, teacher_weights=wts).label(gt, paths, progress=False).frames
     elif name == "gsam2":
         labelled["gsam2"] = autolabel.get_labeler(cfg).label(gt, paths, progress=False).frames
@@ -735,7 +757,8 @@ def s8_delta(cfg: Config, turn: int = 1) -> Result:
 
     Artifacts (``08_delta/``): deltas.csv (every run × slice), headline.csv/.md/.json,
     <run>_eval.json / _slices.csv / _per_class.csv / _per_frame.csv / _predictions.*,
-    failure_modes.csv, action_plan.md, golden_qa.json (this run's entry); outside it:
+    failure_modes.csv, action_plan.md, golden_qa.json (this run's entry), confusion.csv
+    (iter0 and the first iter1 run, eval pool and worst slice; figure confusion.png); outside it:
     runs/runs.csv/.md, runs/registry.json, golden_qa.json (history),
     case_study/case_study_v1.md/.pdf, figures slice_delta.png, confirm_contrast.png,
     learning_curve.png (+ learning_curve.json here: one point per turn so far) and architecture.png.
@@ -771,6 +794,10 @@ def s8_delta(cfg: Config, turn: int = 1) -> Result:
             _write_runs(cfg, w, runs, {"iter0": res0.per_class, **{k: r.per_class for k, r in results.items()}}, entry,
                         turn)
             modes, actions = _failure_report(cfg, w, arms, results, w5)
+            it1 = arms[arms["arm"] == "iter1"].iloc[0]["run"]  # the run the failure report reads
+            _write_confusion(cfg, w, "confusion", _eval_pool(cfg), worst, {
+                "iter0": bdd.load_frames(artifacts.section_dir(cfg.out, 5, turn) / "predictions.json"),
+                it1: bdd.load_frames(w.path(f"{it1}_predictions.json"))})
             w.write_json("golden_qa.json", entry)
             w.add_external(artifacts.turn_dir(cfg.out, turn) / "golden_qa.json")
             curve = _learning_curve(cfg, turn, headline, head)

@@ -152,3 +152,35 @@ def ci_bars(labels: Sequence[str], values: Sequence[float], lo: Sequence[float],
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def heatmaps(panels: Sequence[tuple[str, Any]], xlabel: str, ylabel: str, title: str = "", ncols: int | None = None,
+             panel_size: tuple[float, float] = (5.2, 4.6)):
+    """Row-normalised count matrices side by side (colour = share of the row, counts written in).
+
+    ``panels``: (panel title, pandas DataFrame of counts) pairs; rows/columns label the axes.
+    """
+    import matplotlib.pyplot as plt
+
+    ncols = ncols or len(panels)
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size[0] * ncols, panel_size[1] * nrows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (head, cm) in zip(axes.flat, panels):
+        counts = cm.to_numpy(float)
+        share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+        ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+        for i in range(cm.shape[0]):
+            for j in range(cm.shape[1]):
+                if counts[i, j] or cm.shape[0] <= 8:  # large matrices: zeros left blank so the errors stand out
+                    ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=8,
+                            color="white" if share[i, j] > 0.6 else "black")
+        ax.set_xticks(range(cm.shape[1]), cm.columns, rotation=40, ha="right", fontsize=8)
+        ax.set_yticks(range(cm.shape[0]), cm.index, fontsize=8)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(head, fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -129,3 +129,30 @@ def test_run_from_rejects_a_non_number(tmp_path, fake_kernel):
     with pytest.raises(SystemExit) as e:
         main(["run", "--profile", "tiny", "--set", f"outputs_dir={tmp_path}", "--from", "six"])
     assert e.value.code == 2 and fake_kernel.seen == {}
+
+
+def test_status_lists_each_models_stage_and_the_gate_that_held_it(tmp_path, capsys):
+    """Issue 26: `status` says which stage (candidate -> promoted -> deployable) each model of
+    the registry reached and which gate held it."""
+    import json
+
+    import pandas as pd
+
+    from bdd_engine import experiment
+
+    runs = pd.DataFrame([{"run": "iter0", "arm": "iter0", "overall_AP50": 0.30, "worst_slice_AP50": 0.10, "weights": "w0"},
+                         {"run": "iter1_s42", "arm": "iter1", "overall_AP50": 0.31, "worst_slice_AP50": 0.20, "weights": "w1"},
+                         {"run": "iter1_s43", "arm": "iter1", "overall_AP50": 0.20, "worst_slice_AP50": 0.30, "weights": "w2"}])
+    pc = pd.DataFrame({"recall50": [0.9, 0.9, 0.9, 0.5], "n_gt": [5, 5, 5, 5]},
+                      index=["pedestrian", "rider", "bicycle", "motorcycle"])
+    golden = {"labelers": {f"teacher_{r}": {"drift_flags": []} for r in ("iter1_s42", "iter1_s43")}}
+    reg = experiment.registry(runs, 0.01, {r: pc for r in runs["run"]}, golden, recall_target=0.8, map_floor=0.25)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "registry.json").write_text(json.dumps(reg))
+    assert main(["status", "--profile", "tiny", "--set", f"outputs_dir={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    assert sorted(_status_rows(out)) == list(range(1, 9))  # the section rows are unchanged
+    lines = {ln.split()[0]: ln for ln in out.split("model registry", 1)[1].splitlines()[2:] if ln.strip()}
+    assert "candidate" in lines["iter1_s43"] and "overall mAP@0.5 drop" in lines["iter1_s43"]
+    assert "promoted" in lines["iter1_s42"] and "motorcycle recall@0.5 target 0.500" in lines["iter1_s42"]
+    assert "True" in lines["iter1_s42"] and "False" in lines["iter0"]

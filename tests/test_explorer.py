@@ -224,7 +224,8 @@ def test_mined_autolabels_and_saved_views(ds, world):
     worst = ft.loc[ft["name"].isin(pools["eval"]), "slice"].value_counts().index[0]
     if "eval_iter0" not in ds.list_evaluations():
         explorer.add_predictions(ds, _fake_predictions(frames), eval_on="eval")
-    made = explorer.save_views(ds, worst_slice=worst, eval_key="eval_iter0")
+    explorer.add_predictions(ds, _fake_predictions(frames, seed=9), "predictions_iter1_s42", "eval_iter1_s42", eval_on="eval")
+    made = explorer.save_views(ds, worst_slice=worst, eval_key="eval_iter0", compare_key="eval_iter1_s42")
     assert set(made) == set(explorer.SAVED_VIEWS)
     n_worst = int(((ft["slice"] == worst) & ft["name"].isin(pools["eval"])).sum())
     assert len(ds.load_saved_view("worst_slice")) == n_worst
@@ -430,3 +431,78 @@ def test_ingested_frames_without_gt_carry_predicted_attributes(world, db):
     assert set(ds3.values("scene_conf")) == {None} and set(ds3.values("attr_source")) == {"labels"}
     fo.delete_dataset("t-ingested")
     fo.delete_dataset("t-ingested-none")
+
+
+def _perfect_or_empty(frames, names_perfect):
+    """GT as predictions (score 0.9) on ``names_perfect``, nothing elsewhere (every GT box a miss)."""
+    return [{"name": f["name"], "labels": [{**lb, "score": 0.9} for lb in f["labels"] if lb["category"] in bdd.CLASS_ID]
+             if f["name"] in names_perfect else []} for f in frames]
+
+
+def test_every_models_eval_run_exists_with_our_map_and_fixed_broken_views(tiny_world, tmp_path, db):
+    """Issue 26 item 1: with seeds the §8 files are <run>_predictions.json; the App holds an eval
+    run per model — iter0, every run of arms.csv (any arm name), turn 2's start model (turn 1's
+    promotion) and its runs — each with the mAP our evaluator gives the same boxes, which model
+    each turn promoted, and the worst slice's fixed_by_iter1 / broken_by_iter1 views."""
+    from bdd_engine import flywheel
+    from bdd_engine.checkpoint import Section, atomic_write_json
+    from bdd_engine.train import filter_conf
+    from conftest import make_cfg
+
+    cfg = make_cfg(tiny_world, tmp_path / "outputs", flywheel_turns=2)
+    flywheel.s1_collect(cfg)
+    flywheel.s2_curate(cfg)
+    flywheel.s3_pools(cfg)
+    pools = Section(cfg, 3).read_df("pools.csv")
+    ev = pools[pools["pool"] == "eval"]
+    gt = [f for f in bdd.load_frames(Section(cfg, 1).dir / "gt_collected.json") if f["name"] in set(ev["name"])]
+    worst = ev["slice"].value_counts().index[0]
+    ws = sorted(ev.loc[ev["slice"] == worst, "name"])
+    runs = {"iter1_s42": ("iter1", 42), "iter1_s43": ("iter1", 43), "random_gt_s42": ("random_gt", 42)}
+    preds = {"iter0": _fake_predictions(gt, 0), "iter1_s42": _perfect_or_empty(gt, set(ws[::2])),
+             "iter1_s43": _fake_predictions(gt, 2), "random_gt_s42": _fake_predictions(gt, 3),
+             "t2_iter0": _fake_predictions(gt, 4), "t2_iter1_s42": _fake_predictions(gt, 5)}
+    with Section(cfg, 4).writer() as w:  # stand-in for a trained iter0 (not a model)
+        w.write_json("run_card.json", {"stand_in": True})
+        w.write_json("weights.json", {"weights": "none.pt"})
+    for turn, start, arm_runs, promoted in ((1, "iter0", runs, "iter1_s42"), (2, "t2_iter0", {"iter1_s42": ("iter1", 42)}, "iter0")):
+        with Section(cfg, 5, turn).writer() as w:
+            bdd.write_bdd_json(preds[start], w.path("predictions.json"))
+            w.write_json("worst_slice.json", {"worst_slice": worst})
+        with Section(cfg, 6, turn).writer() as w:
+            w.write_df("mined.csv", pd.DataFrame({"name": pools.loc[pools["pool"] == "pool", "name"][:3], "rank": [1, 2, 3]}))
+            w.write_df("pool_attributes.csv", pools.loc[pools["pool"] == "pool", ["name", "slice"]].assign(
+                weather="clear", timeofday="daytime", scene="highway", attr_source="labels",
+                weather_conf=None, timeofday_conf=None, scene_conf=None))
+        with Section(cfg, 7, turn).writer() as w:
+            w.write_df("arms.csv", pd.DataFrame([{"run": r, "arm": a, "seed": s} for r, (a, s) in arm_runs.items()]))
+        with Section(cfg, 8, turn).writer() as w:
+            for r in arm_runs:
+                bdd.write_bdd_json(preds[r if turn == 1 else f"t2_{r}"], w.path(f"{r}_predictions.json"))
+        atomic_write_json(Section(cfg, 8, turn).base / "runs" / "registry.json", {"promoted": promoted})
+
+    ds = explorer.sync_from_checkpoints(cfg, name="t-models")
+    assert {k for k, why in ds.info["synced"].items() if why == "ok"} >= {"08_delta", "turn2/05_eval_iter0", "turn2/08_delta"}
+    models = ds.info["models"]
+    assert set(models) == set(preds)
+    assert models["random_gt_s42"]["arm"] == "random_gt" and models["t2_iter0"]["turn"] == 2
+    assert ds.info["promoted"] == {"1": "iter1_s42", "2": "t2_iter0"}
+    vis = float(cfg.eval_vis_conf)
+    for key, p in preds.items():
+        ours = evaluate.evaluate(gt, filter_conf(p, vis), n_boot=0).AP
+        assert models[key]["eval_key"] == f"eval_{key}" and f"eval_{key}" in ds.list_evaluations()
+        assert ds.load_evaluation_results(f"eval_{key}").mAP() == pytest.approx(ours, abs=1e-3), key
+
+    # fixed / broken by iter1 (turn 1's first iter1 run) on the worst slice: fewer / more FN + FP than iter0
+    view = ds.match_tags("eval").match(F("slice") == worst)
+    err = {k: {n: a + b for n, a, b in zip(*view.values(["name", f"eval_{k}_fn", f"eval_{k}_fp"]))}
+           for k in ("iter0", "iter1_s42")}
+    fixed = {n for n in ws if err["iter1_s42"][n] < err["iter0"][n]}
+    broken = {n for n in ws if err["iter1_s42"][n] > err["iter0"][n]}
+    assert fixed and broken and fixed <= set(ws[::2]) and broken.isdisjoint(ws[::2])
+    assert set(ds.load_saved_view("fixed_by_iter1").values("name")) == fixed
+    assert set(ds.load_saved_view("broken_by_iter1").values("name")) == broken
+    line = explorer.app.contents_line(ds)  # what `python -m bdd_engine app` prints under its URL
+    assert "eval_iter1_s42 (promoted)" in line and "eval_t2_iter0 (promoted)" in line and "eval_random_gt_s42," in line
+    assert "fixed_by_iter1" in line and "broken_by_iter1" in line
+    ds.delete()

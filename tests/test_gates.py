@@ -121,3 +121,86 @@ def test_registry_drift_flag_blocks_unless_config_waives():
 def test_gate_keys_are_in_the_default_profile():
     cfg = load_config("demo", env=False)
     assert cfg.report_safety_recall_tol == 0.02 and cfg.report_waive_drift is False
+
+
+# ----------------------------------------------------------------------------- stages: candidate -> promoted -> deployable
+DEPLOY = {"recall_target": 0.35, "map_floor": 0.25}  # REC clears 0.35 everywhere; both runs clear 0.25 overall
+
+
+def _stages(rec1=None, golden=None, runs=None, **kw):
+    golden = golden if golden is not None else {"labelers": {"teacher_iter1": {"drift_flags": []}}}
+    return experiment.registry(runs if runs is not None else _runs(), 0.01,
+                               {"iter0": _pc(REC), "iter1": _pc({**REC, **(rec1 or {})})}, golden,
+                               safety_tol=0.02, **{**DEPLOY, **kw})
+
+
+def test_all_gates_clear_makes_the_promoted_model_deployable():
+    r = _stages()
+    assert r["promoted"] == "iter1" and r["stage"] == "deployable"
+    assert r["stages"] == {"iter0": {"stage": "deployable", "held_by": []}, "iter1": {"stage": "deployable", "held_by": []}}
+    assert {g["verdict"] for g in r["deploy_gates"]["iter1"]["gates"]} == {"pass"}
+    assert "deployable" in r["deploy_rule"] and "0.35" in r["deploy_rule"]
+
+
+@pytest.mark.parametrize("plant, stage, held", [
+    ({"rec1": {"pedestrian": 0.70}}, "candidate", ["pedestrian recall@0.5 drop"]),          # relative: safety regression
+    ({"runs": "map_drop"}, "candidate", ["overall mAP@0.5 drop"]),                           # relative: overall mAP drop
+    ({"golden": {"labelers": {"teacher_iter1": {"drift_flags": ["share of car 0.9 vs GT 0.5"]}}}},
+     "candidate", ["golden-QA drift flags"]),                                                 # relative: own drift
+    ({"golden": {"labelers": {"teacher_iter0": {"drift_flags": []}}}}, "candidate", ["golden-QA drift flags"]),  # own labels unmeasured
+    ({"recall_target": 0.45}, "promoted", ["bicycle recall@0.5 target"]),                    # absolute: bicycle 0.40 < 0.45
+    ({"map_floor": 0.32}, "promoted", ["overall mAP@0.5 floor"]),                            # absolute: overall 0.31 < 0.32
+    ({"recall_target": None}, "promoted", [f"{c} recall@0.5 target" for c in SAFETY_CLASSES]),  # no target set: fails closed
+])
+def test_each_planted_failing_gate_holds_the_model_at_its_stage(plant, stage, held):
+    plant = dict(plant)
+    if plant.get("runs") == "map_drop":
+        plant["runs"] = _runs().assign(overall_AP50=[0.30, 0.25, 0.40])
+    r = _stages(**plant)
+    assert r["stages"]["iter1"] == {"stage": stage, "held_by": held}
+    if stage == "candidate":
+        assert r["promoted"] == "iter0" and r["rejected"] == {"iter1": held}
+    else:
+        assert r["promoted"] == "iter1" and r["stage"] == "promoted"  # promoted without being deployable
+    table = gates.stages_table(r).set_index("run")
+    assert table.loc["iter1", "stage"] == stage and held[0] in table.loc["iter1", "held by"]
+
+
+def test_drift_flags_of_other_labelers_do_not_block_the_candidate():
+    """The drift gate judges only the candidate's own labels: the incumbent teacher's flags
+    (or another run's) say nothing about iter1 (today's code blocked on them)."""
+    golden = {"labelers": {"teacher_iter0": {"drift_flags": ["share of rider 0.00 vs GT 0.08"]},
+                           "teacher_iter1": {"drift_flags": []}}}
+    r = _stages(golden=golden)
+    assert r["promoted"] == "iter1" and r["gates"]["iter1"]["gates"][-1]["verdict"] == "pass"
+    assert r["gates"]["iter1"]["gates"][-1]["flags"] == []
+
+
+def test_a_candidate_that_labels_nothing_is_not_held_by_the_labelers_drift():
+    golden = {"labelers": {"gsam2": {"drift_flags": ["share of rider 0.00 vs GT 0.08"]}}}
+    r = _stages(golden=golden, teacher=False)
+    d = r["gates"]["iter1"]["gates"][-1]
+    assert r["promoted"] == "iter1" and d["verdict"] == "not a labeler" and d["flags"] == []
+
+
+def test_a_safety_class_without_gt_is_not_a_deployment_gate():
+    pc = _pc(REC).assign(n_gt=[20, 0, 20, 20])  # rider: no GT, recall 0
+    pc.loc["rider", "recall50"] = float("nan")
+    res = gates.deploy_gates(0.3, *gates.class_recalls(pc), recall_target=0.35, map_floor=0.25)
+    g = {x["name"]: x for x in res["gates"]}
+    assert res["deployable"] is True and g["rider recall@0.5 target"]["verdict"] == "no GT"
+    assert g["pedestrian recall@0.5 target"]["value"] == pytest.approx(0.80)
+
+
+def test_deploy_floor_key_is_in_the_default_profile():
+    cfg = load_config("demo", env=False)
+    assert cfg.report_deploy_min_map == 0.5 and cfg.report_safety_recall == 0.8
+
+
+def test_case_study_says_the_stage_and_the_gate_that_held_it():
+    from bdd_engine import casestudy
+
+    r = _stages(map_floor=0.32)
+    text = casestudy.model_stage_sentence(r)
+    assert "**iter1**: **promoted**, held by: overall mAP@0.5 floor" in text and ">= 0.32" in text
+    assert "**deployable**" in casestudy.model_stage_sentence(_stages())

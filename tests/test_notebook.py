@@ -85,6 +85,12 @@ def test_whole_notebook_writes_every_artifact(first_run):
     nb = json.loads((out / "notebook_tiny.ipynb").read_text())
     errors = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
+    # §6's cell shows the uncertainty-by-slice table (issue 26: it was written but shown nowhere)
+    s6 = next(c for c in nb["cells"] if c["cell_type"] == "code" and "fw.s6_mine(cfg)" in "".join(c["source"]))
+    shown = "".join("".join(o.get("data", {}).get("text/html", "")) for o in s6.get("outputs", []))
+    assert "mean_uncertainty" in shown
+    conf = pd.read_csv(out / "08_delta" / "confusion.csv")
+    assert conf["panel"].str.startswith("iter0 · eval pool").any() and (conf["count"] > 0).all()
     h = json.loads((out / "08_delta" / "headline.json").read_text())
     assert HEADLINE_KEYS <= set(h)
     assert h["synthetic"] is True and h["labeler"] == "teacher"
@@ -111,11 +117,16 @@ def test_whole_notebook_writes_every_artifact(first_run):
     assert (runs["epochs"].iloc[1:] == runs["epochs"].iloc[1]).all(), "identical epochs for every arm"
     reg = json.loads((out / "runs" / "registry.json").read_text())
     assert reg["promoted"] in set(runs.loc[runs["arm"].isin(["iter0", "iter1"]), "run"])
+    cands = set(runs.loc[runs["arm"].isin(["iter0", "iter1"]), "run"])
+    assert set(reg["stages"]) == cands and reg["stage"] == reg["stages"][reg["promoted"]]["stage"]
     gq = json.loads((out / "golden_qa.json").read_text())
-    assert len(gq["history"]) == 1 and set(gq["history"][0]["labelers"]) == {"teacher_iter0", "teacher_iter1"}
+    iter1_runs = set(runs.loc[runs["arm"] == "iter1", "run"])
+    assert len(gq["history"]) == 1 and set(gq["history"][0]["labelers"]) == {"teacher_iter0"} | {
+        f"teacher_{r}" for r in iter1_runs}  # each candidate's own labels: its drift gate
     assert "Safety-critical" in (out / "08_delta" / "action_plan.md").read_text()
     for fig in ("slice_distribution", "slice_long_tail", "embedding_map", "slice_map_iter0", "worst_slice_failures",
-                "mined_frames_grid", "attribute_confusion", "slice_delta", "confirm_contrast", "architecture"):
+                "mined_frames_grid", "attribute_confusion", "slice_delta", "confirm_contrast", "architecture",
+                "confusion_iter0", "confusion"):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 10_000, fig
 
 

@@ -64,7 +64,7 @@ def test_registry_promotes_best_worst_slice_without_overall_regression():
         {"run": "oracle", "arm": "oracle", "overall_AP50": 0.40, "worst_slice_AP50": 0.50, "weights": "wo"},
     ])
     pc = pd.DataFrame({"recall50": [0.9] * 4, "n_gt": [10] * 4}, index=["pedestrian", "rider", "bicycle", "motorcycle"])
-    clear = {"per_class": {"iter0": pc, "iter1": pc, "oracle": pc}, "golden": {"labelers": {}}}
+    clear = {"per_class": {"iter0": pc, "iter1": pc, "oracle": pc}, "golden": {"labelers": {"teacher_iter1": {"drift_flags": []}}}}
     r = experiment.registry(runs, tol=0.01, **clear)
     assert r["promoted"] == "iter0" and r["rejected_for_overall_regression"] == ["iter1"]
     assert experiment.registry(runs, tol=0.06, **clear)["promoted"] == "iter1", "controls are never promoted"

@@ -13,8 +13,9 @@ above it in this list (and the lower floors of ``bdd_engine``):
 ``boxes``       BDD xyxy pixel boxes → FiftyOne relative [x, y, w, h] Detections
 ``dataset``     the profile's dataset built from §1's tables (samples, GT, tags)
 ``enrich``      embeddings + 2-D map, predictions + eval runs, mined/pool tags,
-                auto-labels with router buckets, saved views
+                auto-labels with router buckets, saved views (fixed/broken by iter1)
 ``sync``        mirror the checkpoint folders incrementally per section manifest
+                (an eval run per model: iter0, every run of arms.csv, later turns)
 ``app``         App launch/stop and the ``python -m bdd_engine app`` command
 ==============  ===================================================================
 
@@ -48,7 +49,7 @@ from bdd_engine.explorer.enrich import (
     tag_pools,
 )
 from bdd_engine.explorer.errors import ExplorerError
-from bdd_engine.explorer.sync import MIRRORED, SYNC_SECTIONS, get_dataset, sync_from_checkpoints
+from bdd_engine.explorer.sync import MIRRORED, SYNC_SECTIONS, get_dataset, model_key, sync_from_checkpoints
 
 __all__ = [
     "AppHandle", "free_port", "launch_app", "main_app", "port_in_use",
@@ -59,5 +60,5 @@ __all__ = [
     "SAVED_VIEWS", "add_autolabels", "add_embeddings", "add_predictions", "save_views", "set_predicted_attributes",
     "sort_by_similarity", "tag_mined", "tag_pools",
     "ExplorerError",
-    "MIRRORED", "SYNC_SECTIONS", "get_dataset", "sync_from_checkpoints",
+    "MIRRORED", "SYNC_SECTIONS", "get_dataset", "model_key", "sync_from_checkpoints",
 ]

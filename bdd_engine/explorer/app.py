@@ -149,6 +149,13 @@ def _on_stop_signal(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def contents_line(ds: Any) -> str:
+    """What a user can open: each model's evaluation run (with its turn's promotion) and the saved views."""
+    promoted = set((ds.info.get("promoted") or {}).values())
+    runs = [f"{k}{' (promoted)' if k[len('eval_'):] in promoted else ''}" for k in sorted(ds.list_evaluations())]
+    return f"evaluation runs: {', '.join(runs) or 'none yet'} · saved views: {', '.join(ds.list_saved_views()) or 'none'}"
+
+
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bdd_engine app", description=main_app.__doc__)
     ap.add_argument("--profile", default=None, help="tiny | demo | full (default $BDD_PROFILE or demo)")
@@ -167,6 +174,8 @@ def main_app(argv: Sequence[str] | None = None) -> int:
     try:
         handle = launch_app(cfg, port=args.port, address=args.address)
         print(f"FiftyOne App: {handle.url}  (dataset {dataset_name(cfg)}; Ctrl-C to stop)", flush=True)
+        if handle.session.dataset is not None:
+            print(contents_line(handle.session.dataset), flush=True)
         while True:
             time.sleep(1)
     except KeyboardInterrupt:

@@ -21,7 +21,8 @@ from bdd_engine.explorer.dataset import GT_FIELD, aligned_view, ids_by_name
 
 log = logging.getLogger(__name__)
 
-SAVED_VIEWS = ("worst_slice", "worst_slice_failures", "mined", "autolabel_review", "golden_qa")
+SAVED_VIEWS = ("worst_slice", "worst_slice_failures", "fixed_by_iter1", "broken_by_iter1", "mined", "autolabel_review",
+               "golden_qa")
 
 
 # ---------------------------------------------------------------- embeddings
@@ -275,11 +276,15 @@ def save_views(
     eval_key: str | None = None,
     autolabel_field: str = "autolabels",
     golden_tag: str = "golden",
+    compare_key: str | None = None,
 ) -> list[str]:
     """(Re)create the saved views whose inputs exist; returns their names.
 
     worst_slice: eval frames of the worst slice; worst_slice_failures: those with a
-    false negative or false positive under ``eval_key``; mined: tag ``mined`` by rank;
+    false negative or false positive under ``eval_key``; fixed_by_iter1 / broken_by_iter1:
+    worst-slice frames with fewer / more errors (FN + FP at the operating threshold) under
+    ``compare_key`` (the retrained model's eval run) than under ``eval_key``, most changed
+    first; mined: tag ``mined`` by rank;
     autolabel_review: auto-labels routed to human review; golden_qa: tag ``golden``.
     """
     from fiftyone import ViewField as F  # heavy optional dependency: imported on use
@@ -290,6 +295,10 @@ def save_views(
         views["worst_slice"] = ws
         if eval_key is not None:
             views["worst_slice_failures"] = ws.match((F(f"{eval_key}_fn") > 0) | (F(f"{eval_key}_fp") > 0))
+        if eval_key is not None and compare_key is not None:
+            gain = (F(f"{eval_key}_fn") + F(f"{eval_key}_fp")) - (F(f"{compare_key}_fn") + F(f"{compare_key}_fp"))
+            views["fixed_by_iter1"] = ws.match(gain > 0).sort_by(gain, reverse=True)
+            views["broken_by_iter1"] = ws.match(gain < 0).sort_by(gain)
     if ds.count_sample_tags().get("mined"):
         views["mined"] = ds.match_tags("mined").sort_by("mined_rank")
     if ds.has_sample_field(autolabel_field):

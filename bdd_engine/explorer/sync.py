@@ -9,6 +9,7 @@ files alone. Section folders, upstream and freshness come from the one section t
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any, Callable, Mapping
 
@@ -23,7 +24,7 @@ from bdd_engine.explorer.db import connect, default_db_dir
 from bdd_engine.explorer.enrich import (add_autolabels, add_embeddings, add_predictions, save_views,
                                        set_predicted_attributes, tag_mined, tag_pools)
 from bdd_engine.explorer.errors import ExplorerError
-from bdd_engine.sections import SPECS
+from bdd_engine.sections import SPECS, TURN_SECTIONS
 from bdd_engine.train import filter_conf
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,16 @@ SAMPLES_SECTION = 1  # frames.csv + gt_collected.json: the samples; every other 
 
 POOL_TAGS = ("train", "eval", "pool", "holdout", "golden")  # what §3's pools.csv can tag
 WORST_SLICE_SECTION = 5  # worst_slice.json, read for the saved views
+# Later flywheel turns: only their models are mirrored (an eval run each); the mined tags and
+# auto-labels a sample carries stay turn 1's (one field each, no per-turn copies).
+TURN_MIRRORED: tuple[int, ...] = (5, 8)
+
+
+def model_key(turn: int, run: str) -> str:
+    """A model's name in the App: its eval run is ``eval_<key>``, its boxes ``predictions_<key>``.
+    Turn 1 keeps the run's own name (``iter0``, ``iter1_s42``, ``random_s43``, ...); turn t > 1
+    prefixes it (``t2_iter0`` = the model turn 1 promoted, ``t2_iter1_s42``, ...)."""
+    return str(run) if int(turn) == 1 else f"t{int(turn)}_{run}"
 
 
 def _apply_embeddings(cfg: Any, ds) -> None:
@@ -49,8 +60,9 @@ def _apply_embeddings(cfg: Any, ds) -> None:
     add_embeddings(ds, [names[i] for i in keep], np.asarray(emb)[keep], seed=int(cfg["seed"]))
 
 
-def _apply_predictions(cfg: Any, ds, sec: Section, file: str, k: str) -> None:
-    """§5/§8: predictions at the operating threshold and the eval run ``eval_<k>``.
+def _apply_predictions(cfg: Any, ds, sec: Section, file: str, k: str, about: Mapping[str, Any]) -> None:
+    """§5/§8: predictions at the operating threshold and the eval run ``eval_<k>``; what the
+    model is (turn, run, arm, seed, file) goes to ``ds.info["models"][k]``.
 
     The App is for looking: boxes at the operating threshold (eval_vis_conf), whose
     TP/FP/FN per sample are what a user inspects. FiftyOne's COCO eval of *all*
@@ -61,6 +73,21 @@ def _apply_predictions(cfg: Any, ds, sec: Section, file: str, k: str) -> None:
     if f.exists():
         preds = filter_conf(bdd.load_frames(f), float(cfg["eval_vis_conf"]))
         add_predictions(ds, preds, f"predictions_{k}", f"eval_{k}", eval_on="eval")
+        ds.info.setdefault("models", {})[k] = {**about, "eval_key": f"eval_{k}", "file": f.relative_to(sec.root).as_posix()}
+
+
+def _apply_runs(cfg: Any, ds, sec: Section) -> None:
+    """§8 of a turn: an eval run per training run of that turn's arms.csv (every arm, every
+    seed), and which of them (or the turn's start model) its registry promoted."""
+    arms = Section(cfg, 7, sec.turn).read_df("arms.csv")
+    for r in arms.itertuples(index=False):
+        _apply_predictions(cfg, ds, sec, f"{r.run}_predictions.json", model_key(sec.turn, r.run),
+                           {"turn": sec.turn, "run": str(r.run), "arm": str(r.arm),
+                            "seed": None if getattr(r, "seed", None) is None else int(r.seed)})
+    reg = sec.base / "runs" / "registry.json"
+    if reg.exists():
+        promoted = json.loads(reg.read_text())["promoted"]
+        ds.info.setdefault("promoted", {})[str(sec.turn)] = model_key(sec.turn, promoted)
 
 
 def _apply_autolabels(cfg: Any, ds, sec: Section) -> None:
@@ -71,22 +98,38 @@ def _apply_autolabels(cfg: Any, ds, sec: Section) -> None:
         add_autolabels(ds, bdd.load_frames(f), route=lambda sc: bucket_of(sc, acc, rev))
 
 
-def _sync_section(cfg: Any, ds, n: int) -> None:
-    """Apply section ``n``'s checkpoint to the dataset (idempotent: replaces what it set before)."""
-    sec = Section(cfg, n)
+def _sync_section(cfg: Any, ds, n: int, turn: int = 1) -> None:
+    """Apply section ``n`` (of flywheel ``turn``)'s checkpoint to the dataset (idempotent: replaces what it set before)."""
+    sec = Section(cfg, n, turn)
     if n == 2:
         _apply_embeddings(cfg, ds)
     elif n == 3:
         tag_pools(ds, pool_map(sec.read_df("pools.csv"), None), POOL_TAGS)
     elif n == 5:
-        _apply_predictions(cfg, ds, sec, "predictions.json", "iter0")
+        about = ({"turn": 1, "run": "iter0", "arm": "iter0"} if turn == 1 else
+                 {"turn": turn, "run": "iter0", "arm": "iter0", "note": f"the model turn {turn - 1} promoted"})
+        _apply_predictions(cfg, ds, sec, "predictions.json", model_key(turn, "iter0"), about)
     elif n == 8:
-        _apply_predictions(cfg, ds, sec, "iter1_predictions.json", "iter1")
+        _apply_runs(cfg, ds, sec)
     elif n == 6:
         tag_mined(ds, sec.read_df("mined.csv"))
         set_predicted_attributes(ds, sec.read_df("pool_attributes.csv"), list(cfg["eval_by"]))
     elif n == 7:
         _apply_autolabels(cfg, ds, sec)
+
+
+def _mirrored_sections(cfg: Any) -> list[Section]:
+    """Every mirrored section after §1: turn 1's, then each later turn's §5 and §8."""
+    secs = [Section(cfg, n) for n in SYNC_SECTIONS[1:]]
+    return secs + [Section(cfg, n, t) for t in range(2, int(cfg["flywheel_turns"]) + 1)
+                   for n in TURN_MIRRORED if n in TURN_SECTIONS]
+
+
+def _first_iter1(cfg: Any) -> str | None:
+    """Turn 1's first iter1 run (the one §8's failure report reads), or None without arms."""
+    arms = Section(cfg, 7).read_df("arms.csv")
+    runs = arms.loc[arms["arm"] == "iter1", "run"]
+    return str(runs.iloc[0]) if len(runs) else None
 
 
 def sync_from_checkpoints(cfg: Any, name: str | None = None, dataset: Any = None) -> Any:
@@ -96,9 +139,13 @@ def sync_from_checkpoints(cfg: Any, name: str | None = None, dataset: Any = None
     everything); then each later section whose manifest hash differs from the one
     recorded in ``ds.info["synced_hashes"]`` is (re)applied: §2 embeddings → similarity
     index, uniqueness, 2-D map; §3 pool tags; §5/§8 predictions at the operating
-    threshold + eval runs ``eval_iter0``/``eval_iter1``; §6 ``mined`` tag/rank; §7
-    ``autolabels`` with router buckets; then the saved views. Stale or missing sections
-    are skipped; ``ds.info["synced"]`` says which (folder → "ok" or the reason).
+    threshold + an eval run per model (:func:`model_key`: ``eval_iter0``, ``eval_<run>`` for
+    every run of arms.csv, ``eval_t<t>_...`` for turn t's §5 start model and runs; each
+    described in ``ds.info["models"]``, each turn's promotion in ``ds.info["promoted"]``); §6
+    ``mined`` tag/rank; §7 ``autolabels`` with router buckets; then the saved views (with
+    ``fixed_by_iter1`` / ``broken_by_iter1``: iter0 vs turn 1's first iter1 run on the worst
+    slice). Stale or missing sections are skipped; ``ds.info["synced"]`` says which (folder
+    → "ok" or the reason).
     """
     s1 = Section(cfg, SAMPLES_SECTION)
     if (why := s1.staleness()) is not None:
@@ -110,20 +157,21 @@ def sync_from_checkpoints(cfg: Any, name: str | None = None, dataset: Any = None
         ds = build_dataset(cfg, s1.read_df("frames.csv"), gt, name=name, overwrite=True)
         done = {s1.name: s1.manifest_hash()}
     synced: dict[str, str] = {s1.name: "ok"}
-    for n in SYNC_SECTIONS[1:]:
-        sec = Section(cfg, n)
+    for sec in _mirrored_sections(cfg):
         why = sec.staleness()
-        synced[sec.name] = why or "ok"
+        synced[sec.key] = why or "ok"
         h = sec.manifest_hash() if why is None else None
-        if done.get(sec.name) == h:
+        if done.get(sec.key) == h:
             continue
         if h is not None:
-            log.info("explorer: syncing %s", sec.name)
-            _sync_section(cfg, ds, n)
-        done[sec.name] = h
+            log.info("explorer: syncing %s", sec.key)
+            _sync_section(cfg, ds, sec.number, sec.turn)
+        done[sec.key] = h
     s5 = Section(cfg, WORST_SLICE_SECTION)
     worst = s5.load_json("worst_slice.json").get("worst_slice") if synced[s5.name] == "ok" else None
-    save_views(ds, worst_slice=worst, eval_key="eval_iter0" if worst else None)
+    it1 = _first_iter1(cfg) if worst and synced[Section(cfg, 8).name] == "ok" else None
+    save_views(ds, worst_slice=worst, eval_key="eval_iter0" if worst else None,
+               compare_key=f"eval_{model_key(1, it1)}" if it1 else None)
     ds.info["synced"] = synced
     ds.info["synced_hashes"] = done
     ds.save()
