@@ -124,3 +124,21 @@ def test_label_refuses_a_folder_it_did_not_create(folder, yolo, tmp_path, capsys
     assert main(["label", "--profile", "tiny", "--src", str(src), "--labeler", "teacher",
                  "--out", str(tmp_path / "x")]) == 2
     assert "--weights" in capsys.readouterr().err
+
+
+def test_predict_never_writes_inside_src_force_or_not_and_refuses_a_folder_out(folder, yolo, tmp_path, capsys):
+    src, _ = folder
+    before = {p: p.read_bytes() for p in src.rglob("*") if p.is_file()}
+    good = next(iter(sorted(src.glob("*.jpg"))))
+    base = ["predict", "--profile", "tiny", "--weights", str(yolo), "--src", str(src), "--set", "device=cpu"]
+    for out, force in ((good, ["--force"]), (good, []), (src / "new.json", ["--force"]),
+                       (src / "clips" / "p.json", []), (src, ["--force"])):
+        assert main([*base, "--out", str(out), *force]) == 2, out
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --out {out} is inside --src {src}") and err.count("\n") == 1, err
+    assert {p: p.read_bytes() for p in src.rglob("*") if p.is_file()} == before  # nothing written, nothing added
+    d = tmp_path / "preds"
+    d.mkdir()
+    assert main([*base, "--out", str(d), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: --out {d} is a folder; predict writes one JSON file: pass a file path, e.g. {d / 'predictions.json'}\n"
