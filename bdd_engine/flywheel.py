@@ -555,11 +555,10 @@ def s7_autolabel_retrain(cfg: Config, turn: int = 1) -> Result:
             extra, labeling = _label_sets(cfg, w, labeler, sets, gt_pool, paths)
             del labeler  # the arms train without the labeler's models beside them (gsam2: GBs)
             train.free_memory()
-            extra["oracle"] = [gt_pool[n] for n in mined if n in gt_pool]  # ingested frames have no GT to give
-            extra["continue"] = []
+            adds = experiment.arm_additions(extra, [gt_pool[n] for n in mined if n in gt_pool])  # ingested: no GT
             rows = []
             for run_name, arm, seed in runs:
-                add = extra["mined" if arm == "iter1" else arm]
+                add = adds[arm]
                 frames = gt_train + carried + add
                 weights, card, dhash, epochs = _train_arm(cfg, runs_dir, run_name, seed, frames, gt_train[:32], paths,
                                                           sizes, w0)
