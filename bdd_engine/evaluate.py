@@ -50,6 +50,11 @@ Read from ``bdd100k/eval/run.py`` (det task), ``bdd100k/label/to_scalabel.py``,
   (both sorted by name), so the official tool silently misaligns when the prediction
   file lacks a frame. We match predictions to GT frames **by name**; prediction frames
   not in the GT are counted and reported, GT frames without predictions have none.
+* Deliberate difference: a box whose coordinates are missing, null, not numbers, not
+  finite or inverted/zero-size (``bdd.box_issue``, the rule ``bdd.validate`` reports) is left
+  out of GT and predictions and counted (``gt_dropped_*`` / ``pred_dropped_*``); the official
+  tool would crash on it or score a box nobody drew. A predicted box without a finite score
+  raises :class:`EvalInputError` naming the first one.
 
 Slices, frames, bootstrap
 -------------------------
