@@ -73,12 +73,13 @@ def _preds(gt):
     return out
 
 
-def _plant(frames):
-    """One NaN x1 and one null y2 (the first box of the first two boxed frames): returns their names."""
+def _plant(frames, n=2):
+    """A NaN x1 and (n = 2) a null y2 in the first box of the first n boxed frames: returns their names."""
     boxed = [f for f in frames if f["labels"]]
     boxed[0]["labels"][0]["box2d"]["x1"] = NAN
-    boxed[1]["labels"][0]["box2d"]["y2"] = None
-    return [boxed[0]["name"], boxed[1]["name"]]
+    if n == 2:
+        boxed[1]["labels"][0]["box2d"]["y2"] = None
+    return [f["name"] for f in boxed[:n]]
 
 
 def test_evaluate_with_a_nan_and_a_null_box_equals_evaluate_without_them(tiny_world):
@@ -109,26 +110,31 @@ def test_s1_leaves_bad_boxes_out_of_the_gt_and_says_so_everything_else_identical
     bad_w, clean_w = tmp_path / "bad", tmp_path / "clean"
     for w in (bad_w, clean_w):
         shutil.copytree(tiny_world, w)
-    lab = "labels/det_20/det_train.json"
-    frames = json.loads((bad_w / lab).read_text())
-    names = _plant(frames)
-    (bad_w / lab).write_text(json.dumps(frames))  # NaN is what Python writes; null stays null
-    clean = json.loads((clean_w / lab).read_text())
-    for f in clean:
-        if f["name"] in names:
-            f["labels"] = f["labels"][1:]
-    (clean_w / lab).write_text(json.dumps(clean))
+    names = []
+    for split, n in (("train", 2), ("val", 1)):  # val: the confirmation GT
+        lab = f"labels/det_20/det_{split}.json"
+        frames = json.loads((bad_w / lab).read_text())
+        planted = _plant(frames, n)
+        names += planted
+        (bad_w / lab).write_text(json.dumps(frames))  # NaN is what Python writes; null stays null
+        clean = json.loads((clean_w / lab).read_text())
+        for f in clean:
+            if f["name"] in planted:
+                f["labels"] = f["labels"][1:]
+        (clean_w / lab).write_text(json.dumps(clean))
     ra = fw.s1_collect(make_cfg(bad_w, tmp_path / "oa", collect_total=10_000))
     rb = fw.s1_collect(make_cfg(clean_w, tmp_path / "ob", collect_total=10_000))  # used to die here, every rerun
-    assert ra.info["boxes_left_out"] == 2 and rb.info["boxes_left_out"] == 0
-    assert ra.info["counts"]["degenerate box"] == 2 and "degenerate box" not in rb.info["counts"]
-    assert "2 box(es) with bad coordinates left out" in ra.info["summary"]
+    assert ra.info["boxes_left_out"] == 3 and rb.info["boxes_left_out"] == 0
+    assert ra.info["counts"]["degenerate box"] == 3 and "degenerate box" not in rb.info["counts"]
+    assert "3 box(es) with bad coordinates left out" in ra.info["summary"]
     listed = ra["validation_issues"].query("kind == 'degenerate box'")["name"].tolist()
     assert sorted(listed) == sorted(names)
     for f in ("gt_collected.json", "gt_confirm.json", "strata.csv", "slice_index.csv"):
         assert (ra.dir / f).read_bytes() == (rb.dir / f).read_bytes(), f
     for f in ("frames.csv", "confirm_frames.csv"):  # identical but for the world folder in image_path
         assert (ra.dir / f).read_text().replace(str(bad_w), "W") == (rb.dir / f).read_text().replace(str(clean_w), "W")
+    written = {f["name"] for g in ("collected", "confirm") for f in bdd.load_frames(ra.dir / f"gt_{g}.json")}
+    assert set(names) <= written  # the planted frames are in the GT §1 writes, minus their bad box
     gt = bdd.load_frames(ra.dir / "gt_collected.json")
     assert all(bdd.box_issue(lb.get("box2d")) is None for f in gt for lb in f["labels"])
     assert np.isfinite(bdd.boxes_table(gt)[["x1", "y1", "x2", "y2"]].to_numpy()).all()
