@@ -35,9 +35,11 @@ def label_folder(src: str | os.PathLike, out: str | os.PathLike, labeler: autola
     ``accept``/``review``: router thresholds, scores in [0, 1] (:func:`autolabel.route`);
     ``fps``: video sampling rate, frames per s. ``labeler_info`` goes into ``LABEL.json``
     (a rerun into ``out`` must use the same labeler settings). Unreadable images and
-    corrupt videos are skipped and counted (``ingest/skipped.csv``). Returns
-    :func:`autolabel.write_outputs`' tables plus ``ingest`` (:class:`ingest.IngestResult`).
+    corrupt videos are skipped and counted (``ingest/skipped.csv``). An ``out`` inside ``src`` is
+    refused (:func:`refuse_inside`). Returns :func:`autolabel.write_outputs`' tables plus ``ingest``
+    (:class:`ingest.IngestResult`).
     """
+    refuse_inside(src, out, "label", "_labels")
     out = claim_folder(out, LABEL_MARKER, "bdd_engine.label",
                        {"src": str(Path(src).resolve()), "labeler": labeler.name, "accept": accept,
                         "review": review, "fps": fps, **(labeler_info or {})})
@@ -83,13 +85,19 @@ def predict_folder(weights: str | os.PathLike, src: str | os.PathLike, out_json:
     return path, frames, skipped
 
 
-def refuse_out(src: str | os.PathLike, out_json: Path) -> None:
-    """Raise :class:`checkpoint.FolderRefused` when ``out_json`` is ``src``, lies inside it (it would
-    overwrite an input, or be read as one next time; ``--force`` does not change that) or is a folder."""
-    s, o = Path(src).resolve(), out_json.resolve()
+def refuse_inside(src: str | os.PathLike, out: str | os.PathLike, command: str, example: str) -> None:
+    """Raise :class:`checkpoint.FolderRefused` when ``out`` is ``src`` or lies inside it: the command
+    would write among its inputs (an input overwritten, or its outputs read as inputs next time),
+    ``--force`` or not. ``example``: a name for the suggested path beside ``src``."""
+    s, o = Path(src).resolve(), Path(out).resolve()
     if o == s or s in o.parents:
-        raise FolderRefused(f"--out {out_json} is inside --src {src}: predict never writes among its inputs "
-                            f"(--force or not); pass a path outside it, e.g. {s.parent / (s.name + '_predictions.json')}")
+        raise FolderRefused(f"--out {out} is inside --src {src}: {command} never writes among its inputs "
+                            f"(--force or not); pass a path outside it, e.g. {s.parent / (s.name + example)}")
+
+
+def refuse_out(src: str | os.PathLike, out_json: Path) -> None:
+    """``predict``'s ``--out``: not inside ``src`` (:func:`refuse_inside`) and not a folder."""
+    refuse_inside(src, out_json, "predict", "_predictions.json")
     if out_json.is_dir():
         raise FolderRefused(f"--out {out_json} is a folder; predict writes one JSON file: pass a file path, "
                             f"e.g. {out_json / 'predictions.json'}")

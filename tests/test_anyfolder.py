@@ -125,6 +125,13 @@ def test_label_refuses_a_folder_it_did_not_create(folder, yolo, tmp_path, capsys
     assert main(["label", "--profile", "tiny", "--src", str(src), "--labeler", "teacher",
                  "--out", str(tmp_path / "x")]) == 2
     assert "--weights" in capsys.readouterr().err
+    # a NEW folder inside --src was created and written (issue 23 item 7: refused like predict's --out)
+    before = sorted(p.relative_to(src) for p in src.rglob("*"))
+    for out in (src / "labels_new", src / "clips" / "deep" / "x", src):
+        assert main(["label", "--profile", "tiny", "--src", str(src), "--labeler", "teacher", "--weights", str(yolo),
+                     "--out", str(out)]) == 2
+        assert capsys.readouterr().err.startswith(f"error: --out {out} is inside --src {src}: label never writes")
+    assert sorted(p.relative_to(src) for p in src.rglob("*")) == before
 
 
 def test_predict_never_writes_inside_src_force_or_not_and_refuses_a_folder_out(folder, yolo, tmp_path, capsys):
