@@ -315,3 +315,15 @@ def test_cli_names_that_partly_match_are_counted_with_examples(tmp_path, capsys)
     p.write_text(json.dumps(preds[:3]))
     assert main_evaluate(["--gt", str(g), "--pred", str(p), "--n-boot", "0"]) == 0
     assert "names: " not in capsys.readouterr().out  # silent when every name matches
+
+
+def test_cli_counts_bad_boxes_of_gt_and_predictions_and_goes_on(tmp_path, capsys):
+    gt = [_frame("a.jpg", [_lb("car", 0, 0, 9, 9), _lb("car", float("nan"), 0, 9, 9)]),
+          _frame("b.jpg", [_lb("bus", 0, 0, 20, 20), _lb("car", 5, 5, 1, 9)])]  # inverted: x2 < x1
+    preds = [_frame("a.jpg", [_lb("car", 0, 0, 9, 9, score=0.9), _lb("car", 0, 0, 9, None, score=0.8)]),
+             _frame("b.jpg", [_lb("bus", 0, 0, 20, 20, score=0.7)])]
+    g, p = _write(tmp_path, gt, preds)
+    assert main_evaluate(["--gt", str(g), "--pred", str(p), "--n-boot", "0"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("frames 2   AP50 1.0000")  # the good boxes, scored as if the bad ones were absent
+    assert "gt_dropped_degenerate_box=2" in out and "pred_dropped_degenerate_box=1" in out
