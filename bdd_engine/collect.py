@@ -83,7 +83,7 @@ def validation_summary(report: bdd.ValidationReport, n_indexed: int, have: int, 
     whose coordinates are missing, null, not numbers, not finite or inverted, left out of the
     GT that §1 writes) and whether the data is synthetic."""
     sizes_n = size_counts(checks)
-    summary = report.summary() + (f"; {boxes_left_out} box(es) with bad coordinates left out of the GT "
+    summary = report.summary() + (f"; {boxes_left_out} box(es) with missing or bad coordinates left out of the GT "
                                   "(validation_issues.csv lists them)" if boxes_left_out else "")
     return {
         "summary": summary, "boxes_left_out": int(boxes_left_out), "counts": report.counts, "n_frames": report.n_frames,

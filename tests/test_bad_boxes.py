@@ -126,7 +126,7 @@ def test_s1_leaves_bad_boxes_out_of_the_gt_and_says_so_everything_else_identical
     rb = fw.s1_collect(make_cfg(clean_w, tmp_path / "ob", collect_total=10_000))  # used to die here, every rerun
     assert ra.info["boxes_left_out"] == 3 and rb.info["boxes_left_out"] == 0
     assert ra.info["counts"]["degenerate box"] == 3 and "degenerate box" not in rb.info["counts"]
-    assert "3 box(es) with bad coordinates left out" in ra.info["summary"]
+    assert "3 box(es) with missing or bad coordinates left out" in ra.info["summary"]
     listed = ra["validation_issues"].query("kind == 'degenerate box'")["name"].tolist()
     assert sorted(listed) == sorted(names)
     for f in ("gt_collected.json", "gt_confirm.json", "strata.csv", "slice_index.csv"):
