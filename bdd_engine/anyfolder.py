@@ -11,7 +11,8 @@
   (``score`` per label, ``box2d`` xyxy pixels), usable with ``python -m bdd_engine evaluate``.
 
 Both write only where they may: ``label``'s ``--out`` is a folder it creates and marks
-(``LABEL.json``); ``predict`` never overwrites an existing file unless told to.
+(``LABEL.json``); ``predict`` never writes inside ``--src`` and never overwrites an existing
+file unless told to.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bdd_engine import autolabel, ingest, train
-from bdd_engine.checkpoint import claim_folder
+from bdd_engine.checkpoint import FolderRefused, claim_folder
 
 LABEL_MARKER = "LABEL.json"
 
@@ -34,9 +35,11 @@ def label_folder(src: str | os.PathLike, out: str | os.PathLike, labeler: autola
     ``accept``/``review``: router thresholds, scores in [0, 1] (:func:`autolabel.route`);
     ``fps``: video sampling rate, frames per s. ``labeler_info`` goes into ``LABEL.json``
     (a rerun into ``out`` must use the same labeler settings). Unreadable images and
-    corrupt videos are skipped and counted (``ingest/skipped.csv``). Returns
-    :func:`autolabel.write_outputs`' tables plus ``ingest`` (:class:`ingest.IngestResult`).
+    corrupt videos are skipped and counted (``ingest/skipped.csv``). An ``out`` inside ``src`` is
+    refused (:func:`refuse_inside`). Returns :func:`autolabel.write_outputs`' tables plus ``ingest``
+    (:class:`ingest.IngestResult`).
     """
+    refuse_inside(src, out, "label", "_labels")
     out = claim_folder(out, LABEL_MARKER, "bdd_engine.label",
                        {"src": str(Path(src).resolve()), "labeler": labeler.name, "accept": accept,
                         "review": review, "fps": fps, **(labeler_info or {})})
@@ -59,10 +62,12 @@ def predict_folder(weights: str | os.PathLike, src: str | os.PathLike, out_json:
     ``conf``: score threshold in [0, 1] (keep it low, e.g. 0.001, for mAP). ``imgsz`` None =
     the weights' training size. Unreadable images are skipped and returned as
     ``[{"source_path", "reason"}]``. Raises FileExistsError for an existing ``out_json``
-    unless ``overwrite``, and ValueError if ``src`` holds videos (ingest them first).
+    unless ``overwrite``, :class:`checkpoint.FolderRefused` for an ``out_json`` inside ``src`` or
+    that is a folder (:func:`refuse_out`), and ValueError if ``src`` holds videos (ingest them first).
     Returns (path written, prediction frames, skipped).
     """
     out_json = Path(out_json)
+    refuse_out(src, out_json)
     if out_json.exists() and not overwrite:
         raise FileExistsError(f"{out_json} exists; pass --force to overwrite it, or choose another --out")
     videos, images = ingest.scan(src)
@@ -78,3 +83,21 @@ def predict_folder(weights: str | os.PathLike, src: str | os.PathLike, out_json:
                            batch=batch, progress=progress)
     path, _ = train.save_predictions(frames, out_json)
     return path, frames, skipped
+
+
+def refuse_inside(src: str | os.PathLike, out: str | os.PathLike, command: str, example: str) -> None:
+    """Raise :class:`checkpoint.FolderRefused` when ``out`` is ``src`` or lies inside it: the command
+    would write among its inputs (an input overwritten, or its outputs read as inputs next time),
+    ``--force`` or not. ``example``: a name for the suggested path beside ``src``."""
+    s, o = Path(src).resolve(), Path(out).resolve()
+    if o == s or s in o.parents:
+        raise FolderRefused(f"--out {out} is inside --src {src}: {command} never writes among its inputs "
+                            f"(--force or not); pass a path outside it, e.g. {s.parent / (s.name + example)}")
+
+
+def refuse_out(src: str | os.PathLike, out_json: Path) -> None:
+    """``predict``'s ``--out``: not inside ``src`` (:func:`refuse_inside`) and not a folder."""
+    refuse_inside(src, out_json, "predict", "_predictions.json")
+    if out_json.is_dir():
+        raise FolderRefused(f"--out {out_json} is a folder; predict writes one JSON file: pass a file path, "
+                            f"e.g. {out_json / 'predictions.json'}")

@@ -172,7 +172,7 @@ def frames_table(frames: list[Mapping[str, Any]], image_index: Mapping[str, Path
         name = fr["name"]
         attrs = fr.get("attributes") or {}
         video = video_of(name, fr)
-        n_boxes = sum(1 for lb in fr.get("labels") or [] if lb.get("box2d"))
+        n_boxes = sum(1 for lb in fr.get("labels") or [] if lb.get("box2d") and box_issue(lb["box2d"]) is None)
         row = {
             "name": name,
             "split": split or fr.get("split") or "",
@@ -195,9 +195,10 @@ def boxes_table(frames: Iterable[Mapping[str, Any]], counts: Counter | None = No
     """One row per evaluable box, after the official name/ignore mapping.
 
     Columns: :data:`BOX_COLUMNS` — xyxy **pixels**, ``crowd``/``ignore`` flags,
-    ``score`` (NaN for ground truth). Labels that cannot be boxes of the 10 classes are
-    dropped and counted in ``counts`` (keys ``unknown category``, ``non-box label``,
-    ``missing box2d``) so callers can report them.
+    ``score`` (NaN for ground truth, or a score that is missing or not a number). Labels that
+    cannot be boxes of the 10 classes are dropped and counted in ``counts`` (keys ``unknown
+    category``, ``non-box label``, ``missing box2d``, ``degenerate box``: the kinds
+    :func:`validate` reports, by the same rule :func:`box_issue`) so callers can report them.
     """
     counts = counts if counts is not None else Counter()
     cols: dict[str, list] = {c: [] for c in BOX_COLUMNS}
@@ -210,29 +211,62 @@ def boxes_table(frames: Iterable[Mapping[str, Any]], counts: Counter | None = No
             if cls is None:
                 counts["non-box label" if cat in NON_BOX_CATEGORIES or (box is None and lb.get("poly2d")) else "unknown category"] += 1
                 continue
-            if not box:
-                counts["missing box2d"] += 1
+            issue = box_issue(box)
+            if issue is not None:  # NaN / null / text / inverted: counted, never a row (all columns stay aligned)
+                counts[issue[0]] += 1
                 continue
             attrs = lb.get("attributes") or {}
             cols["name"].append(name)
             cols["category"].append(cls)
             cols["class_id"].append(CLASS_ID[cls])
-            try:
-                xyxy = [float(box[k]) for k in ("x1", "y1", "x2", "y2")]
-            except (KeyError, TypeError, ValueError):
-                counts["degenerate box"] += 1  # e.g. "y2": null — validate() lists it
-                continue
-            if not all(np.isfinite(xyxy)):
-                counts["degenerate box"] += 1  # NaN/inf: nothing can be scored or trained on it
-                continue
-            for k, v in zip(("x1", "y1", "x2", "y2"), xyxy):
-                cols[k].append(v)
+            for k in ("x1", "y1", "x2", "y2"):
+                cols[k].append(float(box[k]))
             cols["crowd"].append(bool(attrs.get("crowd", False)))
             cols["ignore"].append(ignore)
-            s = lb.get("score")
-            cols["score"].append(float(s) if s is not None else np.nan)
+            cols["score"].append(_number(lb.get("score")))
     df = pd.DataFrame(cols)
     return df.astype({"class_id": "int64", "crowd": bool, "ignore": bool, "x1": float, "y1": float, "x2": float, "y2": float, "score": float})
+
+
+def _number(v: Any) -> float:
+    """A finite float, or NaN for anything else (null, text, NaN, inf): callers decide what that means."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return np.nan
+    return f if np.isfinite(f) else np.nan
+
+
+def box_issue(box: Any) -> tuple[str, str] | None:
+    """(kind, detail) when ``box2d`` cannot be a box, else None: ``missing box2d`` (absent, or
+    lacking a coordinate), ``degenerate box`` (a coordinate null, not a number or not finite, or
+    x2 <= x1 or y2 <= y1). The one rule behind :func:`validate`, :func:`boxes_table` and
+    :func:`drop_bad_boxes`."""
+    if not box:
+        return "missing box2d", "without box2d"
+    if not isinstance(box, Mapping) or any(k not in box for k in ("x1", "y1", "x2", "y2")):
+        return "missing box2d", f"box2d lacks x1/y1/x2/y2: {box!r}"
+    try:
+        x1, y1, x2, y2 = (float(box[k]) for k in ("x1", "y1", "x2", "y2"))
+    except (TypeError, ValueError):
+        return "degenerate box", f"non-numeric coordinate: {box!r}"
+    if not (np.isfinite([x1, y1, x2, y2]).all() and x2 > x1 and y2 > y1):
+        return "degenerate box", f"({x1:.1f},{y1:.1f},{x2:.1f},{y2:.1f})"
+    return None
+
+
+def drop_bad_boxes(frames: Iterable[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """(frames without the labels of the 10 classes whose box :func:`box_issue` refuses, how many
+    were left out). Other labels (unknown categories, 2018 non-box entries) are kept as they are:
+    :func:`boxes_table` counts those wherever boxes are read."""
+    out, n = [], 0
+    for fr in frames:
+        keep = [lb for lb in fr.get("labels") or []
+                if not (isinstance(lb.get("category"), str) and map_category(lb["category"])[0] is not None
+                        and box_issue(lb.get("box2d")) is not None)]
+        n += len(fr.get("labels") or []) - len(keep)
+        out.append({**fr, "labels": keep})
+    return out, n
 
 
 # ----------------------------------------------------------------------------- validation
@@ -319,16 +353,10 @@ def _label_issue(lb: Mapping[str, Any], W: float | None, H: float | None, tol: f
             return None
         return "unknown category", repr(cat)
     box = lb.get("box2d")
-    if not box:
-        return "missing box2d", f"category {cat!r} without box2d"
-    if not isinstance(box, Mapping) or any(k not in box for k in ("x1", "y1", "x2", "y2")):
-        return "missing box2d", f"box2d lacks x1/y1/x2/y2: {box!r}"
-    try:
-        x1, y1, x2, y2 = (float(box[k]) for k in ("x1", "y1", "x2", "y2"))
-    except (TypeError, ValueError):
-        return "degenerate box", f"non-numeric coordinate: {box!r}"
-    if not (np.isfinite([x1, y1, x2, y2]).all() and x2 > x1 and y2 > y1):
-        return "degenerate box", f"({x1:.1f},{y1:.1f},{x2:.1f},{y2:.1f})"
+    issue = box_issue(box)
+    if issue is not None:
+        return issue[0], (f"category {cat!r} without box2d" if issue[1] == "without box2d" else issue[1])
+    x1, y1, x2, y2 = (float(box[k]) for k in ("x1", "y1", "x2", "y2"))
     if W is not None and (x1 < -tol or y1 < -tol or x2 > W + tol or y2 > H + tol):
         return "out-of-image box", f"({x1:.1f},{y1:.1f},{x2:.1f},{y2:.1f}) in {W}x{H}"
     return None

@@ -76,12 +76,17 @@ def image_issues(checks: pd.DataFrame) -> list[tuple[str, str, str, str]]:
 
 
 def validation_summary(report: bdd.ValidationReport, n_indexed: int, have: int, total: int, checks: pd.DataFrame,
-                       empty: Sequence[str], label_sha: Mapping[str, str], *, synthetic: bool) -> dict:
+                       empty: Sequence[str], label_sha: Mapping[str, str], *, synthetic: bool,
+                       boxes_left_out: int = 0) -> dict:
     """validation.json: what §1 found (record issues by kind, image coverage and sizes,
-    empty label files, the label files' sha256) and whether the data is synthetic."""
+    empty label files, the label files' sha256, ``boxes_left_out``: boxes of the 10 classes
+    whose coordinates are missing, null, not numbers, not finite or inverted, left out of the
+    GT that §1 writes) and whether the data is synthetic."""
     sizes_n = size_counts(checks)
+    summary = report.summary() + (f"; {boxes_left_out} box(es) with missing or bad coordinates left out of the GT "
+                                  "(validation_issues.csv lists them)" if boxes_left_out else "")
     return {
-        "summary": report.summary(), "counts": report.counts, "n_frames": report.n_frames,
+        "summary": summary, "boxes_left_out": int(boxes_left_out), "counts": report.counts, "n_frames": report.n_frames,
         "n_labels": report.n_labels, "images_indexed": n_indexed, "frames_with_image": have,
         "frames_labelled": total, "unreadable_images": int((~checks["ok"]).sum()),
         "image_sizes": {k: int(v) for k, v in sizes_n.items()},

@@ -50,6 +50,11 @@ Read from ``bdd100k/eval/run.py`` (det task), ``bdd100k/label/to_scalabel.py``,
   (both sorted by name), so the official tool silently misaligns when the prediction
   file lacks a frame. We match predictions to GT frames **by name**; prediction frames
   not in the GT are counted and reported, GT frames without predictions have none.
+* Deliberate difference: a box whose coordinates are missing, null, not numbers, not
+  finite or inverted/zero-size (``bdd.box_issue``, the rule ``bdd.validate`` reports) is left
+  out of GT and predictions and counted (``gt_dropped_*`` / ``pred_dropped_*``); the official
+  tool would crash on it or score a box nobody drew. A predicted box without a finite score
+  raises :class:`EvalInputError` naming the first one.
 
 Slices, frames, bootstrap
 -------------------------
@@ -235,9 +240,61 @@ def _box_tables(gt_idx: Mapping[str, Mapping[str, Any]], names: np.ndarray, fpos
     report.update({f"gt_dropped_{k.replace(' ', '_')}": int(v) for k, v in gcount.items()})
     report.update({f"pred_dropped_{k.replace(' ', '_')}": int(v) for k, v in pcount.items()})
     if pr["score"].isna().any():
-        raise ValueError(f"predictions: {int(pr['score'].isna().sum())} boxes without 'score'; "
-                         "every predicted label needs a score for AP")
+        first = pr[pr["score"].isna()].iloc[0] if isinstance(pred_frames, pd.DataFrame) else _first_bad_score(pr_idx, fpos)
+        raise EvalInputError(f"predictions: {int(pr['score'].isna().sum())} box(es) without 'score' (missing, null, "
+                             f"not a number or not finite), the first in frame {first['name']!r}: {_box_text(first)}; "
+                             "every predicted box needs a score for AP")
     return gt, pr, report
+
+
+class EvalInputError(ValueError):
+    """Ground truth or predictions that cannot be evaluated; the message names the first bad record."""
+
+
+def _first_bad_score(pr_idx: Mapping[str, Mapping[str, Any]], fpos: Mapping[str, int]) -> dict[str, Any]:
+    """The first evaluated prediction (file order) whose ``score`` is missing, null, text, NaN or inf."""
+    for n, fr in pr_idx.items():
+        if n not in fpos:
+            continue
+        for lb in fr.get("labels") or []:
+            row = bdd.boxes_table([{"name": n, "labels": [lb]}])  # the same mapping and checks as the table
+            if len(row) and np.isnan(row["score"].iloc[0]):
+                return {"name": n, "id": lb.get("id"), "category": lb.get("category"), "box2d": lb.get("box2d"),
+                        "score": lb.get("score", "missing")}
+    raise AssertionError("a NaN score row has no source label")  # pragma: no cover
+
+
+def _box_text(r: Mapping[str, Any]) -> str:
+    """One box for a message: id, category, coordinates, score as given."""
+    box = r.get("box2d") or {k: r.get(k) for k in ("x1", "y1", "x2", "y2")}
+    ident = f"id {r['id']!r} " if r.get("id") is not None else ""
+    return f"{ident}{r.get('category')!r} box2d {dict(box)} score {r.get('score', 'missing')!r}"
+
+
+def name_mismatch(gt_frames: Sequence[Mapping[str, Any]], pred_frames: Sequence[Mapping[str, Any]],
+                  n_examples: int = 3) -> dict[str, Any]:
+    """How the frame names of GT and predictions differ: counts and the first few names (file
+    order) of GT frames without a prediction frame and of prediction frames not in the GT, and
+    how many names match."""
+    g = [f["name"] for f in gt_frames]
+    p = [f["name"] for f in pred_frames]
+    gs, ps = set(g), set(p)
+    gt_only = [n for n in dict.fromkeys(g) if n not in ps]
+    pred_only = [n for n in dict.fromkeys(p) if n not in gs]
+    return {"matched": len(gs & ps), "gt_not_in_pred": len(gt_only), "pred_not_in_gt": len(pred_only),
+            "gt_examples": gt_only[:n_examples], "pred_examples": pred_only[:n_examples]}
+
+
+def mismatch_text(m: Mapping[str, Any]) -> str:
+    """The summary line of :func:`name_mismatch` ('' when every name matches)."""
+    parts = []
+    if m["gt_not_in_pred"]:
+        parts.append(f"{m['gt_not_in_pred']} GT frame(s) have no prediction frame (e.g. "
+                     f"{', '.join(map(repr, m['gt_examples']))}: scored as frames with no detections)")
+    if m["pred_not_in_gt"]:
+        parts.append(f"{m['pred_not_in_gt']} prediction frame(s) are not in the GT (e.g. "
+                     f"{', '.join(map(repr, m['pred_examples']))}: not scored)")
+    return "names: " + "; ".join(parts) if parts else ""
 
 
 def _ground_truth(gt: pd.DataFrame, fpos: Mapping[str, int], F: int) -> _GT:
@@ -900,10 +957,25 @@ def main_evaluate(argv: Sequence[str] | None = None) -> int:
     if unknown:
         p.error(f"--by: unknown attribute(s) {', '.join(unknown)}; slices are combinations of "
                 f"{', '.join(bdd.SLICE_ATTRS)} (BDD's frame attributes)")
-    gt = bdd.load_frames(args.gt)
-    pred = bdd.load_frames(args.pred)
-    res = evaluate(gt, pred, by=by, n_boot=args.n_boot, seed=args.seed)
+    try:
+        gt, pred = bdd.load_frames(args.gt), bdd.load_frames(args.pred)  # ValueError: not JSON / not a frame list
+        names = name_mismatch(gt, pred)
+        if gt and not names["matched"]:
+            raise EvalInputError(
+                f"no prediction frame matches a GT frame by name: GT {args.gt} has e.g. {gt[0]['name']!r}, predictions "
+                f"{args.pred} " + (f"have e.g. {pred[0]['name']!r}" if pred else "hold no frames")
+                + "; frame names must be equal, extension included")
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+    try:
+        res = evaluate(gt, pred, by=by, n_boot=args.n_boot, seed=args.seed)
+    except EvalInputError as e:
+        print(f"error: {args.pred}: {e}", file=sys.stderr)
+        return 2
     print(format_result(res))
+    if mismatch_text(names):
+        print(mismatch_text(names))
     if args.json:
         print(f"\nwrote {res.write_json(args.json)}")
     return 0

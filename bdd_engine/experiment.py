@@ -54,6 +54,16 @@ def random_pool_names(pools: pd.DataFrame, k: int, seed: int) -> list[str]:
     return sorted(rng.choice(names, size=min(k, len(names)), replace=False).tolist())
 
 
+def arm_additions(auto: Mapping[str, list], oracle: list) -> dict[str, list]:
+    """What each §7 arm adds to its training set (beside train and the carried frames): ``iter1``
+    the mined frames' auto-labels the router accepted (``auto["mined"]``), ``random`` the random
+    frames' accepted auto-labels (``auto["random"]``, absent without that arm), ``oracle`` the
+    mined frames' ground truth (``oracle``), ``continue`` nothing: accepted mined labels reach iter1
+    only, so every other arm is a control for them."""
+    return {"iter1": list(auto["mined"]), "random": list(auto.get("random", [])), "oracle": list(oracle),
+            "continue": []}
+
+
 def confirmable(slices_df: pd.DataFrame, confirm_n: Mapping[str, int], min_confirm: int) -> pd.DataFrame:
     """The rows of an eval slice table that may be chosen as the worst slice: any non-``full``
     row, and full slices with >= ``min_confirm`` confirmation candidates (``confirm_n``:

@@ -128,6 +128,7 @@ def s1_collect(cfg: Config) -> Result:
         have, total = bdd.image_coverage(frames + cframes, {n: p for n, p in index.items() if n not in unreadable})
         report_ = bdd.validate(frames + cframes, index, image_wh=images.sizes_of(checks, checks["name"]))
         report_.add(collect.image_issues(checks))
+        (frames, bad), (cframes, cbad) = bdd.drop_bad_boxes(frames), bdd.drop_bad_boxes(cframes)  # listed above
         source = collect.frame_table(table, checks)
         collected, strata = slices.collect(source, cfg.collect_total, cfg.collect_min_floor, cfg.seed)
         confirm, dropped = collect.confirm_candidates(collect.frame_table(ctable, checks), source)
@@ -140,7 +141,7 @@ def s1_collect(cfg: Config) -> Result:
             inputs = pd.concat([inputs, ing_inputs], ignore_index=True)
         label_sha = collect.label_file_hashes(inputs, root, label_files)
         summary = collect.validation_summary(report_, len(index), have, total, checks, empty + cempty, label_sha,
-                                             synthetic=bool(cfg.synthetic))
+                                             synthetic=bool(cfg.synthetic), boxes_left_out=bad + cbad)
         with sec.writer() as w:
             w.write_df("frames.csv", collected)
             bdd.write_bdd_json(collect.first_frames(frames, set(collected["name"])), w.path("gt_collected.json"))
@@ -154,7 +155,8 @@ def s1_collect(cfg: Config) -> Result:
             w.record_inputs(inputs, label_files=label_sha)
             w.write_json("validation.json", summary)
             w.counts.update({"labelled": total, "with_image": have, "collected": len(collected),
-                             "validation_issues": len(report_.issues), "unreadable_images": len(unreadable),
+                             "validation_issues": len(report_.issues), "boxes_left_out": bad + cbad,
+                             "unreadable_images": len(unreadable),
                              "confirm_candidates": len(confirm), "ingested_joined": ingested["ingested_joined"]})
         print(f"§1 done in {time.time() - t0:.1f} s")
     return Result(1, sec.dir, {
@@ -571,11 +573,10 @@ def s7_autolabel_retrain(cfg: Config, turn: int = 1) -> Result:
             extra, labeling = _label_sets(cfg, w, labeler, sets, gt_pool, paths)
             del labeler  # the arms train without the labeler's models beside them (gsam2: GBs)
             train.free_memory()
-            extra["oracle"] = [gt_pool[n] for n in mined if n in gt_pool]  # ingested frames have no GT to give
-            extra["continue"] = []
+            adds = experiment.arm_additions(extra, [gt_pool[n] for n in mined if n in gt_pool])  # ingested: no GT
             rows = []
             for run_name, arm, seed in runs:
-                add = extra["mined" if arm == "iter1" else arm]
+                add = adds[arm]
                 frames = gt_train + carried + add
                 weights, card, dhash, epochs = _train_arm(cfg, runs_dir, run_name, seed, frames, gt_train[:32], paths,
                                                           sizes, w0)

@@ -8,6 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -124,3 +125,63 @@ def test_label_refuses_a_folder_it_did_not_create(folder, yolo, tmp_path, capsys
     assert main(["label", "--profile", "tiny", "--src", str(src), "--labeler", "teacher",
                  "--out", str(tmp_path / "x")]) == 2
     assert "--weights" in capsys.readouterr().err
+    # a NEW folder inside --src was created and written (issue 23 item 7: refused like predict's --out)
+    before = sorted(p.relative_to(src) for p in src.rglob("*"))
+    for out in (src / "labels_new", src / "clips" / "deep" / "x", src):
+        assert main(["label", "--profile", "tiny", "--src", str(src), "--labeler", "teacher", "--weights", str(yolo),
+                     "--out", str(out)]) == 2
+        assert capsys.readouterr().err.startswith(f"error: --out {out} is inside --src {src}: label never writes")
+    assert sorted(p.relative_to(src) for p in src.rglob("*")) == before
+
+
+def test_predict_never_writes_inside_src_force_or_not_and_refuses_a_folder_out(folder, yolo, tmp_path, capsys):
+    src, _ = folder
+    before = {p: p.read_bytes() for p in src.rglob("*") if p.is_file()}
+    good = next(iter(sorted(src.glob("*.jpg"))))
+    base = ["predict", "--profile", "tiny", "--weights", str(yolo), "--src", str(src), "--set", "device=cpu"]
+    for out, force in ((good, ["--force"]), (good, []), (src / "new.json", ["--force"]),
+                       (src / "clips" / "p.json", []), (src, ["--force"])):
+        assert main([*base, "--out", str(out), *force]) == 2, out
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --out {out} is inside --src {src}") and err.count("\n") == 1, err
+    assert {p: p.read_bytes() for p in src.rglob("*") if p.is_file()} == before  # nothing written, nothing added
+    d = tmp_path / "preds"
+    d.mkdir()
+    assert main([*base, "--out", str(d), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: --out {d} is a folder; predict writes one JSON file: pass a file path, e.g. {d / 'predictions.json'}\n"
+
+
+def test_predict_writes_pixel_xyxy_boxes_of_the_original_image(tiny_world, tmp_path):
+    """The predictions file holds box2d = x1, y1, x2, y2 in pixels of each original image (not the
+    letterboxed input, not normalised, not centre-xywh), checked against Ultralytics' normalised
+    xyxy scaled by the image's own size, on two images that are not square (issue 23, item 21).
+    The demo's shipped pretrained model finds real objects in the synthetic frames."""
+    from PIL import Image
+    from ultralytics import YOLO
+
+    weights = Path(__file__).resolve().parent.parent / "bdd_engine" / "models" / "synthpre-w0125.pt"
+    src = tmp_path / "src"
+    src.mkdir()
+    first = sorted((tiny_world / "images/100k/val").glob("*.jpg"))[:2]
+    sizes = {"a_wide.jpg": (640, 300), "b_tall.jpg": (300, 520)}
+    for f, (n, wh) in zip(first, sizes.items()):
+        with Image.open(f) as im:
+            im.resize(wh).save(src / n, quality=95)
+    pred = tmp_path / "pred.json"
+    assert main(["predict", "--profile", "tiny", "--weights", str(weights), "--src", str(src), "--out", str(pred),
+                 "--imgsz", "320", "--conf", "0.05", "--set", "device=cpu"]) == 0
+    frames = {f["name"]: f for f in bdd.load_frames(pred)}
+    results = YOLO(str(weights)).predict([str(src / n) for n in sizes], imgsz=320, conf=0.05, iou=0.7, max_det=300,
+                                         batch=16, device="cpu", verbose=False)
+    inner = 0
+    for (n, (W, H)), r in zip(sizes.items(), results):
+        want = (r.boxes.xyxyn.cpu().numpy().astype(float) * [W, H, W, H]).tolist()
+        got = [[lb["box2d"][k] for k in ("x1", "y1", "x2", "y2")] for lb in frames[n]["labels"]]
+        assert len(got) == len(want) > 0, n
+        assert np.allclose(got, want, atol=1e-2), n
+        b = np.array(got)
+        assert (b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all()
+        assert (b >= 0).all() and (b[:, [0, 2]] <= W).all() and (b[:, [1, 3]] <= H).all()
+        inner += int(((b[:, 0] > 1) & (b[:, 1] > 1) & (b[:, 2] < W - 1) & (b[:, 3] < H - 1)).sum())
+    assert inner > 0  # boxes inside the frame, not only clipped full-frame ones: every coordinate is checked

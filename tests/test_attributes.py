@@ -60,3 +60,37 @@ def test_zero_shot_picks_the_nearest_prompt_with_softmax_confidence():
     assert set(attributes.PROMPTS["timeofday"]) == {"daytime", "night", "dawn/dusk"}
     for a, table in attributes.PROMPTS.items():
         assert "undefined" not in table and len(set(table.values())) == len(table)
+
+
+# ----------------------------------------------------------------- issue 23, item 19
+def test_the_probe_is_fitted_on_train_and_eval_frames_never_on_the_pool_it_scores(monkeypatch, tmp_path):
+    """§6's predictor: fitted on pools.csv's train + eval frames only; the labelled pool frames it
+    is scored on, the unlabelled ones it fills and the holdout never reach the fit."""
+    from bdd_engine import flywheel as fw
+    from conftest import make_cfg
+
+    rng = np.random.default_rng(0)
+    kinds = [("train", 30), ("eval", 20), ("pool", 25), ("holdout", 5)]
+    rows = []
+    for pool, n in kinds:
+        for i in range(n):
+            w = ("snowy" if pool == "pool" else ("clear", "rainy")[i % 2])  # only the pool holds snowy
+            rows.append({"name": f"{pool}-{i:03d}.jpg", "pool": pool, "weather": w,
+                         "timeofday": ("daytime", "night")[i % 2], "scene": ("highway", "city street")[i % 3 == 0]})
+    pools = pd.DataFrame(rows)
+    pool = pools[pools["pool"] == "pool"].copy()
+    pool.loc[pool.index[:10], ["weather", "timeofday", "scene"]] = None  # 10 frames to fill (ingested-like)
+    names = pools["name"].tolist()
+    emb = rng.normal(size=(len(names), 8)).astype(np.float32)
+    seen = []
+    real = attributes.fit_probes
+    monkeypatch.setattr(attributes, "fit_probes", lambda X, frames, **kw: seen.append(list(frames["name"])) or
+                        real(X, frames, **kw))
+    cfg = make_cfg(tmp_path, tmp_path / "out", mine_attr_predictor="probe")
+    out, table, conf = fw._pool_attributes(cfg, pool, pools, emb, names)
+    fitted = set(seen[0])
+    assert fitted == set(pools.loc[pools["pool"].isin(["train", "eval"]), "name"])
+    assert not fitted & set(pool["name"]) and not any(n.startswith("holdout") for n in fitted)
+    assert table.set_index("attribute")["n_train"].to_dict() == {"weather": 50, "timeofday": 50, "scene": 50}
+    assert table.set_index("attribute").loc["weather", "n_test"] == 15  # scored on the 15 labelled pool frames
+    assert "snowy" not in set(out.loc[out["attr_source"] == "predicted", "weather"])  # a value it never saw

@@ -262,3 +262,68 @@ def test_cli_writes_issue_schema(tmp_path, capsys):
     s = js["slices"][0]
     assert {"slice", "n_frames", "AP50", "ci"} <= set(s) and len(s["ci"]) == 2
     assert all(0 <= v <= 1 for v in (js["AP50"], js["AP"]))
+
+
+# ----------------------------------------------------------------------------- issue 23: bad inputs at the CLI
+def _write(tmp_path, gts, preds):
+    g, p = tmp_path / "gt.json", tmp_path / "pred.json"
+    g.write_text(json.dumps(gts))
+    p.write_text(json.dumps(preds))  # Python writes NaN, as a careless exporter would
+    return g, p
+
+
+@pytest.mark.parametrize("score,shown", [("absent", "'missing'"), (None, "None"), (float("nan"), "nan"),
+                                         ("high", "'high'")])
+def test_cli_bad_score_is_one_line_naming_the_file_and_the_first_bad_box(tmp_path, capsys, score, shown):
+    gt = [_frame("a.jpg", [_lb("car", 0, 0, 9, 9)]), _frame("b.jpg", [_lb("car", 0, 0, 9, 9)])]
+    bad = {"id": "7", "category": "car", "box2d": dict(x1=1, y1=2, x2=3, y2=4)}
+    if score != "absent":
+        bad["score"] = score
+    preds = [_frame("a.jpg", [_lb("car", 0, 0, 9, 9, score=0.9)]),
+             _frame("b.jpg", [_lb("car", 0, 0, 9, 9, score=0.8), bad, dict(bad, id="8")])]
+    g, p = _write(tmp_path, gt, preds)
+    assert main_evaluate(["--gt", str(g), "--pred", str(p), "--n-boot", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"error: {p}: predictions: 2 box(es) without 'score'")
+    assert "frame 'b.jpg': id '7' 'car'" in err and f"score {shown}" in err
+
+
+def test_cli_names_that_never_match_exit_2_with_an_example_of_each_side(tmp_path, capsys):
+    gt = [_frame("a1.jpg", [_lb("car", 0, 0, 9, 9)])]
+    g, p = _write(tmp_path, gt, [_frame("a1", [_lb("car", 0, 0, 9, 9, score=0.9)])])  # names without .jpg
+    assert main_evaluate(["--gt", str(g), "--pred", str(p), "--n-boot", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no prediction frame matches a GT frame" in err
+    assert "'a1.jpg'" in err and "'a1'" in err and str(g) in err and str(p) in err
+    p.write_text("[]")
+    assert main_evaluate(["--gt", str(g), "--pred", str(p), "--n-boot", "0"]) == 2
+    assert "hold no frames" in capsys.readouterr().err
+
+
+def test_cli_names_that_partly_match_are_counted_with_examples(tmp_path, capsys):
+    gt = [_frame(f"f{i}.jpg", [_lb("car", 0, 0, 9, 9)]) for i in range(5)]
+    preds = [_frame(f"f{i}.jpg", [_lb("car", 0, 0, 9, 9, score=0.9)]) for i in range(3)]
+    preds += [_frame("zz.png", [_lb("car", 0, 0, 9, 9, score=0.9)])]
+    g, p = _write(tmp_path, gt, preds)
+    assert main_evaluate(["--gt", str(g), "--pred", str(p), "--n-boot", "0"]) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith("names: "))
+    assert "2 GT frame(s) have no prediction frame (e.g. 'f3.jpg', 'f4.jpg'" in line
+    assert "1 prediction frame(s) are not in the GT (e.g. 'zz.png'" in line
+    g.write_text(json.dumps(preds[:3]))
+    p.write_text(json.dumps(preds[:3]))
+    assert main_evaluate(["--gt", str(g), "--pred", str(p), "--n-boot", "0"]) == 0
+    assert "names: " not in capsys.readouterr().out  # silent when every name matches
+
+
+def test_cli_counts_bad_boxes_of_gt_and_predictions_and_goes_on(tmp_path, capsys):
+    gt = [_frame("a.jpg", [_lb("car", 0, 0, 9, 9), _lb("car", float("nan"), 0, 9, 9)]),
+          _frame("b.jpg", [_lb("bus", 0, 0, 20, 20), _lb("car", 5, 5, 1, 9)])]  # inverted: x2 < x1
+    preds = [_frame("a.jpg", [_lb("car", 0, 0, 9, 9, score=0.9), _lb("car", 0, 0, 9, None, score=0.8)]),
+             _frame("b.jpg", [_lb("bus", 0, 0, 20, 20, score=0.7)])]
+    g, p = _write(tmp_path, gt, preds)
+    assert main_evaluate(["--gt", str(g), "--pred", str(p), "--n-boot", "0"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("frames 2   AP50 1.0000")  # the good boxes, scored as if the bad ones were absent
+    assert "gt_dropped_degenerate_box=2" in out and "pred_dropped_degenerate_box=1" in out

@@ -231,15 +231,12 @@ def test_null_and_nan_coordinates_are_degenerate_boxes_never_written(world, tmp_
     edit_labels(world, plant, split="train")
     cfg = make_cfg(world, tmp_path / "o", collect_total=10_000)
     r1 = fw.s1_collect(cfg)
-    assert r1.info["counts"]["degenerate box"] == 2
+    assert r1.info["counts"]["degenerate box"] == 2 and r1.info["boxes_left_out"] == 2
     fw.s2_curate(cfg)  # crashed with a TypeError naming no frame
     r3 = fw.s3_pools(cfg)
-    dropped = r3.info["yolo_export"].get("degenerate box", 0)
     txt = "".join(p.read_text() for p in (r3.dir / "yolo" / "labels").rglob("*.txt"))
     assert "nan" not in txt and "inf" not in txt
-    train_names = set(pd.read_csv(r3.dir / "pools.csv").query("pool == 'train'")["name"])
-    planted = [f["name"] for f in json.loads(labels(world, "train").read_text()) if f["labels"]][:2]
-    assert dropped == len(set(planted) & train_names)  # counted exactly where written
+    assert r3.info["yolo_export"].get("degenerate box", 0) == 0  # §1 already left them out of the GT (issue 23)
 
 
 # ----------------------------------------------------------------------------- 8 mixed sizes

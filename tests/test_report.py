@@ -135,3 +135,24 @@ def test_learning_curve_draws_each_turn_and_the_control(tmp_path):
     bad = [{k: v for k, v in _turns()[0].items() if k != "random_worst_AP50"}]
     with pytest.raises(ValueError, match="random_worst_AP50"):
         figures.learning_curve(bad, synthetic=False)
+
+
+# ----------------------------------------------------------------- golden-QA drift tolerance (issue 23, item 18)
+def _stats(fwl, empty, bpf):
+    return {"frames_with_labels": fwl, "empty_frames": empty, "boxes_per_frame": bpf,
+            "class_share": {c: 0.1 for c in report.CLASSES}}
+
+
+def test_drift_at_exactly_the_relative_tolerance_is_not_flagged():
+    ref = _stats(64, 16, 10.0)
+    # every statistic moved by exactly 25 % of its reference (exact binary fractions: no rounding)
+    assert report.drift_flags(_stats(80, 12, 12.5), ref, 0.25, "GT") == []
+    assert report.drift_flags(_stats(80.5, 12, 12.5), ref, 0.25, "GT") == ["frames_with_labels 80.5 vs GT 64"]
+
+
+def test_a_large_statistic_is_judged_relative_not_absolute():
+    ref = _stats(1000, 400, 10.0)
+    # +50 frames, -20 empty, +0.4 boxes/frame: far more than 0.1 in absolute terms, 5 % / 5 % / 4 % relative
+    assert report.drift_flags(_stats(1050, 380, 10.4), ref, 0.1, "GT") == []
+    assert report.drift_flags(_stats(1101, 380, 10.4), ref, 0.1, "previous run") == \
+        ["frames_with_labels 1.1e+03 vs previous run 1e+03"]

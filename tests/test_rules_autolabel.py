@@ -115,3 +115,33 @@ def test_rider_rule_only_pedestrians_on_bicycles_or_motorcycles():
     cats, n = al.apply_rider_rule(["bicycle", "pedestrian", "bicycle"],
                                   np.array([[500, 500, 600, 600], [0, 0, 10, 10], [0, 0, 10, 10]], float), 0.3)
     assert cats == ["bicycle", "rider", "bicycle"] and n == 1
+
+
+# ----------------------------------------------------------------- issue 23, item 21: which arm gets what
+def test_accepted_mined_labels_reach_iter1_only_and_nothing_else_does():
+    """§7's arms (experiment.arm_additions over the router's accepted_frames): iter1 adds exactly the
+    mined frames' labels with score >= label_accept; random its own frames' accepted labels; oracle
+    the mined frames' GT; continue nothing. No review/discard label and no mined auto-label
+    reaches any other arm (the fast twin of test_notebook's check on the YOLO sets on disk)."""
+    from bdd_engine import experiment
+
+    def labelled(prefix, scores_per_frame):
+        return al.LabelRun("t", [{"name": f"{prefix}{i}.jpg", "attributes": {},
+                                  "labels": [dict(lb(s), id=f"{prefix}{i}:{s}") for s in ss]}
+                                 for i, ss in enumerate(scores_per_frame)])
+
+    mined = labelled("m", [[0.9, ACC, 0.5], [0.3, REV], [0.99], [ACC - 1e-9]])
+    random_ = labelled("r", [[0.7, 0.1], [0.2]])
+    oracle = [{"name": "m0.jpg", "attributes": {}, "labels": [{"id": "gt", "category": "car", "box2d": lb(1)["box2d"]}]}]
+    auto = {"mined": al.accepted_frames(mined, ACC), "random": al.accepted_frames(random_, ACC)}
+    adds = experiment.arm_additions(auto, oracle)
+    ids = {arm: [x["id"] for f in frames for x in f["labels"]] for arm, frames in adds.items()}
+    assert ids["iter1"] == ["m0:0.9", f"m0:{ACC}", "m2:0.99"]
+    assert [f["name"] for f in adds["iter1"]] == ["m0.jpg", "m2.jpg"]  # a frame with nothing accepted adds nothing
+    assert ids["random"] == ["r0:0.7"]
+    assert ids["oracle"] == ["gt"] and ids["continue"] == []
+    mined_ids = {x["id"] for f in mined.frames for x in f["labels"]}
+    for arm in ("random", "oracle", "continue"):
+        assert not mined_ids & set(ids[arm]), f"{arm} trains on the mined auto-labels"
+    assert set(adds) == {"iter1", "random", "oracle", "continue"}
+    assert experiment.arm_additions({"mined": auto["mined"]}, [])["random"] == []  # no random arm configured

@@ -93,3 +93,73 @@ def test_confirm_verdict_leads_and_reads_the_contrast_sign():
                         "(95% CI [-0.070, -0.012]): below 0 beyond its CI; Δ(oracle) − Δ(random) = +0.020 "
                         "(95% CI [-0.010, +0.050]): within noise")
     assert "0.040 with 80% power" in v and "On the eval pool the slice was chosen on: Δ +0.010" in v
+
+
+# ----------------------------------------------------------------- paired resamples (issue 23, item 17)
+class _Writer:
+    """Stands in for a section writer: keeps what _confirm writes."""
+
+    def __init__(self):
+        self.json, self.dfs = {}, {}
+
+    def write_df(self, rel, df):
+        self.dfs[rel] = df
+
+    def write_json(self, rel, obj):
+        self.json[rel] = obj
+
+
+def _planted_confirm(monkeypatch, tmp_path, n=80):
+    """A confirmation set of n one-car frames where frame difficulty dominates: every run finds the
+    car on the same easy frames; iter1 finds it on 4 hard frames more than random does."""
+    from bdd_engine import evaluate
+    from bdd_engine import flywheel as fw
+    from conftest import make_cfg
+
+    rng = np.random.default_rng(5)
+    names = [f"{i:08x}-0.jpg" for i in range(n)]
+    easy = rng.random(n) < 0.5
+    hard = np.flatnonzero(~easy)
+    found = {"iter0": easy.copy(), "random": easy.copy(), "iter1": easy.copy()}
+    found["iter1"][hard[:4]] = True
+    car = {"category": "car", "attributes": {}, "box2d": {"x1": 10.0, "y1": 10.0, "x2": 60.0, "y2": 60.0}}
+    gt = [{"name": nm, "attributes": {}, "labels": [dict(car)]} for nm in names]
+    conf = pd.DataFrame({"name": names, "slice": "rainy | night | highway", "image_path": "x"})
+    monkeypatch.setattr(fw.artifacts, "read_df", lambda out, n_, rel, turn=1: conf)
+    monkeypatch.setattr(fw.artifacts, "load_gt", lambda out, n_, which: gt)
+    monkeypatch.setattr(fw.artifacts, "start_weights", lambda out, turn: tmp_path / "iter0")
+
+    def predict(cfg, weights, frames):
+        hit = found[weights.name]
+        return [{"name": nm, "labels": [dict(car, score=0.9)] if hit[i] else []} for i, nm in enumerate(names)]
+
+    monkeypatch.setattr(fw, "_predict", predict)
+    calls = []
+    real = evaluate.boot_map50
+    monkeypatch.setattr(fw.evaluate, "boot_map50", lambda cache, frames, weights: calls.append(weights) or
+                        real(cache, frames, weights))
+    cfg = make_cfg(tmp_path, tmp_path / "out", eval_n_boot=400)
+    arms = pd.DataFrame({"run": ["iter1", "random"], "arm": ["iter1", "random"], "seed": [0, 0],
+                         "weights": [str(tmp_path / "iter1"), str(tmp_path / "random")]})
+    return fw, cfg, arms, calls, real, gt
+
+
+def test_every_run_on_the_confirmation_set_is_bootstrapped_on_the_same_frame_resamples(monkeypatch, tmp_path):
+    fw, cfg, arms, calls, real, gt = _planted_confirm(monkeypatch, tmp_path)
+    out = fw._confirm(cfg, _Writer(), arms, 1)
+    assert len(calls) == 3 and all(np.array_equal(c, calls[0]) for c in calls[1:])  # one set of resamples
+    assert calls[0].shape == (400, len(gt))
+    paired = out["contrasts"]["iter1-random"]
+    assert paired["delta"] > 0
+    # the same contrast with each run on its own resamples (what an unpaired design would give)
+    from bdd_engine import evaluate
+
+    boots = {}
+    for i, run in enumerate(("iter0", "iter1", "random")):
+        res = evaluate.evaluate(gt, fw._predict(cfg, tmp_path / run, None), n_boot=0)
+        w = evaluate.resample_weights(len(gt), 400, np.random.default_rng([cfg.seed, 100 + i]))
+        boots[run] = real(res.cache, np.arange(len(gt)), w)
+    unpaired = experiment.hierarchical_deltas({r: 0.0 for r in boots}, boots, arms, int(cfg.seed))
+    width = lambda c: c["ci"][1] - c["ci"][0]  # noqa: E731
+    assert width(paired) < 0.5 * width(unpaired["contrasts"]["iter1-random"])
+    assert paired["ci"][0] > 0 > unpaired["contrasts"]["iter1-random"]["ci"][0]  # pairing is what makes it visible

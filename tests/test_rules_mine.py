@@ -108,3 +108,27 @@ def test_mine_hands_both_thresholds_to_the_rule():
     assert r.failure_rule == "ap50 <= 0.2 or recall50 < 0.5" and r.counts["failure_frames"] == 3
     r = M.mine(pf, ev, pool, x, names, worst_slice=W, **base, **PROFILE)   # the profile's 0.0 / 0.3
     assert r.failure_names == ["f00.jpg"]
+
+
+# ----------------------------------------------------------------- issue 23, item 21: turns never re-mine
+def test_turn_t_mines_and_draws_its_random_control_only_from_frames_no_earlier_turn_mined(tmp_path):
+    """§6/§7 of turn t read the mining pool through flywheel._unused_pool: turn 2 never sees turn 1's
+    mined frames, turn 3 neither turn 1's nor turn 2's (the fast twin of test_notebook's 2-turn run)."""
+    from bdd_engine import experiment
+    from bdd_engine import flywheel as fw
+    from bdd_engine.checkpoint import atomic_write_df
+    from conftest import make_cfg
+
+    cfg = make_cfg(tmp_path, tmp_path / "out", flywheel_turns=3)
+    pools = pd.DataFrame({"name": [f"p{i:02d}.jpg" for i in range(20)] + ["t0.jpg", "e0.jpg"],
+                          "pool": ["pool"] * 20 + ["train", "eval"]})
+    mined = {1: [f"p{i:02d}.jpg" for i in range(0, 6)], 2: [f"p{i:02d}.jpg" for i in range(6, 12)]}
+    for t, names in mined.items():
+        atomic_write_df(fw.artifacts.section_dir(cfg.out, 6, t) / "mined.csv", pd.DataFrame({"name": names}))
+    pool_names = set(pools["name"][:20])
+    assert set(fw._unused_pool(cfg, pools, 1)["name"]) == pool_names
+    assert set(fw._unused_pool(cfg, pools, 2)["name"]) == pool_names - set(mined[1])
+    assert set(fw._unused_pool(cfg, pools, 3)["name"]) == pool_names - set(mined[1]) - set(mined[2])
+    for seed in range(5):  # the random control of turn 2 draws from the same unused pool
+        drawn = experiment.random_pool_names(fw._unused_pool(cfg, pools, 2), 6, seed)
+        assert len(drawn) == 6 and not set(drawn) & set(mined[1])

@@ -87,3 +87,27 @@ def test_slice_key_is_missing_when_any_attribute_is():
     k = slices.key(df)
     assert k.iloc[0] == "clear | night | highway" and k.iloc[1:].isna().all()
     assert slices.key(df, ("weather",)).tolist()[::2] == ["clear", "rainy"]
+
+
+# ----------------------------------------------------------------- §1 stratified allocation (issue 23, item 16)
+def _source(sizes: dict[tuple[str, str], int]) -> pd.DataFrame:
+    rows = [{"name": f"{w}-{t}-{i:05d}.jpg".replace("/", "_"), "weather": w, "timeofday": t, "scene": "highway",
+             "image_path": "x.jpg"} for (w, t), n in sizes.items() for i in range(n)]
+    return pd.DataFrame(rows)
+
+
+def test_collect_gives_a_rare_stratum_min_of_floor_and_its_size():
+    # proportional shares of 100 would be 98.2 / 1.5 / 0.3; the floor of 10 lifts both rare strata:
+    # "foggy | dawn/dusk" (3 frames < floor) keeps all 3; "rainy | night" (15 > floor) gets the floor
+    # plus its share of what the floors leave (10 + 77 * 15/1015 = 11.1 -> 11); the rest goes to the big one.
+    src = _source({("clear", "daytime"): 1000, ("rainy", "night"): 15, ("foggy", "dawn/dusk"): 3})
+    got, table = slices.collect(src, total=100, floor=10, seed=42)
+    n = table.set_index("stratum")["collected"].to_dict()
+    assert n == {"clear | daytime": 86, "rainy | night": 11, "foggy | dawn/dusk": 3}
+    assert len(got) == 100 and got["weather"].value_counts().to_dict() == {"clear": 86, "rainy": 11, "foggy": 3}
+    # a floor of 0 is the plain proportional split (largest remainder): the rare strata nearly vanish
+    n0 = slices.collect(src, total=100, floor=0, seed=42)[1].set_index("stratum")["collected"].to_dict()
+    assert n0 == {"clear | daytime": 98, "rainy | night": 2, "foggy | dawn/dusk": 0}
+    # a floor above every stratum's size: each keeps min(floor, size) and the total is still met
+    n50 = slices.collect(src, total=100, floor=50, seed=42)[1].set_index("stratum")["collected"].to_dict()
+    assert n50 == {"clear | daytime": 82, "rainy | night": 15, "foggy | dawn/dusk": 3}

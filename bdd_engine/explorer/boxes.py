@@ -9,6 +9,7 @@ FiftyOne's COCO evaluation and ours see identical IoUs.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -68,11 +69,13 @@ def detections(boxes: pd.DataFrame | None, width: int, height: int, with_score: 
     return fo.Detections(detections=dets)
 
 
-def valid_boxes(table: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """Drop boxes (xyxy pixels) with x2 < x1 or y2 < y1 (FiftyOne's spatial index rejects
-    them); returns the kept rows and how many were dropped (callers record the count)."""
-    ok = (table["x2"] >= table["x1"]) & (table["y2"] >= table["y1"])
-    return table[ok], int((~ok).sum())
+def valid_boxes(frames: Sequence[Mapping[str, Any]]) -> tuple[pd.DataFrame, int]:
+    """``bdd.boxes_table`` of ``frames`` (xyxy pixels) and how many boxes it left out for their
+    coordinates (``bdd.box_issue``: missing, null, NaN, inverted or zero-size; FiftyOne's spatial
+    index rejects inverted ones); callers record the count."""
+    counts: Counter = Counter()
+    table = boxes_table(list(frames), counts)
+    return table, int(counts["degenerate box"] + counts["missing box2d"])
 
 
 def group_by_name(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -82,7 +85,7 @@ def group_by_name(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 def boxes_by_name(frames: Sequence[Mapping[str, Any]]) -> tuple[dict[str, pd.DataFrame], int]:
     """``bdd.boxes_table`` (xyxy pixels) per frame name, plus the number of degenerate boxes dropped."""
-    table, dropped = valid_boxes(boxes_table(list(frames)))
+    table, dropped = valid_boxes(frames)
     if dropped:
-        log.warning("explorer: dropped %d degenerate box(es) (x2 < x1 or y2 < y1)", dropped)
+        log.warning("explorer: dropped %d box(es) with missing, non-finite or inverted coordinates", dropped)
     return group_by_name(table), dropped

@@ -14,7 +14,6 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from bdd_engine.bdd import boxes_table
 from bdd_engine.evaluate import MAX_DETS
 from bdd_engine.explorer.boxes import boxes_by_name, detections, group_by_name, valid_boxes
 from bdd_engine.explorer.dataset import GT_FIELD, aligned_view, ids_by_name
@@ -232,7 +231,7 @@ def _autolabel_boxes(frames: Sequence[Mapping[str, Any]],
                 raise ValueError(f"auto-label {lb.get('id')!r} of {f['name']} has no router bucket")
             flat.append({"name": (str(f["name"]), len(buckets)), "labels": [lb]})
             buckets.append(b)
-    table, bad_boxes = valid_boxes(boxes_table(flat))
+    table, bad_boxes = valid_boxes(flat)
     table = table.copy()
     table["bucket"] = [buckets[k[1]] for k in table["name"]]
     table["name"] = [k[0] for k in table["name"]]
