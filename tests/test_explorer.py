@@ -333,6 +333,7 @@ from pathlib import Path
 import bdd_engine.explorer as e
 import fiftyone as fo  # imported before the start line: both processes then start the database together
 db, go, done = sys.argv[1:4]
+print("READY", flush=True)
 while not Path(go).exists():
     time.sleep(0.005)
 try:
@@ -362,13 +363,14 @@ def test_two_processes_starting_the_database_at_once_share_one_server(tmp_path):
     procs = [subprocess.Popen([sys.executable, "-c", _CLIENT, str(db_dir), str(go), str(done)], cwd=PROJECT_ROOT,
                               stdout=open(o, "w"), stderr=subprocess.STDOUT) for o in outs]
     try:
-        time.sleep(6)  # both have imported fiftyone and wait at the start line
-        go.touch()
         deadline = time.time() + 120
+        while time.time() < deadline and not all("READY" in o.read_text() for o in outs):
+            time.sleep(0.05)  # both have imported fiftyone and wait at the start line
+        go.touch()
         while time.time() < deadline and not all("PORT" in o.read_text() or "ERROR" in o.read_text() for o in outs):
             time.sleep(0.1)
         done.touch()
-        while time.time() < deadline and any(p.poll() is None for p in procs):
+        while time.time() < deadline and None in [p.poll() for p in procs]:  # poll (reap) each, every time
             time.sleep(0.1)
     finally:
         done.touch()
