@@ -384,7 +384,8 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, fps: float = 1.0, 
     videos = unique(videos, lambda p: p.stem, skipped)
     params = {"src": str(src), "fps": fps, "scene_threshold": scene_threshold,
               "max_frames_per_video": max_frames_per_video, "jpeg_quality": jpeg_quality}
-    _refuse_other_src(out, src)
+    if _refuse_other_src(out, src) == "legacy":  # made before the marker recorded src: its params lack it
+        params.pop("src")
     claim_folder(out, MARKER, GENERATOR, params)
     acquire_lock(out)  # one ingest per folder at a time
     try:
@@ -409,16 +410,26 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, fps: float = 1.0, 
     return IngestResult(out, frames, skipped_df, counts)
 
 
-def _refuse_other_src(out: Path, src: Path) -> None:
-    """An ``out`` ingested from another ``src``: frames.csv would be rewritten from the new
-    source alone, orphaning the frames already there. (Other mismatches: claim_folder.)"""
+def _refuse_other_src(out: Path, src: Path) -> str | None:
+    """Refuse an ``out`` ingested from another ``src``: frames.csv would be rewritten from the
+    new source alone, orphaning the frames already there. (Other mismatches: claim_folder.)
+
+    A marker written before ``src`` was recorded ("legacy") is judged by the sources its
+    frames.csv lists (all under ``src``: the same source)."""
     try:
-        before = json.loads((out / MARKER).read_text())["params"]["src"]
+        params = json.loads((out / MARKER).read_text())["params"]
     except (OSError, ValueError, KeyError, TypeError):
-        return
-    if before != str(src):
+        return None
+    if not isinstance(params, dict):
+        return None
+    before = params.get("src")
+    if before is None:
+        listed = pd.read_csv(out / "frames.csv")["source_path"] if (out / "frames.csv").is_file() else []
+        before = next((str(Path(p).parent) for p in listed if src not in Path(p).parents), None)
+    if before is not None and before != str(src):
         raise FolderRefused(f"--out {out} holds the frames of --src {before}; ingesting {src} into it would rewrite "
                             f"its frames.csv and orphan them. Pass a new --out for {src}.")
+    return "legacy" if "src" not in params else None
 
 
 def _ingest_videos(videos: Sequence[Path], out: Path, skipped: list[dict], *, workers: int, progress: bool,

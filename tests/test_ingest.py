@@ -4,6 +4,7 @@ corrupt/truncated videos counted, image folders as they are, and the folder-safe
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -285,3 +286,19 @@ def test_refuses_an_out_folder_of_another_src(clips, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"holds the frames of --src {src}" in err and "Pass a new --out" in err
     assert (out / "frames.csv").read_bytes() == before
+
+
+def test_a_folder_ingested_before_src_was_recorded_resumes_and_is_still_guarded(clips, tmp_path):
+    src, _ = clips
+    out = tmp_path / "out"
+    ingest.ingest(src, out, fps=1, max_frames_per_video=1, progress=False)
+    marker = json.loads((out / ingest.MARKER).read_text())
+    del marker["params"]["src"]  # as an older version wrote it
+    (out / ingest.MARKER).write_text(json.dumps(marker))
+    res = ingest.ingest(src, out, fps=1, max_frames_per_video=1, progress=False)
+    assert res.counts["videos_resumed"] == 3
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.new("RGB", (64, 36)).save(other / "x.jpg")
+    with pytest.raises(FolderRefused, match="holds the frames of --src"):
+        ingest.ingest(other, out, fps=1, max_frames_per_video=1, progress=False)
