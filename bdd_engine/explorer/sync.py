@@ -20,7 +20,7 @@ from bdd_engine.artifacts import load_embeddings
 from bdd_engine.autolabel import bucket_of
 from bdd_engine.checkpoint import Section
 from bdd_engine.explorer.dataset import build_dataset, dataset_name, ids_by_name, pool_map
-from bdd_engine.explorer.db import connect, default_db_dir
+from bdd_engine.explorer.db import connect, db_dir_for
 from bdd_engine.explorer.enrich import (add_autolabels, add_embeddings, add_predictions, save_views,
                                        set_predicted_attributes, tag_mined, tag_pools)
 from bdd_engine.explorer.errors import ExplorerError
@@ -184,7 +184,7 @@ def get_dataset(cfg: Mapping[str, Any], rebuild: Callable[[], Any] | None = None
     checkpoints follows them: sections whose manifest changed since are re-applied."""
     import fiftyone as fo  # heavy optional dependency (~3 s): imported on use
 
-    connect()
+    connect(db_dir_for(cfg))
     name = name or dataset_name(cfg)
     if fo.dataset_exists(name):
         ds = fo.load_dataset(name)
@@ -195,7 +195,7 @@ def get_dataset(cfg: Mapping[str, Any], rebuild: Callable[[], Any] | None = None
         why = Section(cfg, SAMPLES_SECTION).staleness() if hasattr(cfg, "out") else "no outputs folder in the config"
         if why is not None:
             raise ExplorerError(
-                f"FiftyOne dataset {name!r} does not exist in {default_db_dir()} and there is no usable §1 "
+                f"FiftyOne dataset {name!r} does not exist in {db_dir_for(cfg)} and there is no usable §1 "
                 f"checkpoint to rebuild it from ({why}); run the notebook with profile {cfg['profile']!r}"
             )
         rebuild = lambda: sync_from_checkpoints(cfg, name=name)  # noqa: E731
