@@ -130,7 +130,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     checkpoint.release_lock(cfg.out)
     print(f"[run] profile {cfg.profile} · outputs {cfg.out}" + (" · SYNTHETIC data" if cfg.synthetic else ""), flush=True)
     flywheel.data_root(cfg)  # a synthetic world is generated here, with its progress bar in this terminal
-    return runner.run_notebook(cfg, parse_overrides(args.set or []), args.set or [], args.from_section)
+    return runner.run_notebook(cfg, args.set or [], args.from_section)
 
 
 def cmd_evaluate(argv: list[str]) -> int:
