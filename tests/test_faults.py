@@ -279,6 +279,15 @@ def test_empty_label_files(world, tmp_path, capsys):
         fw.s1_collect(make_cfg(world, tmp_path / "both"))
 
 
+def test_missing_label_file_of_a_synthetic_world_says_regenerate_it(world, tmp_path):
+    labels(world, "val").unlink()
+    with pytest.raises(FileNotFoundError) as e:
+        fw.s1_collect(make_cfg(world, tmp_path / "o"))
+    assert str(e.value) == (f"label file not found: {labels(world, 'val')}. "
+                            "Regenerate the world: python -m bdd_engine synth --profile tiny --force.")
+    assert "download" not in str(e.value).lower()
+
+
 # ----------------------------------------------------------------------------- 10 bad types, failed sections
 def test_mistyped_override_fails_at_load_and_stale_upstream_propagates(tiny_world, tmp_path, capsys):
     with pytest.raises(ConfigError, match="'train_epochs' in the overrides of profile 'tiny' expects int, got 'abc'"):
