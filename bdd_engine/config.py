@@ -29,7 +29,8 @@ PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 DEFAULTS = PROFILES_DIR / "default.yaml"  # every key once, `key: value  # (type) meaning`
 
 # Keys every section depends on (they change what the data *is*).
-GLOBAL_KEYS = ("seed", "data_root", "synthetic", "label_files", "image_sets", "pool_sources", "ingest_dir")
+GLOBAL_KEYS = ("seed", "data_root", "synthetic", "label_files", "confirm_label_files", "image_sets", "pool_sources",
+               "ingest_dir")
 
 # Every BDD_* environment variable that is not a config key, and who reads it (the one list:
 # load_config skips these; any other BDD_<KEY> must name a config key). They choose where
