@@ -125,6 +125,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """Execute notebook.py headless (bdd_engine.runner); the executed .ipynb is saved beside the outputs."""
     cfg = _cfg(args)
+    flywheel.preflight(cfg)  # every flywheel_reviewed file, before any section (and before a kernel starts)
     # fail fast, before a kernel starts, with the lock's own messages (busy: holder PID; unwritable: the folder)
     checkpoint.acquire_lock(cfg.out)
     checkpoint.release_lock(cfg.out)

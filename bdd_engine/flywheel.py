@@ -25,7 +25,7 @@ from bdd_engine import (artifacts, attributes, autolabel, bdd, casestudy, collec
                         figures, images, mine, report, slices, synth, train)
 from bdd_engine.checkpoint import (Section, acquire_lock, atomic_path, atomic_write_json, claim_folder,
                                    df_to_markdown, input_row, release_lock, reset_peak_rss)
-from bdd_engine.config import Config
+from bdd_engine.config import Config, ConfigError
 from bdd_engine.yolo import export_yolo
 
 _RUN: dict[str, int | None] = {"from": None}  # this kernel's run options (set by the executed notebook)
@@ -493,6 +493,27 @@ def _reviewed_path(cfg: Config, turn: int) -> Path | None:
     return p
 
 
+def _reviewed_frames(cfg: Config, turn: int) -> tuple[list[dict[str, Any]], Path | None]:
+    """(turn ``turn``'s reviewed frames, their file) or ([], None) when not given; a file that
+    is not an ``import-labels`` output is a ConfigError naming the entry and the fix."""
+    path = _reviewed_path(cfg, turn)
+    if path is None:
+        return [], None
+    try:
+        return autolabel.review_import.reviewed_frames(path), path
+    except autolabel.ExportError as e:
+        raise ConfigError(f"flywheel_reviewed[{int(turn) - 1}] = {list(cfg.flywheel_reviewed)[int(turn) - 1]!r}: {e}") from None
+
+
+def preflight(cfg: Config) -> None:
+    """What a run reads from the user beyond the profile, checked before any section runs
+    (the notebook's first cell, and ``run`` before it starts a kernel): every
+    ``flywheel_reviewed`` entry must be an ``import-labels`` output. A missing one, or a raw
+    Label Studio export, fails here with one line instead of after turn 2's §5–§6."""
+    for turn in range(1, len(cfg.flywheel_reviewed) + 1):
+        _reviewed_frames(cfg, turn)
+
+
 def _carried(cfg: Config, turn: int, pool_names: set[str]) -> tuple[list[dict[str, Any]], dict[str, Any], Path | None]:
     """Frames every arm of turn ``turn`` adds to train because earlier turns labelled them:
     turn t-1's carried frames + its accepted mined auto-labels, with turn t-1's reviewed
@@ -505,8 +526,7 @@ def _carried(cfg: Config, turn: int, pool_names: set[str]) -> tuple[list[dict[st
     before = bdd.load_frames(artifacts.section_dir(cfg.out, 7, prev) / "carried.json") if prev > 1 else []
     labelled = bdd.load_frames(artifacts.section_dir(cfg.out, 7, prev) / "labels_mined" / "labels.json")
     accepted = autolabel.accepted_frames(autolabel.LabelRun("previous turn", labelled), float(cfg.label_accept))
-    path = _reviewed_path(cfg, prev)
-    reviewed = bdd.load_frames(path) if path is not None else []
+    reviewed, path = _reviewed_frames(cfg, prev)
     unknown = sorted({f["name"] for f in reviewed} - pool_names)
     if unknown:
         raise ValueError(f"{path}: {len(unknown)} reviewed frames are not mining-pool frames of this run "

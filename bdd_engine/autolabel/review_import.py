@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from bdd_engine.bdd import map_category, write_bdd_json
+from bdd_engine.bdd import load_frames, map_category, write_bdd_json
 from bdd_engine.checkpoint import atomic_write_json
 from bdd_engine.geometry import xywh_pct_to_xyxy
 
@@ -206,6 +206,30 @@ def import_label_studio(path: str | os.PathLike) -> tuple[list[dict[str, Any]], 
 
 
 # ----------------------------------------------------------------------------- next turn
+def reviewed_frames(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The BDD frames of an ``import-labels`` output (its labels.json), checked before a run
+    uses them: a raw Label Studio export, or frames without a name, is an :class:`ExportError`
+    naming the file and the fix (not a ``KeyError`` after sections have run)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise ExportError(f"{path}: cannot read it ({e}); check the path") from e
+    except json.JSONDecodeError as e:
+        raise ExportError(f"{path}: not JSON (line {e.lineno}: {e.msg}); make it with `python -m bdd_engine "
+                          f"import-labels --label-studio EXPORT.json --out DIR`") from e
+    if isinstance(data, list) and any(isinstance(t, dict) and isinstance(t.get("data"), dict) for t in data):
+        raise ExportError(f"{path} is a Label Studio export; convert it with `python -m bdd_engine import-labels "
+                          f"--label-studio {path} --out DIR` and use DIR")
+    frames = load_frames(path)
+    unnamed = [i for i, f in enumerate(frames) if not isinstance(f.get("name"), str) or not f["name"]]
+    if unnamed or (isinstance(data, list) and len(frames) != len(data)):
+        first = unnamed[0] if unnamed else "a non-object entry"
+        raise ExportError(f"{path}: not BDD frames as `import-labels` writes them (frame #{first} has no 'name'); "
+                          f"make it with `python -m bdd_engine import-labels --label-studio EXPORT.json --out DIR`")
+    return frames
+
+
 def next_turn_frames(accepted: Sequence[Mapping[str, Any]],
                      reviewed: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """The next turn's extra training labels: accepted auto-label frames + reviewed frames.
