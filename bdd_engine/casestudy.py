@@ -52,6 +52,11 @@ def limitations(cfg: Any, h: Mapping[str, Any], labeling: Mapping[str, Any], min
     else:
         out.append("**One dataset, one camera setup.** BDD100K frames come from one fleet of dash cameras in a few US "
                    "regions; slices absent there (heavy fog, snow at night in a city) are not measured by this run.")
+    if h.get("resumed_runs"):
+        out.append(f"**Resumed training.** {', '.join(h['resumed_runs'])} {'was' if len(h['resumed_runs']) == 1 else 'were'} "
+                   "interrupted and resumed from the last saved epoch (`train_resume: true`): those weights, and every "
+                   "number measured with them, differ from an uninterrupted run with the same seed (headline.json "
+                   "`resumed_runs`). Rerun with `train_resume: false` to train them again from epoch 0.")
     out.append(f"**Small slices, wide intervals.** The worst slice has {h['n_eval']} eval frames; the paired-bootstrap "
                f"95% CI of its Δ spans {hi - lo:.3f} mAP. Differences between arms smaller than that are not evidence.")
     seeds = h.get("seeds") or [cfg.seed]

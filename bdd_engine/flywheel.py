@@ -250,7 +250,7 @@ def train_spec(cfg: Config) -> train.TrainSpec:
         lr0=cfg.train_lr0, cos_lr=cfg.train_cos_lr, warmup_epochs=cfg.train_warmup_epochs,
         close_mosaic=cfg.train_close_mosaic, mosaic=cfg.train_mosaic, val=cfg.train_val, plots=bool(cfg.train_plots),
         seed=int(cfg.seed), cpu_bf16=bool(cfg.train_cpu_bf16), cache=str(cfg.train_cache), workers=int(cfg.workers), device=str(cfg.device), synthetic=bool(cfg.synthetic),
-        profile=cfg.profile)
+        profile=cfg.profile, resume=bool(cfg.train_resume))
 
 
 def s4_train(cfg: Config) -> Result:
@@ -738,6 +738,13 @@ def _start_card(cfg: Config, turn: int) -> tuple[dict[str, Any], str, str]:
             cfg.section_hash(7, turn - 1))
 
 
+def _resumed_runs(cfg: Config, card0: Mapping[str, Any], arms: pd.DataFrame) -> list[str]:
+    """Runs behind this turn's numbers whose training was interrupted and resumed (``train_resume:
+    true``): their numbers differ from an uninterrupted run with the same seed."""
+    cards = {"iter0": card0, **{r.run: artifacts.run_card(cfg.out / r.weights) for r in arms.itertuples()}}
+    return [run for run, card in cards.items() if card.get("resumed")]
+
+
 def _learning_curve(cfg: Config, turn: int, headline: Mapping[str, Any], head: pd.DataFrame) -> list[dict[str, Any]]:
     """One :func:`experiment.turn_point` per turn 1..``turn`` (earlier turns from their §8,
     this one from the tables in hand)."""
@@ -781,10 +788,11 @@ def s8_delta(cfg: Config, turn: int = 1) -> Result:
                 agg, res0, worst, w5["n_eval"], artifacts.load_json(cfg.out, 6, "mining_summary.json", turn),
                 artifacts.load_json(cfg.out, 7, "labeling.json", turn), confirm, synthetic=bool(cfg.synthetic),
                 seeds=cfg.retrain_seeds, warm_start=bool(cfg.retrain_warm_start), retrain_epochs=int(cfg.retrain_epochs))
+            card0, weights0, hash0 = _start_card(cfg, turn)
+            headline["resumed_runs"] = _resumed_runs(cfg, card0, arms)
             w.write_json("headline.json", headline)
             w.save_fig("slice_delta.png", figures.delta_figure(head, bool(cfg.synthetic)))
             w.save_fig("confirm_contrast.png", figures.confirm_figure(confirm, bool(cfg.synthetic)))
-            card0, weights0, hash0 = _start_card(cfg, turn)
             runs = experiment.runs_table(card0, weights0, int(cfg.seed), (hash0, cfg.section_hash(7, turn)), arms, res0,
                                          results, worst)
             entry = _golden_run(cfg, artifacts.read_df(cfg.out, 3, "pools.csv"), arms, turn)  # before the registry: drift gate

@@ -232,3 +232,22 @@ def test_run_checks_reviewed_files_before_any_section_or_kernel(tiny_world, tmp_
     nb = (PROJECT_ROOT / "notebook.py").read_text()
     first = nb[nb.index("# %%\n"):nb.index("## §1")]
     assert "fw.preflight(cfg)" in first                        # the notebook checks in its first cell too
+
+
+# ----------------------------------------------------------------------------- resumed training is said
+def test_resumed_runs_reach_headline_and_case_study(tiny_world, tmp_path):
+    cfg = make_cfg(tiny_world, tmp_path / "o")
+    for run, resumed in (("iter1_s42", True), ("random_s42", False)):
+        d = cfg.out / "runs" / run
+        (d / "weights").mkdir(parents=True)
+        (d / "run_card.json").write_text(json.dumps({"finished": True, "resumed": resumed}))
+    arms = pd.DataFrame({"run": ["iter1_s42", "random_s42"],
+                         "weights": ["runs/iter1_s42/weights/last.pt", "runs/random_s42/weights/last.pt"]})
+    assert fw._resumed_runs(cfg, {"resumed": True}, arms) == ["iter0", "iter1_s42"]
+    assert fw._resumed_runs(cfg, {}, arms.iloc[1:]) == []
+    h = {"delta_ci": [-0.1, 0.1], "synthetic": True, "n_eval": 40, "seeds": [42], "retrain_epochs": 1,
+         "warm_start": False}
+    lab, mining, card0 = {"mined": {"labeler": "teacher"}}, {"precision": 0.2, "base_rate": 0.1}, {"epochs": 1}
+    text = "\n".join(casestudy.limitations(cfg, {**h, "resumed_runs": ["iter0", "iter1_s42"]}, lab, mining, card0, "x"))
+    assert "**Resumed training.** iter0, iter1_s42 were interrupted and resumed" in text and "train_resume: false" in text
+    assert "Resumed" not in "\n".join(casestudy.limitations(cfg, {**h, "resumed_runs": []}, lab, mining, card0, "x"))
