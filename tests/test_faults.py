@@ -204,6 +204,38 @@ def test_kill_after_last_epoch_save_is_finalised_not_stuck(tiny_world, tmp_path)
     assert train.train(fw.train_spec(cfg), r3.info["data_yaml"], cfg.out / "runs", name="iter0", data_hash="h") == last
 
 
+def test_interrupted_s4_on_tiny_restarts_and_matches_an_uninterrupted_run(tiny_world, tmp_path):
+    """A §4 run killed after its first epoch (a resumable last.pt, an unfinished card: what a kill
+    leaves) and rerun gives iter0 weights and §5 numbers equal to an uninterrupted §4 (tiny:
+    train_resume false), and its run card records the restart."""
+    import torch
+
+    class Stop(Exception):
+        pass
+
+    def stop(trainer):
+        if trainer.epoch == 0:
+            raise Stop()
+    cfgs = {k: make_cfg(tiny_world, tmp_path / k, train_epochs=2) for k in ("clean", "killed")}
+    for k, cfg in cfgs.items():
+        fw.s1_collect(cfg)
+        r3 = fw.s3_pools(cfg)
+        if k == "killed":
+            with pytest.raises(Stop):
+                train.train(fw.train_spec(cfg), r3.info["data_yaml"], cfg.out / "runs", name="iter0",
+                            data_hash=Section(cfg, 3).manifest_hash(), callbacks={"on_fit_epoch_end": stop})
+            assert train.checkpoint_state(cfg.out / "runs" / "iter0" / "weights" / "last.pt") == "resumable"
+        fw.s4_train(cfg)
+    cards = {k: json.loads((c.out / "04_train" / "run_card.json").read_text()) for k, c in cfgs.items()}
+    assert cards["killed"]["restarts_after_interrupt"] == 1 and cards["clean"]["restarts_after_interrupt"] == 0
+    assert not cards["killed"]["resumed"] and cards["killed"]["fingerprint"] == cards["clean"]["fingerprint"]
+    sd = {k: torch.load(c.out / "runs" / "iter0" / "weights" / "last.pt", weights_only=False)["model"].state_dict()
+          for k, c in cfgs.items()}
+    assert all(torch.equal(sd["clean"][n], sd["killed"][n]) for n in sd["clean"])
+    preds = {k: json.loads((fw.s5_eval(c).dir / "predictions.json").read_text()) for k, c in cfgs.items()}
+    assert preds["clean"] == preds["killed"]
+
+
 # ----------------------------------------------------------------------------- 5 unreadable images
 def test_truncated_and_empty_jpegs_are_counted_listed_and_left_out(world, tmp_path):
     a, b = first_boxed(world, k=0)["name"], first_boxed(world, k=1)["name"]
