@@ -401,9 +401,25 @@ def test_cli_rejects_bad_section_numbers_and_slice_keys(tmp_path, capsys):
 
 
 def test_every_command_accepts_set(capsys):
-    for cmd in (["app"], ["status"], ["synth"], ["run"], ["evaluate", "--gt", "x", "--pred", "y"]):
+    for cmd in (["app"], ["status"], ["synth"], ["run"], ["evaluate", "--gt", "x", "--pred", "y"], ["pretrain"],
+                ["label", "--src", "x", "--labeler", "teacher", "--out", "y"],
+                ["predict", "--weights", "w.pt", "--src", "x", "--out", "y.json"]):
         assert cli([*cmd, "--profile", "tiny", "--set", "mine_kk=3"]) == 2  # parsed, then rejected by name
         assert "did you mean 'mine_k'?" in capsys.readouterr().err
+
+
+def test_commands_that_read_no_profile_refuse_set_in_one_line_and_the_readme_says_which(capsys):
+    from bdd_engine.__main__ import NO_PROFILE_COMMANDS
+
+    assert NO_PROFILE_COMMANDS == ("ingest", "import-labels", "stand-in-weights")
+    for cmd in NO_PROFILE_COMMANDS:
+        for flags in (["--set", "mine_k=3"], ["--profile", "tiny"], ["--set=mine_k=3"]):
+            assert cli([cmd, "--src", "x", "--out", "y", *flags]) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and err.startswith(f"error: {cmd} reads no profile, so --profile/--set "), err
+    names = ", ".join(f"`{c}`" for c in NO_PROFILE_COMMANDS[:-1]) + f" and `{NO_PROFILE_COMMANDS[-1]}`"
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert f"Every command but {names} takes `--profile` and `--set key=value`" in readme
 
 
 # ----------------------------------------------------------------------------- 18 manifest claim
