@@ -205,7 +205,7 @@ def test_preflight_refuses_a_raw_label_studio_export_and_missing_entries(tiny_wo
         fw.preflight(cfg(good, raw))                          # the second entry: turn 2's review, checked now
     assert str(e.value) == (f"flywheel_reviewed[1] = {str(raw)!r}: {raw} is a Label Studio export; convert it with "
                             f"`python -m bdd_engine import-labels --label-studio {raw} --out DIR` and use DIR")
-    with pytest.raises(fw.ConfigError, match=r"flywheel_reviewed\[0\] = .*frame #0 has no 'name'.*import-labels"):
+    with pytest.raises(fw.ConfigError, match=r"flywheel_reviewed\[0\] = .*entry #0 is not a frame with a 'name'.*import-labels"):
         fw.preflight(cfg(unnamed))
     with pytest.raises(FileNotFoundError, match=r"flywheel_reviewed\[0\] = .*: no .*nope .*import-labels"):
         fw.preflight(cfg(tmp_path / "nope"))

@@ -208,26 +208,24 @@ def import_label_studio(path: str | os.PathLike) -> tuple[list[dict[str, Any]], 
 # ----------------------------------------------------------------------------- next turn
 def reviewed_frames(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The BDD frames of an ``import-labels`` output (its labels.json), checked before a run
-    uses them: a raw Label Studio export, or frames without a name, is an :class:`ExportError`
-    naming the file and the fix (not a ``KeyError`` after sections have run)."""
-    path = Path(path)
+    uses them: a raw Label Studio export, or an entry that is not a named frame, is an
+    :class:`ExportError` naming the file and the fix (not a ``KeyError`` after sections have run)."""
+    path, make = Path(path), "make it with `python -m bdd_engine import-labels --label-studio EXPORT.json --out DIR`"
     try:
         data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as e:
-        raise ExportError(f"{path}: cannot read it ({e}); check the path") from e
-    except json.JSONDecodeError as e:
-        raise ExportError(f"{path}: not JSON (line {e.lineno}: {e.msg}); make it with `python -m bdd_engine "
-                          f"import-labels --label-studio EXPORT.json --out DIR`") from e
-    if isinstance(data, list) and any(isinstance(t, dict) and isinstance(t.get("data"), dict) for t in data):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ExportError(f"{path}: cannot read it as JSON ({e}); {make}") from e
+    entries = data.get("frames") if isinstance(data, dict) else data   # bdd.load_frames' two layouts
+    if isinstance(entries, list) and any(isinstance(t, dict) and isinstance(t.get("data"), dict) for t in entries):
         raise ExportError(f"{path} is a Label Studio export; convert it with `python -m bdd_engine import-labels "
                           f"--label-studio {path} --out DIR` and use DIR")
-    frames = load_frames(path)
-    unnamed = [i for i, f in enumerate(frames) if not isinstance(f.get("name"), str) or not f["name"]]
-    if unnamed or (isinstance(data, list) and len(frames) != len(data)):
-        first = unnamed[0] if unnamed else "a non-object entry"
-        raise ExportError(f"{path}: not BDD frames as `import-labels` writes them (frame #{first} has no 'name'); "
-                          f"make it with `python -m bdd_engine import-labels --label-studio EXPORT.json --out DIR`")
-    return frames
+    if not isinstance(entries, list):
+        raise ExportError(f"{path}: not a list of BDD frames; {make}")
+    bad = [i for i, f in enumerate(entries) if not (isinstance(f, dict) and isinstance(f.get("name"), str) and f["name"])]
+    if bad:
+        raise ExportError(f"{path}: not BDD frames as `import-labels` writes them (entry #{bad[0]} is not a frame "
+                          f"with a 'name'); {make}")
+    return load_frames(path)
 
 
 def next_turn_frames(accepted: Sequence[Mapping[str, Any]],
