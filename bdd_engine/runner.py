@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import signal
 import sys
 import time
@@ -189,7 +190,8 @@ def run_notebook(cfg: Any, set_args: list[str], from_section: int | None) -> int
     nb = load_notebook(jupytext, from_section)
     client = progress_client(nb, cfg)
     out = cfg.out / f"notebook_{cfg.profile}.ipynb"
-    resume = f"python -m bdd_engine run --profile {cfg.profile}" + "".join(f" --set {s}" for s in set_args)
+    resume = shlex.join(["python", "-m", "bdd_engine", "run", "--profile", cfg.profile,
+                         *(x for s in set_args for x in ("--set", s))])   # pastes back as the same command
     try:
         rc = execute(client, cfg.out / "kernel.log", resume)
     finally:

@@ -5,6 +5,7 @@ with a duplicated key or broken YAML is refused naming the file and the line."""
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ def test_run_set_values_reach_the_kernel_unchanged(tmp_path, monkeypatch):
     seen = {}
 
     def fake_execute(client, kernel_log, resume):  # the kernel would start here, inheriting os.environ
-        seen["cfg"] = load_config()
+        seen["cfg"], seen["resume"] = load_config(), resume
         return 0
 
     for k in ["BDD_PROFILE", "BDD_OUTPUTS_DIR", *(f"BDD_{s.split('=')[0].upper()}" for s in SETS)]:
@@ -44,6 +45,9 @@ def test_run_set_values_reach_the_kernel_unchanged(tmp_path, monkeypatch):
     assert got["retrain_controls"] == ["random", "oracle"] and got["synth_weather_mix"] == {"clear": 2, "rainy": 1.5}
     assert got["label_gsam2_prompt"] == "car . a=b" and got["retrain_seeds"] == [7] and got["train_cos_lr"] is False
     assert dict(got) == dict(expected)
+    # the Ctrl-C line's resume command pastes back into a shell as the same arguments
+    assert shlex.split(seen["resume"]) == ["python", "-m", "bdd_engine", "run", "--profile", "tiny",
+                                           *(x for s in SETS for x in ("--set", s))]
     assert (tmp_path / "notebook_tiny.ipynb").is_file()
 
 
