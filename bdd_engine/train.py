@@ -347,7 +347,7 @@ def train(spec: TrainSpec, data_yaml: str | os.PathLike, out_dir: str | os.PathL
     base_card = {**_run_card(spec, name, fp, model_src, pretrained, data_yaml, dhash, args, device),
                  "precision": precision}
     # interrupted runs thrown away so far (restarted from epoch 0), kept across further interruptions
-    base_card["restarts_after_interrupt"] = int(card.get("restarts_after_interrupt", 0)) * same + restarted
+    base_card["restarts_after_interrupt"] = (int(card.get("restarts_after_interrupt", 0)) if same else 0) + int(restarted)
     if resume:
         base_card["resumed"] = True   # a kill during the resumed part must not forget it
     atomic_write_json(card_path, base_card)   # the fingerprint a later resume must match

@@ -35,7 +35,8 @@ def test_run_set_values_reach_the_kernel_unchanged(tmp_path, monkeypatch):
         return 0
 
     for k in ["BDD_PROFILE", "BDD_OUTPUTS_DIR", *(f"BDD_{s.split('=')[0].upper()}" for s in SETS)]:
-        monkeypatch.delenv(k, raising=False)   # restored after the test
+        monkeypatch.setenv(k, "")   # recorded, so the test's end removes what run_notebook sets (delenv of
+        monkeypatch.delenv(k)       # an absent key records nothing: BDD_* would leak into later tests)
     monkeypatch.setenv("BDD_OUTPUTS_DIR", str(tmp_path))
     monkeypatch.setattr(runner, "execute", fake_execute)
     assert runner.run_notebook(expected, SETS, None) == 0
