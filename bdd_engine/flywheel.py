@@ -96,9 +96,9 @@ def data_root(cfg: Config) -> Path:
     return cfg.data_dir
 
 
-def _empty_labels_hint(cfg: Config) -> str:
+def _labels_fix(cfg: Config) -> str:
     return ("Regenerate the world: python -m bdd_engine synth --profile " + cfg.profile + " --force." if cfg.synthetic
-            else "Re-download the det_20 labels (README 'Real BDD100K').")
+            else bdd.DOWNLOAD_HINT)
 
 
 def s1_collect(cfg: Config) -> Result:
@@ -119,9 +119,9 @@ def s1_collect(cfg: Config) -> Result:
         root = data_root(cfg)
         index = bdd.index_images(root, cfg.image_sets)
         paths = collect.label_paths(cfg.data_dir, cfg.label_files)
-        frames, table, empty = collect.load_labels(paths, index, _empty_labels_hint(cfg))
+        frames, table, empty = collect.load_labels(paths, index, _labels_fix(cfg))
         cpaths = collect.label_paths(cfg.data_dir, cfg.confirm_label_files)
-        cframes, ctable, cempty = collect.load_labels(cpaths, index, _empty_labels_hint(cfg), allow_empty=True)
+        cframes, ctable, cempty = collect.load_labels(cpaths, index, _labels_fix(cfg), allow_empty=True)
         checks = collect.check_frame_images(frames + cframes, index, cfg.out / ".cache" / "image_checks.parquet",
                                             workers=max(2, int(cfg.workers)))
         unreadable = set(checks.loc[~checks["ok"], "name"])
