@@ -53,7 +53,8 @@ def limitations(cfg: Any, h: Mapping[str, Any], labeling: Mapping[str, Any], min
         out.append("**One dataset, one camera setup.** BDD100K frames come from one fleet of dash cameras in a few US "
                    "regions; slices absent there (heavy fog, snow at night in a city) are not measured by this run.")
     if h.get("resumed_runs"):
-        out.append(f"**Resumed training.** {', '.join(h['resumed_runs'])} {'was' if len(h['resumed_runs']) == 1 else 'were'} "
+        runs = h["resumed_runs"]
+        out.append(f"**Resumed training.** {', '.join(runs)} {'was' if len(runs) == 1 else 'were'} "
                    "interrupted and resumed from the last saved epoch (`train_resume: true`): those weights, and every "
                    "number measured with them, differ from an uninterrupted run with the same seed (headline.json "
                    "`resumed_runs`). Rerun with `train_resume: false` to train them again from epoch 0.")

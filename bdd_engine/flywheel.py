@@ -502,7 +502,8 @@ def _reviewed_frames(cfg: Config, turn: int) -> tuple[list[dict[str, Any]], Path
     try:
         return autolabel.review_import.reviewed_frames(path), path
     except autolabel.ExportError as e:
-        raise ConfigError(f"flywheel_reviewed[{int(turn) - 1}] = {list(cfg.flywheel_reviewed)[int(turn) - 1]!r}: {e}") from None
+        entry = list(cfg.flywheel_reviewed)[int(turn) - 1]
+        raise ConfigError(f"flywheel_reviewed[{int(turn) - 1}] = {entry!r}: {e}") from None
 
 
 def preflight(cfg: Config) -> None:

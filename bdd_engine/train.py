@@ -84,7 +84,7 @@ class TrainSpec:
     device: str                  # ``auto`` | ``cpu`` | ``0``, ``1``... (:func:`resolve_device`; not in the fingerprint)
     synthetic: bool              # recorded in the run card
     profile: str                 # recorded in the run card
-    resume: bool = False         # an interrupted run resumes from its last epoch (True) or restarts from epoch 0 (not in the fingerprint)
+    resume: bool = False         # interrupted run: resume from its last epoch (True) or restart from epoch 0 (not in the fingerprint)
 
     def ultralytics_args(self) -> dict[str, Any]:
         """Keyword arguments for ``YOLO.train`` (without model/data/project/device)."""
@@ -347,7 +347,8 @@ def train(spec: TrainSpec, data_yaml: str | os.PathLike, out_dir: str | os.PathL
     base_card = {**_run_card(spec, name, fp, model_src, pretrained, data_yaml, dhash, args, device),
                  "precision": precision}
     # interrupted runs thrown away so far (restarted from epoch 0), kept across further interruptions
-    base_card["restarts_after_interrupt"] = (int(card.get("restarts_after_interrupt", 0)) if same else 0) + int(restarted)
+    earlier = int(card.get("restarts_after_interrupt", 0)) if same else 0
+    base_card["restarts_after_interrupt"] = earlier + int(restarted)
     if resume:
         base_card["resumed"] = True   # a kill during the resumed part must not forget it
     atomic_write_json(card_path, base_card)   # the fingerprint a later resume must match

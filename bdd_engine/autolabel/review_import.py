@@ -221,7 +221,8 @@ def reviewed_frames(path: str | os.PathLike) -> list[dict[str, Any]]:
                           f"--label-studio {path} --out DIR` and use DIR")
     if not isinstance(entries, list):
         raise ExportError(f"{path}: not a list of BDD frames; {make}")
-    bad = [i for i, f in enumerate(entries) if not (isinstance(f, dict) and isinstance(f.get("name"), str) and f["name"])]
+    bad = [i for i, f in enumerate(entries)
+           if not (isinstance(f, dict) and isinstance(f.get("name"), str) and f["name"])]
     if bad:
         raise ExportError(f"{path}: not BDD frames as `import-labels` writes them (entry #{bad[0]} is not a frame "
                           f"with a 'name'); {make}")
