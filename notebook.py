@@ -33,6 +33,7 @@ from bdd_engine import flywheel as fw, views as vw
 
 cfg = vw.cfg()
 vw.banner(cfg)
+fw.preflight(cfg)  # inputs beyond the profile (flywheel_reviewed files), checked before any section runs
 
 # %% [markdown]
 # ## §1 Collect

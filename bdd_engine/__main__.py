@@ -14,9 +14,10 @@
     stand-in-weights  build RANDOM weights with the full profile's exact architectures (--out DIR)
     import-labels  a Label Studio JSON export of the review queue -> BDD frames (--label-studio EXPORT.json --out DIR)
 
-Every command takes ``--profile`` and ``--set key=value`` (repeatable). A bad key or
-value, a busy or read-only outputs folder, or a folder synth may not touch ends the
-command with one line saying what to do, and exit code 2.
+Every command but ``ingest``, ``import-labels`` and ``stand-in-weights`` takes ``--profile`` and
+``--set key=value`` (repeatable); those three read no profile (their settings are their own
+flags) and refuse both with one line. A bad key or value, a busy or read-only outputs folder,
+or a folder synth may not touch ends the command with one line saying what to do, and exit code 2.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from bdd_engine.config import ConfigError, load_config, parse_overrides
 from bdd_engine.env import setup_env
 
 
+# Commands that read no profile: their settings are their own flags, so --profile/--set would do nothing.
+NO_PROFILE_COMMANDS = ("ingest", "import-labels", "stand-in-weights")
 PRETRAINED_NAME = "synthpre-w0125"  # the demo profile's train_init_weights is bdd_engine/models/<this>.pt
 
 
@@ -163,12 +166,13 @@ def _model_stages(cfg):
 def cmd_run(args: argparse.Namespace) -> int:
     """Execute notebook.py headless (bdd_engine.runner); the executed .ipynb is saved beside the outputs."""
     cfg = _cfg(args)
+    flywheel.preflight(cfg)  # every flywheel_reviewed file, before any section (and before a kernel starts)
     # fail fast, before a kernel starts, with the lock's own messages (busy: holder PID; unwritable: the folder)
     checkpoint.acquire_lock(cfg.out)
     checkpoint.release_lock(cfg.out)
     print(f"[run] profile {cfg.profile} · outputs {cfg.out}" + (" · SYNTHETIC data" if cfg.synthetic else ""), flush=True)
     flywheel.data_root(cfg)  # a synthetic world is generated here, with its progress bar in this terminal
-    return runner.run_notebook(cfg, parse_overrides(args.set or []), args.set or [], args.from_section)
+    return runner.run_notebook(cfg, args.set or [], args.from_section)
 
 
 def cmd_evaluate(argv: list[str]) -> int:
@@ -271,10 +275,19 @@ def _own_parser_command(name: str):
     return review_import.main, review_import.ExportError
 
 
+def _refuse_profile_flags(argv: list[str]) -> None:
+    """One line, not argparse's usage dump, when a command that reads no profile gets --profile/--set."""
+    if argv and argv[0] in NO_PROFILE_COMMANDS and any(
+            a in ("--profile", "--set") or a.startswith(("--profile=", "--set=")) for a in argv[1:]):
+        raise ConfigError(f"{argv[0]} reads no profile, so --profile/--set would change nothing; its settings are "
+                          f"its own flags (python -m bdd_engine {argv[0]} --help)")
+
+
 def main(argv: list[str] | None = None) -> int:
     setup_env()  # offline-safe settings for this process and the notebook kernel it starts
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        _refuse_profile_flags(argv)
         if argv and argv[0] == "evaluate":  # these own their argument parsing
             return cmd_evaluate(argv[1:])
         if argv and argv[0] == "app":

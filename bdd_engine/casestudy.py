@@ -52,6 +52,12 @@ def limitations(cfg: Any, h: Mapping[str, Any], labeling: Mapping[str, Any], min
     else:
         out.append("**One dataset, one camera setup.** BDD100K frames come from one fleet of dash cameras in a few US "
                    "regions; slices absent there (heavy fog, snow at night in a city) are not measured by this run.")
+    if h.get("resumed_runs"):
+        runs = h["resumed_runs"]
+        out.append(f"**Resumed training.** {', '.join(runs)} {'was' if len(runs) == 1 else 'were'} "
+                   "interrupted and resumed from the last saved epoch (`train_resume: true`): those weights, and every "
+                   "number measured with them, differ from an uninterrupted run with the same seed (headline.json "
+                   "`resumed_runs`). Rerun with `train_resume: false` to train them again from epoch 0.")
     out.append(f"**Small slices, wide intervals.** The worst slice has {h['n_eval']} eval frames; the paired-bootstrap "
                f"95% CI of its Δ spans {hi - lo:.3f} mAP. Differences between arms smaller than that are not evidence.")
     seeds = h.get("seeds") or [cfg.seed]
@@ -505,7 +511,7 @@ def scale_text(n_frames: int, stage: pd.DataFrame, emb_dim: int, pool: int, trai
         "and the pre-registered contrast.")
 
 
-def turns_fields(curve: Sequence[Mapping[str, Any]], n_turns: int, carried: Sequence[Mapping[str, Any] | None]) -> dict[str, Any]:
+def turns_fields(curve: Sequence[Mapping[str, Any]], carried: Sequence[Mapping[str, Any] | None]) -> dict[str, Any]:
     """§10: the learning curve's table and sentence. ``curve``: :func:`experiment.turn_point`
     per turn so far; ``carried``: each turn's labeling.json ``carried`` counts (None for turn 1)."""
     rows = []
@@ -521,8 +527,8 @@ def turns_fields(curve: Sequence[Mapping[str, Any]], n_turns: int, carried: Sequ
     last = curve[-1]["turn"]
     one = len(curve) == 1
     return {"turns_sentence": (
-        f"`flywheel_turns: {n_turns}`; this study covers turn{'' if one else 's'} 1–{last}. " if not one else
-        f"`flywheel_turns: {n_turns}`: one turn ran, so each curve is one segment (start model → iter1). ")
+        f"This study covers turns 1–{last} (profile key `flywheel_turns`). " if not one else
+        "One turn so far (profile key `flywheel_turns`), so each curve is one segment (start model → iter1). ")
         + ("Turn t > 1 starts from turn t-1's promoted model (its iter0 and, for the teacher labeler, its labeler), "
            "picks the worst slice again, mines only frames no earlier turn mined, and trains every arm on train ∪ the "
            "frames carried from earlier turns — their accepted auto-labels, with the Label Studio review of the queue "
@@ -551,7 +557,7 @@ def fields(cfg: Any, headline: Mapping[str, Any], head: pd.DataFrame, runs: pd.D
     f["strategy_sentence"] = strategy_sentence(r.mining, float(cfg.mine_hybrid_targeted))
     f["config_table"] = df_to_markdown(config_table)
     carried = [None] + [artifacts.load_json(cfg.out, 7, "labeling.json", t).get("carried") for t in range(2, turn + 1)]
-    f.update(turns_fields(curve, int(cfg.flywheel_turns), carried))
+    f.update(turns_fields(curve, carried))  # turn t's study never depends on how many turns follow it
     stage = stage_fields(cfg, turn, w)
     rows = stage.pop("_stage_rows")
     f.update(stage)

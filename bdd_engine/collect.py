@@ -31,11 +31,13 @@ def load_labels(paths: Sequence[tuple[str, Path]], index: Mapping[str, Path],
                 fix_hint: str, allow_empty: bool = False) -> tuple[list[dict], pd.DataFrame, list[str]]:
     """Every label file: (frames, frame table, label files that hold no frame).
 
-    Raises naming the files (and ``fix_hint``) when all of them are empty, unless
-    ``allow_empty`` (the confirmation files: without them §5 says what is missing); an
-    empty file is reported on stdout and returned."""
+    Raises naming the files (and ``fix_hint``) when one is missing, or when all of them are
+    empty unless ``allow_empty`` (the confirmation files: without them §5 says what is
+    missing); an empty file is reported on stdout and returned."""
     frames, tables, empty = [], [], []
     for split, path in paths:
+        if not Path(path).is_file():  # the fix depends on where the data came from (a world is regenerated)
+            raise FileNotFoundError(f"label file not found: {path}. {fix_hint}")
         fr = bdd.load_frames(path)
         if not fr:
             empty.append(str(path))

@@ -29,10 +29,17 @@ PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 DEFAULTS = PROFILES_DIR / "default.yaml"  # every key once, `key: value  # (type) meaning`
 
 # Keys every section depends on (they change what the data *is*).
-GLOBAL_KEYS = ("seed", "data_root", "synthetic", "label_files", "image_sets", "pool_sources", "ingest_dir")
+GLOBAL_KEYS = ("seed", "data_root", "synthetic", "label_files", "confirm_label_files", "image_sets", "pool_sources",
+               "ingest_dir")
 
-# BDD_* environment variables that are not config keys (profile choice, cache dir).
-RESERVED_ENV = ("BDD_PROFILE", "BDD_CACHE_DIR")
+# Every BDD_* environment variable that is not a config key, and who reads it (the one list:
+# load_config skips these; any other BDD_<KEY> must name a config key). They choose where
+# things live, never a result.
+RESERVED_ENV: dict[str, str] = {
+    "BDD_PROFILE": "profile when --profile is not given (load_config, the CLI; the notebook kernel's profile)",
+    "BDD_CACHE_DIR": "cache folder for Ultralytics/matplotlib/model caches (env.CACHE_DIR; default <project>/.cache)",
+    "BDD_WEIGHTS_DIR": "model weights folder (weights.WEIGHTS_DIR; default <project>/weights)",
+}
 
 # Keys that never change results (where things go, how loud they are).
 NON_RESULT_KEYS = ("profile", "outputs_dir", "device", "workers", "fiftyone_dataset")
@@ -108,11 +115,47 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
     return out
 
 
-def _yaml_value(text: str, key: str) -> Any:
+class DuplicateKey(yaml.YAMLError):
+    def __init__(self, message: str, line: int):
+        super().__init__(message)
+        self.line = line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a mapping with the same key twice (PyYAML keeps the last)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise DuplicateKey(f"key {key!r} appears twice (lines {seen[key]} and {line}); keep one", line)
+        seen[key] = line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def _yaml_load(text: str, source: str) -> Any:
+    """YAML text -> value; a syntax error or a duplicated key raises ConfigError naming
+    ``source`` and the line (one line, as the CLI prints it)."""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    except DuplicateKey as e:
+        raise ConfigError(f"{source}, line {e.line}: {e}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"config key {key!r}: cannot parse value {text!r} ({str(e).splitlines()[0]})") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = " ".join(x for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x) \
+            or str(e).splitlines()[0]
+        raise ConfigError(f"{source}{where}: not valid YAML ({what})") from None
+
+
+def _yaml_value(text: str, key: str) -> Any:
+    return _yaml_load(text, f"config key {key!r}: value {text!r}")
 
 
 def _type_name(v: Any) -> str:
@@ -156,10 +199,7 @@ def check_keys(values: Mapping[str, Any], defaults: Mapping[str, Any], source: s
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    data = _yaml_load(path.read_text(), str(path)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected `key: value` lines, got a {type(data).__name__}")
     return data

@@ -25,7 +25,7 @@ from bdd_engine import (artifacts, attributes, autolabel, bdd, casestudy, collec
                         experiment, figures, images, mine, report, slices, synth, train)
 from bdd_engine.checkpoint import (Section, acquire_lock, atomic_path, atomic_write_json, claim_folder,
                                    df_to_markdown, input_row, release_lock, reset_peak_rss)
-from bdd_engine.config import Config
+from bdd_engine.config import Config, ConfigError
 from bdd_engine.yolo import export_yolo
 
 _RUN: dict[str, int | None] = {"from": None}  # this kernel's run options (set by the executed notebook)
@@ -96,9 +96,9 @@ def data_root(cfg: Config) -> Path:
     return cfg.data_dir
 
 
-def _empty_labels_hint(cfg: Config) -> str:
+def _labels_fix(cfg: Config) -> str:
     return ("Regenerate the world: python -m bdd_engine synth --profile " + cfg.profile + " --force." if cfg.synthetic
-            else "Re-download the det_20 labels (README 'Real BDD100K').")
+            else bdd.DOWNLOAD_HINT)
 
 
 def s1_collect(cfg: Config) -> Result:
@@ -119,9 +119,9 @@ def s1_collect(cfg: Config) -> Result:
         root = data_root(cfg)
         index = bdd.index_images(root, cfg.image_sets)
         paths = collect.label_paths(cfg.data_dir, cfg.label_files)
-        frames, table, empty = collect.load_labels(paths, index, _empty_labels_hint(cfg))
+        frames, table, empty = collect.load_labels(paths, index, _labels_fix(cfg))
         cpaths = collect.label_paths(cfg.data_dir, cfg.confirm_label_files)
-        cframes, ctable, cempty = collect.load_labels(cpaths, index, _empty_labels_hint(cfg), allow_empty=True)
+        cframes, ctable, cempty = collect.load_labels(cpaths, index, _labels_fix(cfg), allow_empty=True)
         checks = collect.check_frame_images(frames + cframes, index, cfg.out / ".cache" / "image_checks.parquet",
                                             workers=max(2, int(cfg.workers)))
         unreadable = set(checks.loc[~checks["ok"], "name"])
@@ -252,7 +252,7 @@ def train_spec(cfg: Config) -> train.TrainSpec:
         lr0=cfg.train_lr0, cos_lr=cfg.train_cos_lr, warmup_epochs=cfg.train_warmup_epochs,
         close_mosaic=cfg.train_close_mosaic, mosaic=cfg.train_mosaic, val=cfg.train_val, plots=bool(cfg.train_plots),
         seed=int(cfg.seed), cpu_bf16=bool(cfg.train_cpu_bf16), cache=str(cfg.train_cache), workers=int(cfg.workers), device=str(cfg.device), synthetic=bool(cfg.synthetic),
-        profile=cfg.profile)
+        profile=cfg.profile, resume=bool(cfg.train_resume))
 
 
 def s4_train(cfg: Config) -> Result:
@@ -513,6 +513,28 @@ def _reviewed_path(cfg: Config, turn: int) -> Path | None:
     return p
 
 
+def _reviewed_frames(cfg: Config, turn: int) -> tuple[list[dict[str, Any]], Path | None]:
+    """(turn ``turn``'s reviewed frames, their file) or ([], None) when not given; a file that
+    is not an ``import-labels`` output is a ConfigError naming the entry and the fix."""
+    path = _reviewed_path(cfg, turn)
+    if path is None:
+        return [], None
+    try:
+        return autolabel.review_import.reviewed_frames(path), path
+    except autolabel.ExportError as e:
+        entry = list(cfg.flywheel_reviewed)[int(turn) - 1]
+        raise ConfigError(f"flywheel_reviewed[{int(turn) - 1}] = {entry!r}: {e}") from None
+
+
+def preflight(cfg: Config) -> None:
+    """What a run reads from the user beyond the profile, checked before any section runs
+    (the notebook's first cell, and ``run`` before it starts a kernel): every
+    ``flywheel_reviewed`` entry must be an ``import-labels`` output. A missing one, or a raw
+    Label Studio export, fails here with one line instead of after turn 2's §5–§6."""
+    for turn in range(1, len(cfg.flywheel_reviewed) + 1):
+        _reviewed_frames(cfg, turn)
+
+
 def _carried(cfg: Config, turn: int, pool_names: set[str]) -> tuple[list[dict[str, Any]], dict[str, Any], Path | None]:
     """Frames every arm of turn ``turn`` adds to train because earlier turns labelled them:
     turn t-1's carried frames + its accepted mined auto-labels, with turn t-1's reviewed
@@ -525,8 +547,7 @@ def _carried(cfg: Config, turn: int, pool_names: set[str]) -> tuple[list[dict[st
     before = bdd.load_frames(artifacts.section_dir(cfg.out, 7, prev) / "carried.json") if prev > 1 else []
     labelled = bdd.load_frames(artifacts.section_dir(cfg.out, 7, prev) / "labels_mined" / "labels.json")
     accepted = autolabel.accepted_frames(autolabel.LabelRun("previous turn", labelled), float(cfg.label_accept))
-    path = _reviewed_path(cfg, prev)
-    reviewed = bdd.load_frames(path) if path is not None else []
+    reviewed, path = _reviewed_frames(cfg, prev)
     unknown = sorted({f["name"] for f in reviewed} - pool_names)
     if unknown:
         raise ValueError(f"{path}: {len(unknown)} reviewed frames are not mining-pool frames of this run "
@@ -741,6 +762,13 @@ def _start_card(cfg: Config, turn: int) -> tuple[dict[str, Any], str, str]:
             cfg.section_hash(7, turn - 1))
 
 
+def _resumed_runs(cfg: Config, card0: Mapping[str, Any], arms: pd.DataFrame) -> list[str]:
+    """Runs behind this turn's numbers whose training was interrupted and resumed (``train_resume:
+    true``): their numbers differ from an uninterrupted run with the same seed."""
+    cards = {"iter0": card0, **{r.run: artifacts.run_card(cfg.out / r.weights) for r in arms.itertuples()}}
+    return [run for run, card in cards.items() if card.get("resumed")]
+
+
 def _learning_curve(cfg: Config, turn: int, headline: Mapping[str, Any], head: pd.DataFrame) -> list[dict[str, Any]]:
     """One :func:`experiment.turn_point` per turn 1..``turn`` (earlier turns from their §8,
     this one from the tables in hand)."""
@@ -785,10 +813,11 @@ def s8_delta(cfg: Config, turn: int = 1) -> Result:
                 agg, res0, worst, w5["n_eval"], artifacts.load_json(cfg.out, 6, "mining_summary.json", turn),
                 artifacts.load_json(cfg.out, 7, "labeling.json", turn), confirm, synthetic=bool(cfg.synthetic),
                 seeds=cfg.retrain_seeds, warm_start=bool(cfg.retrain_warm_start), retrain_epochs=int(cfg.retrain_epochs))
+            card0, weights0, hash0 = _start_card(cfg, turn)
+            headline["resumed_runs"] = _resumed_runs(cfg, card0, arms)
             w.write_json("headline.json", headline)
             w.save_fig("slice_delta.png", figures.delta_figure(head, bool(cfg.synthetic)))
             w.save_fig("confirm_contrast.png", figures.confirm_figure(confirm, bool(cfg.synthetic)))
-            card0, weights0, hash0 = _start_card(cfg, turn)
             runs = experiment.runs_table(card0, weights0, int(cfg.seed), (hash0, cfg.section_hash(7, turn)), arms, res0,
                                          results, worst)
             entry = _golden_run(cfg, artifacts.read_df(cfg.out, 3, "pools.csv"), arms, turn)  # before the registry: drift gate

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import signal
 import sys
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bdd_engine import checkpoint
+from bdd_engine.config import parse_overrides
 from bdd_engine.env import PROJECT_ROOT
 
 SECTION_CALL = re.compile(r"\bfw\.s(\d)_")
@@ -166,16 +168,30 @@ def execute(client: Any, kernel_log: Path, resume: str) -> int:
             signal.signal(sig, h)
 
 
-def run_notebook(cfg: Any, overrides: dict[str, Any], set_args: list[str], from_section: int | None) -> int:
+def kernel_env(profile: str, set_args: list[str]) -> dict[str, str]:
+    """The ``BDD_*`` variables that hand the profile and ``--set key=value`` overrides to the
+    kernel. Each value is the user's own text, which the kernel's ``load_config`` parses exactly
+    as ``parse_overrides`` did here: ``str()`` of the parsed value would turn null into 'None'
+    and 0.00001 into '1e-05' (a string to YAML 1.1)."""
+    parse_overrides(set_args)  # the same refusals as the CLI's own config, before a kernel starts
+    env = {"BDD_PROFILE": profile}
+    for pair in set_args:
+        key, text = pair.split("=", 1)
+        env[f"BDD_{key.strip().upper()}"] = text
+    return env
+
+
+def run_notebook(cfg: Any, set_args: list[str], from_section: int | None) -> int:
     """Execute notebook.py for ``cfg`` in a fresh kernel; save the executed notebook beside
-    the outputs. The kernel inherits the profile and overrides as ``BDD_*`` variables (the
-    config's documented precedence)."""
+    the outputs. The kernel inherits the profile and the ``--set`` overrides as ``BDD_*``
+    variables (:func:`kernel_env`; the config's documented precedence)."""
     jupytext = import_jupytext()
-    os.environ.update({"BDD_PROFILE": cfg.profile, **{f"BDD_{k.upper()}": str(v) for k, v in overrides.items()}})
+    os.environ.update(kernel_env(cfg.profile, set_args))
     nb = load_notebook(jupytext, from_section)
     client = progress_client(nb, cfg)
     out = cfg.out / f"notebook_{cfg.profile}.ipynb"
-    resume = f"python -m bdd_engine run --profile {cfg.profile}" + "".join(f" --set {s}" for s in set_args)
+    resume = shlex.join(["python", "-m", "bdd_engine", "run", "--profile", cfg.profile,
+                         *(x for s in set_args for x in ("--set", s))])   # pastes back as the same command
     try:
         rc = execute(client, cfg.out / "kernel.log", resume)
     finally:

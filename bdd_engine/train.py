@@ -5,7 +5,10 @@ profile by the section runner, ``flywheel.train_spec``) becomes Ultralytics argu
 the run lands in ``<out_dir>/<name>/`` (Ultralytics' own ``weights/last.pt``,
 ``results.csv``, ...) next to a ``run_card.json``. A second call with the same fingerprint
 (Ultralytics arguments, data hash, model, init weights) is a no-op; a run that was
-interrupted resumes with Ultralytics' own ``resume``.
+interrupted restarts from epoch 0 (``TrainSpec.resume`` False: the same numbers as an
+uninterrupted run) or resumes with Ultralytics' own ``resume`` (True: saves hours, but the
+numbers differ; the run card says ``resumed: true``). Either way the card counts the
+interrupted attempts thrown away (``restarts_after_interrupt``).
 
 ``predict`` runs one inference pass over a list of images and returns BDD frames
 (``box2d`` in pixels of the original image, ``score`` per label), ready for
@@ -81,6 +84,7 @@ class TrainSpec:
     device: str                  # ``auto`` | ``cpu`` | ``0``, ``1``... (:func:`resolve_device`; not in the fingerprint)
     synthetic: bool              # recorded in the run card
     profile: str                 # recorded in the run card
+    resume: bool = False         # interrupted run: resume from its last epoch (True) or restart from epoch 0 (not in the fingerprint)
 
     def ultralytics_args(self) -> dict[str, Any]:
         """Keyword arguments for ``YOLO.train`` (without model/data/project/device)."""
@@ -321,23 +325,33 @@ def train(spec: TrainSpec, data_yaml: str | os.PathLike, out_dir: str | os.PathL
     weights = _weights_of(run_dir, bool(args["val"]))
 
     card = _read_card(card_path)
-    if card.get("fingerprint") == fp and card.get("finished") and weights.is_file():
+    same = card.get("fingerprint") == fp
+    if same and card.get("finished") and weights.is_file() and (spec.resume or not card.get("resumed")):
         log.info("training %s is fresh (fingerprint %s): reusing %s", name, fp, weights)
         return weights
 
     state = _previous_run(run_dir, card, fp)
-    if state == "finished":  # every epoch ran: write the card the interrupted run could not
+    if state == "finished" and (spec.resume or not card.get("resumed")):
+        # every epoch ran (finalising an unstripped last epoch gives the uninterrupted weights): write the card
         return _finish_card(card_path, card, run_dir, args, spec.epochs, metrics={},
-                            wall=float(card.get("wall_time_s", 0.0)), resumed=True)
-    resume = state == "resumable"
+                            wall=float(card.get("wall_time_s", 0.0)), resumed=bool(card.get("resumed", False)))
+    resume = state == "resumable" and spec.resume
+    restarted = same and state in ("resumable", "finished") and not resume  # interrupted, and resuming is off
+    if restarted:
+        log.info("%s was interrupted; restarting it from epoch 0 (resuming is off: an uninterrupted run's numbers)",
+                 name)
     if run_dir.exists() and not resume:
-        log.info("discarding %s (different fingerprint or unusable checkpoint)", run_dir)
+        log.info("discarding %s (different fingerprint, unusable checkpoint or an interrupted run)", run_dir)
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     base_card = {**_run_card(spec, name, fp, model_src, pretrained, data_yaml, dhash, args, device),
                  "precision": precision}
-    if not resume:
-        atomic_write_json(card_path, base_card)   # the fingerprint a later resume must match
+    # interrupted runs thrown away so far (restarted from epoch 0), kept across further interruptions
+    earlier = int(card.get("restarts_after_interrupt", 0)) if same else 0
+    base_card["restarts_after_interrupt"] = earlier + int(restarted)
+    if resume:
+        base_card["resumed"] = True   # a kill during the resumed part must not forget it
+    atomic_write_json(card_path, base_card)   # the fingerprint a later resume must match
 
     t0 = time.time()
     with cpu_bf16_autocast(precision == "bf16"):
@@ -346,8 +360,7 @@ def train(spec: TrainSpec, data_yaml: str | os.PathLike, out_dir: str | os.PathL
     wall = time.time() - t0
     free_memory()  # the trainer's GBs go back to the OS before the next run or section
     prev_wall = float(card.get("wall_time_s", 0.0)) if resume else 0.0
-    return _finish_card(card_path, base_card, run_dir, args, spec.epochs, metrics, prev_wall + wall,
-                        resumed=bool(resume or card.get("resumed", False)))
+    return _finish_card(card_path, base_card, run_dir, args, spec.epochs, metrics, prev_wall + wall, resumed=resume)
 
 
 def _previous_run(run_dir: Path, card: Mapping[str, Any], fp: str) -> str:

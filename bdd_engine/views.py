@@ -109,7 +109,7 @@ CHECKPOINT_NOTES: dict[int, tuple[str, str]] = {
         "worst_slice_failures.png: green GT boxes without red predictions are the misses.",
         "05_eval_iter0/ (re-predicts in seconds)."),
     6: ("figures/mined_frames_grid.png: mined frames look like the worst slice (captions give their real attributes); "
-        "mining.json: precision vs base rate.",
+        "mining_summary.json: precision vs base rate.",
         "06_mine/ (seconds)."),
     7: ("label_quality tables: head classes best, rare classes worst; router bucket precision rises with the threshold; "
         "runs/runs.csv: every arm finished with the same epochs.",

@@ -204,6 +204,38 @@ def test_kill_after_last_epoch_save_is_finalised_not_stuck(tiny_world, tmp_path)
     assert train.train(fw.train_spec(cfg), r3.info["data_yaml"], cfg.out / "runs", name="iter0", data_hash="h") == last
 
 
+def test_interrupted_s4_on_tiny_restarts_and_matches_an_uninterrupted_run(tiny_world, tmp_path):
+    """A §4 run killed after its first epoch (a resumable last.pt, an unfinished card: what a kill
+    leaves) and rerun gives iter0 weights and §5 numbers equal to an uninterrupted §4 (tiny:
+    train_resume false), and its run card records the restart."""
+    import torch
+
+    class Stop(Exception):
+        pass
+
+    def stop(trainer):
+        if trainer.epoch == 0:
+            raise Stop()
+    cfgs = {k: make_cfg(tiny_world, tmp_path / k, train_epochs=2) for k in ("clean", "killed")}
+    for k, cfg in cfgs.items():
+        fw.s1_collect(cfg)
+        r3 = fw.s3_pools(cfg)
+        if k == "killed":
+            with pytest.raises(Stop):
+                train.train(fw.train_spec(cfg), r3.info["data_yaml"], cfg.out / "runs", name="iter0",
+                            data_hash=Section(cfg, 3).manifest_hash(), callbacks={"on_fit_epoch_end": stop})
+            assert train.checkpoint_state(cfg.out / "runs" / "iter0" / "weights" / "last.pt") == "resumable"
+        fw.s4_train(cfg)
+    cards = {k: json.loads((c.out / "04_train" / "run_card.json").read_text()) for k, c in cfgs.items()}
+    assert cards["killed"]["restarts_after_interrupt"] == 1 and cards["clean"]["restarts_after_interrupt"] == 0
+    assert not cards["killed"]["resumed"] and cards["killed"]["fingerprint"] == cards["clean"]["fingerprint"]
+    sd = {k: torch.load(c.out / "runs" / "iter0" / "weights" / "last.pt", weights_only=False)["model"].state_dict()
+          for k, c in cfgs.items()}
+    assert all(torch.equal(sd["clean"][n], sd["killed"][n]) for n in sd["clean"])
+    preds = {k: json.loads((fw.s5_eval(c).dir / "predictions.json").read_text()) for k, c in cfgs.items()}
+    assert preds["clean"] == preds["killed"]
+
+
 # ----------------------------------------------------------------------------- 5 unreadable images
 def test_truncated_and_empty_jpegs_are_counted_listed_and_left_out(world, tmp_path):
     a, b = first_boxed(world, k=0)["name"], first_boxed(world, k=1)["name"]
@@ -274,6 +306,15 @@ def test_empty_label_files(world, tmp_path, capsys):
     labels(world, "train").write_text("[]")
     with pytest.raises(ValueError, match="every label file is empty .*det_train.json.*synth --profile tiny --force"):
         fw.s1_collect(make_cfg(world, tmp_path / "both"))
+
+
+def test_missing_label_file_of_a_synthetic_world_says_regenerate_it(world, tmp_path):
+    labels(world, "val").unlink()
+    with pytest.raises(FileNotFoundError) as e:
+        fw.s1_collect(make_cfg(world, tmp_path / "o"))
+    assert str(e.value) == (f"label file not found: {labels(world, 'val')}. "
+                            "Regenerate the world: python -m bdd_engine synth --profile tiny --force.")
+    assert "download" not in str(e.value).lower()
 
 
 # ----------------------------------------------------------------------------- 10 bad types, failed sections
@@ -357,9 +398,25 @@ def test_cli_rejects_bad_section_numbers_and_slice_keys(tmp_path, capsys):
 
 
 def test_every_command_accepts_set(capsys):
-    for cmd in (["app"], ["status"], ["synth"], ["run"], ["evaluate", "--gt", "x", "--pred", "y"]):
+    for cmd in (["app"], ["status"], ["synth"], ["run"], ["evaluate", "--gt", "x", "--pred", "y"], ["pretrain"],
+                ["label", "--src", "x", "--labeler", "teacher", "--out", "y"],
+                ["predict", "--weights", "w.pt", "--src", "x", "--out", "y.json"]):
         assert cli([*cmd, "--profile", "tiny", "--set", "mine_kk=3"]) == 2  # parsed, then rejected by name
         assert "did you mean 'mine_k'?" in capsys.readouterr().err
+
+
+def test_commands_that_read_no_profile_refuse_set_in_one_line_and_the_readme_says_which(capsys):
+    from bdd_engine.__main__ import NO_PROFILE_COMMANDS
+
+    assert NO_PROFILE_COMMANDS == ("ingest", "import-labels", "stand-in-weights")
+    for cmd in NO_PROFILE_COMMANDS:
+        for flags in (["--set", "mine_k=3"], ["--profile", "tiny"], ["--set=mine_k=3"]):
+            assert cli([cmd, "--src", "x", "--out", "y", *flags]) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and err.startswith(f"error: {cmd} reads no profile, so --profile/--set "), err
+    names = ", ".join(f"`{c}`" for c in NO_PROFILE_COMMANDS[:-1]) + f" and `{NO_PROFILE_COMMANDS[-1]}`"
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert f"Every command but {names} takes `--profile` and `--set key=value`" in readme
 
 
 # ----------------------------------------------------------------------------- 18 manifest claim

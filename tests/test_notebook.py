@@ -94,6 +94,7 @@ def test_whole_notebook_writes_every_artifact(first_run):
     h = json.loads((out / "08_delta" / "headline.json").read_text())
     assert HEADLINE_KEYS <= set(h)
     assert h["synthetic"] is True and h["labeler"] == "teacher"
+    assert h["resumed_runs"] == []      # no training was interrupted (tiny: train_resume false restarts anyway)
     # each run's Δ lies inside its own CI, and the headline's seed-mean Δ inside the CI of that mean
     # (it once stood beside the first seed's CI: mean -0.023, CI [-0.062, -0.025])
     d = pd.read_csv(out / "08_delta" / "deltas.csv")
@@ -128,6 +129,34 @@ def test_whole_notebook_writes_every_artifact(first_run):
                 "mined_frames_grid", "attribute_confusion", "slice_delta", "confirm_contrast", "architecture",
                 "confusion_iter0", "confusion"):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 10_000, fig
+
+
+NOTE_FILE = re.compile(r"(?<![\w/.<>*-])([\w.<>*/-]+\.(?:json|csv|png|md|pdf|pt|txt|yaml|parquet))\b")
+NOTE_FOLDER = re.compile(r"\b(0[1-8]_[a-z0-9_]+(?:/[\w.-]+)*)")
+
+
+def test_every_file_a_checkpoint_note_names_exists(first_run):
+    """What each section's checkpoint note tells the user to open exists after the run (a note
+    named 06_mine/mining.json; the file is mining_summary.json)."""
+    from bdd_engine.views import CHECKPOINT_NOTES
+
+    out, _ = first_run
+    missing, checked = [], 0
+    for n, note in CHECKPOINT_NOTES.items():
+        text = " ".join(note)
+        for name in NOTE_FILE.findall(text):
+            rel = name.removeprefix("outputs/")
+            if "*" in rel:  # a glob the note says may match nothing ("epoch*.pt if any"): its folder exists
+                found = (out / rel).parent.is_dir()
+            else:
+                found = any(p.is_file() for p in (out / rel, out / _SECTIONS[n] / rel, out / "figures" / rel)) or \
+                    any(out.glob(f"runs/*/weights/{rel}"))
+            checked += 1
+            missing += [] if found else [f"§{n}: {name}"]
+        for folder in NOTE_FOLDER.findall(text):
+            checked += 1
+            missing += [] if (out / folder).exists() else [f"§{n}: {folder}"]
+    assert checked >= 25 and not missing, missing
 
 
 def _no_bare_constant(name: str):

@@ -66,6 +66,7 @@ def spec():
 def test_train_fresh_resume_and_predict(tmp_path, spec):
     data_yaml, frames = _make_dataset(tmp_path / "data")
     runs = tmp_path / "runs"
+    spec = replace(spec, resume=True)   # the full profile's train_resume: an interrupted run resumes
 
     # 1) interrupted after the first epoch (last.pt saved, run unfinished)
     def stop(trainer):
@@ -124,6 +125,48 @@ def test_train_fresh_resume_and_predict(tmp_path, spec):
     r2 = evaluate(val, pd.read_parquet(pq), n_boot=0)
     assert 0 <= r1.AP50 <= 1 and r1.AP50 == pytest.approx(r2.AP50, abs=1e-12)
     assert sum(len(f["labels"]) for f in filter_conf(preds, 0.5)) <= len(lbs)
+
+
+def _model_weights(pt: Path) -> dict:
+    import torch
+
+    ck = torch.load(pt, map_location="cpu", weights_only=False)
+    return {k: v.float() for k, v in (ck.get("ema") or ck["model"]).state_dict().items()}
+
+
+def test_interrupted_run_restarts_from_epoch_0_when_resume_is_off(tmp_path, spec):
+    """tiny/demo (train_resume: false): a run killed mid-way leaves a resumable last.pt and an
+    unfinished card; the rerun throws it away, trains from epoch 0, records that, and gives the
+    weights an uninterrupted run gives. A finished run that had been resumed is retrained too."""
+    assert spec.resume is False and load_config("demo", env=False).train_resume is False
+    assert load_config("full", env=False).train_resume is True
+    data_yaml, _ = _make_dataset(tmp_path / "data", n=10, seed=2)
+    clean = train(spec, data_yaml, tmp_path / "clean", name="iter0")
+    runs = tmp_path / "runs"
+
+    def stop(trainer):
+        if trainer.epoch == 0:
+            raise Interrupt()
+    with pytest.raises(Interrupt):
+        train(spec, data_yaml, runs, name="iter0", callbacks={"on_fit_epoch_end": stop})
+    assert T.checkpoint_state(runs / "iter0" / "weights" / "last.pt") == "resumable"   # what a kill leaves
+    w = train(spec, data_yaml, runs, name="iter0")
+    card = json.loads((runs / "iter0" / "run_card.json").read_text())
+    assert card["finished"] and card["resumed"] is False and card["restarts_after_interrupt"] == 1
+    assert len(pd.read_csv(runs / "iter0" / "results.csv")) == 2          # both epochs of the new run, none kept
+    a, b = _model_weights(w), _model_weights(clean)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+    assert json.loads((tmp_path / "clean" / "iter0" / "run_card.json").read_text())["restarts_after_interrupt"] == 0
+
+    # a run resumed under train_resume: true is not reused once resuming is off: trained again from epoch 0
+    card["resumed"] = True
+    (runs / "iter0" / "run_card.json").write_text(json.dumps(card))
+    assert train(replace(spec, resume=True), data_yaml, runs, name="iter0") == w     # kept while resuming is on
+    w2 = train(spec, data_yaml, runs, name="iter0")
+    card = json.loads((runs / "iter0" / "run_card.json").read_text())
+    assert card["finished"] and card["resumed"] is False and card["restarts_after_interrupt"] == 2
+    a = _model_weights(w2)
+    assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
 
 
 def test_changed_config_retrains(tmp_path, spec):

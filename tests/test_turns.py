@@ -16,6 +16,7 @@ from bdd_engine import artifacts, casestudy, experiment, figures, train
 from bdd_engine import flywheel as fw
 from bdd_engine.checkpoint import FolderRefused, Section, status
 from bdd_engine.config import load_config
+from bdd_engine.env import PROJECT_ROOT
 
 from conftest import make_cfg
 
@@ -183,3 +184,70 @@ def test_scale_text_extrapolates_this_runs_measurements():
 def test_commit_is_unknown_outside_a_git_checkout(tmp_path, monkeypatch):
     monkeypatch.setattr(train, "PROJECT_ROOT", tmp_path)
     assert train.git_commit() == "unknown"
+
+
+# ----------------------------------------------------------------------------- reviewed files, checked at the start
+LS_EXPORT = [{"id": 1, "data": {"image": "/data/local-files/?d=x/a.jpg", "name": "a.jpg"},
+              "annotations": [{"id": 1, "result": []}]}]
+
+
+def test_preflight_refuses_a_raw_label_studio_export_and_missing_entries(tiny_world, tmp_path):
+    good = tmp_path / "good"
+    good.mkdir()
+    (good / "labels.json").write_text(json.dumps([{"name": "a.jpg", "attributes": {}, "labels": []}]))
+    raw = tmp_path / "export.json"
+    raw.write_text(json.dumps(LS_EXPORT))
+    unnamed = tmp_path / "unnamed.json"
+    unnamed.write_text(json.dumps([{"attributes": {}, "labels": []}]))
+    cfg = lambda *entries: make_cfg(tiny_world, tmp_path / "o", flywheel_reviewed=[str(e) for e in entries])  # noqa: E731
+    fw.preflight(cfg(good, good / "labels.json"))            # a folder or its labels.json
+    with pytest.raises(fw.ConfigError) as e:
+        fw.preflight(cfg(good, raw))                          # the second entry: turn 2's review, checked now
+    assert str(e.value) == (f"flywheel_reviewed[1] = {str(raw)!r}: {raw} is a Label Studio export; convert it with "
+                            f"`python -m bdd_engine import-labels --label-studio {raw} --out DIR` and use DIR")
+    with pytest.raises(fw.ConfigError, match=r"flywheel_reviewed\[0\] = .*entry #0 is not a frame with a 'name'.*import-labels"):
+        fw.preflight(cfg(unnamed))
+    with pytest.raises(FileNotFoundError, match=r"flywheel_reviewed\[0\] = .*: no .*nope .*import-labels"):
+        fw.preflight(cfg(tmp_path / "nope"))
+    empty_dir = tmp_path / "empty"
+    empty_dir.mkdir()
+    with pytest.raises(FileNotFoundError, match=rf"no {empty_dir / 'labels.json'} "):
+        fw.preflight(cfg(empty_dir))
+
+
+def test_run_checks_reviewed_files_before_any_section_or_kernel(tiny_world, tmp_path, monkeypatch, capsys):
+    from bdd_engine import runner
+    from bdd_engine.__main__ import main
+
+    raw = tmp_path / "export.json"
+    raw.write_text(json.dumps(LS_EXPORT))
+    monkeypatch.setattr(runner, "run_notebook", lambda *a, **k: pytest.fail("a kernel was started"))
+    out = tmp_path / "o"
+    rc = main(["run", "--profile", "tiny", "--set", f"data_root={tiny_world}", "--set", f"outputs_dir={out}",
+               "--set", "flywheel_turns=2", "--set", f"flywheel_reviewed=[{raw}]"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    assert "is a Label Studio export; convert it with `python -m bdd_engine import-labels" in err
+    assert not out.exists() or not any(out.glob("0*"))     # no section ran
+    nb = (PROJECT_ROOT / "notebook.py").read_text()
+    first = nb[nb.index("# %%\n"):nb.index("## §1")]
+    assert "fw.preflight(cfg)" in first                        # the notebook checks in its first cell too
+
+
+# ----------------------------------------------------------------------------- resumed training is said
+def test_resumed_runs_reach_headline_and_case_study(tiny_world, tmp_path):
+    cfg = make_cfg(tiny_world, tmp_path / "o")
+    for run, resumed in (("iter1_s42", True), ("random_s42", False)):
+        d = cfg.out / "runs" / run
+        (d / "weights").mkdir(parents=True)
+        (d / "run_card.json").write_text(json.dumps({"finished": True, "resumed": resumed}))
+    arms = pd.DataFrame({"run": ["iter1_s42", "random_s42"],
+                         "weights": ["runs/iter1_s42/weights/last.pt", "runs/random_s42/weights/last.pt"]})
+    assert fw._resumed_runs(cfg, {"resumed": True}, arms) == ["iter0", "iter1_s42"]
+    assert fw._resumed_runs(cfg, {}, arms.iloc[1:]) == []
+    h = {"delta_ci": [-0.1, 0.1], "synthetic": True, "n_eval": 40, "seeds": [42], "retrain_epochs": 1,
+         "warm_start": False}
+    lab, mining, card0 = {"mined": {"labeler": "teacher"}}, {"precision": 0.2, "base_rate": 0.1}, {"epochs": 1}
+    text = "\n".join(casestudy.limitations(cfg, {**h, "resumed_runs": ["iter0", "iter1_s42"]}, lab, mining, card0, "x"))
+    assert "**Resumed training.** iter0, iter1_s42 were interrupted and resumed" in text and "train_resume: false" in text
+    assert "Resumed" not in "\n".join(casestudy.limitations(cfg, {**h, "resumed_runs": []}, lab, mining, card0, "x"))

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from bdd_engine.bdd import map_category, write_bdd_json
+from bdd_engine.bdd import load_frames, map_category, write_bdd_json
 from bdd_engine.checkpoint import atomic_write_json
 from bdd_engine.env import PROJECT_ROOT
 from bdd_engine.geometry import xywh_pct_to_xyxy
@@ -309,6 +309,29 @@ def check_against_queue(tasks: Sequence[Mapping[str, Any]], path: str | os.PathL
 
 
 # ----------------------------------------------------------------------------- next turn
+def reviewed_frames(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The BDD frames of an ``import-labels`` output (its labels.json), checked before a run
+    uses them: a raw Label Studio export, or an entry that is not a named frame, is an
+    :class:`ExportError` naming the file and the fix (not a ``KeyError`` after sections have run)."""
+    path, make = Path(path), "make it with `python -m bdd_engine import-labels --label-studio EXPORT.json --out DIR`"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ExportError(f"{path}: cannot read it as JSON ({e}); {make}") from e
+    entries = data.get("frames") if isinstance(data, dict) else data   # bdd.load_frames' two layouts
+    if isinstance(entries, list) and any(isinstance(t, dict) and isinstance(t.get("data"), dict) for t in entries):
+        raise ExportError(f"{path} is a Label Studio export; convert it with `python -m bdd_engine import-labels "
+                          f"--label-studio {path} --out DIR` and use DIR")
+    if not isinstance(entries, list):
+        raise ExportError(f"{path}: not a list of BDD frames; {make}")
+    bad = [i for i, f in enumerate(entries)
+           if not (isinstance(f, dict) and isinstance(f.get("name"), str) and f["name"])]
+    if bad:
+        raise ExportError(f"{path}: not BDD frames as `import-labels` writes them (entry #{bad[0]} is not a frame "
+                          f"with a 'name'); {make}")
+    return load_frames(path)
+
+
 def next_turn_frames(accepted: Sequence[Mapping[str, Any]],
                      reviewed: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """The next turn's extra training labels: accepted auto-label frames + reviewed frames.
