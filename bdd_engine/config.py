@@ -155,7 +155,15 @@ def _yaml_load(text: str, source: str) -> Any:
 
 
 def _yaml_value(text: str, key: str) -> Any:
-    return _yaml_load(text, f"config key {key!r}: value {text!r}")
+    """A command-line / environment value parsed as YAML, except that a str-only key keeps
+    the user's word: YAML 1.1 reads ``off``/``on``/``yes``/``no`` as booleans, so
+    ``--set train_cache=off`` (documented ``ram | disk | off``) would arrive as False."""
+    value = _yaml_load(text, f"config key {key!r}: value {text!r}")
+    name = key[4:].lower() if key.startswith("BDD_") else key
+    allowed = key_types().get(name, set())
+    if isinstance(value, bool) and "str" in allowed and "bool" not in allowed:
+        return text.strip()
+    return value
 
 
 def _type_name(v: Any) -> str:

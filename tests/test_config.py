@@ -133,3 +133,14 @@ def test_cli_prints_one_line_for_a_broken_profile(own_profile, capsys):
     (own_profile / "mine.yaml").write_text("seed: 1\nseed: 2\n")
     assert main(["status", "--profile", "mine"]) == 2
     assert capsys.readouterr().err == f"error: {own_profile / 'mine.yaml'}, line 2: key 'seed' appears twice (lines 1 and 2); keep one\n"
+
+
+@pytest.mark.parametrize("word", ["off", "on", "yes", "no"])
+def test_a_str_key_keeps_a_yaml_boolean_word_from_set_and_env(word, monkeypatch):
+    # YAML 1.1 reads off/on/yes/no as booleans; train_cache is documented `ram | disk | off`
+    assert parse_overrides([f"train_cache={word}"]) == {"train_cache": word}
+    monkeypatch.setenv("BDD_TRAIN_CACHE", word)
+    assert load_config("tiny").train_cache == word
+    # a bool key still gets a bool, and a str key still gets a str for any other word
+    assert parse_overrides([f"train_val={word}"])["train_val"] is (word in ("on", "yes"))
+    assert parse_overrides(["train_cache=disk"]) == {"train_cache": "disk"}
