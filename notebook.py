@@ -216,7 +216,7 @@ r8 = fw.s8_delta(cfg)
 display(r8["headline"])
 display(r8["runs"])
 vw.show(cfg.out, "slice_delta.png", "architecture.png")
-print(r8.info["verdict"])
+print("verdict:", r8.info["verdict"], "—", r8.info["headline"].get("reading", ""))
 print("case study:", r8.info["case_study"])
 
 # %% [markdown]
