@@ -678,25 +678,37 @@ def _evaluate_arms(cfg: Config, w: Any, arms: pd.DataFrame, res0: evaluate.EvalR
 def _confirm(cfg: Config, w: Any, arms: pd.DataFrame, turn: int) -> dict[str, Any]:
     """Score iter0 and every arm on §5's confirmation set (the worst slice's held-out
     frames); Δ per arm and the contrasts with hierarchical-bootstrap CIs (confirm.json)."""
+    weights = {"iter0": artifacts.start_weights(cfg.out, turn), **{r.run: cfg.out / r.weights for r in arms.itertuples()}}
+    point, boot, rows, conf = confirm_scores(cfg, weights, turn, lambda run, preds: w.write_df(
+        f"confirm/{run}_predictions.parquet", bdd.boxes_table(preds)))
+    table = pd.DataFrame(rows).merge(arms[["run", "arm", "seed"]], on="run", how="left").fillna({"arm": "iter0"})
+    w.write_df("confirm_runs.csv", table)
+    out = {"slice": str(conf["slice"].iloc[0]), "n_frames": len(conf), "iter0": point["iter0"],
+           **experiment.hierarchical_deltas(point, boot, arms, int(cfg.seed))}
+    w.write_json("confirm.json", out)
+    return out
+
+
+def confirm_scores(cfg: Config, weights: Mapping[str, Path], turn: int = 1,
+                   keep: Any = None) -> tuple[dict[str, float], dict[str, np.ndarray], list[dict], pd.DataFrame]:
+    """Score each model (``weights``: run -> .pt) on §5's confirmation set: (point mAP@0.5,
+    the (B,) mAP@0.5 of the same B frame resamples for every run — paired over frames, as
+    :func:`experiment.hierarchical_deltas` needs —, one row per run, the confirmation table).
+    ``keep(run, predictions)`` is called per run (§8 saves them)."""
     conf = artifacts.read_df(cfg.out, 5, "confirm.csv", turn)
     gt_by = {f["name"]: f for f in artifacts.load_gt(cfg.out, 1, "confirm")}
     gt = [gt_by[n] for n in conf["name"]]
     n_boot, seed = int(cfg.eval_n_boot), int(cfg.seed)
-    weights = {"iter0": artifacts.start_weights(cfg.out, turn), **{r.run: cfg.out / r.weights for r in arms.itertuples()}}
     frames_w = evaluate.resample_weights(len(gt), n_boot, np.random.default_rng([seed, 23]))
     point, boot, rows = {}, {}, []
     for run, wts in weights.items():
         preds = _predict(cfg, wts, conf)
         res = evaluate.evaluate(gt, preds, by=cfg.eval_by, n_boot=0, seed=seed)
         point[run], boot[run] = res.AP50, evaluate.boot_map50(res.cache, np.arange(len(gt)), frames_w)
-        w.write_df(f"confirm/{run}_predictions.parquet", bdd.boxes_table(preds))
+        if keep is not None:
+            keep(run, preds)
         rows.append({"run": run, "AP50": res.AP50, "AP": res.AP})
-    table = pd.DataFrame(rows).merge(arms[["run", "arm", "seed"]], on="run", how="left").fillna({"arm": "iter0"})
-    w.write_df("confirm_runs.csv", table)
-    out = {"slice": str(conf["slice"].iloc[0]), "n_frames": len(gt), "iter0": point["iter0"],
-           **experiment.hierarchical_deltas(point, boot, arms, seed)}
-    w.write_json("confirm.json", out)
-    return out
+    return point, boot, rows, conf
 
 
 def _write_runs(cfg: Config, w: Any, runs: pd.DataFrame, per_class: Mapping[str, pd.DataFrame],
