@@ -62,8 +62,8 @@ def limitations(cfg: Any, h: Mapping[str, Any], labeling: Mapping[str, Any], min
         n = len(seeds)
         out.append(f"**{n} training seeds per arm** ({', '.join(map(str, seeds))}). The confirmation CIs resample "
                    f"them (hierarchical bootstrap), but resampling {n} values with replacement has an expected variance "
-                   f"of {n - 1}/{n} of theirs, so the seed part of each CI is somewhat narrow; the random control's "
-                   "frames are one seeded draw, so its CI holds training noise, not the luck of that draw.")
+                   f"of {n - 1}/{n} of theirs, so the seed part of each CI is somewhat narrow. The random controls' "
+                   "frames are drawn once per seed, so their CI holds the luck of the draw beside training noise.")
     lab = labeling.get("mined", {})
     if lab.get("labeler") == "teacher":
         out.append(f"**The labeler is iter0 itself (self-training).** Its labels on the mined frames have precision "
@@ -84,9 +84,10 @@ def limitations(cfg: Any, h: Mapping[str, Any], labeling: Mapping[str, Any], min
                "bit-identical across processor types (float kernels differ), so another machine can train a different "
                "iter0 and find another worst slice. Compare runs through `outputs/runs/runs.csv`, not across hosts.")
     if h.get("warm_start"):
-        out.append(f"**Warm-started arms.** All arms continue from iter0; the `continue` control "
-                   f"(Δ {fmt(h.get('continue_delta'), signed=True)}) measures what the extra epochs alone buy, and the "
-                   "other arms should be read relative to it.")
+        out.append(f"**Warm-started arms.** All arms continue from iter0 on the same replay set with the same number "
+                   f"of steps; the `continue` control (Δ {fmt(h.get('continue_delta'), signed=True)} on the eval pool's "
+                   "worst slice) measures what the extra steps alone do — G1 asks it to be ~0 — and the other arms should "
+                   "be read relative to it.")
     out.append("**Cost figures are assumptions.** The human labelling price in §7 is a stated market range, not a quote; "
                "compute is measured wall-clock on this machine.")
     return out
@@ -145,6 +146,7 @@ def _read(cfg: Any, turn: int = 1) -> SimpleNamespace:
 def _headline_display(head: pd.DataFrame) -> pd.DataFrame:
     """headline.csv with readable column names, one CI column and signed Δs."""
     head_disp = head.rename(columns={"delta": "Δ iter1", "random_delta": "Δ random", "oracle_delta": "Δ oracle",
+                                     "random_gt_delta": "Δ random_gt",
                                      "continue_delta": "Δ continue", "delta_sd": "sd Δ"})
     head_disp.insert(5, "95% CI", [fmt_ci([a, b]) for a, b in zip(head["ci_lo"], head["ci_hi"])])
     head_disp = head_disp.drop(columns=["ci_lo", "ci_hi"])

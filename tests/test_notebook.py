@@ -167,7 +167,7 @@ def test_accepted_auto_labels_and_only_those_reach_iter1(first_run):
     assert (n_data[["random", "random_gt"]] == all_arms["seed"].nunique()).all(), "random frames are drawn per seed"
     seed0 = all_arms["seed"].min()
     arms = all_arms[all_arms["seed"] == seed0].set_index("arm")
-    k = int(cfg.mine_k)
+    k = int(json.loads((out / "06_mine" / "mining_summary.json").read_text())["k"])  # the run sets mine_k
     replay, filler = labeling["replay"]["names"], labeling["replay"]["filler"]
     assert len(filler) == k and not set(replay) & set(filler) and len(replay) == arms["replay_frames"].iloc[0]
     assert (all_arms["train_frames"] == len(replay) + k).all(), "every arm takes the same number of steps"
@@ -217,7 +217,10 @@ def test_accepted_auto_labels_and_only_those_reach_iter1(first_run):
 def test_verdict_words_match_the_delta(first_run):
     out, _ = first_run
     h = json.loads((out / "08_delta" / "headline.json").read_text())
-    d, (lo, hi), v = h["delta"], h["delta_ci"], h["verdict"]
+    d, (lo, hi), v = h["delta"], h["delta_ci"], h["reading"]
+    # the verdict label follows from the two controls and the headline contrast (experiment.verdict_label)
+    assert h["verdict"] == experiment.verdict_label(h["g1_continue"], h["g2_selection"], h["contrast_iter1_random"])
+    assert h["verdict"] in experiment.VERDICTS
     assert hi > lo, "a zero-width CI: iter1 and iter0 predicted the same"  # d: seed mean, may lie outside
     assert h["overall_iter1"] != h["overall_iter0"], "iter1 is iter0: the retrain changed nothing"
     c = h["contrast_iter1_random"]

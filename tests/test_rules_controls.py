@@ -203,3 +203,15 @@ def test_choose_recipe_keeps_the_cheapest_passing_then_the_highest_delta():
 def test_choose_recipe_ignores_confirmation_numbers():
     noisy = [{**r, "confirm_delta": v, "confirm_ci": [v - 1, v + 1]} for r, v in zip(RECIPES, (0.9, -0.9, -0.9, 0.9))]
     assert experiment.choose_recipe(noisy, 0.01) == experiment.choose_recipe(RECIPES, 0.01)
+
+
+def test_design_card_shows_the_measured_recipe_table_or_says_where_to_get_it():
+    from bdd_engine import casestudy
+    cfg = load_config("demo", env=False)
+    none = casestudy.design_card(cfg, None, None)
+    assert "pre-registered" in none and "bench_recipe.py" in none and "bench_assay.py" in none
+    recipe = {"chosen": "b", "rule": experiment.RECIPE_RULE, "table": RECIPES}
+    assay = {"sentence": "adding all 35 ...", "table": [{"dose": "all", "frames": 35, "contrast": 0.02}]}
+    card = casestudy.design_card(cfg, recipe, assay)
+    assert "chosen: **b**" in card and "b2" in card
+    assert "adding all 35" in card and "-0.03" in card
