@@ -609,9 +609,8 @@ def fields(cfg: Any, headline: Mapping[str, Any], head: pd.DataFrame, runs: pd.D
     f.update(stage)
     f.update(provenance_fields(cfg, r.inputs1, r.card0))
     share = r.cost.loc[r.cost["option"].str.contains("review queue"), "share_human_skipped"].dropna()
-    iter1 = r.arms[r.arms["arm"] == "iter1"].iloc[0]
     f["scale_text"] = scale_text(int(r.imb["n_frames"]), rows, int(r.emb_meta["dim"]),
-                                 int((r.pools["pool"] == "pool").sum()), int(iter1["train_frames"]) - int(iter1["extra_frames"]),
+                                 int((r.pools["pool"] == "pool").sum()), int((r.pools["pool"] == "train").sum()),
                                  r.card0, r.lab, float(share.max()) if len(share) else None,
                                  float(rows["folder_MB"].sum() + rows["outside_MB"].sum()))
     lims = limitations(cfg, headline, r.labeling, r.mining, r.card0, r.emb_meta["embedder"])

@@ -326,7 +326,16 @@ def test_case_study_new_sections_hold_this_runs_numbers(first_run, tiny_world):
     md = (out / "case_study" / "case_study_v1.md").read_text()
     h = json.loads((out / "08_delta" / "headline.json").read_text())
     problem = md.split("## Problem, hypothesis and success metric")[1].split("\n## 1. ")[0]
-    assert "**Δ(iter1) − Δ(random)**" in problem and "Success = the CI's lower bound is above 0" in problem
+    assert "**Δ(iter1) − Δ(random)**" in problem and "**The verdict follows from two controls first**" in problem
+    assert "Design card (pre-registered before any arm was scored)" in problem
+    # the summary leads with the verdict and the two controls, then the headline contrast
+    summary = md.split("\n## 1. Summary")[1].split("\n## 2. ")[0]
+    word = {"improved": "IMPROVED", "no_gain": "NO GAIN", "worse": "WORSE", "inconclusive": "INCONCLUSIVE"}[h["verdict"]]
+    assert summary.strip().startswith(f"**Verdict: {word}.**")
+    assert summary.index("G1, the negative control") < summary.index("G2, the positive control") \
+        < summary.index("**The answer, on")
+    if h["verdict"] == "inconclusive":
+        assert "not beat" not in summary
     assert f"over {len(h['seeds'])} training seed(s)" in problem
     assert "**Selection strategy: `prototype`**" in _section(md, 6)
     # the training-config table: every run, its mAP@0.5:0.95 and car/pedestrian recall as evaluated
