@@ -208,12 +208,12 @@ def verdict_block(h: Mapping[str, Any]) -> str:
     g1, g2, v = h["g1_continue"], h["g2_selection"], h["verdict"]
     word = {"improved": "IMPROVED", "no_gain": "NO GAIN", "worse": "WORSE", "inconclusive": "INCONCLUSIVE"}[v]
     g1_txt = (f"**G1, the negative control ({'pass' if g1['pass'] else 'FAILED'}):** `continue` (no new data) moved the "
-              f"confirmation set by {fmt(g1['delta'], signed=True)}, 95% CI {fmt_ci(g1['ci'] or [None, None])}, and the "
-              f"eval pool overall by {fmt(g1['pool_overall_delta'], signed=True)} (passes when the CI contains 0, "
+              f"confirmation set by {_f4(g1['delta'])}, 95% CI {_ci4(g1['ci'])}, and the "
+              f"eval pool overall by {_f4(g1['pool_overall_delta'])} (passes when the CI contains 0, "
               f"|Δ| <= {g1['tol']:.3f} and the eval-pool Δ >= {-g1['tol']:+.3f}).")
     g2_txt = (f"**G2, the positive control ({'pass' if g2['pass'] else 'FAILED'}):** the selection effect "
               f"Δ(oracle) − Δ(random_gt), mined against random frames with ground-truth labels on both, is "
-              f"{fmt(g2['delta'], signed=True)}, 95% CI {fmt_ci(g2['ci'] or [None, None])} (passes when the lower bound "
+              f"{_f4(g2['delta'])}, 95% CI {_ci4(g2['ci'])} (passes when the lower bound "
               f"is > 0).")
     if v == "inconclusive":
         failed = [n for n, g in (("G1", g1), ("G2", g2)) if not g["pass"]]
@@ -226,7 +226,7 @@ def verdict_block(h: Mapping[str, Any]) -> str:
     else:
         c = h["contrast_iter1_random"]
         head = (f"**Verdict: {word}.** Both controls passed, so the headline contrast answers the question: "
-                f"Δ(iter1) − Δ(random) = {fmt(c['delta'], signed=True)}, 95% CI {fmt_ci(c['ci'])}.")
+                f"Δ(iter1) − Δ(random) = {_f4(c['delta'])}, 95% CI {_ci4(c['ci'])}.")
     return "\n\n".join([head, g1_txt, g2_txt, h.get("share_recovered_sentence") or ""]).strip()
 
 
@@ -632,6 +632,15 @@ def _bench_json(cfg: Any, name: str) -> dict[str, Any] | None:
     return json.loads(p.read_text()) if p.is_file() else None
 
 
+def _f4(v: Any) -> str:
+    """A small Δ at 4 decimals, signed (3 print -0.000 for the near-zero Δs the controls are about)."""
+    return "–" if v is None else f"{float(v):+.4f}"
+
+
+def _ci4(ci: Sequence[Any] | None) -> str:
+    return "–" if not ci or None in ci else f"[{_f4(ci[0])}, {_f4(ci[1])}]"
+
+
 def design_card(cfg: Any, recipe: Mapping[str, Any] | None, assay: Mapping[str, Any] | None) -> str:
     """The pre-registered design (issue 24), from the settings, with the two measurements made
     before any arm was scored: the continuation recipe's table on the eval pool
@@ -646,15 +655,26 @@ def design_card(cfg: Any, recipe: Mapping[str, Any] | None, assay: Mapping[str, 
              f"{-float(cfg.control_continue_tol)}), G2 (selection-effect CI lower bound > 0). Eligible slices: >= "
              f"{cfg.confirm_min_frames} confirmation frames and >= {cfg.eval_min_pool_frames} mining-pool frames."]
     if recipe:
-        t = pd.DataFrame(recipe["table"])
+        t = pd.DataFrame([{"candidate": r["name"], "warm start": r.get("retrain_warm_start", True),
+                           "lr0": r.get("retrain_lr0", "iter0's"), "lrf": r.get("retrain_lrf", "iter0's"),
+                           "warm-up epochs": r.get("retrain_warmup_epochs", "iter0's"),
+                           "warm-up bias lr": r.get("retrain_warmup_bias_lr", "iter0's"), "seeds": len(r["seeds"]),
+                           "steps (epochs x frames)": r["cost_steps"], "train s / seed": r["train_s_per_seed"],
+                           "continue Δ, eval pool": _f4(r["pool_delta"]), "95% CI": _ci4(r["pool_ci"]),
+                           "per seed": ", ".join(_f4(v) for v in r["pool_delta_per_seed"])} for r in recipe["table"]])
         lines.append(f"Continuation recipe, measured on the eval pool (`continue` arm, never the confirmation set; "
                      f"chosen: **{recipe['chosen']}**, rule: {recipe['rule']}):\n\n" + df_to_markdown(t))
     else:
         lines.append("Continuation recipe table: not in this outputs folder (run `benchmarks/bench_recipe.py`; "
                      "the choice is recorded in default.yaml's retrain_* comments).")
     if assay:
-        lines.append(f"Assay sensitivity (before iter1 was scored; `benchmarks/bench_assay.py`): "
-                     f"{assay.get('sentence', '')}\n\n" + df_to_markdown(pd.DataFrame(assay["table"])))
+        t = pd.DataFrame([{"dose": r["dose"], "GT frames added": r["frames"], "Δ slice frames": _f4(r["slice_delta"]),
+                           "95% CI": _ci4(r["slice_ci"]), "Δ random frames": _f4(r["random_delta"]),
+                           "95% CI ": _ci4(r["random_ci"]), "contrast": _f4(r["contrast"]),
+                           "95% CI  ": _ci4(r["contrast_ci"])} for r in assay["table"]])
+        lines.append(f"Assay sensitivity (before iter1 was scored; `benchmarks/bench_assay.py`, Δ vs iter0 on the "
+                     f"confirmation set): {assay.get('sentence', '')}\n\n" + df_to_markdown(t)
+                     + "\n\nThe learning curve (Δ against ground-truth frames added): `outputs/benchmarks/assay_curve.png`.")
     else:
         lines.append("Assay-sensitivity curve: not in this outputs folder (run `benchmarks/bench_assay.py`).")
     return "\n\n".join(lines)

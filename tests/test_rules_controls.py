@@ -210,8 +210,12 @@ def test_design_card_shows_the_measured_recipe_table_or_says_where_to_get_it():
     cfg = load_config("demo", env=False)
     none = casestudy.design_card(cfg, None, None)
     assert "pre-registered" in none and "bench_recipe.py" in none and "bench_assay.py" in none
-    recipe = {"chosen": "b", "rule": experiment.RECIPE_RULE, "table": RECIPES}
-    assay = {"sentence": "adding all 35 ...", "table": [{"dose": "all", "frames": 35, "contrast": 0.02}]}
+    rows = [{**r, "seeds": [42, 43, 44], "train_s_per_seed": 40.0, "pool_ci": [r["pool_delta"] - 0.004,
+             r["pool_delta"] + 0.004], "pool_delta_per_seed": [r["pool_delta"]] * 3} for r in RECIPES]
+    recipe = {"chosen": "b", "rule": experiment.RECIPE_RULE, "table": rows}
+    assay = {"sentence": "adding all 35 ...", "table": [{"dose": "all", "frames": 35, "slice_delta": 0.004,
+             "slice_ci": [-0.001, 0.01], "random_delta": -0.001, "random_ci": [-0.008, 0.005], "contrast": 0.005,
+             "contrast_ci": [-0.0008, 0.0117]}]}
     card = casestudy.design_card(cfg, recipe, assay)
-    assert "chosen: **b**" in card and "b2" in card
-    assert "adding all 35" in card and "-0.03" in card
+    assert "chosen: **b**" in card and "| b2 |" in card
+    assert "adding all 35" in card and "| -0.0300 | [-0.0340, -0.0260] |" in card and "[-0.0008, +0.0117]" in card
