@@ -88,7 +88,8 @@ vw.checkpoint_note(cfg.out, 2)
 # %% [markdown]
 # ## §3 Pools
 # Split by **drive group** (first hex block of the video name), so near-duplicate frames of
-# one drive never straddle train and eval: eval is balanced over the most frequent slices,
+# one drive never straddle train and eval: eval is balanced over the eligible slices (enough
+# confirmation frames to confirm a Δ and enough mining-pool frames to move it),
 # train is stratified by `weather × timeofday`, the rest is the mining pool — unlabelled to
 # us (its labels are read only to score auto-labels and for the oracle control).
 # A leakage check fails loudly if any eval drive leaks.
@@ -182,10 +183,11 @@ vw.checkpoint_note(cfg.out, 6)
 # ## §7 Auto-label the mined frames, retrain iter1 (and the controls)
 # The profile's labeler (`gsam2` with real weights; `teacher` = the iter0 model in the demo)
 # labels the mined frames; label quality is measured against the held-back GT and routed by
-# confidence (accept / review / discard). Then every arm trains with identical epochs, seed
-# and hyper-parameters: **iter1** (train ∪ mined, auto-labels), **random** (train ∪ as many
-# random pool frames, same labeler), **oracle** (train ∪ mined, GT labels) and, when arms
-# warm-start from iter0, **continue** (the same extra epochs on train alone).
+# confidence (accept / review / discard). Then every arm trains with identical epochs, seed,
+# hyper-parameters (a continuation recipe with no restart cost) and number of steps, on the same
+# replay set of train frames plus: **iter1** (mined, auto-labels), **random** (as many pool
+# frames drawn per seed, same labeler), **oracle** (mined, GT labels), **random_gt** (the same
+# random frames, GT labels) and **continue** (train frames iter0 already saw: no new data).
 
 # %%
 from bdd_engine import flywheel as fw, views as vw
@@ -207,8 +209,9 @@ vw.checkpoint_note(cfg.out, 7)
 # ## §8 Evaluate iter1 and the delta
 # The same predict-once evaluation for every arm, then the headline: the worst slice's Δ
 # mAP@0.5 with a paired-bootstrap 95% CI (both models scored on the same resampled frames),
-# beside the random, oracle and continue controls. Then golden-set QA, the action plan, the
-# runs table and the generated case study.
+# beside the controls; on the confirmation set, the verdict: G1 (continue moves nothing) and
+# G2 (GT on mined frames beats GT on random frames) must pass, else it is `inconclusive`.
+# Then golden-set QA, the action plan, the runs table and the generated case study.
 
 # %%
 from bdd_engine import flywheel as fw, views as vw
@@ -218,7 +221,7 @@ r8 = fw.s8_delta(cfg)
 display(r8["headline"])
 display(r8["runs"])
 vw.show(cfg.out, "slice_delta.png", "confusion.png", "architecture.png")
-print(r8.info["verdict"])
+print("verdict:", r8.info["verdict"], "—", r8.info["headline"].get("reading", ""))
 print("case study:", r8.info["case_study"])
 
 # %% [markdown]

@@ -68,8 +68,8 @@ def limitations(cfg: Any, h: Mapping[str, Any], labeling: Mapping[str, Any], min
         n = len(seeds)
         out.append(f"**{n} training seeds per arm** ({', '.join(map(str, seeds))}). The confirmation CIs resample "
                    f"them (hierarchical bootstrap), but resampling {n} values with replacement has an expected variance "
-                   f"of {n - 1}/{n} of theirs, so the seed part of each CI is somewhat narrow; the random control's "
-                   "frames are one seeded draw, so its CI holds training noise, not the luck of that draw.")
+                   f"of {n - 1}/{n} of theirs, so the seed part of each CI is somewhat narrow. The random controls' "
+                   "frames are drawn once per seed, so their CI holds the luck of the draw beside training noise.")
     lab = labeling.get("mined", {})
     if lab.get("labeler") == "teacher":
         out.append(f"**The labeler is iter0 itself (self-training).** Its labels on the mined frames have precision "
@@ -90,9 +90,10 @@ def limitations(cfg: Any, h: Mapping[str, Any], labeling: Mapping[str, Any], min
                "bit-identical across processor types (float kernels differ), so another machine can train a different "
                "iter0 and find another worst slice. Compare runs through `outputs/runs/runs.csv`, not across hosts.")
     if h.get("warm_start"):
-        out.append(f"**Warm-started arms.** All arms continue from iter0; the `continue` control "
-                   f"(Δ {fmt(h.get('continue_delta'), signed=True)}) measures what the extra epochs alone buy, and the "
-                   "other arms should be read relative to it.")
+        out.append(f"**Warm-started arms.** All arms continue from iter0 on the same replay set with the same number "
+                   f"of steps; the `continue` control (Δ {fmt(h.get('continue_delta'), signed=True)} on the eval pool's "
+                   "worst slice) measures what the extra steps alone do — G1 asks it to be ~0 — and the other arms should "
+                   "be read relative to it.")
     out.append("**Cost figures are assumptions.** The human labelling price in §7 is a stated market range, not a quote; "
                "compute is measured wall-clock on this machine.")
     return out
@@ -151,6 +152,7 @@ def _read(cfg: Any, turn: int = 1) -> SimpleNamespace:
 def _headline_display(head: pd.DataFrame) -> pd.DataFrame:
     """headline.csv with readable column names, one CI column and signed Δs."""
     head_disp = head.rename(columns={"delta": "Δ iter1", "random_delta": "Δ random", "oracle_delta": "Δ oracle",
+                                     "random_gt_delta": "Δ random_gt",
                                      "continue_delta": "Δ continue", "delta_sd": "sd Δ"})
     head_disp.insert(5, "95% CI", [fmt_ci([a, b]) for a, b in zip(head["ci_lo"], head["ci_hi"])])
     head_disp = head_disp.drop(columns=["ci_lo", "ci_hi"])
@@ -179,7 +181,7 @@ def _headline_fields(cfg: Any, h: Mapping[str, Any], head: pd.DataFrame, golden:
                                "initialised (listed in `STAND_IN.json`), not the published checkpoints; every "
                                "prediction, embedding and label here is meaningless." if stand_ins else ""),
         "run_id": golden["run_id"], "profile": cfg.profile, "seed": cfg.seed, "commit": card0.get("git_commit", "unknown"),
-        "headline_sentence": _confirm_sentence(h) + (f"One turn of the flywheel on the worst slice, **{worst}** ({h['n_eval']} eval frames): "
+        "headline_sentence": verdict_block(h) + "\n\n" + _confirm_sentence(h) + (f"One turn of the flywheel on the worst slice, **{worst}** ({h['n_eval']} eval frames): "
                               f"mAP@0.5 went from {fmt(h['iter0'])} (iter0) to {fmt(h['iter1'])} (iter1), "
                               f"**Δ {fmt(h['delta'], signed=True)}** with a paired-bootstrap 95% CI of "
                               f"{fmt_ci(h['delta_ci'])}{syn}. Overall mAP@0.5 moved from {fmt(h['overall_iter0'])} to "
@@ -188,10 +190,50 @@ def _headline_fields(cfg: Any, h: Mapping[str, Any], head: pd.DataFrame, golden:
                               f"{fmt(h.get('oracle_delta'), signed=True)}, extra epochs alone "
                               f"{fmt(h.get('continue_delta'), signed=True)}."),
         "headline_table": df_to_markdown(head_disp),
-        "verdict": "**Reading:** " + h["verdict"] + (
-            "" if not _beat_random_failed(h, beat_random) else
-            " Targeted mining did not beat the random control beyond the CI here. " + reasons(h, quality, lab)),
+        "verdict": "**Reading:** " + h.get("reading", "") + _reasons_text(h, beat_random, quality, lab),
     }
+
+
+def _reasons_text(h: Mapping[str, Any], beat_random: float | None, quality: pd.DataFrame, lab: Mapping[str, Any]) -> str:
+    """The measured reasons after the reading: for an inconclusive verdict they explain why the
+    design could not tell (never a "does not beat" conclusion); else, when iter1 did not beat
+    random beyond the CI, why not."""
+    if h.get("verdict") == "inconclusive":
+        return " The design could not tell (a control failed, see the verdict above); what was measured: " + reasons(h, quality, lab)
+    if not _beat_random_failed(h, beat_random):
+        return ""
+    return " Targeted mining did not beat the random control beyond the CI here. " + reasons(h, quality, lab)
+
+
+def verdict_block(h: Mapping[str, Any]) -> str:
+    """The case study's lead: the verdict, then the two controls that license it (each with
+    what it measured), then the share recovered. An ``inconclusive`` verdict names the failed
+    control(s) and says the experiment could not tell — never that mining does not beat random."""
+    if "g1_continue" not in h:
+        return ""
+    g1, g2, v = h["g1_continue"], h["g2_selection"], h["verdict"]
+    word = {"improved": "IMPROVED", "no_gain": "NO GAIN", "worse": "WORSE", "inconclusive": "INCONCLUSIVE"}[v]
+    g1_txt = (f"**G1, the negative control ({'pass' if g1['pass'] else 'FAILED'}):** `continue` (no new data) moved the "
+              f"confirmation set by {_f4(g1['delta'])}, 95% CI {_ci4(g1['ci'])}, and the "
+              f"eval pool overall by {_f4(g1['pool_overall_delta'])} (passes when the CI contains 0, "
+              f"|Δ| <= {g1['tol']:.3f} and the eval-pool Δ >= {-g1['tol']:+.3f}).")
+    g2_txt = (f"**G2, the positive control ({'pass' if g2['pass'] else 'FAILED'}):** the selection effect "
+              f"Δ(oracle) − Δ(random_gt), mined against random frames with ground-truth labels on both, is "
+              f"{_f4(g2['delta'])}, 95% CI {_ci4(g2['ci'])} (passes when the lower bound "
+              f"is > 0).")
+    if v == "inconclusive":
+        failed = [n for n, g in (("G1", g1), ("G2", g2)) if not g["pass"]]
+        why = (f"{' and '.join(failed)} failed, so this run cannot tell whether mining + auto-labelling beats random "
+               "frames: " + ("the recipe alone moves the model (G1), " if "G1" in failed else "")
+               + ("even ground truth on the mined frames does not measurably beat random ground-truth frames, so the "
+                  "assay has no sensitivity (G2), " if "G2" in failed else "")
+               + "and the headline contrast below is reported, not concluded from.") if failed else             "both controls passed but the headline contrast has no CI."
+        head = f"**Verdict: {word}.** {why}"
+    else:
+        c = h["contrast_iter1_random"]
+        head = (f"**Verdict: {word}.** Both controls passed, so the headline contrast answers the question: "
+                f"Δ(iter1) − Δ(random) = {_f4(c['delta'])}, 95% CI {_ci4(c['ci'])}.")
+    return "\n\n".join([head, g1_txt, g2_txt, h.get("share_recovered_sentence") or ""]).strip()
 
 
 def _beat_random_failed(h: Mapping[str, Any], random_delta: float | None) -> bool:
@@ -205,7 +247,7 @@ def _beat_random_failed(h: Mapping[str, Any], random_delta: float | None) -> boo
 
 def _confirm_sentence(h: Mapping[str, Any]) -> str:
     """The case study's lead: the confirmation-set contrasts (empty for a run without one)."""
-    c, o = h.get("contrast_iter1_random"), h.get("contrast_oracle_random")
+    c, o = h.get("contrast_iter1_random"), h.get("contrast_oracle_random_gt")
     if not c:
         return ""
     syn = " (synthetic)" if h.get("synthetic") else ""
@@ -214,7 +256,10 @@ def _confirm_sentence(h: Mapping[str, Any]) -> str:
            f"random frame came from; the set was fixed in §5 before any arm was scored): Δ(iter1) − Δ(random) = "
            f"**{fmt(c['delta'], signed=True)}**, 95% CI {fmt_ci(c['ci'])}{syn}")
     if o:
-        txt += f"; Δ(oracle) − Δ(random) = {fmt(o['delta'], signed=True)}, 95% CI {fmt_ci(o['ci'])}"
+        txt += f"; Δ(oracle) − Δ(random_gt) = {fmt(o['delta'], signed=True)}, 95% CI {fmt_ci(o['ci'])}"
+    lc = h.get("contrast_oracle_iter1")
+    if lc:
+        txt += f"; the labelling cost Δ(oracle) − Δ(iter1) = {fmt(lc['delta'], signed=True)}, 95% CI {fmt_ci(lc['ci'])}"
     txt += (f". The CIs come from a hierarchical bootstrap (frames resampled, then each arm's {n_seeds} training seeds "
             f"resampled with replacement), so they hold frame-sampling and training-seed variance together; the design's "
             f"minimum detectable effect (80% power, α = 0.05) is {fmt(h.get('mde'))} mAP. On this set iter0 scores "
@@ -232,8 +277,10 @@ def _data_fields(cfg: Any, h: Mapping[str, Any], r: SimpleNamespace) -> dict[str
                           f"than {imb['small_threshold']} frames."),
         "imbalance_table": df_to_markdown(views.imbalance_table(imb, emb_meta)),
         "pools_sentence": (f"Frames are split by drive (frames of one drive never straddle pools; the leakage check passed): "
-                           f"train {int((r.pools['pool'] == 'train').sum())}, eval over the top "
-                           f"{cfg.pool_eval_top_slices} slices, a mining pool whose labels are held back (used only to "
+                           f"train {int((r.pools['pool'] == 'train').sum())}, eval balanced over the "
+                           f"{r.pools.loc[r.pools['pool'] == 'eval', 'slice'].nunique()} eligible slices (>= "
+                           f"{cfg.confirm_min_frames} confirmation frames and >= {cfg.eval_min_pool_frames} frames left "
+                           f"in the mining pool: confirmable and movable; `03_pools/eligible_slices.csv`), a mining pool whose labels are held back (used only to "
                            f"score auto-labels and for the oracle control), and a fixed golden subset of "
                            f"{cfg.pool_golden_size} eval frames. Embeddings: `{emb_meta['embedder']}` "
                            f"({emb_meta['dim']}-d)."),
@@ -306,11 +353,18 @@ def _experiment_fields(cfg: Any, h: Mapping[str, Any], runs: pd.DataFrame, actio
                        golden: Mapping[str, Any], registry: Mapping[str, Any], r: SimpleNamespace) -> dict[str, Any]:
     n_extra = int(r.arms[r.arms["arm"] == "iter1"].iloc[0]["extra_frames"])
     return {
-        "arms_sentence": (f"Every arm {'continues from iter0 for' if h['warm_start'] else 'trains from the same start for'} "
+        "arms_sentence": (f"Every arm {'continues from iter0 for' if h['warm_start'] else 'trains from the pretrained init for'} "
                           f"{h['retrain_epochs'] if h['warm_start'] else cfg.train_epochs} epochs with identical "
-                          f"hyper-parameters and seed: **iter1** = train ∪ {n_extra} mined frames with auto-labels; "
-                          f"**random** = train ∪ as many random pool frames, same labeler; **oracle** = train ∪ the mined "
-                          f"frames with ground truth; **continue** = train alone (the extra epochs without new data)."),
+                          f"hyper-parameters"
+                          + (f" (continuation recipe: lr0 {cfg.retrain_lr0}, lrf {cfg.retrain_lrf}, "
+                             f"{cfg.retrain_warmup_epochs} warm-up epoch(s), warm-up bias lr {cfg.retrain_warmup_bias_lr})"
+                             if h["warm_start"] else "")
+                          + f" on the same replay set of {int(r.arms.iloc[0].get('replay_frames', 0))} train frames + "
+                          f"{cfg.mine_k} frames, so every arm takes the same number of steps: **iter1** adds {n_extra} "
+                          f"mined frames with auto-labels; **random** as many unused pool frames drawn with each run's "
+                          f"seed, same labeler; **oracle** the mined frames with ground truth; **random_gt** that seed's "
+                          f"random frames with ground truth; **continue** only train frames iter0 already saw (no new "
+                          f"data). An arm adding fewer than {cfg.mine_k} frames is topped up with such seen frames."),
         "runs_table": df_to_markdown(runs.drop(columns=["weights", "commit", "data_hash"])),
         "registry_sentence": (f"Model registry (`outputs/runs/registry.json`): promoted **{registry['promoted']}** — "
                               f"{registry['rule']}."
@@ -351,9 +405,17 @@ def problem_statement(labeler: str, confirm_max: int, min_confirm: int, seeds: S
         f"held-out frames of the worst slice from drives that no pool frame comes from (the slice may be chosen only with "
         f">= {min_confirm} of them), fixed in §5 — the contrast **Δ(iter1) − Δ(random)** in mAP@0.5, each arm averaged "
         f"over {len(seeds)} training seed(s) ({', '.join(map(str, seeds))}), with a 95% CI from a hierarchical bootstrap "
-        f"(frames, then seeds; {n_boot} resamples). **Success = the CI's lower bound is above 0.** Reported beside it, "
-        "not deciding: Δ(oracle) − Δ(random) (what ground-truth labels on the mined frames would give), the eval-pool Δ "
-        "per slice the worst slice was chosen on, and the promotion gates."
+        f"(frames, then seeds; {n_boot} resamples). **The verdict follows from two controls first** (issue 24's "
+        "pre-registered design): **G1**, the negative control — the `continue` arm (no new data, same steps) must not "
+        "move the model (its confirmation Δ has a CI containing 0 and |Δ| <= the tolerance, its eval-pool Δ >= "
+        "-tolerance); **G2**, the positive control — Δ(oracle) − Δ(random_gt), mined against random frames with "
+        "ground-truth labels on both sides, has a CI lower bound above 0 (the world and the assay can show a selection "
+        "effect at all). If either fails the verdict is **inconclusive**. Else: CI lower bound of Δ(iter1) − Δ(random) "
+        "above 0 = **improved**, upper bound below 0 = **worse**, otherwise **no gain**. Reported beside it: the "
+        "labelling cost Δ(oracle) − Δ(iter1), the share recovered (iter1 − random) / (oracle − random_gt), the eval-pool "
+        "Δ per slice the worst slice was chosen on, and the promotion gates. The continuation recipe was chosen on the "
+        "eval pool (never the confirmation set) before any arm was scored; the slice, the thresholds and the recipe are "
+        "fixed by eval-pool numbers and counts only."
         + (f" This is turn {turn}: the same metric, for the slice this turn chose, starting from the previous turn's "
            "promoted model." if turn > 1 else ""))
 
@@ -554,6 +616,7 @@ def fields(cfg: Any, headline: Mapping[str, Any], head: pd.DataFrame, runs: pd.D
     f["problem_statement"] = problem_statement(r.lab["labeler"], int(cfg.confirm_max_frames), int(cfg.confirm_min_frames),
                                                headline.get("seeds") or [cfg.seed], int(cfg.eval_n_boot),
                                                str(r.mining["strategy"]), turn)
+    f["design_card"] = design_card(cfg, _bench_json(cfg, "recipe"), _bench_json(cfg, "assay"))
     f["strategy_sentence"] = strategy_sentence(r.mining, float(cfg.mine_hybrid_targeted))
     f["config_table"] = df_to_markdown(config_table)
     carried = [None] + [artifacts.load_json(cfg.out, 7, "labeling.json", t).get("carried") for t in range(2, turn + 1)]
@@ -563,9 +626,8 @@ def fields(cfg: Any, headline: Mapping[str, Any], head: pd.DataFrame, runs: pd.D
     f.update(stage)
     f.update(provenance_fields(cfg, r.inputs1, r.card0))
     share = r.cost.loc[r.cost["option"].str.contains("review queue"), "share_human_skipped"].dropna()
-    iter1 = r.arms[r.arms["arm"] == "iter1"].iloc[0]
     f["scale_text"] = scale_text(int(r.imb["n_frames"]), rows, int(r.emb_meta["dim"]),
-                                 int((r.pools["pool"] == "pool").sum()), int(iter1["train_frames"]) - int(iter1["extra_frames"]),
+                                 int((r.pools["pool"] == "pool").sum()), int((r.pools["pool"] == "train").sum()),
                                  r.card0, r.lab, float(share.max()) if len(share) else None,
                                  float(rows["folder_MB"].sum() + rows["outside_MB"].sum()))
     lims = limitations(cfg, headline, r.labeling, r.mining, r.card0, r.emb_meta["embedder"])
@@ -576,6 +638,63 @@ def fields(cfg: Any, headline: Mapping[str, Any], head: pd.DataFrame, runs: pd.D
                        "iter0 and §5–§8 repeat on the new worst slice; on real data, switch the labeler to gsam2 and the "
                        "embedder to clip (`full` profile).")
     return f
+
+
+BENCH_DIR = "benchmarks"  # outputs/benchmarks/<name>.json: what benchmarks/bench_recipe.py and bench_assay.py measured
+
+
+def _bench_json(cfg: Any, name: str) -> dict[str, Any] | None:
+    """A benchmark's RESULT written beside the run (``outputs/benchmarks/<name>.json``), or None."""
+    p = Path(cfg.out) / BENCH_DIR / f"{name}.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def _f4(v: Any) -> str:
+    """A small Δ at 4 decimals, signed (3 print -0.000 for the near-zero Δs the controls are about)."""
+    return "–" if v is None else f"{float(v):+.4f}"
+
+
+def _ci4(ci: Sequence[Any] | None) -> str:
+    return "–" if not ci or None in ci else f"[{_f4(ci[0])}, {_f4(ci[1])}]"
+
+
+def design_card(cfg: Any, recipe: Mapping[str, Any] | None, assay: Mapping[str, Any] | None) -> str:
+    """The pre-registered design (issue 24), from the settings, with the two measurements made
+    before any arm was scored: the continuation recipe's table on the eval pool
+    (benchmarks/bench_recipe.py) and the assay-sensitivity curve (benchmarks/bench_assay.py),
+    or where to get them when this outputs folder has none."""
+    lines = ["**Design card (pre-registered before any arm was scored).** Arms, each × seeds "
+             f"{list(cfg.retrain_seeds)}: `iter1` (mined, auto-labels), `random` ({cfg.mine_k} unused pool frames drawn "
+             "per seed, same labeler), `oracle` (mined, ground truth), `random_gt` (that seed's random frames, ground "
+             "truth), `continue` (no new data). Contrasts on the confirmation set: headline iter1 − random; selection "
+             "effect oracle − random_gt (G2); labelling cost oracle − iter1; share recovered = the first over the "
+             f"second. Controls: G1 (continue: CI ∋ 0, |Δ| <= {cfg.control_continue_tol}, eval-pool Δ >= "
+             f"{-float(cfg.control_continue_tol)}), G2 (selection-effect CI lower bound > 0). Eligible slices: >= "
+             f"{cfg.confirm_min_frames} confirmation frames and >= {cfg.eval_min_pool_frames} mining-pool frames."]
+    if recipe:
+        t = pd.DataFrame([{"candidate": r["name"], "warm start": r.get("retrain_warm_start", True),
+                           "lr0": r.get("retrain_lr0", "iter0's"), "lrf": r.get("retrain_lrf", "iter0's"),
+                           "warm-up epochs": r.get("retrain_warmup_epochs", "iter0's"),
+                           "warm-up bias lr": r.get("retrain_warmup_bias_lr", "iter0's"), "seeds": len(r["seeds"]),
+                           "steps (epochs x frames)": r["cost_steps"], "train s / seed": r["train_s_per_seed"],
+                           "continue Δ, eval pool": _f4(r["pool_delta"]), "95% CI": _ci4(r["pool_ci"]),
+                           "per seed": ", ".join(_f4(v) for v in r["pool_delta_per_seed"])} for r in recipe["table"]])
+        lines.append(f"Continuation recipe, measured on the eval pool (`continue` arm, never the confirmation set; "
+                     f"chosen: **{recipe['chosen']}**, rule: {recipe['rule']}):\n\n" + df_to_markdown(t))
+    else:
+        lines.append("Continuation recipe table: not in this outputs folder (run `benchmarks/bench_recipe.py`; "
+                     "the choice is recorded in default.yaml's retrain_* comments).")
+    if assay:
+        t = pd.DataFrame([{"dose": r["dose"], "GT frames added": r["frames"], "Δ slice frames": _f4(r["slice_delta"]),
+                           "95% CI": _ci4(r["slice_ci"]), "Δ random frames": _f4(r["random_delta"]),
+                           "95% CI ": _ci4(r["random_ci"]), "contrast": _f4(r["contrast"]),
+                           "95% CI  ": _ci4(r["contrast_ci"])} for r in assay["table"]])
+        lines.append(f"Assay sensitivity (before iter1 was scored; `benchmarks/bench_assay.py`, Δ vs iter0 on the "
+                     f"confirmation set): {assay.get('sentence', '')}\n\n" + df_to_markdown(t)
+                     + "\n\nThe learning curve (Δ against ground-truth frames added): `outputs/benchmarks/assay_curve.png`.")
+    else:
+        lines.append("Assay-sensitivity curve: not in this outputs folder (run `benchmarks/bench_assay.py`).")
+    return "\n\n".join(lines)
 
 
 def flowchart() -> str:

@@ -15,11 +15,15 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from bdd_engine import gates
+from bdd_engine import gates, slices
 from bdd_engine.evaluate import percentile_ci, ranked_slices
 
-ARMS = ("iter1", "random", "oracle", "continue")
-CONTROLS = ("random", "oracle", "continue")
+ARMS = ("iter1", "random", "oracle", "random_gt", "continue")
+CONTROLS = ("random", "oracle", "random_gt", "continue")
+# issue 24's contrasts on the confirmation set: the headline, the selection effect (G2: frame choice with
+# ground-truth labels on both sides), the labelling cost, and iter1 against no new data
+CONTRASTS = (("iter1", "random"), ("oracle", "random_gt"), ("oracle", "iter1"), ("iter1", "continue"))
+VERDICTS = ("improved", "no_gain", "worse", "inconclusive")
 
 
 def retrain_runs(controls: Sequence[str], seeds: Sequence[int], warm_start: bool) -> list[tuple[str, str, int]]:
@@ -32,12 +36,28 @@ def retrain_runs(controls: Sequence[str], seeds: Sequence[int], warm_start: bool
     arms = ["iter1", *[a for a in controls if a != "iter1"]]
     unknown = set(arms) - set(ARMS)
     if unknown:
-        raise ValueError(f"unknown retrain_controls {sorted(unknown)}; choose from random, oracle, continue")
+        raise ValueError(f"unknown retrain_controls {sorted(unknown)}; choose from random, oracle, random_gt, continue")
     if warm_start and "continue" not in arms:
         raise ValueError("retrain_warm_start: true needs the `continue` control in retrain_controls "
                          "(extra epochs alone move mAP; without it the Δ cannot be attributed to the data)")
     seeds = [int(s) for s in seeds]
     return [(a if len(seeds) == 1 else f"{a}_s{s}", a, s) for a in arms for s in seeds]
+
+
+RECIPE_RULE = ("the cheapest candidate (training steps: epochs x frames x seeds) whose `continue` arm's overall Δ on the "
+               "eval pool (seed mean) is >= -tol; among equal cost the highest such Δ; eval-pool numbers only")
+
+
+def choose_recipe(rows: Sequence[Mapping[str, Any]], tol: float) -> str | None:
+    """The continuation recipe to keep (:data:`RECIPE_RULE`), from candidate rows with
+    ``name``, ``cost_steps`` (epochs x frames per arm-seed: the design's cost, not the
+    machine's seconds) and ``pool_delta`` (the continue arm's overall Δ on the EVAL POOL).
+    Reads no other field, so no confirmation-set number can feed the choice. None when no
+    candidate passes."""
+    ok = [r for r in rows if r["pool_delta"] is not None and r["pool_delta"] >= -float(tol)]
+    if not ok:
+        return None
+    return min(ok, key=lambda r: (r["cost_steps"], -r["pool_delta"]))["name"]
 
 
 def frames_hash(frames: list[dict[str, Any]]) -> str:
@@ -48,32 +68,79 @@ def frames_hash(frames: list[dict[str, Any]]) -> str:
 
 
 def random_pool_names(pools: pd.DataFrame, k: int, seed: int) -> list[str]:
-    """The random control's frames: ``k`` pool frames drawn with the run's seed."""
+    """The random control's frames: ``k`` pool frames drawn with the run's seed (one draw per
+    training seed, so the CI holds the variance of the draw; ``random_gt`` of a seed reuses
+    ``random``'s frames of that seed)."""
     names = sorted(pools.loc[pools["pool"] == "pool", "name"])
     rng = np.random.default_rng(int(seed))
     return sorted(rng.choice(names, size=min(k, len(names)), replace=False).tolist())
 
 
-def arm_additions(auto: Mapping[str, list], oracle: list) -> dict[str, list]:
-    """What each §7 arm adds to its training set (beside train and the carried frames): ``iter1``
-    the mined frames' auto-labels the router accepted (``auto["mined"]``), ``random`` the random
-    frames' accepted auto-labels (``auto["random"]``, absent without that arm), ``oracle`` the
-    mined frames' ground truth (``oracle``), ``continue`` nothing: accepted mined labels reach iter1
-    only, so every other arm is a control for them."""
-    return {"iter1": list(auto["mined"]), "random": list(auto.get("random", [])), "oracle": list(oracle),
-            "continue": []}
+def arm_additions(arm: str, auto: Mapping[str, list], mined_gt: list, random_names: Sequence[str],
+                  gt_pool: Mapping[str, dict]) -> list[dict[str, Any]]:
+    """What one §7 arm adds to the replay set (beside the carried frames): ``iter1`` the mined
+    frames' auto-labels the router accepted (``auto["mined"]``); ``random`` that seed's random
+    frames' (``random_names``) accepted auto-labels (``auto["random"]``, absent without that
+    arm); ``random_gt`` the same frames' ground truth (``gt_pool``: name → GT frame); ``oracle``
+    the mined frames' ground truth (``mined_gt``); ``continue`` nothing. Accepted mined labels
+    reach iter1 only, so every other arm is a control for them."""
+    if arm == "iter1":
+        return list(auto["mined"])
+    if arm == "oracle":
+        return list(mined_gt)
+    if arm == "random":
+        pick = set(random_names)
+        return [f for f in auto.get("random", []) if f["name"] in pick]
+    if arm == "random_gt":
+        return [gt_pool[n] for n in random_names if n in gt_pool]
+    if arm == "continue":
+        return []
+    raise ValueError(f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")
 
 
-def confirmable(slices_df: pd.DataFrame, confirm_n: Mapping[str, int], min_confirm: int) -> pd.DataFrame:
+def replay_split(train: pd.DataFrame, replay: int, k: int, seed: int) -> tuple[list[str], list[str]]:
+    """(replay, filler) frame names of the train pool ``train`` (rows with name, weather,
+    timeofday, image_path). replay: ``replay`` frames stratified by weather x timeofday
+    (seeded, :func:`slices.collect`; 0 = all of train but ``k``), replayed by every arm;
+    filler: ``k`` other train frames in a seeded order, iter0 saw them all — the ``continue``
+    arm's additions and the top-up of an arm that adds fewer than ``k`` frames
+    (:func:`arm_frames`), so every arm takes the same number of steps."""
+    n, k = len(train), int(k)
+    size = n - k if int(replay) == 0 else int(replay)
+    if size <= 0 or size + k > n:
+        raise ValueError(f"retrain_replay {replay} + mine_k {k} needs {size + k} train frames, the train pool has {n}; "
+                         "lower retrain_replay (0 = all of train but mine_k) or mine_k")
+    picked, _ = slices.collect(train, size, 0, int(seed))
+    rest = train[~train["name"].isin(set(picked["name"]))].sort_values("name", kind="stable")
+    filler = rest["name"].iloc[np.random.default_rng([int(seed), 31]).permutation(len(rest))][:k]
+    return sorted(picked["name"]), list(filler)
+
+
+def arm_frames(replay: list[dict[str, Any]], added: list[dict[str, Any]], filler: list[dict[str, Any]],
+               k: int) -> list[dict[str, Any]]:
+    """One arm's training set: the replay set, its added frames, topped up with the first
+    ``k - len(added)`` filler frames (already seen by iter0: no new data), so every arm has
+    ``len(replay) + k`` frames and takes the same number of steps."""
+    if len(added) > int(k):
+        raise ValueError(f"an arm adds {len(added)} frames, more than mine_k {k}")
+    return [*replay, *added, *filler[: int(k) - len(added)]]
+
+
+def confirmable(slices_df: pd.DataFrame, confirm_n: Mapping[str, int], min_confirm: int,
+                pool_n: Mapping[str, int] | None = None, min_pool: int = 0) -> pd.DataFrame:
     """The rows of an eval slice table that may be chosen as the worst slice: any non-``full``
-    row, and full slices with >= ``min_confirm`` confirmation candidates (``confirm_n``:
-    slice → count). Raises naming the best-covered slice when no full slice qualifies."""
-    n = slices_df["slice"].map(lambda s: int(confirm_n.get(s, 0)))
-    ok = (slices_df["level"] != "full") | (n >= int(min_confirm))
+    row, and the full slices :func:`slices.eligible` keeps: >= ``min_confirm`` confirmation
+    candidates (``confirm_n``: slice → count) and >= ``min_pool`` frames left in the mining
+    pool (``pool_n``; None = not checked). Raises naming the best-covered slice when no full
+    slice qualifies."""
+    pool_n = {s: min_pool for s in confirm_n} if pool_n is None else pool_n
+    ok_full = set(slices.eligible(confirm_n, pool_n, min_confirm, min_pool))
+    ok = (slices_df["level"] != "full") | slices_df["slice"].isin(ok_full)
     if not (ok & (slices_df["level"] == "full")).any():
         top = max(confirm_n.items(), key=lambda kv: kv[1], default=("(none)", 0))
-        raise ValueError(f"no eval slice has >= {min_confirm} confirmation frames (best: {top[0]!r} with {top[1]}); "
-                         "enlarge the confirm label files (synth_n_val for a synthetic world) or lower confirm_min_frames")
+        raise ValueError(f"no eval slice has >= {min_confirm} confirmation frames and >= {min_pool} unused mining-pool "
+                         f"frames (best confirmed: {top[0]!r} with {top[1]}); enlarge the confirm label files "
+                         "(synth_n_val for a synthetic world) or lower confirm_min_frames / eval_min_pool_frames")
     return slices_df[ok]
 
 
@@ -99,8 +166,8 @@ def hierarchical_deltas(point: Mapping[str, float], boot: Mapping[str, np.ndarra
     ``runs``: one row per training run (``run``, ``arm``, ``seed``). Per resample b, each arm's
     seeds are drawn with replacement (its runs are independent trainings) and averaged, so the
     CI holds frame-sampling and seed variance together. Point estimates: seed means.
-    Returns ``arms`` {arm: {delta, ci, sd_seeds, n_seeds}}, ``contrasts`` {"iter1-random",
-    "oracle-random", "iter1-continue": {delta, ci, se}} and ``mde`` (of iter1-random: the
+    Returns ``arms`` {arm: {delta, ci, sd_seeds, n_seeds}}, ``contrasts`` {"<a>-<b>" for each
+    pair of :data:`CONTRASTS` present: {delta, ci, se}} and ``mde`` (of iter1-random: the
     true contrast this design detects with 80% power at α = 0.05, two-sided: 2.8 × SE).
     """
     rng = np.random.default_rng([int(seed), 17])
@@ -116,7 +183,7 @@ def hierarchical_deltas(point: Mapping[str, float], boot: Mapping[str, np.ndarra
         arms[arm] = {"delta": arm_point[arm], "ci": _ci_or_none(arm_boot[arm]), "n_seeds": int(len(g)),
                      "sd_seeds": float(d.std(ddof=1)) if len(g) > 1 else None}
     contrasts = {}
-    for a, b in (("iter1", "random"), ("oracle", "random"), ("iter1", "continue")):
+    for a, b in CONTRASTS:
         if a in arm_boot and b in arm_boot:
             diff = arm_boot[a] - arm_boot[b]
             contrasts[f"{a}-{b}"] = {"delta": arm_point[a] - arm_point[b], "ci": _ci_or_none(diff),
@@ -156,21 +223,87 @@ def headline_table(agg: pd.DataFrame, deltas: pd.DataFrame, rows_sel: list, warm
                "ci_lo": a.loc["iter1", "ci_lo"], "ci_hi": a.loc["iter1", "ci_hi"]}
         if a["sd"].notna().any():
             row["delta_sd"] = a.loc["iter1", "sd"]
-        for arm in ("random", "oracle", "continue"):
+        for arm in CONTROLS:
             if arm in a.index:
                 row[f"{arm}_delta"] = a.loc[arm, "delta"]
         out.append(row)
     return pd.DataFrame(out)
 
 
+def _ci_ok(ci: Sequence[float | None] | None) -> bool:
+    return ci is not None and len(ci) == 2 and all(v is not None and v == v for v in ci)
+
+
+def g1_continue(delta: float | None, ci: Sequence[float | None] | None, pool_delta: float | None,
+                tol: float) -> dict[str, Any]:
+    """G1, the negative control (issue 24): ``continue`` adds no new data, so the recipe alone
+    must not move the model. Passes iff its Δ on the confirmation set (``delta``, 95% ``ci``)
+    has a CI containing 0 AND |Δ| <= ``tol``, AND its overall Δ on the eval pool
+    (``pool_delta``) >= -``tol`` (all bounds inclusive). Anything not measured fails."""
+    ok = (delta is not None and _ci_ok(ci) and ci[0] <= 0 <= ci[1] and abs(delta) <= tol
+          and pool_delta is not None and pool_delta >= -tol)
+    return {"delta": delta, "ci": None if ci is None else list(ci), "pool_overall_delta": pool_delta,
+            "tol": float(tol), "pass": bool(ok)}
+
+
+def g2_selection(contrast: Mapping[str, Any] | None) -> dict[str, Any]:
+    """G2, the positive control (assay sensitivity): Δ(oracle) − Δ(random_gt) — the mined frames
+    against random frames, both with ground-truth labels — has a 95% CI lower bound > 0.
+    Not measured (no such contrast, no CI) fails."""
+    c = contrast or {}
+    ci = c.get("ci")
+    return {"delta": c.get("delta"), "ci": ci, "pass": bool(_ci_ok(ci) and ci[0] > 0)}
+
+
+def verdict_label(g1: Mapping[str, Any], g2: Mapping[str, Any], contrast: Mapping[str, Any] | None) -> str:
+    """The verdict that follows from the controls (one of :data:`VERDICTS`): ``inconclusive``
+    when G1 or G2 fails (the design could not have told), else the headline iter1 − random's
+    95% CI: lower bound > 0 ``improved``, upper bound < 0 ``worse``, else ``no_gain``."""
+    ci = (contrast or {}).get("ci")
+    if not (g1["pass"] and g2["pass"]) or not _ci_ok(ci):
+        return "inconclusive"
+    return "improved" if ci[0] > 0 else "worse" if ci[1] < 0 else "no_gain"
+
+
+def share_recovered(headline_c: Mapping[str, Any] | None, selection_c: Mapping[str, Any] | None) -> tuple[float | None, str]:
+    """(share, sentence): (iter1 − random) / (oracle − random_gt), the part of what targeted
+    ground truth gives that mining + auto-labelling recovers. None when the denominator's CI
+    lower bound is <= 0 (or not measured): targeted ground truth did not measurably beat
+    random ground truth, so there is nothing to take a share of."""
+    den = selection_c or {}
+    if not headline_c or not _ci_ok(den.get("ci")) or den["ci"][0] <= 0:
+        lo = (den.get("ci") or [None])[0]
+        why = "not measured" if lo is None else f"its 95% CI lower bound is {lo:+.3f} <= 0"
+        return None, (f"share recovered: not defined — the selection effect Δ(oracle) − Δ(random_gt) is the "
+                      f"denominator and {why}: targeted ground truth did not measurably beat random ground truth.")
+    share = float(headline_c["delta"]) / float(den["delta"])
+    return share, (f"share recovered = (Δ(iter1) − Δ(random)) / (Δ(oracle) − Δ(random_gt)) = "
+                   f"{headline_c['delta']:+.3f} / {den['delta']:+.3f} = {share:.2f}: mining + auto-labelling recovers "
+                   f"{share:.0%} of what ground truth on the mined frames gives over random ground-truth frames.")
+
+
+def controls(confirm: Mapping[str, Any] | None, pool_continue_delta: float | None, tol: float) -> dict[str, Any]:
+    """headline.json's control keys from :func:`hierarchical_deltas`' output (``confirm``) and
+    the continue arm's overall Δ on the eval pool: g1_continue, g2_selection, verdict,
+    share_recovered (+ its sentence)."""
+    arms, c = (confirm or {}).get("arms", {}), (confirm or {}).get("contrasts", {})
+    cont = arms.get("continue") or {}
+    g1 = g1_continue(cont.get("delta"), cont.get("ci"), pool_continue_delta, tol)
+    g2 = g2_selection(c.get("oracle-random_gt"))
+    share, sentence = share_recovered(c.get("iter1-random"), c.get("oracle-random_gt"))
+    return {"g1_continue": g1, "g2_selection": g2, "verdict": verdict_label(g1, g2, c.get("iter1-random")),
+            "share_recovered": share, "share_recovered_sentence": sentence}
+
+
 def headline(agg: pd.DataFrame, res0: Any, worst: str, n_eval: int, mining: Mapping[str, Any],
              labeling: Mapping[str, Any], confirm: Mapping[str, Any] | None = None, *, synthetic: bool,
-             seeds: Sequence[int], warm_start: bool, retrain_epochs: int) -> dict[str, Any]:
-    """headline.json: the answer on the confirmation set first (``confirm``: from
-    :func:`hierarchical_deltas` plus ``slice``/``n_frames``/``iter0``) — iter1 − random and
-    oracle − random with hierarchical CIs and the design's MDE — then the eval-pool view the
-    worst slice was chosen on (iter0 → iter1 mAP@0.5, Δ with CI, the controls' Δ), mining and
-    labelling quality, the design (seeds, warm start, epochs) and the verdict."""
+             seeds: Sequence[int], warm_start: bool, retrain_epochs: int, control_tol: float = 0.01) -> dict[str, Any]:
+    """headline.json: the verdict and the two controls that license it (:func:`controls`),
+    the answer on the confirmation set (``confirm``: from :func:`hierarchical_deltas` plus
+    ``slice``/``n_frames``/``iter0``) — iter1 − random, oracle − random_gt, oracle − iter1
+    with hierarchical CIs and the design's MDE — then the eval-pool view the worst slice was
+    chosen on (iter0 → iter1 mAP@0.5, Δ with CI, the controls' Δ), mining and labelling
+    quality, the design (seeds, warm start, epochs). ``reading``: the numbers in words."""
     it1 = agg[(agg["arm"] == "iter1")].set_index("slice")
     arm_d = {a: agg[(agg["arm"] == a) & (agg["slice"] == worst)]["delta"] for a in CONTROLS}
     h = {
@@ -193,7 +326,9 @@ def headline(agg: pd.DataFrame, res0: Any, worst: str, n_eval: int, mining: Mapp
               "teacher_precision": h["label_precision"], "teacher_classes": labeling["mined"].get("classes_labelled")})
     if confirm is not None:
         h.update(confirm_keys(confirm))
-    h["verdict"] = verdict(h)
+    pool_cont = agg[(agg["arm"] == "continue") & (agg["slice"] == "__all__")]["delta"]
+    h.update(controls(confirm, float(pool_cont.iloc[0]) if len(pool_cont) else None, float(control_tol)))
+    h["reading"] = verdict(h)
     return h
 
 
@@ -204,8 +339,9 @@ def confirm_keys(confirm: Mapping[str, Any]) -> dict[str, Any]:
     ir = c.get("iter1-random")
     return {"confirm_slice": confirm["slice"], "confirm_n": int(confirm["n_frames"]), "confirm_iter0": confirm["iter0"],
             "confirm_delta": {a: {"delta": v["delta"], "ci": v["ci"]} for a, v in confirm["arms"].items()},
-            "contrast_iter1_random": pick("iter1-random"), "contrast_oracle_random": pick("oracle-random"),
-            "contrast_iter1_continue": pick("iter1-continue"), "mde": confirm["mde"],
+            "contrast_iter1_random": pick("iter1-random"), "contrast_oracle_random_gt": pick("oracle-random_gt"),
+            "contrast_oracle_iter1": pick("oracle-iter1"), "contrast_iter1_continue": pick("iter1-continue"),
+            "mde": confirm["mde"],
             "contrast_halfwidth": None if ir is None or None in ir["ci"] else (ir["ci"][1] - ir["ci"][0]) / 2,
             "contrast_method": confirm["method"] + f" ({confirm['n_boot']} resamples)"}
 
@@ -229,13 +365,13 @@ def _ci_words(delta: float, ci: Sequence[float | None], what: str) -> str:
 
 def confirm_verdict(h: Mapping[str, Any]) -> str:
     """The answer on the confirmation set: iter1 − random (does mining + auto-labelling beat
-    the same number of random frames?) and oracle − random (what perfect labels on the mined
-    frames would give), with the design's minimum detectable effect."""
+    the same number of random frames?) and oracle − random_gt (does the frame choice pay
+    with perfect labels on both sides?), with the design's minimum detectable effect."""
     parts = [_ci_words(h["contrast_iter1_random"]["delta"], h["contrast_iter1_random"]["ci"],
                        f"On {h['confirm_n']} held-out frames of {h['confirm_slice']}, Δ(iter1) − Δ(random) =")]
-    o = h.get("contrast_oracle_random")
+    o = h.get("contrast_oracle_random_gt")
     if o:
-        parts.append(_ci_words(o["delta"], o["ci"], "Δ(oracle) − Δ(random) ="))
+        parts.append(_ci_words(o["delta"], o["ci"], "Δ(oracle) − Δ(random_gt) ="))
     if h.get("mde") is not None:
         parts.append(f"this design detects a true contrast of {h['mde']:.3f} with 80% power (α = 0.05, "
                      f"{len(h.get('seeds') or [])} seeds per arm)")

@@ -52,7 +52,7 @@ def failures_figure(in_slice: pd.DataFrame, worst: str, per_frame: pd.DataFrame,
 def delta_figure(head: pd.DataFrame, synthetic: bool) -> Any:
     """Δ mAP@0.5 per reported slice (bars + paired-bootstrap CI), controls as markers."""
     labels = [f"{s}  (n={n})" for s, n in zip(head["slice"], head["n_eval"])]
-    series = [(f"{arm} control", head[f"{arm}_delta"]) for arm in ("random", "oracle", "continue") if f"{arm}_delta" in head]
+    series = [(f"{arm} control", head[f"{arm}_delta"]) for arm in ("random", "oracle", "random_gt", "continue") if f"{arm}_delta" in head]
     return viz.ci_bars(labels, head["delta"], head["ci_lo"], head["ci_hi"],
                        "Δ mAP@0.5 iter1 − iter0 (bars, paired-bootstrap 95% CI) and controls (markers)"
                        + synthetic_note(synthetic), "Δ mAP@0.5", highlight=labels[:1], zero_line=True, series=series)

@@ -217,14 +217,18 @@ def s3_pools(cfg: Config) -> Result:
     sec = Section(cfg, 3)
     if needs_run(sec):
         frames = artifacts.read_df(cfg.out, 1, "frames.csv")
-        pools = slices.make_pools(frames, cfg.pool_train_size, cfg.pool_eval_size, cfg.pool_eval_top_slices,
-                                  cfg.pool_golden_size, cfg.seed)
+        confirm_n = artifacts.read_df(cfg.out, 1, "confirm_frames.csv")["slice"].value_counts().to_dict()
+        pools = slices.make_pools(frames, cfg.pool_train_size, cfg.pool_eval_size, cfg.pool_eval_max_slices,
+                                  cfg.pool_golden_size, cfg.seed, confirm_n=confirm_n,
+                                  min_confirm=int(cfg.confirm_min_frames), min_pool=int(cfg.eval_min_pool_frames))
         gt = {f["name"]: f for f in artifacts.load_gt(cfg.out, 1, "collected")}
         paths = dict(zip(pools["name"], pools["image_path"]))
         with sec.writer() as w:
             w.write_df("pools.csv", pools)
             w.write_df("pool_summary.csv", slices.pool_summary(pools))
             w.write_df("eval_slices.csv", slices.slice_index(pools[pools["pool"] == "eval"]))
+            w.write_df("eligible_slices.csv", slices.eligibility_table(pools, confirm_n, int(cfg.confirm_min_frames),
+                                                                       int(cfg.eval_min_pool_frames)))
             for p in ("train", "eval", "pool"):  # ingested pool frames have no ground truth
                 bdd.write_bdd_json([gt[n] for n in pools.loc[pools["pool"] == p, "name"] if n in gt], w.path(f"gt_{p}.json"))
             train_frames = [gt[n] for n in pools.loc[pools["pool"] == "train", "name"]]
@@ -301,11 +305,12 @@ def _eval_pool(cfg: Config) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- §5
 def _worst_slice_info(res: evaluate.EvalResult, min_frames: int, confirm_n: Mapping[str, int],
-                      min_confirm: int) -> dict[str, Any]:
-    """worst_slice.json: worst and best ranked slice with CIs, the gap, overall mAP. Only a
-    slice with >= ``min_confirm`` confirmation frames (``confirm_n``: slice → candidates)
-    may be the worst: its Δ must be confirmable on frames that played no part in choosing it."""
-    eligible = experiment.confirmable(res.slices, confirm_n, min_confirm)
+                      min_confirm: int, pool_n: Mapping[str, int] | None = None, min_pool: int = 0) -> dict[str, Any]:
+    """worst_slice.json: worst and best ranked slice with CIs, the gap, overall mAP. Only an
+    eligible slice (:func:`slices.eligible`: >= ``min_confirm`` confirmation frames, ``confirm_n``,
+    and >= ``min_pool`` frames in this turn's unused mining pool, ``pool_n``) may be the worst:
+    its Δ must be confirmable on frames that played no part in choosing it, and movable by a real dose."""
+    eligible = experiment.confirmable(res.slices, confirm_n, min_confirm, pool_n, min_pool)
     worst = evaluate.worst_slice(eligible, min_frames)
     full = evaluate.ranked_slices(res.slices, min_frames)
     best = full.sort_values("AP50", ascending=False).iloc[0]
@@ -315,7 +320,9 @@ def _worst_slice_info(res: evaluate.EvalResult, min_frames: int, confirm_n: Mapp
             "gap": float(best["AP50"] - worst["AP50"]), "overall_AP50": res.AP50, "overall_AP": res.AP,
             "ranked_slices": int(len(full)), "min_eval_frames": int(min_frames),
             "confirmable_slices": int(len(evaluate.ranked_slices(eligible, min_frames))),
-            "min_confirm_frames": int(min_confirm), "confirm_candidates": int(confirm_n.get(worst["slice"], 0))}
+            "min_confirm_frames": int(min_confirm), "confirm_candidates": int(confirm_n.get(worst["slice"], 0)),
+            "min_pool_frames": int(min_pool),
+            "pool_frames": None if pool_n is None else int(pool_n.get(worst["slice"], 0))}
 
 
 def s5_eval(cfg: Config, turn: int = 1) -> Result:
@@ -334,8 +341,9 @@ def s5_eval(cfg: Config, turn: int = 1) -> Result:
         preds = _predict(cfg, artifacts.start_weights(cfg.out, turn), ev)
         res = _evaluate(cfg, preds)
         cand = artifacts.read_df(cfg.out, 1, "confirm_frames.csv")
+        pool_n = _unused_pool(cfg, artifacts.read_df(cfg.out, 3, "pools.csv"), turn)["slice"].value_counts().to_dict()
         info = _worst_slice_info(res, int(cfg.eval_min_frames), cand["slice"].value_counts().to_dict(),
-                                 int(cfg.confirm_min_frames))
+                                 int(cfg.confirm_min_frames), pool_n, int(cfg.eval_min_pool_frames))
         worst = info["worst_slice"]
         confirm = experiment.confirm_set(cand, worst, int(cfg.confirm_max_frames), int(cfg.seed))
         with sec.writer() as w:
@@ -480,22 +488,32 @@ def _overall_pr(pr: pd.DataFrame) -> dict[str, float]:
     return {"precision": float(o["precision"]), "recall": float(o["recall"])}
 
 
+def retrain_spec(cfg: Config, seed: int, w0: Path) -> train.TrainSpec:
+    """An arm's training spec. Warm start: iter0's spec continued from ``w0`` for
+    ``retrain_epochs`` with the continuation recipe (``retrain_lr0``, ``retrain_lrf``,
+    ``retrain_warmup_epochs``, ``retrain_warmup_bias_lr``: no restart cost, issue 24); else
+    iter0's spec and schedule from the pretrained init."""
+    if not bool(cfg.retrain_warm_start):
+        return replace(train_spec(cfg), seed=int(seed), epochs=int(cfg.train_epochs), init_weights=cfg.train_init_weights)
+    return replace(train_spec(cfg), seed=int(seed), epochs=int(cfg.retrain_epochs), init_weights=str(w0),
+                   lr0=float(cfg.retrain_lr0), lrf=float(cfg.retrain_lrf),
+                   warmup_epochs=int(cfg.retrain_warmup_epochs), warmup_bias_lr=float(cfg.retrain_warmup_bias_lr))
+
+
 def _train_arm(cfg: Config, runs_dir: Path, run_name: str, seed: int, frames: list, val: list,
                paths: Mapping[str, str], sizes: Mapping[str, tuple[int, int]],
                w0: Path) -> tuple[Path, dict[str, Any], str, int]:
-    """Export one arm's YOLO set to ``runs_dir/data/<run>`` and train it in ``runs_dir/<run>``;
-    (weights, run card, data hash, epochs)."""
-    warm = bool(cfg.retrain_warm_start)
+    """Export one arm's YOLO set to ``runs_dir/data/<run>`` and train it in ``runs_dir/<run>``
+    (:func:`retrain_spec`); (weights, run card, data hash, epochs)."""
     dhash = experiment.frames_hash(frames)
     data_dir = runs_dir / "data" / run_name
     shutil.rmtree(data_dir, ignore_errors=True)   # never train on a previous set's leftovers
     # Ultralytics needs a val split; the first train frames keep eval out of training
     data_yaml, _ = export_yolo({"train": frames, "val": val}, paths, data_dir, sizes)
-    epochs = int(cfg.retrain_epochs) if warm else int(cfg.train_epochs)
-    spec = replace(train_spec(cfg), seed=int(seed), epochs=epochs,
-                   init_weights=str(w0) if warm else cfg.train_init_weights)
+    spec = retrain_spec(cfg, seed, w0)
     weights = train.train(spec, data_yaml, runs_dir, name=run_name, data_hash=dhash)
-    return weights, json.loads((weights.parent.parent / "run_card.json").read_text()), dhash, epochs
+    return weights, json.loads((weights.parent.parent / "run_card.json").read_text()), dhash, int(spec.epochs)
+
 
 
 def _reviewed_path(cfg: Config, turn: int) -> Path | None:
@@ -560,10 +578,12 @@ def _carried(cfg: Config, turn: int, pool_names: set[str]) -> tuple[list[dict[st
 def s7_autolabel_retrain(cfg: Config, turn: int = 1) -> Result:
     """Auto-label the mined frames (and the random control's), then retrain every arm.
 
-    Arms (identical epochs, hyper-parameters and start point): ``iter1`` = train ∪
-    mined frames with the profile's labeler (auto-accepted labels only); ``random`` =
-    train ∪ as many random pool frames, same labeler; ``oracle`` = train ∪ mined frames
-    with their GT; ``continue`` = train alone (the extra epochs without new data).
+    Arms (identical epochs, hyper-parameters, start point and number of steps: every set is
+    the replay set + ``mine_k`` frames, :func:`experiment.arm_frames`): ``iter1`` = mined
+    frames with the profile's labeler (auto-accepted labels only); ``random`` = as many
+    unused pool frames drawn with the run's seed, same labeler; ``oracle`` = the mined frames
+    with their GT; ``random_gt`` = that seed's random frames with their GT; ``continue`` =
+    train frames iter0 already saw (no new data).
     Artifacts (``07_autolabel_retrain/``): labels_mined/ and labels_random/ (labels,
     quality, router, cost, exports — :func:`autolabel.write_outputs`), arms.csv,
     random_frames.csv, labeling.json. Runs in ``runs/<run>/``, YOLO sets in ``runs/data/<run>/``.
@@ -585,33 +605,45 @@ def s7_autolabel_retrain(cfg: Config, turn: int = 1) -> Result:
         w0 = artifacts.start_weights(cfg.out, turn)
         runs = experiment.retrain_runs(cfg.retrain_controls, cfg.retrain_seeds, bool(cfg.retrain_warm_start))
         labeler = autolabel.get_labeler(cfg, teacher_weights=w0, gt_frames=list(gt_pool.values()))
+        k = int(cfg.mine_k)
+        train_by = {f["name"]: f for f in gt_train}
+        replay_names, filler_names = experiment.replay_split(pools[pools["pool"] == "train"], int(cfg.retrain_replay),
+                                                             k, int(cfg.seed))
+        replay, filler = [train_by[n] for n in replay_names], [train_by[n] for n in filler_names]
+        unused = _unused_pool(cfg, pools, turn)
+        random_by_seed = {s: experiment.random_pool_names(unused, len(mined), s)  # one draw per training seed
+                          for _, a, s in runs if a in ("random", "random_gt")}
         sets = {"mined": mined}
-        if any(a == "random" for _, a, _ in runs):
-            sets["random"] = experiment.random_pool_names(_unused_pool(cfg, pools, turn), len(mined), int(cfg.seed))
+        if random_by_seed:  # labelled once: a frame's labels do not depend on which draw it came from
+            sets["random"] = sorted(set().union(*random_by_seed.values()))
         runs_dir = artifacts.turn_dir(cfg.out, turn) / "runs"
         init = "iter0" if turn == 1 else f"turn{turn - 1} promoted"
         with sec.writer() as w:
             extra, labeling = _label_sets(cfg, w, labeler, sets, gt_pool, paths)
             del labeler  # the arms train without the labeler's models beside them (gsam2: GBs)
             train.free_memory()
-            adds = experiment.arm_additions(extra, [gt_pool[n] for n in mined if n in gt_pool])  # ingested: no GT
+            mined_gt = [gt_pool[n] for n in mined if n in gt_pool]  # ingested frames have no GT to give
             rows = []
             for run_name, arm, seed in runs:
-                add = adds[arm]
-                frames = gt_train + carried + add
+                add = experiment.arm_additions(arm, extra, mined_gt, random_by_seed.get(seed, []), gt_pool)
+                frames = carried + experiment.arm_frames(replay, add, filler, k)
                 weights, card, dhash, epochs = _train_arm(cfg, runs_dir, run_name, seed, frames, gt_train[:32], paths,
                                                           sizes, w0)
                 rows.append({"run": run_name, "arm": arm, "seed": seed,
                              "init": init if cfg.retrain_warm_start else "scratch/config",
                              **({"carried_frames": len(carried)} if turn > 1 else {}),
-                             "epochs": epochs, "train_frames": len(frames), "extra_frames": len(add),
+                             "epochs": epochs, "train_frames": len(frames), "replay_frames": len(replay),
+                             "extra_frames": len(add), "filler_frames": k - len(add),
                              "extra_labels": sum(len(f.get("labels") or []) for f in add), "data_hash": dhash,
                              "wall_time_s": card.get("wall_time_s"), "device": card.get("device"),
                              "commit": card.get("git_commit"),
                              "weights": str(Path(weights).resolve().relative_to(cfg.out.resolve()))})
                 w.add_external(weights)
             w.write_df("arms.csv", pd.DataFrame(rows))
-            w.write_df("random_frames.csv", pd.DataFrame({"name": sets.get("random", [])}))
+            w.write_df("random_frames.csv", pd.DataFrame(
+                [{"seed": s, "name": n} for s, names in random_by_seed.items() for n in names], columns=["seed", "name"]))
+            labeling["replay"] = {"frames": len(replay), "names": replay_names, "filler": filler_names,
+                                  "rule": "every arm = replay + its added frames + filler up to mine_k (same steps)"}
             if turn > 1:
                 bdd.write_bdd_json(carried, w.path("carried.json"))
                 labeling["carried"] = carry_info
@@ -672,25 +704,37 @@ def _evaluate_arms(cfg: Config, w: Any, arms: pd.DataFrame, res0: evaluate.EvalR
 def _confirm(cfg: Config, w: Any, arms: pd.DataFrame, turn: int) -> dict[str, Any]:
     """Score iter0 and every arm on §5's confirmation set (the worst slice's held-out
     frames); Δ per arm and the contrasts with hierarchical-bootstrap CIs (confirm.json)."""
+    weights = {"iter0": artifacts.start_weights(cfg.out, turn), **{r.run: cfg.out / r.weights for r in arms.itertuples()}}
+    point, boot, rows, conf = confirm_scores(cfg, weights, turn, lambda run, preds: w.write_df(
+        f"confirm/{run}_predictions.parquet", bdd.boxes_table(preds)))
+    table = pd.DataFrame(rows).merge(arms[["run", "arm", "seed"]], on="run", how="left").fillna({"arm": "iter0"})
+    w.write_df("confirm_runs.csv", table)
+    out = {"slice": str(conf["slice"].iloc[0]), "n_frames": len(conf), "iter0": point["iter0"],
+           **experiment.hierarchical_deltas(point, boot, arms, int(cfg.seed))}
+    w.write_json("confirm.json", out)
+    return out
+
+
+def confirm_scores(cfg: Config, weights: Mapping[str, Path], turn: int = 1,
+                   keep: Any = None) -> tuple[dict[str, float], dict[str, np.ndarray], list[dict], pd.DataFrame]:
+    """Score each model (``weights``: run -> .pt) on §5's confirmation set: (point mAP@0.5,
+    the (B,) mAP@0.5 of the same B frame resamples for every run — paired over frames, as
+    :func:`experiment.hierarchical_deltas` needs —, one row per run, the confirmation table).
+    ``keep(run, predictions)`` is called per run (§8 saves them)."""
     conf = artifacts.read_df(cfg.out, 5, "confirm.csv", turn)
     gt_by = {f["name"]: f for f in artifacts.load_gt(cfg.out, 1, "confirm")}
     gt = [gt_by[n] for n in conf["name"]]
     n_boot, seed = int(cfg.eval_n_boot), int(cfg.seed)
-    weights = {"iter0": artifacts.start_weights(cfg.out, turn), **{r.run: cfg.out / r.weights for r in arms.itertuples()}}
     frames_w = evaluate.resample_weights(len(gt), n_boot, np.random.default_rng([seed, 23]))
     point, boot, rows = {}, {}, []
     for run, wts in weights.items():
         preds = _predict(cfg, wts, conf)
         res = evaluate.evaluate(gt, preds, by=cfg.eval_by, n_boot=0, seed=seed)
         point[run], boot[run] = res.AP50, evaluate.boot_map50(res.cache, np.arange(len(gt)), frames_w)
-        w.write_df(f"confirm/{run}_predictions.parquet", bdd.boxes_table(preds))
+        if keep is not None:
+            keep(run, preds)
         rows.append({"run": run, "AP50": res.AP50, "AP": res.AP})
-    table = pd.DataFrame(rows).merge(arms[["run", "arm", "seed"]], on="run", how="left").fillna({"arm": "iter0"})
-    w.write_df("confirm_runs.csv", table)
-    out = {"slice": str(conf["slice"].iloc[0]), "n_frames": len(gt), "iter0": point["iter0"],
-           **experiment.hierarchical_deltas(point, boot, arms, seed)}
-    w.write_json("confirm.json", out)
-    return out
+    return point, boot, rows, conf
 
 
 def _write_runs(cfg: Config, w: Any, runs: pd.DataFrame, per_class: Mapping[str, pd.DataFrame],
@@ -812,7 +856,8 @@ def s8_delta(cfg: Config, turn: int = 1) -> Result:
             headline = experiment.headline(
                 agg, res0, worst, w5["n_eval"], artifacts.load_json(cfg.out, 6, "mining_summary.json", turn),
                 artifacts.load_json(cfg.out, 7, "labeling.json", turn), confirm, synthetic=bool(cfg.synthetic),
-                seeds=cfg.retrain_seeds, warm_start=bool(cfg.retrain_warm_start), retrain_epochs=int(cfg.retrain_epochs))
+                seeds=cfg.retrain_seeds, warm_start=bool(cfg.retrain_warm_start), retrain_epochs=int(cfg.retrain_epochs),
+                control_tol=float(cfg.control_continue_tol))
             card0, weights0, hash0 = _start_card(cfg, turn)
             headline["resumed_runs"] = _resumed_runs(cfg, card0, arms)
             w.write_json("headline.json", headline)

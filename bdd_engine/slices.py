@@ -11,7 +11,7 @@ frames outside the eval quota become ``holdout`` (used nowhere), never train or 
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -110,12 +110,30 @@ def collect(frames: pd.DataFrame, total: int, floor: int, seed: int) -> tuple[pd
     return out.drop(columns="stratum"), table.sort_values("source", ascending=False, kind="stable").reset_index(drop=True)
 
 
-def make_pools(frames: pd.DataFrame, train_size: int, eval_size: int, top_slices: int,
-               golden_size: int, seed: int) -> pd.DataFrame:
+def eligible(confirm_n: Mapping[str, int], pool_n: Mapping[str, int], min_confirm: int,
+             min_pool: int) -> list[str]:
+    """The slices whose Δ can be both *confirmed* and *moved* (issue 24): >= ``min_confirm``
+    confirmation frames (held-out drives, ``confirm_n``: slice -> count) AND >= ``min_pool``
+    frames in the mining pool (``pool_n``), a real dose to mine. Counts only, never a model
+    result; both thresholds inclusive. Sorted by name."""
+    return sorted(s for s, n in confirm_n.items()
+                  if int(n) >= int(min_confirm) and int(pool_n.get(s, 0)) >= int(min_pool))
+
+
+def make_pools(frames: pd.DataFrame, train_size: int, eval_size: int, max_slices: int,
+               golden_size: int, seed: int, confirm_n: Mapping[str, int] | None = None,
+               min_confirm: int = 0, min_pool: int = 0) -> pd.DataFrame:
     """§3: assign every collected frame to ``eval``, ``train``, ``pool`` (mining) or ``holdout``.
 
-    - eval: balanced over the ``top_slices`` most frequent full slices (equal quota each,
-      rarest slice first so it is not starved), whole drive groups reserved;
+    - eval: balanced over the *eligible* slices (:func:`eligible`: >= ``min_confirm``
+      confirmation frames in ``confirm_n`` and >= ``min_pool`` frames left in the mining
+      pool), at most ``max_slices`` of them, most frequent first (0 = no cap). The pool count
+      depends on the eval reservation, so the set is a fixed point: assign, drop the slice
+      left with the fewest pool frames if it has < ``min_pool``, re-assign; the set only
+      shrinks, so it ends.
+      ``confirm_n`` None: every slice counts as confirmable (the ``max_slices`` most frequent,
+      the rule before issue 24). Equal quota each, rarest slice first so it is not starved,
+      whole drive groups reserved;
     - train: stratified by weather x timeofday over the remaining groups, whole groups;
     - pool: everything else (unlabelled to us: its labels are read only to score
       auto-labels and for the oracle control);
@@ -125,11 +143,35 @@ def make_pools(frames: pd.DataFrame, train_size: int, eval_size: int, top_slices
     Returns the frame table with columns ``pool`` and ``golden`` added.
     """
     unlabelled = frames["origin"].eq("ingested") if "origin" in frames.columns else pd.Series(False, frames.index)
-    df = frames[~unlabelled].copy()
-    df["slice"] = key(df)
+    lab = frames[~unlabelled].copy()
+    lab["slice"] = key(lab)
+    order = list(slice_index(lab)["slice"])  # most frequent first
+    cand = order if confirm_n is None else [s for s in order if int(confirm_n.get(s, 0)) >= int(min_confirm)]
+    dropped: set[str] = set()
+    while True:
+        top = [s for s in cand if s not in dropped][: int(max_slices) or None]
+        if not top:
+            raise ValueError(f"no slice is eligible for the eval pool (>= {min_confirm} confirmation frames and "
+                             f">= {min_pool} mining-pool frames); lower confirm_min_frames / eval_min_pool_frames, "
+                             "or enlarge the world (synth_n_val / synth_n_train)")
+        df, eval_groups = _assign(lab, top, train_size, eval_size, seed)
+        pool_n = df.loc[df["pool"] == "pool", "slice"].value_counts()
+        short = [s for s in top if int(pool_n.get(s, 0)) < int(min_pool)]
+        if not short:
+            break
+        # one at a time, the thinnest first: dropping every short slice at once hands their eval quota to
+        # the others, which then fall short in turn (on the demo world that cascade left 2 slices of 19)
+        dropped.add(min(short, key=lambda s: (int(pool_n.get(s, 0)), s)))
+    return _finish(df, eval_groups, frames[unlabelled], golden_size, seed)
+
+
+def _assign(df: pd.DataFrame, top: list[str], train_size: int, eval_size: int,
+            seed: int) -> tuple[pd.DataFrame, set[str]]:
+    """eval (balanced over ``top``) / holdout / train / pool for the labelled frames ``df``;
+    (the table with ``pool``, the eval drive groups)."""
+    df = df.copy()
     df["pool"] = ""
     idx = slice_index(df)
-    top = list(idx["slice"].head(top_slices))
     quota = {s: eval_size // max(len(top), 1) for s in top}
     for s in top[: eval_size - sum(quota.values())]:
         quota[s] += 1
@@ -165,8 +207,14 @@ def make_pools(frames: pd.DataFrame, train_size: int, eval_size: int, top_slices
             got[s] += int(gsize[g])
     df.loc[df["group"].isin(train_groups) & (df["pool"] == ""), "pool"] = "train"
     df.loc[df["pool"] == "", "pool"] = "pool"
-    if unlabelled.any():
-        extra = frames[unlabelled].copy()
+    return df, eval_groups
+
+
+def _finish(df: pd.DataFrame, eval_groups: set[str], unlabelled: pd.DataFrame, golden_size: int,
+            seed: int) -> pd.DataFrame:
+    """Ingested frames (pool, or holdout beside an eval drive), the golden subset, the leakage check."""
+    if len(unlabelled):
+        extra = unlabelled.copy()
         extra["slice"] = key(extra)
         extra["pool"] = np.where(extra["group"].isin(eval_groups), "holdout", "pool")
         df = pd.concat([df, extra], ignore_index=True)
@@ -177,6 +225,23 @@ def make_pools(frames: pd.DataFrame, train_size: int, eval_size: int, top_slices
     df["golden"] = df["name"].isin(golden)
     check_leakage(df)
     return df.sort_values("name", kind="stable").reset_index(drop=True)
+
+
+def eligibility_table(pools: pd.DataFrame, confirm_n: Mapping[str, int], min_confirm: int,
+                      min_pool: int) -> pd.DataFrame:
+    """§3's eligible_slices.csv: every full slice with its collected, confirmation, mining-pool
+    and eval frame counts, and whether it is eligible (:func:`eligible`) and in the eval pool."""
+    lab = pools[pools["slice"].notna()]
+    n = lambda p: lab[lab["pool"] == p]["slice"].value_counts() if p else lab["slice"].value_counts()  # noqa: E731
+    names = sorted(set(lab["slice"]) | set(confirm_n))
+    pool_n = n("pool").to_dict()
+    ok = set(eligible({s: confirm_n.get(s, 0) for s in names}, pool_n, min_confirm, min_pool))
+    out = pd.DataFrame({"slice": names, "n_collected": [int(n(None).get(s, 0)) for s in names],
+                        "n_confirm": [int(confirm_n.get(s, 0)) for s in names],
+                        "n_pool": [int(pool_n.get(s, 0)) for s in names],
+                        "n_eval": [int(n("eval").get(s, 0)) for s in names]})
+    out["eligible"] = out["slice"].isin(ok) & (out["n_eval"] > 0)  # eligible while holding its eval reservation
+    return out.sort_values(["eligible", "n_collected", "slice"], ascending=[False, False, True]).reset_index(drop=True)
 
 
 def check_leakage(pools: pd.DataFrame) -> None:

@@ -85,6 +85,8 @@ class TrainSpec:
     synthetic: bool              # recorded in the run card
     profile: str                 # recorded in the run card
     resume: bool = False         # interrupted run: resume from its last epoch (True) or restart from epoch 0 (not in the fingerprint)
+    lrf: float | None = None     # final LR fraction; None = Ultralytics' default (0.01), not passed
+    warmup_bias_lr: float | None = None  # bias LR at warm-up start; None = Ultralytics' default (0.1), not passed
 
     def ultralytics_args(self) -> dict[str, Any]:
         """Keyword arguments for ``YOLO.train`` (without model/data/project/device)."""
@@ -98,6 +100,9 @@ class TrainSpec:
         args["workers"] = int(self.workers)
         args["plots"] = bool(self.plots)
         args["cache"] = False if self.cache == "off" else self.cache
+        for k in ("lrf", "warmup_bias_lr"):  # passed only when set: every earlier run keeps its fingerprint
+            if a[k] is not None:
+                args[k] = a[k]
         return args
 
     def precision(self, device: str) -> str:

@@ -35,9 +35,10 @@ from bdd_engine.env import PROJECT_ROOT
 SECTIONS = list(_SECTIONS.values())
 HEADLINE_KEYS = {"worst_slice", "n_eval", "iter0", "iter1", "delta", "delta_ci", "random_delta", "oracle_delta",
                  "continue_delta", "overall_iter0", "overall_iter1", "mining_precision", "slice_base_rate",
-                 "labeler", "synthetic", "seeds", "confirm_n", "contrast_iter1_random", "contrast_oracle_random",
+                 "labeler", "synthetic", "seeds", "confirm_n", "contrast_iter1_random", "contrast_oracle_random_gt",
+                 "contrast_oracle_iter1", "g1_continue", "g2_selection", "verdict", "share_recovered", "reading",
                  "mde", "iter0_overall", "teacher_recall", "teacher_classes"}
-ARMS = ["iter1", "random", "oracle", "continue"]
+ARMS = ["iter1", "random", "oracle", "random_gt", "continue"]
 
 
 def run_notebook(world: Path, out: Path, *extra: str, ingested: Path | None = None) -> subprocess.CompletedProcess:
@@ -201,36 +202,49 @@ def test_accepted_auto_labels_and_only_those_reach_iter1(first_run):
     s7 = out / "07_autolabel_retrain"
     labeling = json.loads((s7 / "labeling.json").read_text())
     all_arms = pd.read_csv(s7 / "arms.csv")
-    assert (all_arms.groupby("arm")["data_hash"].nunique() == 1).all(), "seeds of one arm share its data"
-    arms = all_arms[all_arms["seed"] == all_arms["seed"].min()].set_index("arm")
-    gt_train = {f["name"] for f in bdd.load_frames(out / "03_pools" / "gt_train.json")}
+    n_data = all_arms.groupby("arm")["data_hash"].nunique()
+    assert (n_data.drop(["random", "random_gt"]) == 1).all(), "seeds of one arm share its data"
+    assert (n_data[["random", "random_gt"]] == all_arms["seed"].nunique()).all(), "random frames are drawn per seed"
+    seed0 = all_arms["seed"].min()
+    arms = all_arms[all_arms["seed"] == seed0].set_index("arm")
+    k = int(json.loads((out / "06_mine" / "mining_summary.json").read_text())["k"])  # the run sets mine_k
+    replay, filler = labeling["replay"]["names"], labeling["replay"]["filler"]
+    assert len(filler) == k and not set(replay) & set(filler) and len(replay) == arms["replay_frames"].iloc[0]
+    assert (all_arms["train_frames"] == len(replay) + k).all(), "every arm takes the same number of steps"
     mined = pd.read_csv(out / "06_mine" / "mined.csv")["name"].tolist()
-    random_names = pd.read_csv(s7 / "random_frames.csv")["name"].tolist()
+    drawn = pd.read_csv(s7 / "random_frames.csv")
+    random_names = drawn.loc[drawn["seed"] == seed0, "name"].tolist()
     assert set(mined) != set(random_names)
     for which, arm, names in (("mined", "iter1", mined), ("random", "random", random_names)):
         lab = labeling[which]
-        assert lab["labeler"] == "teacher" and lab["frames"] == len(names) and lab["failed"] == 0
+        labelled = mined if which == "mined" else sorted(set(drawn["name"]))  # random: every seed's draw, labelled once
+        assert lab["labeler"] == "teacher" and lab["frames"] == len(labelled) and lab["failed"] == 0
         assert lab["labels"] > 0, f"the teacher labelled nothing on the {which} frames"
         labels = {f["name"]: f["labels"] for f in bdd.load_frames(s7 / f"labels_{which}" / "labels.json")}
-        assert set(labels) == set(names)
+        assert set(labels) == set(labelled)
         assert sum(map(len, labels.values())) == lab["labels"]
+        labels = {n: v for n, v in labels.items() if n in set(names)}
         kept = {n: sorted(bdd.CLASSES.index(lb["category"]) for lb in ls if lb["score"] >= accept)
                 for n, ls in labels.items()}
         kept = {n: c for n, c in kept.items() if c}
         assert kept, f"no {which} label scores >= label_accept {accept}: nothing for {arm} to learn from"
-        assert lab["train_frames"] == len(kept) and lab["train_labels"] == sum(map(len, kept.values()))
+        if which == "mined":
+            assert lab["train_frames"] == len(kept) and lab["train_labels"] == sum(map(len, kept.values()))
         router = pd.read_csv(s7 / f"labels_{which}" / "router.csv").set_index("bucket")
         assert router.loc["accept", "n_labels"] == lab["train_labels"]
         assert router.loc[["accept", "review", "discard"], "n_labels"].sum() == lab["labels"]
-        # the arm's training set on disk: GT train frames + exactly the accepted labels of its frames
+        # the arm's training set on disk: the replay set + exactly the accepted labels of its frames,
+        # topped up with seen train frames to mine_k (equal steps)
         yolo = out / "runs" / "data" / arms.loc[arm, "run"] / "labels" / "train"
-        assert {p.stem for p in yolo.glob("*.txt")} == {Path(n).stem for n in gt_train | set(kept)}
+        top_up = filler[: k - len(kept)]
+        assert {p.stem for p in yolo.glob("*.txt")} == {Path(n).stem for n in set(replay) | set(kept) | set(top_up)}
         assert _yolo_classes(yolo, names) == kept, f"{arm} trained on labels the router did not accept"
         row = arms.loc[arm]
-        assert (row["extra_frames"], row["extra_labels"]) == (len(kept), lab["train_labels"])
-        assert row["train_frames"] == len(gt_train) + len(kept)
+        assert (row["extra_frames"], row["extra_labels"]) == (len(kept), sum(map(len, kept.values())))
+        assert row["filler_frames"] == len(top_up)
     cont = out / "runs" / "data" / arms.loc["continue", "run"] / "labels" / "train"
-    assert {p.stem for p in cont.glob("*.txt")} == {Path(n).stem for n in gt_train}
+    assert {p.stem for p in cont.glob("*.txt")} == {Path(n).stem for n in set(replay) | set(filler)}
+    assert set(replay) | set(filler) <= {f["name"] for f in bdd.load_frames(out / "03_pools" / "gt_train.json")}
     with_gt = {f["name"] for f in bdd.load_frames(out / "03_pools" / "gt_pool.json")} & set(mined)
     assert 0 < len(with_gt) < len(mined), "the mined set mixes labelled and ingested frames"
     assert (arms.loc["continue", "extra_frames"], arms.loc["oracle", "extra_frames"]) == (0, len(with_gt))
@@ -243,7 +257,10 @@ def test_accepted_auto_labels_and_only_those_reach_iter1(first_run):
 def test_verdict_words_match_the_delta(first_run):
     out, _ = first_run
     h = json.loads((out / "08_delta" / "headline.json").read_text())
-    d, (lo, hi), v = h["delta"], h["delta_ci"], h["verdict"]
+    d, (lo, hi), v = h["delta"], h["delta_ci"], h["reading"]
+    # the verdict label follows from the two controls and the headline contrast (experiment.verdict_label)
+    assert h["verdict"] == experiment.verdict_label(h["g1_continue"], h["g2_selection"], h["contrast_iter1_random"])
+    assert h["verdict"] in experiment.VERDICTS
     assert hi > lo, "a zero-width CI: iter1 and iter0 predicted the same"  # d: seed mean, may lie outside
     assert h["overall_iter1"] != h["overall_iter0"], "iter1 is iter0: the retrain changed nothing"
     c = h["contrast_iter1_random"]
@@ -349,7 +366,16 @@ def test_case_study_new_sections_hold_this_runs_numbers(first_run, tiny_world):
     md = (out / "case_study" / "case_study_v1.md").read_text()
     h = json.loads((out / "08_delta" / "headline.json").read_text())
     problem = md.split("## Problem, hypothesis and success metric")[1].split("\n## 1. ")[0]
-    assert "**Δ(iter1) − Δ(random)**" in problem and "Success = the CI's lower bound is above 0" in problem
+    assert "**Δ(iter1) − Δ(random)**" in problem and "**The verdict follows from two controls first**" in problem
+    assert "Design card (pre-registered before any arm was scored)" in problem
+    # the summary leads with the verdict and the two controls, then the headline contrast
+    summary = md.split("\n## 1. Summary")[1].split("\n## 2. ")[0]
+    word = {"improved": "IMPROVED", "no_gain": "NO GAIN", "worse": "WORSE", "inconclusive": "INCONCLUSIVE"}[h["verdict"]]
+    assert summary.strip().startswith(f"**Verdict: {word}.**")
+    assert summary.index("G1, the negative control") < summary.index("G2, the positive control") \
+        < summary.index("**The answer, on")
+    if h["verdict"] == "inconclusive":
+        assert "not beat" not in summary
     assert f"over {len(h['seeds'])} training seed(s)" in problem
     assert "**Selection strategy: `prototype`**" in _section(md, 6)
     # the training-config table: every run, its mAP@0.5:0.95 and car/pedestrian recall as evaluated

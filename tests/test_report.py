@@ -98,7 +98,7 @@ def test_retrain_runs_refuses_warm_start_without_continue():
         return experiment.retrain_runs(c.retrain_controls, c.retrain_seeds, c.retrain_warm_start)
 
     one = load_config("tiny", {"retrain_seeds": [42]}, env=False)
-    assert [r[0] for r in runs(one)] == ["iter1", "random", "oracle", "continue"]
+    assert [r[0] for r in runs(one)] == ["iter1", "random", "oracle", "random_gt", "continue"]
     seeds = load_config("tiny", {"retrain_seeds": [42, 43]}, env=False)
     assert [r[0] for r in runs(seeds)][:2] == ["iter1_s42", "iter1_s43"]
     with pytest.raises(ValueError, match="continue"):

@@ -134,7 +134,8 @@ def test_accepted_mined_labels_reach_iter1_only_and_nothing_else_does():
     random_ = labelled("r", [[0.7, 0.1], [0.2]])
     oracle = [{"name": "m0.jpg", "attributes": {}, "labels": [{"id": "gt", "category": "car", "box2d": lb(1)["box2d"]}]}]
     auto = {"mined": al.accepted_frames(mined, ACC), "random": al.accepted_frames(random_, ACC)}
-    adds = experiment.arm_additions(auto, oracle)
+    adds = {arm: experiment.arm_additions(arm, auto, oracle, ["r0.jpg", "r1.jpg"], {})
+            for arm in ("iter1", "random", "oracle", "continue")}
     ids = {arm: [x["id"] for f in frames for x in f["labels"]] for arm, frames in adds.items()}
     assert ids["iter1"] == ["m0:0.9", f"m0:{ACC}", "m2:0.99"]
     assert [f["name"] for f in adds["iter1"]] == ["m0.jpg", "m2.jpg"]  # a frame with nothing accepted adds nothing
@@ -144,4 +145,4 @@ def test_accepted_mined_labels_reach_iter1_only_and_nothing_else_does():
     for arm in ("random", "oracle", "continue"):
         assert not mined_ids & set(ids[arm]), f"{arm} trains on the mined auto-labels"
     assert set(adds) == {"iter1", "random", "oracle", "continue"}
-    assert experiment.arm_additions({"mined": auto["mined"]}, [])["random"] == []  # no random arm configured
+    assert experiment.arm_additions("random", {"mined": auto["mined"]}, [], ["r0.jpg"], {}) == []  # no random set labelled

@@ -85,12 +85,12 @@ def test_hierarchical_ci_is_wider_than_frames_alone_when_seeds_disagree():
 
 def test_confirm_verdict_leads_and_reads_the_contrast_sign():
     h = {"contrast_iter1_random": {"delta": -0.041, "ci": [-0.07, -0.012]},
-         "contrast_oracle_random": {"delta": 0.02, "ci": [-0.01, 0.05]},
+         "contrast_oracle_random_gt": {"delta": 0.02, "ci": [-0.01, 0.05]},
          "confirm_n": 140, "confirm_slice": "snowy | night | city street", "mde": 0.04, "seeds": [1, 2, 3],
          "delta": 0.01, "delta_ci": [-0.02, 0.04], "random_delta": None, "continue_delta": None, "oracle_delta": None}
     v = experiment.verdict(h)
     assert v.startswith("On 140 held-out frames of snowy | night | city street, Δ(iter1) − Δ(random) = -0.041 "
-                        "(95% CI [-0.070, -0.012]): below 0 beyond its CI; Δ(oracle) − Δ(random) = +0.020 "
+                        "(95% CI [-0.070, -0.012]): below 0 beyond its CI; Δ(oracle) − Δ(random_gt) = +0.020 "
                         "(95% CI [-0.010, +0.050]): within noise")
     assert "0.040 with 80% power" in v and "On the eval pool the slice was chosen on: Δ +0.010" in v
 

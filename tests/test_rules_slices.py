@@ -44,7 +44,7 @@ def plant(pools: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def pools():
-    p = slices.make_pools(frame_table(), train_size=120, eval_size=60, top_slices=3, golden_size=12, seed=7)
+    p = slices.make_pools(frame_table(), train_size=120, eval_size=60, max_slices=3, golden_size=12, seed=7)
     assert set(p["pool"]) == set(POOLS)                      # every pool is populated: every pair is exercised
     return p
 
@@ -111,3 +111,61 @@ def test_collect_gives_a_rare_stratum_min_of_floor_and_its_size():
     # a floor above every stratum's size: each keeps min(floor, size) and the total is still met
     n50 = slices.collect(src, total=100, floor=50, seed=42)[1].set_index("stratum")["collected"].to_dict()
     assert n50 == {"clear | daytime": 82, "rainy | night": 15, "foggy | dawn/dusk": 3}
+
+
+# ----------------------------------------------------------------- eligibility (issue 24)
+@pytest.mark.parametrize("confirm,pool,ok", [(100, 40, True), (99, 40, False), (100, 39, False), (500, 1000, True),
+                                             (0, 40, False)])
+def test_eligible_needs_both_thresholds_inclusive(confirm, pool, ok):
+    assert slices.eligible({"s": confirm}, {"s": pool}, min_confirm=100, min_pool=40) == (["s"] if ok else [])
+
+
+def test_eligible_counts_a_slice_missing_from_the_pool_as_zero():
+    assert slices.eligible({"a": 100, "b": 100}, {"a": 40}, 100, 40) == ["a"]
+    assert slices.eligible({"a": 100, "b": 100}, {"a": 40}, 100, 0) == ["a", "b"]
+
+
+def _pool_counts(p: pd.DataFrame, pool: str) -> dict:
+    return p.loc[p["pool"] == pool, "slice"].value_counts().to_dict()
+
+
+def test_make_pools_balances_eval_over_eligible_slices_not_the_most_frequent():
+    frames = frame_table()
+    names = slices.slice_index(frames)["slice"].tolist()          # most frequent first
+    confirm = {s: 100 for s in names}
+    confirm[names[0]] = 99                                       # the most frequent slice cannot be confirmed
+    p = slices.make_pools(frames, train_size=120, eval_size=60, max_slices=0, golden_size=12, seed=7,
+                          confirm_n=confirm, min_confirm=100, min_pool=10)
+    ev, pool = _pool_counts(p, "eval"), _pool_counts(p, "pool")
+    assert names[0] not in ev                                    # fails the confirmation threshold
+    assert set(ev) == {s for s in names[1:] if pool.get(s, 0) >= 10}  # every eligible slice, long tail included
+    assert max(ev.values()) - min(ev.values()) <= 1 and sum(ev.values()) == 60  # balanced: equal quota each
+    assert all(pool.get(s, 0) >= 10 for s in ev)                 # each keeps a real dose in the mining pool
+
+
+def test_make_pools_drops_a_slice_whose_pool_dose_is_too_small_and_rebalances():
+    frames = frame_table()
+    names = slices.slice_index(frames)["slice"].tolist()
+    confirm = {s: 100 for s in names}
+    loose = slices.make_pools(frames, 120, 60, 0, 12, 7, confirm_n=confirm, min_confirm=100, min_pool=0)
+    pool0 = _pool_counts(loose, "pool")
+    rare = min(_pool_counts(loose, "eval"), key=lambda s: pool0.get(s, 0))
+    need = pool0.get(rare, 0) + 1                                # one frame more than the rarest slice keeps
+    strict = slices.make_pools(frames, 120, 60, 0, 12, 7, confirm_n=confirm, min_confirm=100, min_pool=need)
+    ev, pool = _pool_counts(strict, "eval"), _pool_counts(strict, "pool")
+    assert rare not in ev and ev and all(pool[s] >= need for s in ev)
+    assert sum(ev.values()) == 60                                # the freed quota goes to the eligible slices
+
+
+def test_make_pools_refuses_when_no_slice_is_eligible():
+    with pytest.raises(ValueError, match="no slice is eligible"):
+        slices.make_pools(frame_table(), 120, 60, 0, 12, 7, confirm_n={}, min_confirm=100, min_pool=0)
+
+
+def test_eligibility_table_marks_exactly_the_eval_slices():
+    frames = frame_table()
+    confirm = {s: 100 for s in slices.slice_index(frames)["slice"]}
+    p = slices.make_pools(frames, 120, 60, 0, 12, 7, confirm_n=confirm, min_confirm=100, min_pool=10)
+    t = slices.eligibility_table(p, confirm, 100, 10)
+    assert set(t.loc[t["eligible"], "slice"]) == set(_pool_counts(p, "eval"))
+    assert (t.loc[t["eligible"], "n_pool"] >= 10).all() and (t.loc[t["eligible"], "n_confirm"] >= 100).all()
