@@ -110,7 +110,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
             "weather_mix": cfg.synth_weather_mix, "timeofday_mix": cfg.synth_timeofday_mix}
     card = pretrain.build(flywheel.train_spec(cfg), world, info, cfg.out, args.name,
                           list(cfg.label_files) + list(cfg.confirm_label_files),
-                          list(cfg.image_sets), (int(cfg.synth_width), int(cfg.synth_height)), install=not args.no_install)
+                          list(cfg.image_sets), (int(cfg.synth_width), int(cfg.synth_height)), install=not args.no_install,
+                          what=pretrain.WHAT.get(cfg.profile, pretrain.WHAT["pretrain"]),
+                          command=pretrain.command_for(cfg.profile, args.name, PRETRAINED_NAME))
     curve = " ".join(f"{r['mAP50']:.3f}" for r in card["learning_curve"])
     print(f"pretrained {args.name}: {card['bytes'] / 2**20:.1f} MB, sha256 {card['sha256'][:16]}, "
           f"{card['wall_time_s']:.0f} s; val mAP50 per epoch (SYNTHETIC pretrain world): {curve}")
