@@ -543,7 +543,7 @@ def s7_autolabel_retrain(cfg: Config, turn: int = 1) -> Result:
         carried, carry_info, reviewed_file = _carried(cfg, turn, set(pools.loc[pools["pool"] == "pool", "name"]))
         w0 = artifacts.start_weights(cfg.out, turn)
         runs = experiment.retrain_runs(cfg.retrain_controls, cfg.retrain_seeds, bool(cfg.retrain_warm_start))
-        labeler = autolabel.get_labeler(cfg, teacher_weights=w0, gt_frames=list(gt_pool.values()))
+        labeler = autolabel.get_labeler(cfg, start_weights=w0, gt_frames=list(gt_pool.values()))
         sets = {"mined": mined}
         if any(a == "random" for _, a, _ in runs):
             sets["random"] = experiment.random_pool_names(_unused_pool(cfg, pools, turn), len(mined), int(cfg.seed))
@@ -575,8 +575,12 @@ def s7_autolabel_retrain(cfg: Config, turn: int = 1) -> Result:
             if turn > 1:
                 bdd.write_bdd_json(carried, w.path("carried.json"))
                 labeling["carried"] = carry_info
-                if reviewed_file is not None:
-                    w.record_inputs(pd.DataFrame([input_row(reviewed_file)]), reviewed_labels=str(reviewed_file))
+            # recorded inputs: the profile's teacher weights (rebuilding them makes §7 stale) and the reviewed labels
+            inputs = [input_row(p) for p in autolabel.labeler_input_files(cfg)]
+            if reviewed_file is not None:
+                inputs.append(input_row(reviewed_file))
+            if inputs:
+                w.record_inputs(pd.DataFrame(inputs), **({"reviewed_labels": str(reviewed_file)} if reviewed_file else {}))
             w.write_json("labeling.json", labeling)
             w.counts.update({"runs": len(rows), "mined_labelled": len(mined)})
     return Result(7, sec.dir, _label_tables(sec.dir), {"labeling": sec.load_json("labeling.json")})
@@ -698,7 +702,7 @@ def _golden_run(cfg: Config, pools: pd.DataFrame, arms: pd.DataFrame, turn: int)
     if name == "teacher":
         for tag, wts in (("teacher_iter0", artifacts.start_weights(cfg.out, turn)),
                          ("teacher_iter1", cfg.out / arms[arms["arm"] == "iter1"].iloc[0]["weights"])):
-            labelled[tag] = autolabel.get_labeler(cfg, teacher_weights=wts).label(gt, paths, progress=False).frames
+            labelled[tag] = autolabel.get_labeler(cfg, start_weights=wts).label(gt, paths, progress=False).frames
     elif name == "gsam2":
         labelled["gsam2"] = autolabel.get_labeler(cfg).label(gt, paths, progress=False).frames
     run_id = f"{cfg.profile}-{cfg.hash()}-{Section(cfg, 6, turn).manifest_hash()}"  # config + mined set = one iteration

@@ -413,6 +413,39 @@ def test_teacher_uses_train_predict(images, tmp_path, monkeypatch):
         al.TeacherLabeler(tmp_path / "missing.pt")
 
 
+def test_label_teacher_weights_picks_the_teacher_and_null_keeps_the_start_model(images, tmp_path, monkeypatch):
+    """The profile's label_teacher_weights is the teacher the factory builds (the §7 call passes the
+    turn's start model as start_weights); null keeps today's behaviour: the start model labels.
+    An explicit teacher_weights= (the CLI's --weights) still wins."""
+    frames, paths = images
+    used = []
+    monkeypatch.setattr(train, "predict", lambda weights, image_paths, **kw: used.append(Path(weights).name) or
+                        [{"name": Path(p).name, "labels": []} for p in image_paths])
+    for n in ("teacher.pt", "iter0.pt", "explicit.pt"):
+        (tmp_path / n).write_bytes(b"x")
+    start = tmp_path / "iter0.pt"
+    fixed = _profile(label_labeler="teacher", label_teacher_weights=str(tmp_path / "teacher.pt"))
+    al.get_labeler(fixed, start_weights=start).label(frames[:1], paths[:1], progress=False)
+    al.get_labeler(_profile(label_labeler="teacher", label_teacher_weights=None),
+                   start_weights=start).label(frames[:1], paths[:1], progress=False)
+    al.get_labeler(fixed, start_weights=start, teacher_weights=tmp_path / "explicit.pt").label(
+        frames[:1], paths[:1], progress=False)
+    assert used == ["teacher.pt", "iter0.pt", "explicit.pt"]
+    # the file is a recorded input of §7 only when the profile names it and the labeler is the teacher
+    assert al.labeler_input_files(fixed) == [tmp_path / "teacher.pt"]
+    assert al.labeler_input_files(_profile(label_labeler="teacher", label_teacher_weights=None)) == []
+    assert al.labeler_input_files({**fixed, "label_labeler": "gsam2"}) == []
+    with pytest.raises(KeyError, match="label_teacher_weights"):
+        al.get_labeler({k: v for k, v in fixed.items() if k != "label_teacher_weights"}, start_weights=start)
+
+
+def test_the_demo_teacher_is_the_shipped_one_and_other_profiles_keep_the_start_model():
+    demo = load_config("demo", env=False)
+    assert demo.label_labeler == "teacher" and demo.label_teacher_weights == "bdd_engine/models/synthteacher-w025.pt"
+    for prof in ("tiny", "full", "smoke-full"):
+        assert load_config(prof, env=False).label_teacher_weights is None, prof
+
+
 def test_teacher_real_ultralytics_model(images, tmp_path):
     """The real train.predict path with a random tiny YOLO (labels are noise; plumbing is real)."""
     frames, paths = images

@@ -26,7 +26,8 @@ Boxes are ``xyxy`` pixels of the original image everywhere (BDD ``box2d``); scor
 from bdd_engine.autolabel.base import Labeler, LabelRun, WeightsMissingError, load_rgb
 from bdd_engine.autolabel.exports import (LABEL_STUDIO_CONFIG, export_coco, export_label_studio, export_yolo_set,
                                           write_outputs)
-from bdd_engine.autolabel.factory import LABELERS, PROFILE_KEYS, get_labeler, labeler_options, make_labeler
+from bdd_engine.autolabel.factory import (LABELERS, PROFILE_KEYS, get_labeler, labeler_input_files, labeler_options,
+                                         make_labeler, teacher_weights)
 from bdd_engine.autolabel.gsam2 import (GDINO_DIR, RIDEABLE, SAM2_DIR, SETUP_HINT, GroundedSam2Labeler,
                                         apply_rider_rule, check_weights, tighten_to_mask)
 from bdd_engine.autolabel.oracle import OracleLabeler
@@ -43,7 +44,7 @@ __all__ = [
     "Labeler", "LabelRun", "WeightsMissingError", "load_rgb",
     # labelers and how to build them
     "GroundedSam2Labeler", "TeacherLabeler", "OracleLabeler", "LABELERS", "PROFILE_KEYS", "make_labeler",
-    "labeler_options", "get_labeler",
+    "labeler_options", "get_labeler", "labeler_input_files", "teacher_weights",
     # gsam2 machinery
     "DEFAULT_PROMPT", "PHRASE_TO_CLASS", "parse_prompt", "build_phrase_map", "prompt_groups", "prompt_text",
     "phrase_spans", "assign_phrases", "GDINO_DIR", "SAM2_DIR", "SETUP_HINT", "RIDEABLE", "check_weights",
