@@ -25,7 +25,7 @@ from bdd_engine import (artifacts, attributes, autolabel, bdd, casestudy, collec
                         figures, images, mine, report, slices, synth, train)
 from bdd_engine.checkpoint import (Section, acquire_lock, atomic_path, atomic_write_json, claim_folder,
                                    df_to_markdown, input_row, release_lock, reset_peak_rss)
-from bdd_engine.config import Config
+from bdd_engine.config import Config, ConfigError
 from bdd_engine.yolo import export_yolo
 
 _RUN: dict[str, int | None] = {"from": None}  # this kernel's run options (set by the executed notebook)
@@ -430,18 +430,20 @@ def _pool_attributes(cfg: Config, pool: pd.DataFrame, pools: pd.DataFrame, emb: 
 
 # ----------------------------------------------------------------------------- §7
 def _label_sets(cfg: Config, w: Any, labeler: Any, sets: Mapping[str, list[str]], gt_pool: Mapping[str, dict],
-                paths: Mapping[str, str]) -> tuple[dict[str, list], dict[str, Any]]:
+                paths: Mapping[str, str], train_accept: autolabel.Accept) -> tuple[dict[str, list], dict[str, Any]]:
     """Label each named frame set, write its outputs (labels, quality, router, cost, exports)
-    under ``labels_<set>/``; returns (frames each arm adds to train, labeling.json)."""
+    under ``labels_<set>/``; returns (frames each arm adds to train, labeling.json).
+    ``train_accept``: the threshold that feeds training (:func:`_train_accept`); its P/R per set
+    is labeling.json's ``at_accept``."""
     accept, review = float(cfg.label_accept), float(cfg.label_review)
     extra, labeling = {}, {}
     for which, names in sets.items():
         frames = [gt_pool.get(n) or {"name": n, "attributes": {}, "labels": []} for n in names]  # ingested: no GT
         gt = [f for f in frames if f["name"] in gt_pool]  # label quality only where ground truth exists
         run = labeler.label(frames, [paths[n] for n in names])
-        t = autolabel.write_outputs(w.path(f"labels_{which}"), run, gt, paths, accept=accept,
-                                    review=review, spot_check=int(cfg.label_spot_check), seed=int(cfg.seed))
-        extra[which] = gt if run.is_oracle else autolabel.accepted_frames(run, accept)
+        t = autolabel.write_outputs(w.path(f"labels_{which}"), run, gt, paths, accept=accept, review=review,
+                                    spot_check=int(cfg.label_spot_check), seed=int(cfg.seed), train_accept=train_accept)
+        extra[which] = gt if run.is_oracle else autolabel.accepted_frames(run, train_accept)
         q = t["quality"]
         labeling[which] = {"labeler": run.labeler, "frames": run.n_frames, "frames_with_gt": len(gt),
                            "failed": run.n_failed,
@@ -452,7 +454,28 @@ def _label_sets(cfg: Config, w: Any, labeler: Any, sets: Mapping[str, list[str]]
         if q is not None:  # classes the labeler found at least once (a TP): the breadth of its labels
             per = q.all_frames[q.all_frames["class"] != "overall"]
             labeling[which]["classes_labelled"] = int((per["tp"] > 0).sum())
+        if t.get("quality_accept") is not None:  # P/R of exactly the labels that feed training
+            labeling[which]["at_accept"] = autolabel.pr_summary(t["quality_accept"])
     return extra, labeling
+
+
+def _train_accept(cfg: Config, labeler: Any, pools: pd.DataFrame,
+                  paths: Mapping[str, str]) -> tuple[autolabel.Accept, dict[str, Any]]:
+    """The threshold that feeds training: ``label_accept`` (rule ``global``), or per-class thresholds
+    chosen by F-beta on the EVAL POOL's frames and ground truth (rule ``fbeta``; never the
+    confirmation set, never the frames being labelled). Returns (threshold, labeling.json's ``accept``)."""
+    accept, rule = float(cfg.label_accept), str(cfg.label_accept_rule)
+    if rule not in ("global", "fbeta"):
+        raise ConfigError(f"label_accept_rule: {rule!r}; choose global | fbeta")
+    if rule == "global" or labeler.is_oracle:
+        return accept, {"rule": "global", "accept": accept}
+    gt_eval = {f["name"]: f for f in artifacts.load_gt(cfg.out, 3, "eval")}
+    chosen, table, seconds = autolabel.choose_on_eval_pool(
+        labeler, pools, gt_eval, paths, default=accept, grid=autolabel.threshold_grid(float(cfg.label_review)),
+        beta=float(cfg.label_accept_beta), min_gt=int(cfg.label_accept_min_gt))
+    return chosen, {"rule": "fbeta", "accept": accept, "beta": float(cfg.label_accept_beta), "chosen_on": "eval pool",
+                    "seconds": round(seconds, 2), "thresholds": chosen,
+                    "table": json.loads(table.to_json(orient="records"))}
 
 
 def _overall_pr(pr: pd.DataFrame) -> dict[str, float]:
@@ -549,8 +572,10 @@ def s7_autolabel_retrain(cfg: Config, turn: int = 1) -> Result:
             sets["random"] = experiment.random_pool_names(_unused_pool(cfg, pools, turn), len(mined), int(cfg.seed))
         runs_dir = artifacts.turn_dir(cfg.out, turn) / "runs"
         init = "iter0" if turn == 1 else f"turn{turn - 1} promoted"
+        train_accept, accept_info = _train_accept(cfg, labeler, pools, paths)
         with sec.writer() as w:
-            extra, labeling = _label_sets(cfg, w, labeler, sets, gt_pool, paths)
+            extra, labeling = _label_sets(cfg, w, labeler, sets, gt_pool, paths, train_accept)
+            labeling["accept"] = accept_info
             del labeler  # the arms train without the labeler's models beside them (gsam2: GBs)
             train.free_memory()
             extra["oracle"] = [gt_pool[n] for n in mined if n in gt_pool]  # ingested frames have no GT to give
@@ -591,7 +616,7 @@ def _label_tables(folder: Path) -> dict[str, pd.DataFrame]:
     tables = {"runs": pd.read_csv(folder / "arms.csv", keep_default_na=False, na_values=[""])}
     for which in ("mined", "random"):
         d = folder / f"labels_{which}"
-        for key in ("quality_all", "router", "cost"):
+        for key in ("quality_all", "quality_accept", "router", "cost"):
             if (d / f"{key}.csv").exists():
                 tables[f"{key}_{which}" if which != "mined" else key] = pd.read_csv(d / f"{key}.csv")
     tables["quality"] = tables.get("quality_all", pd.DataFrame())

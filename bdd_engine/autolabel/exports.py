@@ -17,7 +17,8 @@ import pandas as pd
 
 from bdd_engine.autolabel.base import LabelRun
 from bdd_engine.autolabel.quality import QualityReport, label_quality
-from bdd_engine.autolabel.router import accepted_frames, cost_table, frames_for_humans, router_table
+from bdd_engine.autolabel.router import accepted_frames, cost_table, frames_for_humans, quality_at_accept, router_table
+from bdd_engine.autolabel.thresholds import Accept
 from bdd_engine.bdd import CLASS_ID, CLASSES, map_category, write_bdd_json
 from bdd_engine.checkpoint import atomic_write_df, atomic_write_json, atomic_write_text, df_to_markdown
 from bdd_engine.env import PROJECT_ROOT
@@ -124,7 +125,7 @@ def export_yolo_set(frames: Sequence[Mapping[str, Any]], image_paths: Mapping[st
 def write_outputs(out_dir: str | os.PathLike, run: LabelRun, gt_frames: Sequence[Mapping[str, Any]] | None,
                   image_paths: Mapping[str, str | os.PathLike], *, accept: float, review: float,
                   spot_check: int = 20, seed: int = 42, usd_per_frame: tuple[float, float] = (0.5, 10.0),
-                  yolo: bool = True) -> dict[str, Any]:
+                  yolo: bool = True, train_accept: Accept | None = None) -> dict[str, Any]:
     """Write every labelling artefact of one run under ``out_dir`` (atomic writes) and return the tables.
 
     Files: ``labels.json`` (all labels, BDD + score), ``quality_all.csv``,
@@ -133,7 +134,12 @@ def write_outputs(out_dir: str | os.PathLike, run: LabelRun, gt_frames: Sequence
     ``.label_config.xml``: review-queue frames with their labels >= ``review`` as
     pre-annotations), ``yolo/`` (accepted labels of non-failed frames, for iter1) and
     ``summary.md``. An oracle run gets its quality tables but no auto-label exports.
+
+    ``train_accept``: the threshold that feeds training (one float or ``{class: threshold}``;
+    None = ``accept``); the router's buckets keep ``accept``. With GT, ``quality_accept.csv``
+    holds precision/recall per class of exactly the labels that feed training.
     """
+    train_accept = accept if train_accept is None else train_accept
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tables: dict[str, Any] = {"run": run}
@@ -144,13 +150,20 @@ def write_outputs(out_dir: str | os.PathLike, run: LabelRun, gt_frames: Sequence
         for key, df in (("quality_all", quality.all_frames), ("quality_spot", quality.spot_check),
                         ("missed", quality.missed), ("confusions", quality.confusions)):
             atomic_write_df(out / f"{key}.csv", df)
+    tables["quality_accept"] = None
+    if quality is not None and not run.is_oracle:
+        tables["quality_accept"] = quality_at_accept(run, gt_frames, train_accept)
+        atomic_write_df(out / "quality_accept.csv", tables["quality_accept"])
     tables["router"] = router_table(quality, run, accept, review)
     tables["cost"] = cost_table(run, accept, review, usd_per_frame)
     atomic_write_df(out / "router.csv", tables["router"])
     atomic_write_df(out / "cost.csv", tables["cost"])
     lines = _summary_lines(run, quality, tables["router"], tables["cost"], seed)
+    if tables["quality_accept"] is not None:
+        lines += ["## Precision / recall of the labels that feed training (score >= the accept threshold)", "",
+                  df_to_markdown(tables["quality_accept"]), ""]
     if not run.is_oracle:
-        lines += _write_autolabel_exports(out, run, image_paths, accept, review, yolo, tables)
+        lines += _write_autolabel_exports(out, run, image_paths, accept, review, yolo, tables, train_accept)
     atomic_write_text(out / "summary.md", "\n".join(lines))
     return tables
 
@@ -169,10 +182,10 @@ def _summary_lines(run: LabelRun, quality: QualityReport | None, router: pd.Data
 
 
 def _write_autolabel_exports(out: Path, run: LabelRun, image_paths: Mapping[str, str | os.PathLike], accept: float,
-                             review: float, yolo: bool, tables: dict[str, Any]) -> list[str]:
-    """COCO (all labels of non-failed frames), the Label Studio review queue and the YOLO
-    training set of a non-oracle run; adds ``train_frames``/``yolo`` to ``tables`` and
-    returns summary.md's lines about them."""
+                             review: float, yolo: bool, tables: dict[str, Any], train_accept: Accept) -> list[str]:
+    """COCO (all labels of non-failed frames), the Label Studio review queue (by ``accept``) and
+    the YOLO training set (labels >= ``train_accept``) of a non-oracle run; adds
+    ``train_frames``/``yolo`` to ``tables`` and returns summary.md's lines about them."""
     lines: list[str] = []
     ok = run.ok_frames()
     export_coco(ok, image_paths, out / "coco.json", description=f"{run.labeler} auto-labels")
@@ -183,7 +196,7 @@ def _write_autolabel_exports(out: Path, run: LabelRun, image_paths: Mapping[str,
     queue = [{**fr, "labels": [lb for lb in fr["labels"] if float(lb.get("score", 1.0)) >= review]}
              for fr in ok if fr["name"] in need]
     export_label_studio(queue, image_paths, out / "label_studio_review.json", model_version=run.labeler)
-    tables["train_frames"] = accepted_frames(run, accept)
+    tables["train_frames"] = accepted_frames(run, train_accept)
     tables["yolo"] = None
     if yolo and tables["train_frames"]:
         tables["yolo"] = export_yolo_set(tables["train_frames"], image_paths, out / "yolo")
