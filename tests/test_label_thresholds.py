@@ -124,3 +124,26 @@ def test_write_outputs_reports_quality_at_the_training_threshold(tmp_path):
     assert "feed training" in (tmp_path / "out" / "summary.md").read_text()
     t0 = al.write_outputs(tmp_path / "o2", run, gt, img, accept=0.6, review=0.35, yolo=False)
     assert t0["quality_accept"].set_index("class").loc["pedestrian", "tp"] == 0  # default: label_accept
+
+
+def test_grey_uncertain_fills_only_unsure_boxes_outside_accepted_ones(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.full((60, 100, 3), 200, np.uint8)).save(tmp_path / "a.jpg", quality=100)
+    Image.fromarray(np.full((60, 100, 3), 200, np.uint8)).save(tmp_path / "b.jpg", quality=100)
+    frames = [_fr("a.jpg", [_lb("car", [10, 10, 29, 29], 0.9),        # accepted: kept
+                            _lb("car", [20, 20, 49, 49], 0.5),        # unsure: grey outside the accepted box
+                            _lb("pedestrian", [60, 5, 69, 14], 0.5),  # pedestrian accepted at 0.45: kept
+                            _lb("bus", [80, 40, 89, 49], 0.2)]),      # discarded: untouched
+              _fr("b.jpg", [_lb("car", [10, 10, 29, 29], 0.9)])]   # nothing unsure: no copy
+    paths = {n: str(tmp_path / n) for n in ("a.jpg", "b.jpg")}
+    accept = {**{c: 0.6 for c in CLASSES}, "pedestrian": 0.45}
+    out = al.grey_uncertain(frames, paths, tmp_path / "grey", accept=accept, review=0.35)
+    assert list(out) == ["a.jpg"]
+    g = np.asarray(Image.open(out["a.jpg"]).convert("L")).astype(int)
+    near = lambda v, want: abs(v - want) <= 3  # noqa: E731 (JPEG q95)
+    assert near(g[40, 40], 114) and near(g[25, 45], 114)          # unsure box, outside the accepted one
+    assert near(g[25, 25], 200) and near(g[15, 15], 200)          # inside the accepted box
+    assert near(g[10, 65], 200) and near(g[45, 85], 200) and near(g[55, 5], 200)  # per-class accept, discard, free
+    assert near(np.asarray(Image.open(paths["a.jpg"]).convert("L"))[40, 40], 200)  # the original is untouched

@@ -28,6 +28,7 @@ Boxes are ``xyxy`` pixels of the original image everywhere (BDD ``box2d``); scor
 
 from bdd_engine.autolabel.base import Labeler, LabelRun, WeightsMissingError, load_rgb
 from bdd_engine.autolabel.exports import (LABEL_STUDIO_CONFIG, export_coco, export_label_studio, export_yolo_set,
+                                          grey_uncertain,
                                           write_outputs)
 from bdd_engine.autolabel.factory import (LABELERS, PROFILE_KEYS, get_labeler, labeler_input_files, labeler_options,
                                          make_labeler, teacher_weights)
@@ -58,7 +59,7 @@ __all__ = [
     "QualityReport", "label_quality", "pr_table", "pr_summary", "confusions",
     "BUCKETS", "bucket_of", "route", "router_table", "frames_for_humans", "accepted_frames", "cost_table",
     "quality_at_accept", "Accept", "accept_of", "threshold_grid", "fbeta_thresholds", "eval_pool_frames",
-    "choose_on_eval_pool",
+    "choose_on_eval_pool", "grey_uncertain",
     "LABEL_STUDIO_CONFIG", "export_coco", "export_label_studio", "export_yolo_set", "write_outputs",
     # review import
     "ExportError", "ImportReport", "import_label_studio", "next_turn_frames",

@@ -18,7 +18,7 @@ import pandas as pd
 from bdd_engine.autolabel.base import LabelRun
 from bdd_engine.autolabel.quality import QualityReport, label_quality
 from bdd_engine.autolabel.router import accepted_frames, cost_table, frames_for_humans, quality_at_accept, router_table
-from bdd_engine.autolabel.thresholds import Accept
+from bdd_engine.autolabel.thresholds import Accept, accept_of
 from bdd_engine.bdd import CLASS_ID, CLASSES, map_category, write_bdd_json
 from bdd_engine.checkpoint import atomic_write_df, atomic_write_json, atomic_write_text, df_to_markdown
 from bdd_engine.env import PROJECT_ROOT
@@ -211,3 +211,52 @@ def _write_autolabel_exports(out: Path, run: LabelRun, image_paths: Mapping[str,
               f"({len(ok) - len(tables['train_frames'])} labelled frames without one left out), "
               f"{sum(len(f['labels']) for f in tables['train_frames'])} accepted labels.", ""]
     return lines
+
+
+GREY = 114  # Ultralytics' letterbox fill: the value the detector already reads as "no image here"
+
+
+def grey_uncertain(frames: Sequence[Mapping[str, Any]], image_paths: Mapping[str, str | os.PathLike],
+                   out_dir: str | os.PathLike, *, accept: Accept, review: float) -> dict[str, str]:
+    """Stop objects the labeler was unsure of from becoming background: on a copy of each frame,
+    fill every label box scored ``review <= score < accept`` (``accept`` per class allowed) with
+    grey, except where it overlaps a box that is accepted (those pixels are training signal).
+
+    ``frames``: the labeller's frames with every label and its score (``LabelRun.ok_frames()``).
+    Writes ``out_dir/<name>`` (JPEG quality 95, 4:4:4) only for frames that have such a box;
+    returns {name: path of the copy}, so a training set uses the copy instead of the original.
+    """
+    from PIL import Image
+
+    from bdd_engine.checkpoint import atomic_path
+
+    out, done = Path(out_dir), {}
+    for fr in frames:
+        labels = fr.get("labels") or []
+        score = lambda lb: float(lb.get("score", 1.0))  # noqa: E731
+        unsure = [lb for lb in labels if review <= score(lb) < accept_of(accept, lb["category"])]
+        if not unsure:
+            continue
+        with Image.open(image_paths[fr["name"]]) as im:
+            arr = np.asarray(im.convert("RGB")).copy()
+        h, w = arr.shape[:2]
+        keep = np.zeros((h, w), bool)
+
+        def region(lb):
+            b = lb["box2d"]
+            x1, y1 = max(int(np.floor(b["x1"])), 0), max(int(np.floor(b["y1"])), 0)
+            y2, x2 = min(int(np.ceil(b["y2"])) + 1, h), min(int(np.ceil(b["x2"])) + 1, w)  # BDD boxes are inclusive
+            return slice(y1, max(y2, y1)), slice(x1, max(x2, x1))
+
+        for lb in labels:
+            if score(lb) >= accept_of(accept, lb["category"]):
+                keep[region(lb)] = True
+        fill = np.zeros((h, w), bool)
+        for lb in unsure:
+            fill[region(lb)] = True
+        arr[fill & ~keep] = GREY
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out / fr["name"]) as tmp:
+            Image.fromarray(arr).save(tmp, format="JPEG", quality=95, subsampling=0)
+        done[fr["name"]] = str(out / fr["name"])
+    return done
