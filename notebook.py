@@ -178,9 +178,10 @@ vw.checkpoint_note(cfg.out, 6)
 
 # %% [markdown]
 # ## §7 Auto-label the mined frames, retrain iter1 (and the controls)
-# The profile's labeler (`gsam2` with real weights; `teacher` = the iter0 model in the demo)
-# labels the mined frames; label quality is measured against the held-back GT and routed by
-# confidence (accept / review / discard). Then every arm trains with identical epochs, seed
+# The profile's labeler (`gsam2` with real weights; in the demo `teacher` = a larger detector
+# trained offline on a disjoint synthetic world, `label_teacher_weights`) labels the mined frames;
+# label quality is measured against the held-back GT (also at the threshold that feeds
+# training: `quality_accept`) and routed by confidence (accept / review / discard). Then every arm trains with identical epochs, seed
 # and hyper-parameters: **iter1** (train ∪ mined, auto-labels), **random** (train ∪ as many
 # random pool frames, same labeler), **oracle** (train ∪ mined, GT labels) and, when arms
 # warm-start from iter0, **continue** (the same extra epochs on train alone).
