@@ -63,6 +63,7 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, required=True, help="outputs folder holding §1-§6 of a demo run")
     ap.add_argument("--teacher", default=None, help="the shipped teacher (default: the demo's label_teacher_weights)")
     ap.add_argument("--skip-iter0", action="store_true")
+    ap.add_argument("--iter0-only", action="store_true")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args(argv)
     cfg = load_config("demo", {"outputs_dir": str(a.out)})
@@ -76,7 +77,8 @@ def main(argv=None):
     res = {"SYNTHETIC": True, "accept": accept, "conf": float(cfg.label_teacher_conf), "load1": os.getloadavg()[0],
            "sets": {k: len(v) for k, v in sets.items()}}
     teachers = {} if a.skip_iter0 else {"iter0": artifacts.start_weights(cfg.out, 1)}
-    teachers["shipped"] = a.teacher or cfg.label_teacher_weights
+    if not a.iter0_only:
+        teachers["shipped"] = a.teacher or cfg.label_teacher_weights
     for tag, w in teachers.items():
         res[tag] = measure(cfg, w, sets, gt_pool, paths, pools, accept)
         print(tag, json.dumps({k: {"overall": v["at_accept"]["overall"], "classes_ok": v["classes_recall_ge_0.5_precision_ge_0.8"],

@@ -124,3 +124,15 @@ def test_label_refuses_a_folder_it_did_not_create(folder, yolo, tmp_path, capsys
     assert main(["label", "--profile", "tiny", "--src", str(src), "--labeler", "teacher",
                  "--out", str(tmp_path / "x")]) == 2
     assert "--weights" in capsys.readouterr().err
+
+
+def test_label_cli_teacher_takes_the_profiles_teacher_weights(folder, yolo, tmp_path, capsys):
+    """Without --weights the teacher is the profile's label_teacher_weights; with that null it is refused, naming both."""
+    src, _ = folder
+    common = ["label", "--profile", "tiny", "--src", str(src), "--labeler", "teacher", "--set", "device=cpu",
+              "--set", "label_teacher_imgsz=128", "--set", "label_teacher_conf=0.001", "--set", "label_review=0.001"]
+    assert main(common + ["--out", str(tmp_path / "refused")]) == 2
+    err = capsys.readouterr().err
+    assert "--weights" in err and "label_teacher_weights" in err and not (tmp_path / "refused").exists()
+    assert main(common + ["--out", str(tmp_path / "ok"), "--set", f"label_teacher_weights={yolo}"]) == 0, capsys.readouterr().err
+    assert bdd.load_frames(tmp_path / "ok" / "labels.json") and (tmp_path / "ok" / "summary.md").exists()
