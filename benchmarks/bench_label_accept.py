@@ -42,8 +42,8 @@ def measure(cfg, weights, sets, gt_pool, paths, pools, accept):
         beta=float(cfg.label_accept_beta), min_gt=int(cfg.label_accept_min_gt))
     out = {"weights": str(weights), "fbeta_thresholds": chosen, "eval_pool_label_s": round(eval_s, 1),
            "eval_pool_frames": int((pools["pool"] == "eval").sum())}
-    for which, names in sets.items():
-        gt = [gt_pool[n] for n in names if n in gt_pool]
+    for which, names in {**sets, "eval": [f["name"] for f in autolabel.eval_pool_frames(pools, gt_eval)]}.items():
+        gt = [gt_pool.get(n) or gt_eval[n] for n in names if n in gt_pool or n in gt_eval]
         t0 = time.time()
         run = lab.label(gt, [paths[f["name"]] for f in gt], progress=False)
         secs = time.time() - t0
@@ -82,7 +82,7 @@ def main(argv=None):
     for tag, w in teachers.items():
         res[tag] = measure(cfg, w, sets, gt_pool, paths, pools, accept)
         print(tag, json.dumps({k: {"overall": v["at_accept"]["overall"], "classes_ok": v["classes_recall_ge_0.5_precision_ge_0.8"],
-                                   "s_per_frame": v["s_per_frame"]} for k, v in res[tag].items() if k in sets}), flush=True)
+                                   "s_per_frame": v["s_per_frame"]} for k, v in res[tag].items() if k in sets or k == "eval"}), flush=True)
     if a.json:
         a.json.write_text(json.dumps(res, indent=1))
 

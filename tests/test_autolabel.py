@@ -346,7 +346,7 @@ def test_make_labeler_defaults_are_the_profile_defaults():
 
 def test_get_labeler_holds_no_defaults():
     """Every key the adapter reads must be in the config: a missing one is a KeyError naming it, never a default."""
-    cfg = _profile()
+    cfg = _profile(label_teacher_imgsz=None)  # null: train_imgsz is read too
     read = [*al.PROFILE_KEYS.values(), "label_teacher_imgsz", "train_imgsz"]
     for key in read:
         with pytest.raises(KeyError, match=key):
@@ -355,7 +355,7 @@ def test_get_labeler_holds_no_defaults():
         al.get_labeler({k: v for k, v in cfg.items() if k != "label_labeler"}, gt_frames=[])
     assert isinstance(al.get_labeler(_profile(label_labeler="oracle"), gt_frames=[]), al.OracleLabeler)
     # the profile's null teacher size means train_imgsz; a set one wins
-    assert al.labeler_options(_profile(train_imgsz=256))["teacher_imgsz"] == 256
+    assert al.labeler_options(_profile(train_imgsz=256, label_teacher_imgsz=None))["teacher_imgsz"] == 256
     assert al.labeler_options(_profile(train_imgsz=256, label_teacher_imgsz=480))["teacher_imgsz"] == 480
 
 
@@ -400,7 +400,8 @@ def test_teacher_uses_train_predict(images, tmp_path, monkeypatch):
     monkeypatch.setattr(train, "predict", fake_predict)
     w = tmp_path / "best.pt"
     w.write_bytes(b"x")
-    lab = al.get_labeler(_profile(label_labeler="teacher", label_teacher_conf=0.5, train_imgsz=320, train_batch=4),
+    lab = al.get_labeler(_profile(label_labeler="teacher", label_teacher_conf=0.5, train_imgsz=320, train_batch=4,
+                                  label_teacher_imgsz=None),
                          teacher_weights=w)
     run = lab.label(frames, paths, progress=False)
     assert calls == [("best.pt", 4, 0.5, 320, 4)]  # one predict call: the model loads once

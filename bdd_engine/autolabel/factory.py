@@ -53,7 +53,7 @@ def make_labeler(
     teacher_weights: str | os.PathLike | None = None,
     teacher_conf: float = 0.35,
     teacher_tta: bool = False,
-    teacher_imgsz: int = 320,
+    teacher_imgsz: int = 480,
     teacher_batch_size: int = 16,
     # -- oracle
     gt_frames: Sequence[Mapping[str, Any]] | None = None,
