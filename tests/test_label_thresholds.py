@@ -147,3 +147,30 @@ def test_grey_uncertain_fills_only_unsure_boxes_outside_accepted_ones(tmp_path):
     assert near(g[25, 25], 200) and near(g[15, 15], 200)          # inside the accepted box
     assert near(g[10, 65], 200) and near(g[45, 85], 200) and near(g[55, 5], 200)  # per-class accept, discard, free
     assert near(np.asarray(Image.open(paths["a.jpg"]).convert("L"))[40, 40], 200)  # the original is untouched
+
+
+def test_section_7_chooses_the_training_threshold_on_eval_pool_frames_only(tmp_path):
+    """flywheel._train_accept (what §7 calls): rule fbeta labels exactly §3's eval-pool frames and
+    scores them against gt_eval.json; rule global labels nothing; an unknown rule is refused."""
+    from bdd_engine import artifacts, bdd, flywheel
+    from bdd_engine.config import ConfigError, load_config
+
+    cfg = load_config("tiny", {"outputs_dir": str(tmp_path / "out"), "label_accept_rule": "fbeta",
+                               "label_accept_min_gt": 2}, env=False)
+    pools = pd.DataFrame({"name": ["e1.jpg", "p1.jpg", "t1.jpg", "e2.jpg"], "pool": ["eval", "pool", "train", "eval"]})
+    gt = {n: _fr(n, [_lb("car", B[i]) for i in range(3)]) for n in pools["name"]}
+    d = artifacts.section_dir(cfg.out, 3)
+    d.mkdir(parents=True)
+    bdd.write_bdd_json([gt["e1.jpg"], gt["e2.jpg"]], d / "gt_eval.json")
+    paths = {n: f"/nowhere/{n}" for n in pools["name"]}
+    rec = _Recorder(gt)
+    accept, info = flywheel._train_accept(cfg, rec, pools, paths)
+    assert rec.asked == ["e1.jpg", "e2.jpg"] and info["chosen_on"] == "eval pool" and info["rule"] == "fbeta"
+    # every label scores 0.5 and matches: F1 ties up to 0.5, the tie goes to the higher threshold
+    assert accept["car"] == 0.5 and accept["bus"] == float(cfg.label_accept) == info["accept"]
+    rec2 = _Recorder(gt)
+    g = load_config("tiny", {"outputs_dir": str(tmp_path / "out")}, env=False)
+    assert flywheel._train_accept(g, rec2, pools, paths) == (float(g.label_accept), {"rule": "global", "accept": float(g.label_accept)})
+    assert rec2.asked == []
+    with pytest.raises(ConfigError, match="label_accept_rule"):
+        flywheel._train_accept(load_config("tiny", {"label_accept_rule": "magic"}, env=False), rec2, pools, paths)
