@@ -181,13 +181,15 @@ vw.checkpoint_note(cfg.out, 6)
 
 # %% [markdown]
 # ## §7 Auto-label the mined frames, retrain iter1 (and the controls)
-# The profile's labeler (`gsam2` with real weights; `teacher` = the iter0 model in the demo)
-# labels the mined frames; label quality is measured against the held-back GT and routed by
-# confidence (accept / review / discard). Then every arm trains with identical epochs, seed,
-# hyper-parameters (a continuation recipe with no restart cost) and number of steps, on the same
-# replay set of train frames plus: **iter1** (mined, auto-labels), **random** (as many pool
-# frames drawn per seed, same labeler), **oracle** (mined, GT labels), **random_gt** (the same
-# random frames, GT labels) and **continue** (train frames iter0 already saw: no new data).
+# The profile's labeler (`gsam2` with real weights; in the demo `teacher` = a larger detector
+# trained offline on a disjoint synthetic world, `label_teacher_weights`) labels the mined frames;
+# label quality is measured against the held-back GT (also at the threshold that feeds
+# training: `quality_accept`) and routed by confidence (accept / review / discard). Then every
+# arm trains with identical epochs, seed, hyper-parameters (a continuation recipe with no restart
+# cost) and number of steps, on the same replay set of train frames plus: **iter1** (mined,
+# auto-labels), **random** (as many pool frames drawn per seed, same labeler), **oracle** (mined,
+# GT labels), **random_gt** (the same random frames, GT labels) and **continue** (train frames
+# iter0 already saw: no new data).
 
 # %%
 from bdd_engine import flywheel as fw, views as vw

@@ -74,12 +74,14 @@ def cmd_label(args: argparse.Namespace) -> int:
     from bdd_engine import anyfolder, autolabel  # loads the labelling stack only on use
 
     cfg = _cfg(args)
-    if args.labeler == "teacher" and args.weights is None:
-        raise ConfigError("label --labeler teacher needs --weights W (an Ultralytics .pt, e.g. outputs/runs/iter0/weights/best.pt)")
+    if args.labeler == "teacher" and args.weights is None and not cfg.label_teacher_weights:
+        raise ConfigError("label --labeler teacher needs --weights W (an Ultralytics .pt, e.g. outputs/runs/iter0/weights/best.pt) "
+                          "or the profile's label_teacher_weights")
     if args.labeler == "gsam2" and args.weights is not None:
         raise ConfigError("label --labeler gsam2 takes its model folders from the profile: "
                           "--set label_gsam2_gdino_dir=DIR --set label_gsam2_sam_dir=DIR (not --weights)")
-    labeler = autolabel.get_labeler(cfg, args.labeler, teacher_weights=args.weights)  # as §7 builds it
+    # as §7 builds it; an explicit --weights wins over the profile's label_teacher_weights
+    labeler = autolabel.get_labeler(cfg, args.labeler, **({"teacher_weights": args.weights} if args.weights else {}))
     info = {"weights": str(Path(args.weights).resolve()) if args.weights else None, **labeler.model_info()}
     t = anyfolder.label_folder(args.src, args.out, labeler, accept=float(cfg.label_accept),
                                review=float(cfg.label_review), seed=int(cfg.seed), fps=args.fps, labeler_info=info)
@@ -133,7 +135,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
             "weather_mix": cfg.synth_weather_mix, "timeofday_mix": cfg.synth_timeofday_mix}
     card = pretrain.build(flywheel.train_spec(cfg), world, info, cfg.out, args.name,
                           list(cfg.label_files) + list(cfg.confirm_label_files),
-                          list(cfg.image_sets), (int(cfg.synth_width), int(cfg.synth_height)), install=not args.no_install)
+                          list(cfg.image_sets), (int(cfg.synth_width), int(cfg.synth_height)), install=not args.no_install,
+                          what=pretrain.WHAT.get(cfg.profile, pretrain.WHAT["pretrain"]),
+                          command=pretrain.command_for(cfg.profile, args.name, PRETRAINED_NAME))
     curve = " ".join(f"{r['mAP50']:.3f}" for r in card["learning_curve"])
     print(f"pretrained {args.name}: {card['bytes'] / 2**20:.1f} MB, sha256 {card['sha256'][:16]}, "
           f"{card['wall_time_s']:.0f} s; val mAP50 per epoch (SYNTHETIC pretrain world): {curve}")

@@ -71,7 +71,15 @@ def limitations(cfg: Any, h: Mapping[str, Any], labeling: Mapping[str, Any], min
                    f"of {n - 1}/{n} of theirs, so the seed part of each CI is somewhat narrow. The random controls' "
                    "frames are drawn once per seed, so their CI holds the luck of the draw beside training noise.")
     lab = labeling.get("mined", {})
-    if lab.get("labeler") == "teacher":
+    acc = lab.get("at_accept") or {}
+    if lab.get("labeler") == "teacher" and cfg.label_teacher_weights:
+        out.append(f"**The labeler is a small stand-in for a foundation model.** `{Path(str(cfg.label_teacher_weights)).name}` "
+                   "is a larger detector trained once, offline, on a disjoint synthetic world covering every condition "
+                   "(never on a demo frame), standing in for Grounded-SAM-2. At the threshold that feeds training its "
+                   f"labels on the mined frames have precision {fmt(acc.get('precision'))} and recall "
+                   f"{fmt(acc.get('recall'))} at IoU 0.5 (found {acc.get('classes_found', '?')} classes): the objects it "
+                   "misses become background in iter1's new frames, which caps what the turn can gain.")
+    elif lab.get("labeler") == "teacher":
         out.append(f"**The labeler is iter0 itself (self-training).** Its labels on the mined frames have precision "
                    f"{fmt(lab.get('precision'))} and recall {fmt(lab.get('recall'))} at IoU 0.5: the objects iter0 "
                    "misses are mostly missing from iter1's new labels too, which caps what the turn can gain. "
@@ -591,7 +599,7 @@ def turns_fields(curve: Sequence[Mapping[str, Any]], carried: Sequence[Mapping[s
     return {"turns_sentence": (
         f"This study covers turns 1–{last} (profile key `flywheel_turns`). " if not one else
         "One turn so far (profile key `flywheel_turns`), so each curve is one segment (start model → iter1). ")
-        + ("Turn t > 1 starts from turn t-1's promoted model (its iter0 and, for the teacher labeler, its labeler), "
+        + ("Turn t > 1 starts from turn t-1's promoted model (its iter0 and, for the teacher labeler without fixed `label_teacher_weights`, its labeler), "
            "picks the worst slice again, mines only frames no earlier turn mined, and trains every arm on train ∪ the "
            "frames carried from earlier turns — their accepted auto-labels, with the Label Studio review of the queue "
            "(`import-labels`, profile key `flywheel_reviewed`) replacing the auto-labels of reviewed frames. Each turn "

@@ -458,18 +458,20 @@ def _pool_attributes(cfg: Config, pool: pd.DataFrame, pools: pd.DataFrame, emb: 
 
 # ----------------------------------------------------------------------------- §7
 def _label_sets(cfg: Config, w: Any, labeler: Any, sets: Mapping[str, list[str]], gt_pool: Mapping[str, dict],
-                paths: Mapping[str, str]) -> tuple[dict[str, list], dict[str, Any]]:
+                paths: Mapping[str, str], train_accept: autolabel.Accept) -> tuple[dict[str, list], dict[str, Any]]:
     """Label each named frame set, write its outputs (labels, quality, router, cost, exports)
-    under ``labels_<set>/``; returns (frames each arm adds to train, labeling.json)."""
+    under ``labels_<set>/``; returns (frames each arm adds to train, labeling.json).
+    ``train_accept``: the threshold that feeds training (:func:`_train_accept`); its P/R per set
+    is labeling.json's ``at_accept``."""
     accept, review = float(cfg.label_accept), float(cfg.label_review)
     extra, labeling = {}, {}
     for which, names in sets.items():
         frames = [gt_pool.get(n) or {"name": n, "attributes": {}, "labels": []} for n in names]  # ingested: no GT
         gt = [f for f in frames if f["name"] in gt_pool]  # label quality only where ground truth exists
         run = labeler.label(frames, [paths[n] for n in names])
-        t = autolabel.write_outputs(w.path(f"labels_{which}"), run, gt, paths, accept=accept,
-                                    review=review, spot_check=int(cfg.label_spot_check), seed=int(cfg.seed))
-        extra[which] = gt if run.is_oracle else autolabel.accepted_frames(run, accept)
+        t = autolabel.write_outputs(w.path(f"labels_{which}"), run, gt, paths, accept=accept, review=review,
+                                    spot_check=int(cfg.label_spot_check), seed=int(cfg.seed), train_accept=train_accept)
+        extra[which] = gt if run.is_oracle else autolabel.accepted_frames(run, train_accept)
         q = t["quality"]
         labeling[which] = {"labeler": run.labeler, "frames": run.n_frames, "frames_with_gt": len(gt),
                            "failed": run.n_failed,
@@ -480,7 +482,28 @@ def _label_sets(cfg: Config, w: Any, labeler: Any, sets: Mapping[str, list[str]]
         if q is not None:  # classes the labeler found at least once (a TP): the breadth of its labels
             per = q.all_frames[q.all_frames["class"] != "overall"]
             labeling[which]["classes_labelled"] = int((per["tp"] > 0).sum())
+        if t.get("quality_accept") is not None:  # P/R of exactly the labels that feed training
+            labeling[which]["at_accept"] = autolabel.pr_summary(t["quality_accept"])
     return extra, labeling
+
+
+def _train_accept(cfg: Config, labeler: Any, pools: pd.DataFrame,
+                  paths: Mapping[str, str]) -> tuple[autolabel.Accept, dict[str, Any]]:
+    """The threshold that feeds training: ``label_accept`` (rule ``global``), or per-class thresholds
+    chosen by F-beta on the EVAL POOL's frames and ground truth (rule ``fbeta``; never the
+    confirmation set, never the frames being labelled). Returns (threshold, labeling.json's ``accept``)."""
+    accept, rule = float(cfg.label_accept), str(cfg.label_accept_rule)
+    if rule not in ("global", "fbeta"):
+        raise ConfigError(f"label_accept_rule: {rule!r}; choose global | fbeta")
+    if rule == "global" or labeler.is_oracle:
+        return accept, {"rule": "global", "accept": accept}
+    gt_eval = {f["name"]: f for f in artifacts.load_gt(cfg.out, 3, "eval")}
+    chosen, table, seconds = autolabel.choose_on_eval_pool(
+        labeler, pools, gt_eval, paths, default=accept, grid=autolabel.threshold_grid(float(cfg.label_review)),
+        beta=float(cfg.label_accept_beta), min_gt=int(cfg.label_accept_min_gt))
+    return chosen, {"rule": "fbeta", "accept": accept, "beta": float(cfg.label_accept_beta), "chosen_on": "eval pool",
+                    "seconds": round(seconds, 2), "thresholds": chosen,
+                    "table": json.loads(table.to_json(orient="records"))}
 
 
 def _overall_pr(pr: pd.DataFrame) -> dict[str, float]:
@@ -604,7 +627,7 @@ def s7_autolabel_retrain(cfg: Config, turn: int = 1) -> Result:
         carried, carry_info, reviewed_file = _carried(cfg, turn, set(pools.loc[pools["pool"] == "pool", "name"]))
         w0 = artifacts.start_weights(cfg.out, turn)
         runs = experiment.retrain_runs(cfg.retrain_controls, cfg.retrain_seeds, bool(cfg.retrain_warm_start))
-        labeler = autolabel.get_labeler(cfg, teacher_weights=w0, gt_frames=list(gt_pool.values()))
+        labeler = autolabel.get_labeler(cfg, start_weights=w0, gt_frames=list(gt_pool.values()))
         k = int(cfg.mine_k)
         train_by = {f["name"]: f for f in gt_train}
         replay_names, filler_names = experiment.replay_split(pools[pools["pool"] == "train"], int(cfg.retrain_replay),
@@ -618,8 +641,10 @@ def s7_autolabel_retrain(cfg: Config, turn: int = 1) -> Result:
             sets["random"] = sorted(set().union(*random_by_seed.values()))
         runs_dir = artifacts.turn_dir(cfg.out, turn) / "runs"
         init = "iter0" if turn == 1 else f"turn{turn - 1} promoted"
+        train_accept, accept_info = _train_accept(cfg, labeler, pools, paths)
         with sec.writer() as w:
-            extra, labeling = _label_sets(cfg, w, labeler, sets, gt_pool, paths)
+            extra, labeling = _label_sets(cfg, w, labeler, sets, gt_pool, paths, train_accept)
+            labeling["accept"] = accept_info
             del labeler  # the arms train without the labeler's models beside them (gsam2: GBs)
             train.free_memory()
             mined_gt = [gt_pool[n] for n in mined if n in gt_pool]  # ingested frames have no GT to give
@@ -647,8 +672,12 @@ def s7_autolabel_retrain(cfg: Config, turn: int = 1) -> Result:
             if turn > 1:
                 bdd.write_bdd_json(carried, w.path("carried.json"))
                 labeling["carried"] = carry_info
-                if reviewed_file is not None:
-                    w.record_inputs(pd.DataFrame([input_row(reviewed_file)]), reviewed_labels=str(reviewed_file))
+            # recorded inputs: the profile's teacher weights (rebuilding them makes §7 stale) and the reviewed labels
+            inputs = [input_row(p) for p in autolabel.labeler_input_files(cfg)]
+            if reviewed_file is not None:
+                inputs.append(input_row(reviewed_file))
+            if inputs:
+                w.record_inputs(pd.DataFrame(inputs), **({"reviewed_labels": str(reviewed_file)} if reviewed_file else {}))
             w.write_json("labeling.json", labeling)
             w.counts.update({"runs": len(rows), "mined_labelled": len(mined)})
     return Result(7, sec.dir, _label_tables(sec.dir), {"labeling": sec.load_json("labeling.json")})
@@ -659,7 +688,7 @@ def _label_tables(folder: Path) -> dict[str, pd.DataFrame]:
     tables = {"runs": pd.read_csv(folder / "arms.csv", keep_default_na=False, na_values=[""])}
     for which in ("mined", "random"):
         d = folder / f"labels_{which}"
-        for key in ("quality_all", "router", "cost"):
+        for key in ("quality_all", "quality_accept", "router", "cost"):
             if (d / f"{key}.csv").exists():
                 tables[f"{key}_{which}" if which != "mined" else key] = pd.read_csv(d / f"{key}.csv")
     tables["quality"] = tables.get("quality_all", pd.DataFrame())
@@ -750,7 +779,7 @@ def _write_runs(cfg: Config, w: Any, runs: pd.DataFrame, per_class: Mapping[str,
     atomic_write_json(runs_dir / "registry.json", experiment.registry(
         runs, float(cfg.report_promote_tol), per_class, golden,
         safety_tol=float(cfg.report_safety_recall_tol), waive_drift=bool(cfg.report_waive_drift),
-        teacher=str(cfg.label_labeler) == "teacher", recall_target=float(cfg.report_safety_recall),
+        teacher=_model_labels_next_turn(cfg), recall_target=float(cfg.report_safety_recall),
         map_floor=float(cfg.report_deploy_min_map)))
     w.add_external(runs_dir / "registry.json")
 
@@ -771,6 +800,12 @@ def _failure_report(cfg: Config, w: Any, arms: pd.DataFrame, results: Mapping[st
     return modes, actions
 
 
+def _model_labels_next_turn(cfg: Config) -> bool:
+    """True when the trained model is the next turn's labeler (``teacher`` without a fixed
+    ``label_teacher_weights``): only then are a candidate's own golden-set labels its drift gate."""
+    return str(cfg.label_labeler) == "teacher" and not cfg.label_teacher_weights
+
+
 def _golden_run(cfg: Config, pools: pd.DataFrame, arms: pd.DataFrame, turn: int) -> dict[str, Any]:
     """Golden QA entry for this run: GT vs the labeler of this turn (and, for a model
     labeler, the next turn's candidates: each iter1 run as teacher, ``teacher_<run>``, whose
@@ -782,11 +817,13 @@ def _golden_run(cfg: Config, pools: pd.DataFrame, arms: pd.DataFrame, turn: int)
     paths = list(gold["image_path"])
     labelled = {}
     name = str(cfg.label_labeler)
-    if name == "teacher":
+    if name == "teacher" and not _model_labels_next_turn(cfg):  # a fixed, shipped teacher: its own entry
+        labelled["teacher"] = autolabel.get_labeler(cfg).label(gt, paths, progress=False).frames
+    elif name == "teacher":
         cands = arms[arms["arm"] == "iter1"]
         for tag, wts in (("teacher_iter0", artifacts.start_weights(cfg.out, turn)),
                          *((f"teacher_{r}", cfg.out / w) for r, w in zip(cands["run"], cands["weights"]))):
-            labelled[tag] = autolabel.get_labeler(cfg, teacher_weights=wts).label(gt, paths, progress=False).frames
+            labelled[tag] = autolabel.get_labeler(cfg, start_weights=wts).label(gt, paths, progress=False).frames
     elif name == "gsam2":
         labelled["gsam2"] = autolabel.get_labeler(cfg).label(gt, paths, progress=False).frames
     run_id = f"{cfg.profile}-{cfg.hash()}-{Section(cfg, 6, turn).manifest_hash()}"  # config + mined set = one iteration

@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "outputs")
     ap.add_argument("--imgsz", type=int, nargs="*", default=[320, 480, 640])
     ap.add_argument("--min-precision", type=float, default=0.8)
+    ap.add_argument("--weights", type=Path, default=None,
+                    help="the teacher's .pt (default: the run's iter0; e.g. bdd_engine/models/synthteacher-w025.pt)")
     args = ap.parse_args(argv)
     pools = artifacts.read_df(args.out, 3, "pools.csv")
     paths = dict(zip(pools["name"], pools["image_path"]))
@@ -38,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     gt = [gt_pool[n] for n in mined]
     curve = []
     for imgsz in args.imgsz:
-        preds = train.predict(artifacts.iter0_weights(args.out), [paths[n] for n in mined], conf=min(CONFS) / 2,
+        weights = args.weights or artifacts.iter0_weights(args.out)
+        preds = train.predict(weights, [paths[n] for n in mined], conf=min(CONFS) / 2,
                               device="cpu", imgsz=imgsz, progress=False)
         for c in CONFS:
             kept = [{**f, "labels": [lb for lb in f["labels"] if lb["score"] >= c]} for f in preds]

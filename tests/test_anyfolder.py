@@ -185,3 +185,15 @@ def test_predict_writes_pixel_xyxy_boxes_of_the_original_image(tiny_world, tmp_p
         assert (b >= 0).all() and (b[:, [0, 2]] <= W).all() and (b[:, [1, 3]] <= H).all()
         inner += int(((b[:, 0] > 1) & (b[:, 1] > 1) & (b[:, 2] < W - 1) & (b[:, 3] < H - 1)).sum())
     assert inner > 0  # boxes inside the frame, not only clipped full-frame ones: every coordinate is checked
+
+
+def test_label_cli_teacher_takes_the_profiles_teacher_weights(folder, yolo, tmp_path, capsys):
+    """Without --weights the teacher is the profile's label_teacher_weights; with that null it is refused, naming both."""
+    src, _ = folder
+    common = ["label", "--profile", "tiny", "--src", str(src), "--labeler", "teacher", "--set", "device=cpu",
+              "--set", "label_teacher_imgsz=128", "--set", "label_teacher_conf=0.001", "--set", "label_review=0.001"]
+    assert main(common + ["--out", str(tmp_path / "refused")]) == 2
+    err = capsys.readouterr().err
+    assert "--weights" in err and "label_teacher_weights" in err and not (tmp_path / "refused").exists()
+    assert main(common + ["--out", str(tmp_path / "ok"), "--set", f"label_teacher_weights={yolo}"]) == 0, capsys.readouterr().err
+    assert bdd.load_frames(tmp_path / "ok" / "labels.json") and (tmp_path / "ok" / "summary.md").exists()

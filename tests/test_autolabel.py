@@ -346,7 +346,7 @@ def test_make_labeler_defaults_are_the_profile_defaults():
 
 def test_get_labeler_holds_no_defaults():
     """Every key the adapter reads must be in the config: a missing one is a KeyError naming it, never a default."""
-    cfg = _profile()
+    cfg = _profile(label_teacher_imgsz=None)  # null: train_imgsz is read too
     read = [*al.PROFILE_KEYS.values(), "label_teacher_imgsz", "train_imgsz"]
     for key in read:
         with pytest.raises(KeyError, match=key):
@@ -355,7 +355,7 @@ def test_get_labeler_holds_no_defaults():
         al.get_labeler({k: v for k, v in cfg.items() if k != "label_labeler"}, gt_frames=[])
     assert isinstance(al.get_labeler(_profile(label_labeler="oracle"), gt_frames=[]), al.OracleLabeler)
     # the profile's null teacher size means train_imgsz; a set one wins
-    assert al.labeler_options(_profile(train_imgsz=256))["teacher_imgsz"] == 256
+    assert al.labeler_options(_profile(train_imgsz=256, label_teacher_imgsz=None))["teacher_imgsz"] == 256
     assert al.labeler_options(_profile(train_imgsz=256, label_teacher_imgsz=480))["teacher_imgsz"] == 480
 
 
@@ -400,7 +400,8 @@ def test_teacher_uses_train_predict(images, tmp_path, monkeypatch):
     monkeypatch.setattr(train, "predict", fake_predict)
     w = tmp_path / "best.pt"
     w.write_bytes(b"x")
-    lab = al.get_labeler(_profile(label_labeler="teacher", label_teacher_conf=0.5, train_imgsz=320, train_batch=4),
+    lab = al.get_labeler(_profile(label_labeler="teacher", label_teacher_conf=0.5, train_imgsz=320, train_batch=4,
+                                  label_teacher_imgsz=None),
                          teacher_weights=w)
     run = lab.label(frames, paths, progress=False)
     assert calls == [("best.pt", 4, 0.5, 320, 4)]  # one predict call: the model loads once
@@ -411,6 +412,39 @@ def test_teacher_uses_train_predict(images, tmp_path, monkeypatch):
         al.TeacherLabeler(w, tta=True)
     with pytest.raises(FileNotFoundError, match="iter0"):
         al.TeacherLabeler(tmp_path / "missing.pt")
+
+
+def test_label_teacher_weights_picks_the_teacher_and_null_keeps_the_start_model(images, tmp_path, monkeypatch):
+    """The profile's label_teacher_weights is the teacher the factory builds (the §7 call passes the
+    turn's start model as start_weights); null keeps today's behaviour: the start model labels.
+    An explicit teacher_weights= (the CLI's --weights) still wins."""
+    frames, paths = images
+    used = []
+    monkeypatch.setattr(train, "predict", lambda weights, image_paths, **kw: used.append(Path(weights).name) or
+                        [{"name": Path(p).name, "labels": []} for p in image_paths])
+    for n in ("teacher.pt", "iter0.pt", "explicit.pt"):
+        (tmp_path / n).write_bytes(b"x")
+    start = tmp_path / "iter0.pt"
+    fixed = _profile(label_labeler="teacher", label_teacher_weights=str(tmp_path / "teacher.pt"))
+    al.get_labeler(fixed, start_weights=start).label(frames[:1], paths[:1], progress=False)
+    al.get_labeler(_profile(label_labeler="teacher", label_teacher_weights=None),
+                   start_weights=start).label(frames[:1], paths[:1], progress=False)
+    al.get_labeler(fixed, start_weights=start, teacher_weights=tmp_path / "explicit.pt").label(
+        frames[:1], paths[:1], progress=False)
+    assert used == ["teacher.pt", "iter0.pt", "explicit.pt"]
+    # the file is a recorded input of §7 only when the profile names it and the labeler is the teacher
+    assert al.labeler_input_files(fixed) == [tmp_path / "teacher.pt"]
+    assert al.labeler_input_files(_profile(label_labeler="teacher", label_teacher_weights=None)) == []
+    assert al.labeler_input_files({**fixed, "label_labeler": "gsam2"}) == []
+    with pytest.raises(KeyError, match="label_teacher_weights"):
+        al.get_labeler({k: v for k, v in fixed.items() if k != "label_teacher_weights"}, start_weights=start)
+
+
+def test_the_demo_teacher_is_the_shipped_one_and_other_profiles_keep_the_start_model():
+    demo = load_config("demo", env=False)
+    assert demo.label_labeler == "teacher" and demo.label_teacher_weights == "bdd_engine/models/synthteacher-w025.pt"
+    for prof in ("tiny", "full", "smoke-full"):
+        assert load_config(prof, env=False).label_teacher_weights is None, prof
 
 
 def test_teacher_real_ultralytics_model(images, tmp_path):

@@ -204,3 +204,15 @@ def test_case_study_says_the_stage_and_the_gate_that_held_it():
     text = casestudy.model_stage_sentence(r)
     assert "**iter1**: **promoted**, held by: overall mAP@0.5 floor" in text and ">= 0.32" in text
     assert "**deployable**" in casestudy.model_stage_sentence(_stages())
+
+
+def test_a_fixed_teacher_makes_the_candidates_not_labelers():
+    """The drift gate judges a candidate's own labels only when the candidate labels the next turn:
+    `teacher` with label_teacher_weights null (tiny). The demo's shipped teacher labels every turn,
+    so its candidates label nothing (the gate reads `not a labeler`); gsam2 likewise."""
+    from bdd_engine.config import load_config
+    from bdd_engine.flywheel import _model_labels_next_turn
+    assert _model_labels_next_turn(load_config("tiny", env=False))
+    assert load_config("demo", env=False).label_teacher_weights
+    assert not _model_labels_next_turn(load_config("demo", env=False))
+    assert not _model_labels_next_turn(load_config("tiny", {"label_labeler": "gsam2"}, env=False))

@@ -201,6 +201,7 @@ def test_accepted_auto_labels_and_only_those_reach_iter1(first_run):
     accept = float(cfg.label_accept)
     s7 = out / "07_autolabel_retrain"
     labeling = json.loads((s7 / "labeling.json").read_text())
+    assert labeling["accept"] == {"rule": "global", "accept": accept}
     all_arms = pd.read_csv(s7 / "arms.csv")
     n_data = all_arms.groupby("arm")["data_hash"].nunique()
     assert (n_data.drop(["random", "random_gt"]) == 1).all(), "seeds of one arm share its data"
@@ -232,6 +233,11 @@ def test_accepted_auto_labels_and_only_those_reach_iter1(first_run):
             assert lab["train_frames"] == len(kept) and lab["train_labels"] == sum(map(len, kept.values()))
         router = pd.read_csv(s7 / f"labels_{which}" / "router.csv").set_index("bucket")
         assert router.loc["accept", "n_labels"] == lab["train_labels"]
+        # P/R of exactly the labels that feed training (tiny: one label_accept for every class)
+        qa = pd.read_csv(s7 / f"labels_{which}" / "quality_accept.csv").set_index("class")
+        assert qa.loc["overall", "tp"] + qa.loc["overall", "fp"] <= lab["train_labels"]
+        assert lab["at_accept"]["recall"] == round(float(qa.loc["overall", "recall"]), 4)
+        assert lab["at_accept"]["recall"] <= lab["recall"] + 1e-9  # a stricter threshold never finds more
         assert router.loc[["accept", "review", "discard"], "n_labels"].sum() == lab["labels"]
         # the arm's training set on disk: the replay set + exactly the accepted labels of its frames,
         # topped up with seen train frames to mine_k (equal steps)

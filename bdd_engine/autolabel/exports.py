@@ -18,7 +18,8 @@ import pandas as pd
 
 from bdd_engine.autolabel.base import LabelRun
 from bdd_engine.autolabel.quality import QualityReport, label_quality
-from bdd_engine.autolabel.router import accepted_frames, cost_table, frames_for_humans, router_table
+from bdd_engine.autolabel.router import accepted_frames, cost_table, frames_for_humans, quality_at_accept, router_table
+from bdd_engine.autolabel.thresholds import Accept, accept_of
 from bdd_engine.bdd import CLASS_ID, CLASSES, map_category, write_bdd_json
 from bdd_engine.checkpoint import (atomic_write_df, atomic_write_json, atomic_write_text, committed_path,
                                    df_to_markdown)
@@ -201,7 +202,7 @@ def export_yolo_set(frames: Sequence[Mapping[str, Any]], image_paths: Mapping[st
 def write_outputs(out_dir: str | os.PathLike, run: LabelRun, gt_frames: Sequence[Mapping[str, Any]] | None,
                   image_paths: Mapping[str, str | os.PathLike], *, accept: float, review: float,
                   spot_check: int = 20, seed: int = 42, usd_per_frame: tuple[float, float] = (0.5, 10.0),
-                  yolo: bool = True) -> dict[str, Any]:
+                  yolo: bool = True, train_accept: Accept | None = None) -> dict[str, Any]:
     """Write every labelling artefact of one run under ``out_dir`` (atomic writes) and return the tables.
 
     Files: ``labels.json`` (all labels, BDD + score), ``quality_all.csv``,
@@ -210,7 +211,12 @@ def write_outputs(out_dir: str | os.PathLike, run: LabelRun, gt_frames: Sequence
     ``.label_config.xml`` and ``.setup.md``: review-queue frames with their labels >= ``review`` as
     pre-annotations), ``yolo/`` (accepted labels of non-failed frames, for iter1) and
     ``summary.md``. An oracle run gets its quality tables but no auto-label exports.
+
+    ``train_accept``: the threshold that feeds training (one float or ``{class: threshold}``;
+    None = ``accept``); the router's buckets keep ``accept``. With GT, ``quality_accept.csv``
+    holds precision/recall per class of exactly the labels that feed training.
     """
+    train_accept = accept if train_accept is None else train_accept
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tables: dict[str, Any] = {"run": run}
@@ -221,13 +227,20 @@ def write_outputs(out_dir: str | os.PathLike, run: LabelRun, gt_frames: Sequence
         for key, df in (("quality_all", quality.all_frames), ("quality_spot", quality.spot_check),
                         ("missed", quality.missed), ("confusions", quality.confusions)):
             atomic_write_df(out / f"{key}.csv", df)
+    tables["quality_accept"] = None
+    if quality is not None and not run.is_oracle:
+        tables["quality_accept"] = quality_at_accept(run, gt_frames, train_accept)
+        atomic_write_df(out / "quality_accept.csv", tables["quality_accept"])
     tables["router"] = router_table(quality, run, accept, review)
     tables["cost"] = cost_table(run, accept, review, usd_per_frame)
     atomic_write_df(out / "router.csv", tables["router"])
     atomic_write_df(out / "cost.csv", tables["cost"])
     lines = _summary_lines(run, quality, tables["router"], tables["cost"], seed)
+    if tables["quality_accept"] is not None:
+        lines += ["## Precision / recall of the labels that feed training (score >= the accept threshold)", "",
+                  df_to_markdown(tables["quality_accept"]), ""]
     if not run.is_oracle:
-        lines += _write_autolabel_exports(out, run, image_paths, accept, review, yolo, tables)
+        lines += _write_autolabel_exports(out, run, image_paths, accept, review, yolo, tables, train_accept)
     atomic_write_text(out / "summary.md", "\n".join(lines))
     return tables
 
@@ -246,10 +259,10 @@ def _summary_lines(run: LabelRun, quality: QualityReport | None, router: pd.Data
 
 
 def _write_autolabel_exports(out: Path, run: LabelRun, image_paths: Mapping[str, str | os.PathLike], accept: float,
-                             review: float, yolo: bool, tables: dict[str, Any]) -> list[str]:
-    """COCO (all labels of non-failed frames), the Label Studio review queue and the YOLO
-    training set of a non-oracle run; adds ``train_frames``/``yolo`` to ``tables`` and
-    returns summary.md's lines about them."""
+                             review: float, yolo: bool, tables: dict[str, Any], train_accept: Accept) -> list[str]:
+    """COCO (all labels of non-failed frames), the Label Studio review queue (by ``accept``) and
+    the YOLO training set (labels >= ``train_accept``) of a non-oracle run; adds
+    ``train_frames``/``yolo`` to ``tables`` and returns summary.md's lines about them."""
     lines: list[str] = []
     ok = run.ok_frames()
     export_coco(ok, image_paths, out / "coco.json", description=f"{run.labeler} auto-labels")
@@ -260,7 +273,7 @@ def _write_autolabel_exports(out: Path, run: LabelRun, image_paths: Mapping[str,
     queue = [{**fr, "labels": [lb for lb in fr["labels"] if float(lb.get("score", 1.0)) >= review]}
              for fr in ok if fr["name"] in need]
     export_label_studio(queue, image_paths, out / "label_studio_review.json", model_version=run.labeler)
-    tables["train_frames"] = accepted_frames(run, accept)
+    tables["train_frames"] = accepted_frames(run, train_accept)
     tables["yolo"] = None
     if yolo and tables["train_frames"]:
         tables["yolo"] = export_yolo_set(tables["train_frames"], image_paths, out / "yolo")
@@ -276,3 +289,52 @@ def _write_autolabel_exports(out: Path, run: LabelRun, image_paths: Mapping[str,
               f"({len(ok) - len(tables['train_frames'])} labelled frames without one left out), "
               f"{sum(len(f['labels']) for f in tables['train_frames'])} accepted labels.", ""]
     return lines
+
+
+GREY = 114  # Ultralytics' letterbox fill: the value the detector already reads as "no image here"
+
+
+def grey_uncertain(frames: Sequence[Mapping[str, Any]], image_paths: Mapping[str, str | os.PathLike],
+                   out_dir: str | os.PathLike, *, accept: Accept, review: float) -> dict[str, str]:
+    """Stop objects the labeler was unsure of from becoming background: on a copy of each frame,
+    fill every label box scored ``review <= score < accept`` (``accept`` per class allowed) with
+    grey, except where it overlaps a box that is accepted (those pixels are training signal).
+
+    ``frames``: the labeller's frames with every label and its score (``LabelRun.ok_frames()``).
+    Writes ``out_dir/<name>`` (JPEG quality 95, 4:4:4) only for frames that have such a box;
+    returns {name: path of the copy}, so a training set uses the copy instead of the original.
+    """
+    from PIL import Image
+
+    from bdd_engine.checkpoint import atomic_path
+
+    out, done = Path(out_dir), {}
+    for fr in frames:
+        labels = fr.get("labels") or []
+        score = lambda lb: float(lb.get("score", 1.0))  # noqa: E731
+        unsure = [lb for lb in labels if review <= score(lb) < accept_of(accept, lb["category"])]
+        if not unsure:
+            continue
+        with Image.open(image_paths[fr["name"]]) as im:
+            arr = np.asarray(im.convert("RGB")).copy()
+        h, w = arr.shape[:2]
+        keep = np.zeros((h, w), bool)
+
+        def region(lb):
+            b = lb["box2d"]
+            x1, y1 = max(int(np.floor(b["x1"])), 0), max(int(np.floor(b["y1"])), 0)
+            y2, x2 = min(int(np.ceil(b["y2"])) + 1, h), min(int(np.ceil(b["x2"])) + 1, w)  # BDD boxes are inclusive
+            return slice(y1, max(y2, y1)), slice(x1, max(x2, x1))
+
+        for lb in labels:
+            if score(lb) >= accept_of(accept, lb["category"]):
+                keep[region(lb)] = True
+        fill = np.zeros((h, w), bool)
+        for lb in unsure:
+            fill[region(lb)] = True
+        arr[fill & ~keep] = GREY
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out / fr["name"]) as tmp:
+            Image.fromarray(arr).save(tmp, format="JPEG", quality=95, subsampling=0)
+        done[fr["name"]] = str(out / fr["name"])
+    return done

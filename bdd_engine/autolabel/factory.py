@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-from bdd_engine.autolabel.base import Labeler
+from bdd_engine.autolabel.base import Labeler, project_path
 from bdd_engine.autolabel.gsam2 import GroundedSam2Labeler
 from bdd_engine.autolabel.oracle import OracleLabeler
 from bdd_engine.autolabel.prompts import DEFAULT_PROMPT
@@ -52,7 +53,7 @@ def make_labeler(
     teacher_weights: str | os.PathLike | None = None,
     teacher_conf: float = 0.35,
     teacher_tta: bool = False,
-    teacher_imgsz: int = 320,
+    teacher_imgsz: int = 480,
     teacher_batch_size: int = 16,
     # -- oracle
     gt_frames: Sequence[Mapping[str, Any]] | None = None,
@@ -137,9 +138,30 @@ def labeler_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return options
 
 
-def get_labeler(cfg: Mapping[str, Any], name: str | None = None, **extra: Any) -> Labeler:
+def teacher_weights(cfg: Mapping[str, Any], start_weights: str | os.PathLike | None) -> str | os.PathLike | None:
+    """The ``teacher`` labeler's weights: the profile's ``label_teacher_weights`` (demo: the shipped
+    SYNTHETIC teacher, a stand-in for a foundation model) or, when that is null, ``start_weights``
+    (the turn's start model: the teacher then misses what the student misses)."""
+    return cfg["label_teacher_weights"] or start_weights
+
+
+def labeler_input_files(cfg: Mapping[str, Any]) -> list[Path]:
+    """Files outside outputs/ the profile's labeler reads (a section records their hashes):
+    the ``label_teacher_weights`` .pt when the labeler is ``teacher`` and that key is set."""
+    if cfg["label_labeler"] == "teacher" and cfg["label_teacher_weights"]:
+        return [project_path(cfg["label_teacher_weights"])]
+    return []
+
+
+def get_labeler(cfg: Mapping[str, Any], name: str | None = None, start_weights: str | os.PathLike | None = None,
+                **extra: Any) -> Labeler:
     """Adapter for the section runner: ``make_labeler(name or cfg["label_labeler"], **labeler_options(cfg), **extra)``.
 
-    ``extra``: :func:`make_labeler` keywords that do not come from the profile
-    (``teacher_weights=``, ``gt_frames=``) or that override it."""
-    return make_labeler(name or cfg["label_labeler"], **{**labeler_options(cfg), **extra})
+    ``start_weights``: the turn's start model, the teacher's weights when ``label_teacher_weights``
+    is null (:func:`teacher_weights`). ``extra``: :func:`make_labeler` keywords that do not come
+    from the profile (``gt_frames=``) or that override it (an explicit ``teacher_weights=`` wins)."""
+    options = labeler_options(cfg)
+    weights = teacher_weights(cfg, start_weights)
+    if weights is not None:
+        options["teacher_weights"] = weights
+    return make_labeler(name or cfg["label_labeler"], **{**options, **extra})

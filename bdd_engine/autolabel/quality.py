@@ -70,6 +70,18 @@ def pr_table(cache: MatchCache, frames: np.ndarray | None = None, t: int = 0) ->
     return pd.DataFrame(rows)
 
 
+def pr_summary(pr: pd.DataFrame) -> dict[str, Any]:
+    """A :func:`pr_table` as plain numbers for a JSON record: overall precision/recall, the
+    classes found at least once (a TP), and {class: {n_gt, precision, recall}} for classes with GT."""
+    o = pr.set_index("class").loc["overall"]
+    per = pr[(pr["class"] != "overall") & (pr["n_gt"] > 0)]
+    nan = lambda x: None if pd.isna(x) else round(float(x), 4)  # noqa: E731
+    return {"precision": nan(o["precision"]), "recall": nan(o["recall"]),
+            "classes_found": int((pr.loc[pr["class"] != "overall", "tp"] > 0).sum()),
+            "per_class": {r["class"]: {"n_gt": int(r["n_gt"]), "precision": nan(r["precision"]), "recall": nan(r["recall"])}
+                          for _, r in per.iterrows()}}
+
+
 @dataclass
 class QualityReport:
     """Auto-label quality vs GT (see :func:`label_quality`)."""

@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from bdd_engine.autolabel.base import LabelRun
-from bdd_engine.autolabel.quality import QualityReport
+from bdd_engine.autolabel.quality import QualityReport, label_quality
+from bdd_engine.autolabel.thresholds import Accept, accept_of
 
 
 BUCKETS = ("accept", "review", "discard")
@@ -85,8 +86,9 @@ def frames_for_humans(run: LabelRun, accept: float, review: float) -> list[str]:
     return need
 
 
-def accepted_frames(run: LabelRun, accept: float, keep_empty: bool = False) -> list[dict[str, Any]]:
-    """The auto-labelled training set: labels with score >= ``accept`` on frames that did not fail.
+def accepted_frames(run: LabelRun, accept: Accept, keep_empty: bool = False) -> list[dict[str, Any]]:
+    """The auto-labelled training set: labels with score >= ``accept`` on frames that did not fail
+    (``accept``: one threshold, or ``{class: threshold}``, :func:`thresholds.accept_of`).
 
     Frames left with no accepted label are dropped unless ``keep_empty``: as YOLO
     background images they would teach the detector that a street full of objects the
@@ -95,9 +97,17 @@ def accepted_frames(run: LabelRun, accept: float, keep_empty: bool = False) -> l
     """
     if run.is_oracle:
         raise ValueError("an oracle run is ground truth, not auto-labels; export it as the oracle control")
-    out = [{**fr, "labels": [lb for lb in fr["labels"] if float(lb.get("score", 1.0)) >= accept]}
+    out = [{**fr, "labels": [lb for lb in fr["labels"] if float(lb.get("score", 1.0)) >= accept_of(accept, lb["category"])]}
            for fr in run.ok_frames()]
     return out if keep_empty else [fr for fr in out if fr["labels"]]
+
+
+def quality_at_accept(run: LabelRun, gt_frames: Sequence[Mapping[str, Any]], accept: Accept) -> pd.DataFrame:
+    """Precision/recall per class (+ overall) of the labels that FEED TRAINING (score >= ``accept``)
+    against ``gt_frames``: :func:`quality.pr_table` columns. Every GT frame counts, also those
+    left with no accepted label or failed (their GT boxes are misses), so recall is the share
+    of real objects the training set holds as boxes; the rest become background."""
+    return label_quality(accepted_frames(run, accept, keep_empty=True), gt_frames, spot_check=0).all_frames
 
 
 def cost_table(run: LabelRun, accept: float, review: float, usd_per_frame: tuple[float, float] = (0.5, 10.0),

@@ -31,7 +31,7 @@ class TeacherLabeler(Labeler):
 
     name = "teacher"
 
-    def __init__(self, weights: str | os.PathLike, conf: float = 0.35, tta: bool = False, imgsz: int = 320,
+    def __init__(self, weights: str | os.PathLike, conf: float = 0.35, tta: bool = False, imgsz: int = 480,
                  batch_size: int = 16, device: str = "auto"):
         self.weights = project_path(weights)
         if not self.weights.exists():
