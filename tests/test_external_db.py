@@ -70,7 +70,8 @@ def test_explorer_and_app_use_a_separate_mongod(server, world, tmp_path):  # noq
     ds = explorer.build_dataset(cfg, ft, frames, pools=pools, name="t-external", overwrite=True)
     assert len(ds) == len(ft)
     # nothing embedded was started or created: no private folder, no mongod of ours
-    assert not explorer.db_dir_for(cfg).exists() and explorer.DATABASE.service is None
+    assert explorer.DATABASE.service is None and explorer.mongod_pids(explorer.db_dir_for(cfg)) == []
+    assert not (tmp_path / "out" / ".fiftyone").exists()
     # the samples are in the user's server (its own data folder), read back by a plain client
     with pymongo.MongoClient(uri) as c:
         doc = c["fiftyone"]["datasets"].find_one({"name": "t-external"})
@@ -106,7 +107,8 @@ def test_a_server_that_is_down_is_one_line_naming_the_uri(tmp_path):
     msg = str(err.value)
     assert "\n" not in msg and uri in msg and "does not answer" in msg, msg
     assert "fiftyone_database_uri: null" in msg and time.time() - t0 < 30
-    assert explorer.DATABASE.uri is None and not explorer.db_dir_for(_cfg(tmp_path, uri)).exists()
+    assert explorer.DATABASE.uri is None and explorer.DATABASE.service is None
+    assert explorer.mongod_pids(explorer.db_dir_for(_cfg(tmp_path, uri))) == []
     # the App command: one error line, no traceback
     r = subprocess.run([sys.executable, "-m", "bdd_engine", "app", "--profile", "tiny", "--set",
                         f"fiftyone_database_uri={uri}", "--set", f"outputs_dir={tmp_path / 'out'}"],
