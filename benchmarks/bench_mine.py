@@ -336,10 +336,11 @@ def main(argv: list[str] | None = None) -> int:
         results[f"ondisk_{n}x{args.dim}"] = ondisk_case(n, args, tmp)
     if args.ondisk:
         big = max(args.ondisk)
-        results["_meta"]["note"] = (f"an exact flat index at {big:,} x {args.dim} float32 needs "
-                                    f"{big * args.dim * 4 / 1e9:.1f} GB of RAM; this machine has "
-                                    f"{_mem_total_bytes() / 1e9:.1f} GB: more than it has" if big * args.dim * 4 > _mem_total_bytes()
-                                    else f"an exact flat index at {big:,} x {args.dim} float32 needs {big * args.dim * 4 / 1e9:.1f} GB of RAM")
+        flat, mem = big * args.dim * 4, _mem_total_bytes()
+        results["_meta"]["note"] = (
+            f"an exact flat index at {big:,} x {args.dim} float32 is {flat / 1e9:.1f} GB, built from the same vectors "
+            f"in RAM ({2 * flat / 1e9:.1f} GB together); this machine has {mem / 1e9:.1f} GB"
+            + (": more than it has" if 2 * flat > mem else ""))
     results["_meta"]["load_avg_end"] = round(os.getloadavg()[0], 2)
     print("RESULT " + json.dumps(results, sort_keys=True))
     return 0
