@@ -29,9 +29,10 @@ Model embedders never touch a hub: missing weights raise ``weights.MissingWeight
 naming ``./setup.sh --weights``.
 
 :func:`embed_frames` streams images from disk through a ``torch`` DataLoader (decode +
-preprocessing in worker processes), writes L2-normalised float32 rows into a
-memory-mapped ``.npy`` (row i ↔ ``names[i]``), caches by (embedder name + params,
-weights hash, frame-set hash) and resumes an interrupted run from its last flushed
+preprocessing in worker processes), writes L2-normalised rows batch by batch into a
+memory-mapped ``.npy`` (row i ↔ ``names[i]``; float32, or float16 for pools too large for
+RAM: 10M x 512 is 10 GB on disk, never loaded whole), caches by (embedder name + params,
+weights hash, frame-set hash, dtype) and resumes an interrupted run from its last flushed
 row.
 """
 
@@ -57,6 +58,7 @@ from bdd_engine.train import torch_device
 from bdd_engine.weights import MissingWeightsError
 
 EMBEDDERS = ("gradhist", "clip", "dinov2")
+DTYPES = ("float32", "float16")  # the embedding file's row type (profile key embed_dtype)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -318,16 +320,17 @@ def frameset_hash(names: Sequence[str], image_paths: Sequence[str | os.PathLike]
     return h.hexdigest()
 
 
-def cache_key(embedder: Embedder, fset_hash: str) -> str:
-    """Folder name of a cache entry: ``<name>-<weights hash 12>-<frame-set hash 12>``."""
+def cache_key(embedder: Embedder, fset_hash: str, dtype: str = "float32") -> str:
+    """Folder name of a cache entry: ``<name>-<weights hash 12>-<frame-set hash 12>``, plus
+    ``-float16`` for a float16 file (float32 entries keep their name)."""
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", embedder.name)
-    return f"{safe}-{embedder.weights_hash[:12]}-{fset_hash[:12]}"
+    return f"{safe}-{embedder.weights_hash[:12]}-{fset_hash[:12]}" + ("" if dtype == "float32" else f"-{dtype}")
 
 
 def embed_frames(embedder: Embedder, image_paths: Sequence[str | os.PathLike], names: Sequence[str],
                  cache_dir: str | os.PathLike, *, batch_size: int, workers: int, flush_every: int = 8,
-                 progress: bool = True) -> tuple[np.memmap, list[str]]:
-    """Embed every image; return ((N, D) read-only memmap of L2-normalised float32, names).
+                 progress: bool = True, dtype: str = "float32") -> tuple[np.memmap, list[str]]:
+    """Embed every image; return ((N, D) read-only memmap of L2-normalised rows, names).
 
     ``image_paths``/``names``: one per frame (names unique); ``batch_size``: images per
     forward pass; ``workers``: DataLoader worker processes (0 = decode in this process).
@@ -339,7 +342,9 @@ def embed_frames(embedder: Embedder, image_paths: Sequence[str | os.PathLike], n
     resumes from there with the batch size recorded then, so the result is
     bit-identical to an uninterrupted run. The final rename is atomic.
     Unreadable or missing images get an all-zero row, are listed in ``meta.json``
-    ("unreadable") and warned about; consumers skip zero rows.
+    ("unreadable") and warned about; consumers skip zero rows. ``dtype`` (:data:`DTYPES`): the
+    file's row type; rows are computed in float32 and stored as ``dtype`` batch by batch, so
+    at most one batch is in RAM (float16: half the disk, cosines within ~1e-3).
     """
     names = [str(n) for n in names]
     paths = [str(p) for p in image_paths]
@@ -349,14 +354,16 @@ def embed_frames(embedder: Embedder, image_paths: Sequence[str | os.PathLike], n
         raise ValueError("embed_frames: frame names must be unique (they index the rows)")
     if not names:
         raise ValueError("embed_frames: no frames to embed")
-    entry = Path(cache_dir) / cache_key(embedder, frameset_hash(names, paths))
+    if dtype not in DTYPES:
+        raise ValueError(f"embed_dtype {dtype!r} is not one of {DTYPES}")
+    entry = Path(cache_dir) / cache_key(embedder, frameset_hash(names, paths), dtype)
     final, partial, prog = entry / "embeddings.npy", entry / "embeddings.npy.partial", entry / "progress.json"
     if final.exists() and (entry / "names.json").exists():
         return _open_entry(entry)
     entry.mkdir(parents=True, exist_ok=True)
 
     n, d = len(names), int(embedder.dim)
-    arr, start, batch_size, unreadable = _open_partial(partial, prog, n, d, batch_size)
+    arr, start, batch_size, unreadable = _open_partial(partial, prog, n, d, batch_size, dtype)
     if start < n:
         _fill(arr, embedder, paths, names, start, unreadable, prog, batch_size=batch_size, workers=workers,
               flush_every=flush_every, progress=progress)
@@ -368,21 +375,22 @@ def embed_frames(embedder: Embedder, image_paths: Sequence[str | os.PathLike], n
     atomic_write_json(entry / "names.json", names, indent=None)
     atomic_write_json(entry / "meta.json", {
         "embedder": embedder.name, "dim": d, "n": n, "weights_hash": embedder.weights_hash,
-        "batch_size": batch_size, "unreadable": unreadable, "l2_normalised": True, "dtype": "float32",
+        "batch_size": batch_size, "unreadable": unreadable, "l2_normalised": True, "dtype": dtype,
     })
     os.replace(partial, final)  # atomic: embeddings.npy exists only when complete
     prog.unlink(missing_ok=True)
     return _open_entry(entry)
 
 
-def _open_partial(partial: Path, prog: Path, n: int, d: int, batch_size: int) -> tuple[np.memmap, int, int, list[str]]:
+def _open_partial(partial: Path, prog: Path, n: int, d: int, batch_size: int,
+                  dtype: str = "float32") -> tuple[np.memmap, int, int, list[str]]:
     """(writable (n, d) memmap, first row to compute, batch size, unreadable names so far):
     a matching interrupted run resumes with the batch size it recorded, else a new file starts."""
     state = _read_progress(prog)
     if partial.exists() and state and state.get("shape") == [n, d]:
         arr = np.lib.format.open_memmap(partial, mode="r+")
         return arr, int(state["rows_done"]), int(state["batch_size"]), list(state.get("unreadable", []))
-    arr = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(n, d))
+    arr = np.lib.format.open_memmap(partial, mode="w+", dtype=np.dtype(dtype), shape=(n, d))
     _write_progress(prog, arr, 0, batch_size, [], n, d)
     return arr, 0, batch_size, []
 
@@ -404,7 +412,7 @@ def _fill(arr: np.memmap, embedder: Embedder, paths: list[str], names: list[str]
             emb[~ok] = 0.0
             if emb.shape != (len(rows), d):
                 raise RuntimeError(f"embedder {embedder.name} returned {emb.shape}, expected ({len(rows)}, {d})")
-            arr[rows[0]: rows[-1] + 1] = emb
+            arr[rows[0]: rows[-1] + 1] = emb  # cast to the file's dtype on the way
             unreadable += [names[r] for r in rows[~ok]]
             done = int(rows[-1]) + 1
             bar.update(len(rows))

@@ -178,7 +178,7 @@ def _embeddings(cfg: Config, frames: pd.DataFrame) -> tuple[Any, list[str], Any]
     emb_model = _embedder(cfg)
     arr, names = embed.embed_frames(emb_model, list(frames["image_path"]), list(frames["name"]),
                                     cfg.out / ".cache" / "embeddings", batch_size=int(cfg.embed_batch),
-                                    workers=int(cfg.workers))
+                                    workers=int(cfg.workers), dtype=str(cfg.embed_dtype))
     return arr, names, emb_model
 
 
@@ -402,7 +402,7 @@ def s6_mine(cfg: Config, turn: int = 1) -> Result:
                         strategy=str(cfg.mine_strategy), by=list(cfg.eval_by), fail_ap=float(cfg.mine_fail_ap),
                         fail_recall=float(cfg.mine_fail_recall), hybrid_targeted=float(cfg.mine_hybrid_targeted),
                         ivf_above=int(cfg.mine_ivf_above), ivf_recall=float(cfg.mine_ivf_recall),
-                        min_frames=int(cfg.eval_min_frames), seed=int(cfg.seed), synthetic=bool(cfg.synthetic),
+                        ivfpq_above=int(cfg.mine_ivfpq_above), min_frames=int(cfg.eval_min_frames), seed=int(cfg.seed), synthetic=bool(cfg.synthetic),
                         max_per_drive=int(cfg.mine_max_per_drive), min_distance=float(cfg.mine_min_distance),
                         preds_pool=preds_pool, worst_slice=worst)
         extra = ["attr_source", *[f"{a}_conf" for a in cfg.eval_by], "origin"]

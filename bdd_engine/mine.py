@@ -14,7 +14,9 @@ by the §6 runner):
    per-frame uncertainty (1 − max box score);
 3. the search index: FAISS ``IndexFlatIP`` (exact) up to ``ivf_above`` pool frames,
    ``IndexIVFFlat`` above, with ``nprobe`` raised until recall@K against exact search
-   on calibration queries reaches ``ivf_recall``;
+   on calibration queries reaches ``ivf_recall``; above ``ivfpq_above`` (pools too large
+   for RAM) ``IndexIVFPQ`` trained on a sample and filled in chunks from the embedding file,
+   its candidates re-ranked exactly from the file (:func:`build_ondisk_index`);
 4. near-duplicate control (:func:`diversify`), walking the strategy's ranking: a frame is
    skipped when its drive group (``bdd.group_of``: first hex block of the video) already
    has ``max_per_drive`` mined frames (``capped``), or when its cosine distance to a frame
@@ -24,14 +26,15 @@ by the §6 runner):
 5. mining precision: the share of mined frames whose slice attributes match the worst
    slice (all of them, and each one alone), next to that value's base rate in the pool.
 
-Embeddings are cosine-ready: (N, D) float32 rows with unit L2 norm (``embed.embed_frames``);
-all-zero rows (unreadable images) are excluded and counted.
+Embeddings are cosine-ready: (N, D) rows with unit L2 norm (``embed.embed_frames``'s memmap,
+float32 or float16; read as float32); all-zero rows (unreadable images) are excluded and counted.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -146,6 +149,177 @@ def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
         e = set(int(i) for i in e if i >= 0)
         tot += len(e & set(int(i) for i in f if i >= 0)) / max(1, len(e))
     return tot / max(1, len(np.atleast_2d(exact)))
+
+
+# ----------------------------------------------------------------------------- on-disk index (large pools)
+class RowView:
+    """Rows ``rows`` of an (N, D) embedding matrix, read on demand as float32 C arrays.
+
+    ``emb``: an in-RAM array or a ``np.memmap`` (``embed.embed_frames``'s file, float32 or
+    float16). Rows of a memmap are read from its file with ``pread`` (runs of consecutive rows
+    in one call), not through the mapping: a page fault maps the kernel's read-around window
+    into the process, and those pages count in its RSS (the first 10M-row run, reading through
+    a mapping, peaked at 9.5 GB), whereas a read fills only the buffer asked for. A 10M-row
+    file is thus scanned chunk by chunk, never held whole. ``view[i]`` (one row, (D,)),
+    ``view[a:b]`` and ``view[ids]`` ((m, D)); ids are positions in ``rows``.
+    """
+
+    def __init__(self, emb: np.ndarray, rows: np.ndarray):
+        self.emb, self.rows = emb, np.asarray(rows, np.int64)
+        self.shape = (len(self.rows), int(emb.shape[1]))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, i: Any) -> np.ndarray:
+        if isinstance(i, (int, np.integer)):
+            return self._read(self.rows[[int(i)]])[0]
+        return self._read(self.rows[i])
+
+    def _read(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.atleast_1d(np.asarray(rows, np.int64))
+        if not isinstance(self.emb, np.memmap) or not getattr(self.emb, "filename", None):
+            return np.ascontiguousarray(self.emb[rows], dtype=np.float32)
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(self.emb)):
+            raise IndexError(f"rows outside 0..{len(self.emb) - 1} of {self.emb.filename}")
+        order = np.argsort(rows, kind="stable")  # ascending reads, then back to the asked order
+        srt = rows[order]
+        buf = np.empty((len(rows), self.shape[1]), self.emb.dtype)
+        row_bytes = buf.itemsize * self.shape[1]
+        starts = np.flatnonzero(np.diff(srt, prepend=-2) != 1)  # first position of each run
+        ends = np.append(starts[1:], len(srt))
+        with open(self.emb.filename, "rb", buffering=0) as fh:
+            for a, b in zip(starts.tolist(), ends.tolist()):
+                _read_exact(fh, memoryview(buf[a:b]).cast("B"), int(self.emb.offset) + int(srt[a]) * row_bytes)
+        out = np.empty((len(rows), self.shape[1]), np.float32)
+        out[order] = buf
+        return out
+
+
+def _read_exact(fh: Any, view: memoryview, offset: int) -> None:
+    """Fill ``view`` from the file at ``offset`` (pread may return fewer bytes than asked)."""
+    done = 0
+    while done < len(view):
+        got = os.preadv(fh.fileno(), [view[done:]], offset + done)
+        if got <= 0:
+            raise EOFError(f"{fh.name}: file ended at byte {offset + done} (truncated embedding file?)")
+        done += got
+
+
+def exact_topk(x: Any, queries: np.ndarray, k: int, *, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` inner products of ``queries`` (Q, D) against ``x`` (array or :class:`RowView`),
+    read ``chunk`` rows at a time: (scores (Q, k) float32, ids (Q, k) int64), best first, ties →
+    lower id; at most ``chunk`` rows of ``x`` are in RAM at once."""
+    q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+    n = len(x)
+    k = int(min(k, n))
+    best_s = np.zeros((len(q), 0), np.float32)
+    best_i = np.zeros((len(q), 0), np.int64)
+    for a in range(0, n, chunk):
+        xc = np.asarray(x[a: a + chunk], np.float32)
+        s = np.concatenate([best_s, q @ xc.T], axis=1)
+        ids = np.concatenate([best_i, np.broadcast_to(np.arange(a, a + len(xc)), (len(q), len(xc)))], axis=1)
+        best_s, best_i = _top_sorted(s, ids, k)
+    return best_s, best_i
+
+
+def _top_sorted(s: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the ``k`` best scores, best first; equal scores → lower id (deterministic)."""
+    if s.shape[1] > k:  # cut to k first (cheap), then order those k
+        part = np.argpartition(-s, k - 1, axis=1)[:, :k]
+        s, ids = np.take_along_axis(s, part, 1), np.take_along_axis(ids, part, 1)
+    order = np.lexsort((ids, -s), axis=-1)
+    return np.take_along_axis(s, order, 1), np.take_along_axis(ids, order, 1)
+
+
+@dataclass
+class OnDiskIndex(SearchIndex):
+    """IVF-PQ candidates, re-ranked exactly from the embedding file.
+
+    ``index``: a FAISS ``IndexIVFPQ`` over the rows of ``view`` (ids = positions in the
+    view); a search fetches ``info["rerank"]`` candidates per query from the compressed
+    codes, reads those rows from ``view`` and returns the exact top-k among them.
+    """
+
+    view: Any = None
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        n = self.info["n"]
+        k = int(min(k, n))
+        _, cand = self.index.search(q, int(min(n, max(k, self.info["rerank"]))))
+        out_s = np.full((len(q), k), -np.inf, np.float32)
+        out_i = np.full((len(q), k), -1, np.int64)
+        for j in range(len(q)):
+            c = np.unique(cand[j][cand[j] >= 0])  # ascending rows: sequential reads
+            s, i = _top_sorted((self.view[c] @ q[j])[None, :], c[None, :], k)
+            out_s[j, : s.shape[1]], out_i[j, : i.shape[1]] = s[0], i[0]
+        return out_s, out_i
+
+
+def build_ondisk_index(emb: np.ndarray, rows: np.ndarray, *, seed: int, k: int, target_recall: float,
+                       calib_queries: np.ndarray | None = None, nlist: int | None = None, pq_m: int | None = None,
+                       rerank: int | None = None, train_per_list: int = 64, niter: int = 10,
+                       chunk: int = 65536, max_rerank_per_k: int = 64, calib_margin: float = 0.03) -> OnDiskIndex:
+    """FAISS ``IndexIVFPQ`` (inner product) over ``emb[rows]``, never holding those rows in RAM.
+
+    ``emb``: (N, D) unit rows, usually ``embed.embed_frames``'s memmap (float32 or float16);
+    ``rows``: the rows to index (sorted ascending; search ids are positions in ``rows``).
+    Trained (coarse k-means with ``niter`` iterations, then PQ, both seeded by ``seed``) on
+    max(``train_per_list``·nlist, 10,000) sampled rows; then filled ``chunk`` rows at a time
+    from the file. ``nlist`` defaults to a power of two near sqrt(N)/4 (>= 16; fewer lists
+    than :func:`build_index`'s IVF: assigning every row to a list is the costly part);
+    ``pq_m`` sub-quantizers of 8 bits (``pq_m`` bytes per row; default D/4, i.e. 4 dimensions
+    per sub-quantizer: 128 bytes for D 512, 1.3 GB at 10M rows; D must be divisible by it). A search
+    takes ``rerank`` (default max(10·k, 1000)) PQ candidates and re-ranks them exactly from
+    the file (:class:`OnDiskIndex`). Calibration against exact chunked search
+    (:func:`exact_topk`) on ``calib_queries`` (made up to 20 with sampled indexed rows):
+    ``nprobe`` doubles while recall@k after re-ranking is below ``target_recall`` +
+    ``calib_margin`` (the spread between query samples: at 10M rows, 0.962 on 100 calibration
+    queries gave 0.938 on 100 held-out ones, bench_mine) and still rising; once more
+    lists no longer help (the PQ codes' error is the limit), ``rerank`` doubles instead, up to
+    ``max_rerank_per_k``·k; ``info`` records both and the recall reached.
+    """
+    import faiss
+
+    view = RowView(emb, rows)
+    n, d = view.shape
+    pq_m = int(pq_m or max(1, d // 4))
+    if d % pq_m:
+        raise ValueError(f"build_ondisk_index: dimension {d} is not divisible by pq_m {pq_m}")
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    nlist = int(nlist or max(16, 2 ** round(math.log2(max(16.0, math.sqrt(n) / 4)))))
+    rerank = int(rerank or max(10 * int(k), 1000))
+    quantizer = faiss.IndexFlatIP(d)
+    index = faiss.IndexIVFPQ(quantizer, d, nlist, int(pq_m), 8, faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed, index.cp.niter, index.cp.max_points_per_centroid = int(seed), int(niter), int(train_per_list)
+    index.pq.cp.seed, index.pq.cp.niter = int(seed), int(niter)
+    n_train = min(n, max(nlist * int(train_per_list), 10_000))
+    index.train(view[np.sort(rng.choice(n, size=n_train, replace=False))])
+    t_train = time.perf_counter() - t0
+    n_chunks = 0
+    for a in range(0, n, int(chunk)):
+        index.add(view[a: a + int(chunk)])  # ids: positions a, a+1, ... in rows
+        n_chunks += 1
+    t_add = time.perf_counter() - t0 - t_train
+    out = OnDiskIndex(index, {"kind": "ivfpq", "n": n, "dim": d, "nlist": nlist, "pq_m": int(pq_m),
+                              "rerank": rerank, "train_rows": n_train, "add_chunk": int(chunk),
+                              "add_chunks": n_chunks, "code_bytes": int(n * index.code_size)},
+                      keep=quantizer, view=view)
+    # calibration queries: the given ones (not in the index, like real queries); indexed rows
+    # only to make up 20 (they find themselves at rank 1, which flatters recall)
+    given = np.zeros((0, d), np.float32) if calib_queries is None else np.asarray(calib_queries, np.float32)
+    n_rows = min(n, max(0, 20 - len(given)))
+    calib = np.vstack([given, view[np.sort(rng.choice(n, size=n_rows, replace=False))]])
+    kk = int(min(k, n))
+    _, exact = exact_topk(view, calib, kk, chunk=int(chunk))
+    aim = min(0.999, float(target_recall) + float(calib_margin))
+    nprobe, rec = _calibrate_ondisk(out, calib, exact, kk, aim, max_rerank=int(max_rerank_per_k) * kk)
+    out.info.update({"nprobe": nprobe, "calib_recall": rec, "calib_queries": int(len(calib)), "calib_aim": aim,
+                     "target_recall": target_recall, "train_s": t_train, "add_s": t_add,
+                     "build_s": time.perf_counter() - t0})
+    return out
 
 
 # ----------------------------------------------------------------------------- selection
@@ -382,7 +556,7 @@ def mine(per_frame_eval_df: pd.DataFrame, eval_frames_df: pd.DataFrame, pool_fra
          emb: np.ndarray, emb_names: Sequence[str], *, k: int, strategy: str, by: Sequence[str], fail_ap: float,
          fail_recall: float, hybrid_targeted: float, ivf_above: int, ivf_recall: float, min_frames: int, seed: int,
          synthetic: bool, max_per_drive: int, min_distance: float, preds_pool: Any = None,
-         worst_slice: str | None = None) -> MineResult:
+         worst_slice: str | None = None, ivfpq_above: int | None = None) -> MineResult:
     """Mine ``k`` pool frames for the worst slice (see module docstring).
 
     Inputs: ``per_frame_eval_df`` (name, ap50, recall50, …; the evaluation contract),
@@ -397,6 +571,9 @@ def mine(per_frame_eval_df: pd.DataFrame, eval_frames_df: pd.DataFrame, pool_fra
     recall@0.5 < ``fail_recall`` (:func:`failure_frames`); ``hybrid_targeted``: share of
     ``k`` (0..1) taken from the failure frames' k-NN by ``hybrid``; the index is exact up to
     ``ivf_above`` pool frames, IVF above with recall@k >= ``ivf_recall`` (:func:`build_index`);
+    above ``ivfpq_above`` pool frames (None = never) the pool rows stay in ``emb``'s file (pass
+    the ``embed.embed_frames`` memmap) and the index is IVF-PQ filled from it in chunks, its
+    candidates re-ranked exactly from the file (:func:`build_ondisk_index`, same ``ivf_recall``);
     near-duplicate control (:func:`diversify`): at most ``max_per_drive`` frames per drive
     group (0 = no cap; the group is the pool table's ``group`` column, else derived from the
     name) and no two mined frames closer than cosine distance ``min_distance`` (0 = off);
@@ -412,12 +589,17 @@ def mine(per_frame_eval_df: pd.DataFrame, eval_frames_df: pd.DataFrame, pool_fra
     fail_names, rule = failure_frames(per_frame_eval_df, eval_frames_df, worst_slice,
                                       fail_ap=float(fail_ap), fail_recall=float(fail_recall))
     counts: dict[str, int] = {}
-    pool, xb, xf = _embedded(fail_names, pool_frames_df, emb, emb_names, counts)
+    on_disk = ivfpq_above is not None and pool_frames_df["name"].nunique() > int(ivfpq_above)
+    pool, xb, xf = (_embedded_ondisk if on_disk else _embedded)(fail_names, pool_frames_df, emb, emb_names, counts)
     k = min(int(k), len(pool))
 
     unc = uncertainty_scores(preds_pool, pool["name"]) if preds_pool is not None else None
-    index = build_index(xb, ivf_above=int(ivf_above), seed=seed, k=k, target_recall=float(ivf_recall),
-                        calib_queries=xf[:50])
+    if on_disk:
+        index = build_ondisk_index(emb, xb.rows, seed=seed, k=k, target_recall=float(ivf_recall),
+                                   calib_queries=xf[:50])
+    else:
+        index = build_index(xb, ivf_above=int(ivf_above), seed=seed, k=k, target_recall=float(ivf_recall),
+                            calib_queries=xf[:50])
     opts = {"k": k, "hybrid_targeted": float(hybrid_targeted), "seed": seed}
     base_ids, _, _ = _select(strategy, index, xb, xf, unc, **opts)
     groups = _groups(pool)
@@ -524,6 +706,57 @@ def _embedded(fail_names: Sequence[str], pool_frames_df: pd.DataFrame, emb: np.n
     xb = np.ascontiguousarray(emb[pool_rows], dtype=np.float32)
     xf = np.ascontiguousarray(emb[fail_rows], dtype=np.float32)
     return pool, xb, xf
+
+
+def _embedded_ondisk(fail_names: Sequence[str], pool_frames_df: pd.DataFrame, emb: np.ndarray,
+                     emb_names: Sequence[str], counts: dict[str, int], chunk: int = 65536
+                     ) -> tuple[pd.DataFrame, RowView, np.ndarray]:
+    """:func:`_embedded` for pools above ``ivfpq_above``: the pool rows stay in the file (a
+    :class:`RowView`, row i ↔ pool row i); all-zero rows are found reading ``chunk`` rows at a time."""
+    row_of = {n: i for i, n in enumerate(emb_names)}
+    fail_rows = _rows(fail_names, row_of, emb, counts, "failure")
+    if not len(fail_rows):
+        raise ValueError(f"none of the {len(fail_names)} failure frames has a (non-zero) embedding")
+    pool = pool_frames_df.drop_duplicates("name").reset_index(drop=True)
+    rows = pool["name"].map(row_of)
+    has = rows.notna().to_numpy()
+    cand = RowView(emb, rows[has].to_numpy(np.int64))
+    nonzero = np.zeros(len(cand), bool)
+    for a in range(0, len(cand), chunk):
+        nonzero[a: a + chunk] = np.any(cand[a: a + chunk] != 0, axis=1)
+    if (~has).any():
+        counts["pool_without_embedding"] = int((~has).sum())
+    if (~nonzero).any():
+        counts["pool_unreadable_image"] = int((~nonzero).sum())
+    keep = has.copy()
+    keep[np.flatnonzero(has)] = nonzero
+    pool = pool[keep].reset_index(drop=True)
+    if len(pool) == 0:
+        raise ValueError("mining pool is empty (or has no embedded frames)")
+    return pool, RowView(emb, cand.rows[nonzero]), np.ascontiguousarray(emb[fail_rows], dtype=np.float32)
+
+
+def _calibrate_ondisk(index: OnDiskIndex, calib: np.ndarray, exact: np.ndarray, k: int, target: float, *,
+                      max_rerank: int, min_gain: float = 0.005) -> tuple[int, float]:
+    """Raise ``nprobe`` (x2) while it helps, then ``info["rerank"]`` (x2), until recall@k >= ``target``."""
+    nlist = index.info["nlist"]
+
+    def recall_now() -> float:
+        return recall_at_k(index.search(calib, k)[1], exact)
+
+    nprobe, prev = 1, -1.0
+    index.index.nprobe = nprobe
+    rec = recall_now()
+    while rec < target:
+        if nprobe < nlist and rec - prev >= min_gain:
+            nprobe = min(nlist, nprobe * 2)
+            index.index.nprobe = nprobe
+        elif index.info["rerank"] < min(max_rerank, index.info["n"]):
+            index.info["rerank"] = min(max_rerank, 2 * index.info["rerank"])
+        else:
+            break
+        prev, rec = rec, recall_now()
+    return nprobe, rec
 
 
 def _select(strategy: str, index: SearchIndex, xb: np.ndarray, xf: np.ndarray, unc: pd.DataFrame | None, *,

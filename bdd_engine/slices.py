@@ -26,9 +26,15 @@ class LeakageError(AssertionError):
 
 
 def key(df: pd.DataFrame, attrs: Sequence[str] = SLICE_ATTRS) -> pd.Series:
-    """Vectorised slice key for a frame table; NaN where any attribute is missing."""
+    """Vectorised slice key for a frame table; NaN where any attribute is missing.
+
+    Column-wise string concatenation (a row-wise ``agg`` took 32 s per 100K frames: hours
+    for a 10M-frame mining pool); the keys are the same strings."""
     parts = df[list(attrs)]
-    out = parts.fillna("").astype(str).agg(SLICE_SEP.join, axis=1)  # NaN rows are masked below
+    cols = [parts[a].fillna("").astype(str) for a in attrs]  # NaN rows are masked below
+    out = cols[0]
+    for c in cols[1:]:
+        out = out + SLICE_SEP + c
     return out.where(parts.notna().all(axis=1))
 
 

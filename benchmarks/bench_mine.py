@@ -24,8 +24,23 @@ to normalise) — speed ratios vs exact FAISS and vs sklearn, and recall@100 vs 
 truth. The last line is ``RESULT {json}``. Other processes on the same cores slow every
 method (FAISS's OpenMP regions most), so the load average is printed and recorded.
 
+On-disk path (``--n N [N ...]``, the pools mining cannot hold in RAM): N x D unit vectors
+from the same mixture are written in chunks to a float16 ``.npy`` (as ``embed.embed_frames``
+writes with ``embed_dtype: float16``); a worker process opens it as a memmap and runs
+``mine.build_ondisk_index`` (IVF-PQ trained on a sample, filled in chunks from the file,
+PQ candidates re-ranked exactly from the file). Reported: train / add / build seconds, query
+seconds (1 and 100 queries), the worker's whole peak RSS (``VmHWM``, MB, not an increment),
+bytes on disk (the vectors file) and in RAM (PQ codes), and recall@100 against exact
+search done in chunks from the same file (``mine.exact_topk``) on held-out queries. An exact
+flat index at 10M x 512 float32 would need 20.5 GB of RAM (the RESULT says so next to this
+machine's memory).
+
+FAISS threads follow ``OMP_NUM_THREADS`` (default: all cores).
+
 Run: ``.venv/bin/python benchmarks/bench_mine.py`` (about 5 min, ~9 GB RAM peak, 2 GB
-temporary disk at 1M) or ``--sizes 20000`` for a quick look.
+temporary disk at 1M) or ``--sizes 20000`` for a quick look; the scale run of docs/SCALE.md:
+``OMP_NUM_THREADS=1 nice -n 19 .venv/bin/python benchmarks/bench_mine.py --sizes 1000000
+--methods faiss_flat faiss_ivf --n 1000000 10000000`` (10.2 GB temporary disk at 10M).
 """
 
 from __future__ import annotations
@@ -45,6 +60,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 METHODS = ("faiss_flat", "faiss_ivf", "sklearn", "numpy")
+ONDISK_DTYPE = np.float16  # the large-pool embedding file (embed_dtype: float16)
 
 
 # ----------------------------------------------------------------------------- data
@@ -155,12 +171,89 @@ def run_method(method: str, xb: np.ndarray, q: np.ndarray, calib: np.ndarray, k:
 def _worker(args: argparse.Namespace) -> None:
     import faiss
 
-    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    faiss.omp_set_num_threads(_threads())
+    if args.method == "ivfpq_ondisk":
+        Path(args.out).write_text(json.dumps(run_ondisk(args)))
+        return
     xb = np.load(args.data)  # fully in RAM, as a pipeline holding its embeddings would
     q = np.load(args.queries)[: args.nq]
     calib = np.load(args.calib)
     res = run_method(args.method, xb, q, calib, args.k, args.repeats, args.seed)
     Path(args.out).write_text(json.dumps(res))
+
+
+def _threads() -> int:
+    return int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+
+
+def run_ondisk(args: argparse.Namespace) -> dict:
+    """Worker: build the on-disk index from the memmapped file, query it; whole-process peak RSS."""
+    from bdd_engine import mine as M
+
+    x = np.load(args.data, mmap_mode="r")
+    q, calib = np.load(args.queries), np.load(args.calib)
+    t0 = time.perf_counter()
+    index = M.build_ondisk_index(x, np.arange(len(x)), seed=args.seed, k=args.k, target_recall=0.95,
+                                 calib_queries=calib)
+    build_s = time.perf_counter() - t0
+    res = {"build_s": build_s, **{k: index.info[k] for k in ("train_s", "add_s", "nlist", "nprobe", "pq_m", "rerank",
+                                                              "calib_recall", "code_bytes", "add_chunk", "add_chunks")}}
+    for nq in (1, len(q)):
+        times, ids = [], None
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            ids = index.search(q[:nq], args.k)[1]
+            times.append(time.perf_counter() - t)
+        res[f"query_s_q{nq}"] = float(np.median(times))
+    res["ids"] = np.asarray(ids).tolist()
+    res["peak_rss_mb"] = _rss_kb("VmHWM") / 1024  # the whole process: Python, FAISS, index, reads
+    return res
+
+
+def ondisk_case(n: int, args: argparse.Namespace, tmp: Path) -> dict:
+    """Write n vectors to disk in chunks, exact top-k from the file in chunks, then the worker."""
+    from bdd_engine import mine as M
+
+    t0 = time.perf_counter()
+    data = tmp / f"xb_ondisk_{n}.npy"
+    xb = np.lib.format.open_memmap(data, mode="w+", dtype=ONDISK_DTYPE, shape=(n, args.dim))
+    draw(n, args.dim, seed=args.seed, out=xb)  # 100K rows at a time
+    xb.flush()
+    del xb
+    nq = max(args.queries)
+    qfile, cfile = tmp / "q_ondisk.npy", tmp / "calib_ondisk.npy"
+    np.save(qfile, draw(nq, args.dim, seed=args.seed + 1))  # held out: not in the file
+    np.save(cfile, draw(100, args.dim, seed=args.seed + 2))
+    write_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    x = np.load(data, mmap_mode="r")
+    _, truth = M.exact_topk(M.RowView(x, np.arange(n)), np.load(qfile), args.k)
+    exact_s = time.perf_counter() - t1
+    del x
+    print(f"\n== on disk N={n:,} x {args.dim} {np.dtype(ONDISK_DTYPE).name}: written in {write_s:.1f} s, "
+          f"exact top-{args.k} of {nq} queries from the file in chunks {exact_s:.1f} s")
+    out = tmp / "res_ondisk.json"
+    subprocess.run([sys.executable, __file__, "--worker", "--method", "ivfpq_ondisk", "--data", str(data),
+                    "--queries_file", str(qfile), "--calib", str(cfile), "--out", str(out), "--k", str(args.k),
+                    "--repeats", "3", "--seed", str(args.seed)], check=True, cwd=ROOT)
+    r = json.loads(out.read_text())
+    r["recall_at_k"] = recall(r.pop("ids"), truth)
+    r.update({"bytes_on_disk": data.stat().st_size, "write_s": write_s, "exact_chunked_s_q" + str(nq): exact_s,
+              "flat_float32_ram_bytes": n * args.dim * 4, "queries": nq})
+    data.unlink()
+    print(f"   ivfpq_ondisk: train {r['train_s']:.1f} s + add {r['add_s']:.1f} s = build {r['build_s']:.1f} s "
+          f"(nlist {r['nlist']}, PQ{r['pq_m']}, nprobe {r['nprobe']}, re-rank {r['rerank']}); query 1: "
+          f"{r['query_s_q1']:.3f} s, {nq}: {r['query_s_q' + str(nq)]:.3f} s; peak RSS {r['peak_rss_mb']:.0f} MB; "
+          f"disk {r['bytes_on_disk'] / 1e9:.2f} GB, PQ codes {r['code_bytes'] / 1e9:.3f} GB; recall@{args.k} "
+          f"{r['recall_at_k']:.4f} (exact flat float32 would need {r['flat_float32_ram_bytes'] / 1e9:.1f} GB RAM)")
+    return {kk: (round(v, 4) if isinstance(v, float) else v) for kk, v in r.items()}
+
+
+def _mem_total_bytes() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 # ----------------------------------------------------------------------------- driver
@@ -172,6 +265,8 @@ def recall(found: list, truth: np.ndarray) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    ap.add_argument("--n", type=int, nargs="*", default=[], dest="ondisk",
+                    help="on-disk IVF-PQ case at these sizes (float16 file, chunked), e.g. --n 10000000")
     ap.add_argument("--queries", type=int, nargs="+", default=[1, 100])
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--k", type=int, default=100)
@@ -195,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {}
     print(f"bench_mine: k={args.k}, dim={args.dim}, {os.cpu_count()} CPU cores, clustered unit vectors; data in {tmp}; "
           f"load average {os.getloadavg()[0]:.1f} (other processes on these cores slow every method, FAISS's OpenMP most)")
-    results["_meta"] = {"cpu_cores": os.cpu_count(), "load_avg_start": round(os.getloadavg()[0], 2), "k": args.k, "dim": args.dim}
+    results["_meta"] = {"cpu_cores": os.cpu_count(), "load_avg_start": round(os.getloadavg()[0], 2), "k": args.k,
+                        "dim": args.dim, "omp_threads": _threads(), "mem_total_bytes": _mem_total_bytes()}
     for n in args.sizes:
         t0 = time.perf_counter()
         data = tmp / f"xb_{n}.npy"
@@ -236,6 +332,15 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r.get('speedup_vs_faiss_flat', float('nan')):>8.2f}{r.get('speedup_vs_sklearn', float('nan')):>10.2f}"
                       f"{r['recall_at_k']:>8.4f}  {note}")
         data.unlink()
+    for n in args.ondisk:
+        results[f"ondisk_{n}x{args.dim}"] = ondisk_case(n, args, tmp)
+    if args.ondisk:
+        big = max(args.ondisk)
+        flat, mem = big * args.dim * 4, _mem_total_bytes()
+        results["_meta"]["note"] = (
+            f"an exact flat index at {big:,} x {args.dim} float32 is {flat / 1e9:.1f} GB, built from the same vectors "
+            f"in RAM ({2 * flat / 1e9:.1f} GB together); this machine has {mem / 1e9:.1f} GB"
+            + (": more than it has" if 2 * flat > mem else ""))
     results["_meta"]["load_avg_end"] = round(os.getloadavg()[0], 2)
     print("RESULT " + json.dumps(results, sort_keys=True))
     return 0

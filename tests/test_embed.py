@@ -139,6 +139,34 @@ def test_resume_after_interruption(tmp_path, images):
     assert not (entry / "progress.json").exists()
 
 
+def test_float16_file_written_batch_by_batch_and_resumed(tmp_path, images):
+    """embed_dtype float16: a half-size file (one row per name), its own cache entry (float32
+    entries keep their names), rows written as computed (an interrupted run kept 12 rows on
+    disk and resumes from there), cosines within 1e-3 of float32."""
+    paths, names = images
+    e = CountingEmbedder()
+    a32, _ = E.embed_frames(e, paths, names, tmp_path / "c", batch_size=4, workers=0, progress=False)
+    assert Path(a32.filename).parent.name == E.cache_key(e, E.frameset_hash(names, paths))  # unchanged key
+    broken = CountingEmbedder(fail_after=3)
+    with pytest.raises(KeyboardInterrupt):
+        E.embed_frames(broken, paths, names, tmp_path / "c", batch_size=4, workers=0, flush_every=1,
+                       progress=False, dtype="float16")
+    entry = tmp_path / "c" / E.cache_key(e, E.frameset_hash(names, paths), "float16")
+    part = np.load(entry / "embeddings.npy.partial", mmap_mode="r")
+    assert part.dtype == np.float16 and part.shape == a32.shape
+    assert json.loads((entry / "progress.json").read_text())["rows_done"] == 12
+    np.testing.assert_allclose(part[:12], a32[:12], atol=1e-3)  # on disk before the run ended
+    again = CountingEmbedder()
+    a16, n16 = E.embed_frames(again, paths, names, tmp_path / "c", batch_size=4, workers=0, progress=False,
+                              dtype="float16")
+    assert again.rows == 23 - 12 and n16 == names and a16.dtype == np.float16
+    assert Path(a16.filename).stat().st_size < 0.6 * Path(a32.filename).stat().st_size
+    np.testing.assert_allclose(np.asarray(a16, np.float32), np.asarray(a32), atol=1e-3)
+    assert E.load_meta(a16)["dtype"] == "float16" and E.load_meta(a32)["dtype"] == "float32"
+    with pytest.raises(ValueError, match="embed_dtype 'float64'"):
+        E.embed_frames(e, paths, names, tmp_path / "c", batch_size=4, workers=0, progress=False, dtype="float64")
+
+
 def test_unreadable_images_are_zero_rows_and_reported(tmp_path, images):
     paths, names = images
     Path(paths[2]).write_bytes(b"not a jpeg")

@@ -395,8 +395,6 @@ def test_the_database_folder_follows_outputs_dir(tmp_path, monkeypatch):
     """Without FIFTYONE_DATABASE_DIR the database lives in <outputs_dir>/.fiftyone/db (two runs
     with different outputs_dir no longer share, and race for, <repo>/outputs/.fiftyone)."""
     from bdd_engine.env import setup_env
-    from bdd_engine.explorer import dataset, sync
-
     monkeypatch.delenv("FIFTYONE_DATABASE_DIR")
     setup_env()
     assert "FIFTYONE_DATABASE_DIR" not in __import__("os").environ
@@ -407,12 +405,11 @@ def test_the_database_folder_follows_outputs_dir(tmp_path, monkeypatch):
     class Stop(Exception):
         pass
 
-    def fake_connect(db_dir=None, timeout=60.0):
+    def fake_connect(db_dir=None, timeout=60.0, uri=None):
         seen.append(Path(db_dir))
         raise Stop
 
-    for mod in (dataset, sync):
-        monkeypatch.setattr(mod, "connect", fake_connect)
+    monkeypatch.setattr(explorer.db, "connect", fake_connect)  # what dataset and sync reach via connect_for
     with pytest.raises(Stop):
         explorer.build_dataset(cfg, pd.DataFrame(), [])
     with pytest.raises(Stop):

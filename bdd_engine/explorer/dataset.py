@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from bdd_engine.bdd import SLICE_ATTRS
 from bdd_engine.env import PROJECT_ROOT
 from bdd_engine.explorer.boxes import boxes_by_name, detections
-from bdd_engine.explorer.db import connect, db_dir_for
+from bdd_engine.explorer.db import connect_for, db_location
 from bdd_engine.explorer.errors import ExplorerError
 from bdd_engine.geometry import image_size
 
@@ -182,7 +182,7 @@ def build_dataset(
     """
     import fiftyone as fo  # heavy optional dependency (~3 s): imported on use
 
-    connect(db_dir_for(cfg))
+    connect_for(cfg)
     name = name or dataset_name(cfg)
     if fo.dataset_exists(name):
         if not overwrite:

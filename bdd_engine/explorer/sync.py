@@ -20,7 +20,7 @@ from bdd_engine.artifacts import load_embeddings
 from bdd_engine.autolabel import bucket_of
 from bdd_engine.checkpoint import Section
 from bdd_engine.explorer.dataset import build_dataset, dataset_name, ids_by_name, pool_map
-from bdd_engine.explorer.db import connect, db_dir_for
+from bdd_engine.explorer.db import connect_for, db_location
 from bdd_engine.explorer.enrich import (add_autolabels, add_embeddings, add_predictions, save_views,
                                        set_predicted_attributes, tag_mined, tag_pools)
 from bdd_engine.explorer.errors import ExplorerError
@@ -53,8 +53,20 @@ def model_key(turn: int, run: str) -> str:
 
 
 def _apply_embeddings(cfg: Any, ds) -> None:
-    """§2: similarity index, uniqueness and the 2-D map of the frames in the dataset."""
+    """§2: similarity index, uniqueness and the 2-D map of the frames in the dataset.
+
+    Skipped, with a warning and a note in ``ds.info["similarity_skipped"]``, above
+    ``explorer_similarity_max`` frames: FiftyOne's brain runs hold every vector in RAM."""
     emb, names = load_embeddings(cfg.out)
+    cap = int(cfg["explorer_similarity_max"])
+    if len(names) > cap:
+        msg = (f"§2 similarity index, uniqueness and 2-D map skipped: {len(names):,} frames > explorer_similarity_max "
+               f"{cap:,} (FiftyOne would load all {len(names):,} vectors into RAM); mining searches the embedding "
+               f"file on disk instead (mine_ivfpq_above)")
+        log.warning("explorer: %s", msg)
+        ds.info["similarity_skipped"] = msg
+        return
+    ds.info.pop("similarity_skipped", None)
     ids = ids_by_name(ds)
     keep = [i for i, nm in enumerate(names) if nm in ids]
     add_embeddings(ds, [names[i] for i in keep], np.asarray(emb)[keep], seed=int(cfg["seed"]))
@@ -184,7 +196,7 @@ def get_dataset(cfg: Mapping[str, Any], rebuild: Callable[[], Any] | None = None
     checkpoints follows them: sections whose manifest changed since are re-applied."""
     import fiftyone as fo  # heavy optional dependency (~3 s): imported on use
 
-    connect(db_dir_for(cfg))
+    connect_for(cfg)
     name = name or dataset_name(cfg)
     if fo.dataset_exists(name):
         ds = fo.load_dataset(name)
@@ -195,7 +207,7 @@ def get_dataset(cfg: Mapping[str, Any], rebuild: Callable[[], Any] | None = None
         why = Section(cfg, SAMPLES_SECTION).staleness() if hasattr(cfg, "out") else "no outputs folder in the config"
         if why is not None:
             raise ExplorerError(
-                f"FiftyOne dataset {name!r} does not exist in {db_dir_for(cfg)} and there is no usable §1 "
+                f"FiftyOne dataset {name!r} does not exist in {db_location(cfg)} and there is no usable §1 "
                 f"checkpoint to rebuild it from ({why}); run the notebook with profile {cfg['profile']!r}"
             )
         rebuild = lambda: sync_from_checkpoints(cfg, name=name)  # noqa: E731
