@@ -98,6 +98,23 @@ def test_explorer_and_app_use_a_separate_mongod(server, world, tmp_path):  # noq
     assert proc.poll() is None, "the user's server keeps running after disconnect()"
 
 
+def test_a_dataset_is_deleted_after_a_reconnect(server, tmp_path):
+    """disconnect() then connect again, in one process: deleting a dataset still works. FiftyOne
+    caches repositories on the client of the first connection (Dataset.delete() uses the
+    delegated-operations one); the full suite hit 'Cannot use MongoClient after close' when an
+    earlier test had deleted a dataset before this module reconnected."""
+    uri, _, _ = server
+    cfg = _cfg(tmp_path, uri)
+    for round_ in range(2):
+        explorer.connect_for(cfg)
+        ds = fo.Dataset(f"t-reconnect-{round_}")
+        ds.delete()
+        explorer.disconnect()
+    explorer.connect_for(cfg)
+    assert not {"t-reconnect-0", "t-reconnect-1"} & set(fo.list_datasets())
+    explorer.disconnect()
+
+
 def test_a_server_that_is_down_is_one_line_naming_the_uri(tmp_path):
     uri = f"mongodb://127.0.0.1:{explorer.free_port()}"  # nothing listens there
     explorer.disconnect()

@@ -401,6 +401,13 @@ class PrivateDatabase:
 
         fod._disconnect()
         fod._connection_kwargs.clear()
+        # FiftyOne's repository factory caches the database of the client just closed (``_db``)
+        # and repositories holding its collections (the delegated-operations one that
+        # Dataset.delete() uses): drop both so the next connection, to this or another server,
+        # builds them on its own client
+        import fiftyone.factory.repo_factory as forf
+        forf.RepositoryFactory.repos.clear()
+        forf._db = None
         if self.uri is not None:  # the user's server: it keeps running; restore what we changed
             self.uri = None
             if self.uri_env_before is None:
