@@ -22,7 +22,7 @@ class SectionSpec:
 
 
 SPECS: dict[int, SectionSpec] = {s.number: s for s in (
-    SectionSpec(1, "01_collect", (), ("synth_", "collect_", "confirm_label_files")),
+    SectionSpec(1, "01_collect", (), ("synth_", "collect_")),  # confirm_label_files: a global key (config.GLOBAL_KEYS)
     SectionSpec(2, "02_curate", (1,), ("embed_", "curate_")),
     SectionSpec(3, "03_pools", (1,), ("pool_", "confirm_min_frames", "eval_min_pool_frames")),  # eligibility (issue 24)
     SectionSpec(4, "04_train", (3,), ("train_",)),
