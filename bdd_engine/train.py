@@ -434,7 +434,14 @@ def _fit(run_dir: Path, model_src: str, pretrained: bool, resume: bool, data_yam
     """Run (or resume) ``YOLO.train``; Ultralytics' final metrics as floats. ``bf16``: the
     caller holds :func:`cpu_bf16_autocast`; the model also goes channels-last."""
     from ultralytics import YOLO
+    from ultralytics.utils import SETTINGS
 
+    # Ultralytics' own logger integrations switch on when their package is importable: its MLflow
+    # callback would log every run a second time into ./runs/mlflow (outside outputs/), and the
+    # Ray Tune one imports ray into every training. Our runs are tracked by bdd_engine itself.
+    _off = {k: False for k in ("clearml", "comet", "dvc", "mlflow", "raytune", "tensorboard", "wandb") if SETTINGS.get(k)}
+    if _off:
+        SETTINGS.update(_off)
     last = run_dir / "weights" / "last.pt"
     if resume:
         log.info("resuming interrupted training %s from %s", run_dir.name, last)
