@@ -22,6 +22,22 @@ import tempfile as _tempfile  # noqa: E402
 os.environ["FIFTYONE_DATABASE_DIR"] = _tempfile.mkdtemp(prefix="bdd_test_fodb_")
 
 
+def pytest_unconfigure(config):
+    """Remove this session's FiftyOne database folder (one was left in /tmp per test session).
+    FiftyOne's mongod is stopped first: it holds files in the folder until the process ends."""
+    import shutil
+    import sys
+
+    fodb = sys.modules.get("fiftyone.core.odm.database")  # only if a test used FiftyOne
+    svc = getattr(fodb, "_db_service", None)
+    if svc is not None:
+        try:
+            svc.stop()
+        except Exception:  # best effort: the folder is removed below either way
+            pass
+    shutil.rmtree(os.environ["FIFTYONE_DATABASE_DIR"], ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory) -> Path:
     """The tiny profile's synthetic world, generated once (~10 s) into a session tmp dir."""
