@@ -207,15 +207,15 @@ class Tracker:
 
     def training(self, run_dir: Path) -> str | None:
         """Log one finished training run (once per run folder and fingerprint); its run id,
-        or None when the folder holds no finished run card."""
+        or None when the folder (under the outputs folder) holds no finished run card."""
         run_dir = Path(run_dir).resolve()
         try:
             card = json.loads((run_dir / "run_card.json").read_text())
+            rel = str(run_dir.relative_to(self.out))  # a model from outside the outputs folder is not a run of ours
         except (OSError, ValueError):
             return None
         if not card.get("finished"):
             return None
-        rel = str(run_dir.relative_to(self.out))
         key = f"{self.out}|{rel}|{card['fingerprint']}"
         found = self._find(key)
         if found is not None:

@@ -155,7 +155,7 @@ def test_mlflow_ultralytics_callback_stays_off_and_writes_nothing_outside_output
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     before = {p for p in (PROJECT_ROOT / "mlruns", PROJECT_ROOT / "mlflow.db", PROJECT_ROOT / "runs") if p.exists()}
-    SETTINGS.update({"mlflow": True})
+    dict.__setitem__(SETTINGS, "mlflow", True)  # in memory only: the settings file other processes read stays as it is
     data_yaml, _ = _make_dataset(tmp_path / "data", n=6)
     spec = train_spec(load_config("tiny", overrides={"train_epochs": 1, "train_imgsz": 32, "train_batch": 2,
                                                      "train_nbs": 2, "train_warmup_epochs": 0, "device": "cpu"}))
