@@ -163,16 +163,19 @@ class Tracker:
         return found[0] if found else None
 
     def _new_run(self, run_name: str, key: str, tags: Mapping[str, str], params: Mapping[str, Any],
-                 metrics: Iterable[tuple[str, float, int]], files: Mapping[str, Any]) -> str:
+                 metrics: Iterable[tuple[str, float, int]], files: Mapping[str, Any],
+                 span: tuple[int, int] | None = None) -> str:
         """Create a finished run: tags, params, metrics (key, value, step), files (name -> path,
-        DataFrame or JSON-able value, all logged as artifacts)."""
-        from mlflow.entities import Metric, Param, RunTag
+        DataFrame or JSON-able value, all logged as artifacts); ``span`` = (start, end) in ms
+        (default: the time it takes to log)."""
+        from mlflow.entities import Metric, Param
 
         c = self.client
         note = "SYNTHETIC data: numbers are not BDD100K results." if self.synthetic else ""
         all_tags = {KEY_TAG: key, "synthetic": str(self.synthetic).lower(), **tags,
                     **({"mlflow.note.content": note} if note else {})}
-        run = c.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
+        run = c.create_run(self.experiment_id, run_name=run_name, tags=all_tags,
+                           start_time=span[0] if span else None)
         rid = run.info.run_id
         now = int(time.time() * 1000)
         ms = [Metric(k, float(v), now, int(s)) for k, v, s in metrics]
@@ -180,7 +183,7 @@ class Tracker:
         for i in range(0, max(len(ms), len(ps), 1), 100):  # MLflow's batch limits (1000 metrics, 100 params)
             c.log_batch(rid, metrics=ms[i:i + 100], params=ps[i:i + 100])
         self._log_files(rid, files)
-        c.set_terminated(rid)
+        c.set_terminated(rid, end_time=span[1] if span else None)
         return rid
 
     def _log_files(self, rid: str, files: Mapping[str, Any], folder: str | None = None) -> None:
@@ -232,9 +235,11 @@ class Tracker:
         metrics.append(("duration_s", float(card.get("wall_time_s") or 0.0), int(card.get("epochs") or 0)))
         metrics += [(f"final/{_key(k)}", v, int(card.get("epochs") or 0))
                     for k, v in (card.get("final_metrics") or {}).items() if isinstance(v, (int, float))]
+        end = int((run_dir / "run_card.json").stat().st_mtime * 1000)  # the card is written when training ends
         return self._new_run(self.run_name(run_dir), key, tags, params, metrics,
                              {"run_card.json": run_dir / "run_card.json", "results.csv": run_dir / "results.csv",
-                              "args.yaml": run_dir / "args.yaml"})
+                              "args.yaml": run_dir / "args.yaml"},
+                             span=(end - int(1000 * float(card.get("wall_time_s") or 0.0)), end))
 
     def runs_table(self, runs: pd.DataFrame, turn: int) -> None:
         """The metrics runs.csv shows (``overall_AP50``, ``worst_slice_AP50``, step = turn) and

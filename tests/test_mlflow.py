@@ -64,6 +64,7 @@ def test_mlflow_training_run_holds_params_epoch_losses_card_and_hash_once(store)
     assert hist == dict(zip(res["epoch"], res["train/box_loss"]))       # step = epoch
     assert not [k for k in run.data.metrics if k.startswith(("metrics/", "val/"))]  # val off: zeros, not measured
     assert run.data.metrics["duration_s"] == 12.5 and run.data.metrics["final/metrics/mAP50B"] == 0.25
+    assert run.info.end_time - run.info.start_time == 12500   # the UI's duration is the training's, not the logging's
     assert run.data.params["ul.lr0"] == "0.002" and run.data.params["model"] == "yolov8n-w0125.yaml"
     assert run.data.tags["data_hash"] == run.data.params["data_hash"] == "data-fp1"
     assert run.data.tags["mlflow.source.git.commit"] == "abc123" and "SYNTHETIC" in run.data.tags["mlflow.note.content"]
