@@ -123,6 +123,21 @@ def test_mlflow_registry_stages_are_aliases_on_one_registered_model(store):
     assert tr.models().set_index("run_dir").loc["runs/iter1_s42", "aliases"] == "promoted"
 
 
+def test_mlflow_status_lists_each_models_run_id_version_and_aliases(store, capsys):
+    from bdd_engine.__main__ import main as cli
+
+    out, runs, tr = store
+    pd.DataFrame({"run": list(runs), "arm": ["iter0", "iter1", "iter1"], "worst_slice_AP50": [0.40, 0.50, 0.45],
+                  "weights": [f"runs/{r}/weights/last.pt" for r in runs]}).to_csv(out / "runs" / "runs.csv", index=False)
+    reg = _registry({"iter0": "promoted", "iter1_s42": "promoted", "iter1_s43": "promoted"}, "iter1_s42")
+    (out / "runs" / "registry.json").write_text(json.dumps(reg))
+    assert cli(["status", "--profile", "tiny", "--set", f"outputs_dir={out}"]) == 0
+    text = capsys.readouterr().out
+    row = next(ln for ln in text.splitlines() if ln.strip().startswith("iter1_s42"))
+    assert tr.training(runs["iter1_s42"]) in row and row.split()[-1] == "promoted"
+    assert f"mlflow ui --backend-store-uri {tracking.local_uri(out)}" in text
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
