@@ -46,7 +46,7 @@ from bdd_engine.env import CACHE_DIR
 
 LOCAL_DIR = "mlflow"          # <outputs>/mlflow/: mlflow.db + artifacts/
 ALIASES = ("candidate", "promoted", "deployable")
-KEY_TAG = "bdd_key"            # what a logged item is: a rerun finds it and logs nothing new
+KEY_TAG = "bdd_key"            # sha256[:16] of what a logged item is: a rerun finds it and logs nothing new
 
 
 class TrackingUnreachable(RuntimeError):
@@ -158,7 +158,7 @@ class Tracker:
 
     def _find(self, key: str) -> Any:
         """The run logged under ``key`` (latest first), or None."""
-        found = self.client.search_runs([self.experiment_id], filter_string=f"tags.{KEY_TAG} = '{key}'",
+        found = self.client.search_runs([self.experiment_id], filter_string=f"tags.{KEY_TAG} = '{_sha(key.encode())}'",
                                         order_by=["attributes.start_time DESC"], max_results=1)
         return found[0] if found else None
 
@@ -172,7 +172,7 @@ class Tracker:
 
         c = self.client
         note = "SYNTHETIC data: numbers are not BDD100K results." if self.synthetic else ""
-        all_tags = {KEY_TAG: key, "synthetic": str(self.synthetic).lower(), **tags,
+        all_tags = {KEY_TAG: _sha(key.encode()), "synthetic": str(self.synthetic).lower(), **tags,
                     **({"mlflow.note.content": note} if note else {})}
         run = c.create_run(self.experiment_id, run_name=run_name, tags=all_tags,
                            start_time=span[0] if span else None)
