@@ -153,7 +153,8 @@ class Tracker:
                 # so this folder logs into its own experiment (nothing is written into the old one)
                 name = f"{self.name} ({self.out})"
                 exp = self.client.get_experiment_by_name(name)
-            self._exp = exp.experiment_id if exp is not None else self.client.create_experiment(name, artifact_location=art)
+            self._exp = (exp.experiment_id if exp is not None
+                         else self.client.create_experiment(name, artifact_location=art))
         return self._exp
 
     def _find(self, key: str) -> Any:
