@@ -35,4 +35,4 @@ app: venv                  ## FiftyOne App on 127.0.0.1
 	$(PY) -m bdd_engine app --profile $(PROFILE)
 
 clean-outputs:             ## delete every generated artifact (data/ is left alone)
-	rm -rf outputs/0* outputs/runs outputs/figures outputs/case_study outputs/*.ipynb outputs/.cache
+	rm -rf outputs/0* outputs/runs outputs/figures outputs/case_study outputs/*.ipynb outputs/.cache outputs/mlflow

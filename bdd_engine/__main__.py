@@ -149,9 +149,37 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(checkpoint.status(cfg).to_string(index=False))
     models = _model_stages(cfg)
     if len(models):
+        models, where = _with_mlflow(cfg, models)
         print("\nmodel registry (runs/registry.json of each turn; stage: candidate -> promoted -> deployable):")
         print(models.to_string(index=False))
+        if where:
+            print(f"MLflow: {where}")
     return 0
+
+
+def _with_mlflow(cfg, models):
+    """``models`` with each one's MLflow run id, model version and aliases, when the profile's
+    store exists (the local one is never created here); (table, where the store is)."""
+    import pandas as pd
+
+    from bdd_engine import artifacts, tracking
+
+    local = cfg.out / tracking.LOCAL_DIR / "mlflow.db"
+    if not cfg.mlflow_tracking_uri and not local.is_file():
+        return models, None
+    try:
+        tr = tracking.open_tracker(cfg.mlflow_tracking_uri, cfg.out, f"bdd_engine-{cfg.profile}", bool(cfg.synthetic))
+    except tracking.TrackingUnreachable as e:
+        return models, str(e)
+    dirs = pd.concat([pd.read_csv(artifacts.turn_dir(cfg.out, t) / "runs" / "runs.csv").assign(turn=t)
+                      for t in sorted(set(models["turn"]))])
+    dirs["run_dir"] = [str(Path(w).parent.parent) for w in dirs["weights"]]
+    ml = dirs[["run", "turn", "run_dir"]].merge(tr.models(), on="run_dir", how="left")
+    out = models.merge(ml.drop(columns="run_dir"), on=["run", "turn"], how="left")
+    out["version"] = out["version"].astype("Int64")
+    ui = (f"mlflow ui --backend-store-uri {tr.uri} --port 5000, then http://127.0.0.1:5000" if not cfg.mlflow_tracking_uri
+          else tr.uri)
+    return out.fillna({"mlflow_run": "-", "aliases": "-"}), f"{tr.uri} · registered model {tr.name} · open: {ui}"
 
 
 def _model_stages(cfg):

@@ -42,7 +42,7 @@ RESERVED_ENV: dict[str, str] = {
 }
 
 # Keys that never change results (where things go, how loud they are).
-NON_RESULT_KEYS = ("profile", "outputs_dir", "device", "workers", "fiftyone_dataset")
+NON_RESULT_KEYS = ("profile", "outputs_dir", "device", "workers", "fiftyone_dataset", "mlflow_tracking_uri")
 
 
 class ConfigError(ValueError):

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from bdd_engine import (artifacts, attributes, autolabel, bdd, casestudy, collect, confusion, curate, embed, evaluate,
-                        experiment, figures, images, mine, report, slices, synth, train)
+                        experiment, figures, images, mine, report, slices, synth, tracking, train)
 from bdd_engine.checkpoint import (Section, acquire_lock, atomic_path, atomic_write_json, claim_folder,
                                    df_to_markdown, input_row, release_lock, reset_peak_rss)
 from bdd_engine.config import Config, ConfigError
@@ -264,8 +264,10 @@ def s4_train(cfg: Config) -> Result:
     sec = Section(cfg, 4)
     if needs_run(sec):
         pools_sec = Section(cfg, 3)
+        tracker = _tracker(cfg)  # a tracking server that does not answer fails here, before training
         weights = train.train(train_spec(cfg), pools_sec.dir / "yolo" / "data.yaml", cfg.out / "runs", name="iter0",
                               data_hash=pools_sec.manifest_hash())
+        tracker.training(weights.parent.parent)
         card_path = weights.parent.parent / "run_card.json"
         card = json.loads(card_path.read_text()) if card_path.exists() else {}
         with sec.writer() as w:
@@ -303,6 +305,39 @@ def _eval_pool(cfg: Config) -> pd.DataFrame:
     return pools[pools["pool"] == "eval"]
 
 
+def _tracker(cfg: Config) -> tracking.Tracker:
+    """The profile's MLflow store (``mlflow_tracking_uri``; null = ``<outputs>/mlflow/``); a
+    server is checked now. Sections call it only while they compute: a fresh one logs nothing."""
+    return tracking.open_tracker(cfg.mlflow_tracking_uri, cfg.out, f"bdd_engine-{cfg.profile}", bool(cfg.synthetic))
+
+
+def _track_eval(tracker: tracking.Tracker, n: int, turn: int, model: str, weights: Path, res: evaluate.EvalResult,
+                worst: str, extra: Mapping[str, float] | None = None, files: Mapping[str, Any] | None = None) -> None:
+    """One model's §``n`` evaluation in MLflow: headline metrics and its per-slice/per-class tables."""
+    sl = res.slices.set_index("slice")["AP50"]
+    tracker.evaluation(f"s{n}" if turn == 1 else f"turn{turn}/s{n}", model, weights,
+                       {"AP50": res.AP50, "AP": res.AP, "worst_slice_AP50": float(sl.get(worst, float("nan"))),
+                        **(extra or {})}, {"slices.csv": res.slices, "per_class.csv": res.per_class.reset_index()}, files)
+
+
+def _track_s8(cfg: Config, tracker: tracking.Tracker, turn: int, arms: pd.DataFrame, res0: evaluate.EvalResult,
+              results: Mapping[str, evaluate.EvalResult], deltas: pd.DataFrame, headline: Mapping[str, Any],
+              runs: pd.DataFrame, worst: str) -> None:
+    """§8 in MLflow: iter0's evaluation with the headline (numbers + headline.json, deltas.csv),
+    each arm's with its Δ on the worst slice, runs.csv's metrics on the training runs, and
+    registry.json's stages as aliases."""
+    nums = {f"headline/{k}": float(v) for k, v in headline.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    _track_eval(tracker, 8, turn, "iter0", artifacts.start_weights(cfg.out, turn), res0, worst, nums,
+                {"headline.json": dict(headline), "deltas.csv": deltas})
+    for r in arms.itertuples(index=False):
+        d = deltas.loc[(deltas["run"] == r.run) & (deltas["slice"] == worst), "delta"]
+        _track_eval(tracker, 8, turn, r.run, cfg.out / r.weights, results[r.run], worst,
+                    {"delta_worst_slice": float(d.iloc[0])} if len(d) else {})
+    tracker.runs_table(runs, turn)
+    tracker.registry(artifacts.registry(cfg.out, turn), runs, turn)
+
+
 # ----------------------------------------------------------------------------- §5
 def _worst_slice_info(res: evaluate.EvalResult, min_frames: int, confirm_n: Mapping[str, int],
                       min_confirm: int, pool_n: Mapping[str, int] | None = None, min_pool: int = 0) -> dict[str, Any]:
@@ -338,6 +373,7 @@ def s5_eval(cfg: Config, turn: int = 1) -> Result:
     sec = Section(cfg, 5, turn)
     if needs_run(sec):
         ev = _eval_pool(cfg)
+        tracker = _tracker(cfg)
         preds = _predict(cfg, artifacts.start_weights(cfg.out, turn), ev)
         res = _evaluate(cfg, preds)
         cand = artifacts.read_df(cfg.out, 1, "confirm_frames.csv")
@@ -359,6 +395,7 @@ def s5_eval(cfg: Config, turn: int = 1) -> Result:
                 artifacts.load_gt(cfg.out, 3, "eval"), preds, cfg.eval_vis_conf, bool(cfg.synthetic)))
             _write_confusion(cfg, w, "confusion_iter0", ev, worst, {"iter0": preds})
             w.counts.update({"eval_frames": len(ev), "slices_ranked": info["ranked_slices"]})
+            _track_eval(tracker, 5, turn, "iter0", artifacts.start_weights(cfg.out, turn), res, worst)
         figures.close_all()
     return Result(5, sec.dir, {"slices": sec.read_df("slices.csv"), "per_class": sec.read_df("per_class.csv"),
                                "per_frame": sec.read_df("per_frame.csv")}, sec.load_json("worst_slice.json"))
@@ -642,6 +679,7 @@ def s7_autolabel_retrain(cfg: Config, turn: int = 1) -> Result:
         runs_dir = artifacts.turn_dir(cfg.out, turn) / "runs"
         init = "iter0" if turn == 1 else f"turn{turn - 1} promoted"
         train_accept, accept_info = _train_accept(cfg, labeler, pools, paths)
+        tracker = _tracker(cfg)  # before any training: a tracking server that does not answer fails here
         with sec.writer() as w:
             extra, labeling = _label_sets(cfg, w, labeler, sets, gt_pool, paths, train_accept)
             labeling["accept"] = accept_info
@@ -654,6 +692,7 @@ def s7_autolabel_retrain(cfg: Config, turn: int = 1) -> Result:
                 frames = carried + experiment.arm_frames(replay, add, filler, k)
                 weights, card, dhash, epochs = _train_arm(cfg, runs_dir, run_name, seed, frames, gt_train[:32], paths,
                                                           sizes, w0)
+                tracker.training(weights.parent.parent)
                 rows.append({"run": run_name, "arm": arm, "seed": seed,
                              "init": init if cfg.retrain_warm_start else "scratch/config",
                              **({"carried_frames": len(carried)} if turn > 1 else {}),
@@ -882,6 +921,7 @@ def s8_delta(cfg: Config, turn: int = 1) -> Result:
         res0 = _evaluate(cfg, bdd.load_frames(artifacts.section_dir(cfg.out, 5, turn) / "predictions.json"))
         arms = artifacts.read_df(cfg.out, 7, "arms.csv", turn)
         rows_sel = experiment.report_slices(res0.slices, worst, int(cfg.eval_min_frames), int(cfg.report_top_slices))
+        tracker = _tracker(cfg)
         with sec.writer() as w:
             results, deltas = _evaluate_arms(cfg, w, arms, res0, rows_sel)
             w.write_df("deltas.csv", deltas)
@@ -926,6 +966,7 @@ def s8_delta(cfg: Config, turn: int = 1) -> Result:
             w.add_external(md_path)
             w.add_external(pdf_path)
             w.counts.update({"runs_evaluated": len(results), "slices_reported": len(rows_sel)})
+            _track_s8(cfg, tracker, turn, arms, res0, results, deltas, headline, runs, worst)
         figures.close_all()
     info = sec.load_json("headline.json")
     base = artifacts.turn_dir(cfg.out, turn)

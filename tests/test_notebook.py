@@ -58,6 +58,18 @@ def manifests(out: Path) -> dict[str, str]:
     return {s: (out / s / "manifest.json").read_text() for s in SECTIONS if (out / s / "manifest.json").exists()}
 
 
+def mlflow_state(out: Path) -> tuple[list[str], list[tuple[int, str]], dict[str, int]]:
+    """The run's MLflow store read back with MlflowClient: run ids, model versions, aliases."""
+    from mlflow import MlflowClient
+
+    from bdd_engine import tracking
+
+    c = MlflowClient(tracking_uri=tracking.local_uri(out))
+    runs = c.search_runs([e.experiment_id for e in c.search_experiments()], max_results=5000)
+    versions = sorted((int(v.version), v.run_id) for v in c.search_model_versions("name='bdd_engine-tiny'"))
+    return sorted(r.info.run_id for r in runs), versions, c.get_registered_model("bdd_engine-tiny").aliases
+
+
 def finished(out: Path) -> dict[str, str]:
     """When each section last computed (timing.json; manifests are deterministic, timing is not)."""
     return {s: json.loads((out / s / "timing.json").read_text())["finished"] for s in SECTIONS}
@@ -130,6 +142,48 @@ def test_whole_notebook_writes_every_artifact(first_run):
                 "mined_frames_grid", "attribute_confusion", "slice_delta", "confirm_contrast", "architecture",
                 "confusion_iter0", "confusion"):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 10_000, fig
+
+
+def test_mlflow_store_holds_one_run_per_training_with_runs_csv_metrics_and_stage_aliases(first_run):
+    """Issue 26 item 3, read back from the tiny run's local store (outputs/mlflow/)."""
+    from mlflow import MlflowClient
+
+    from bdd_engine import tracking
+
+    out, _ = first_run
+    c = MlflowClient(tracking_uri=tracking.local_uri(out))
+    exp = c.get_experiment_by_name("bdd_engine-tiny")
+    assert exp.artifact_location == (out / "mlflow" / "artifacts").as_uri()
+    runs = pd.read_csv(out / "runs" / "runs.csv")
+    logged = {r.info.run_name: r for r in c.search_runs([exp.experiment_id], "tags.bdd_kind = 'training'")}
+    assert sorted(logged) == sorted(runs["run"]), "one MLflow run per training, named as runs.csv names it"
+    for r in runs.itertuples():
+        m, tags = logged[r.run].data.metrics, logged[r.run].data.tags
+        assert (m["overall_AP50"], m["worst_slice_AP50"]) == pytest.approx((r.overall_AP50, r.worst_slice_AP50),
+                                                                           abs=1e-12), r.run
+        assert (tags["data_hash"], tags["arm"], m["duration_s"]) == (r.data_hash, r.arm, pytest.approx(r.duration_s)), r.run
+        losses = c.get_metric_history(logged[r.run].info.run_id, "train/box_loss")
+        assert [h.step for h in losses] == list(range(1, r.epochs + 1)), r.run   # step = epoch
+    evals = {r.info.run_name: r for r in c.search_runs([exp.experiment_id], "tags.bdd_kind = 'evaluation'")}
+    assert sorted(evals) == sorted(["s5-iter0", "s8-iter0", *(f"s8-{r}" for r in runs["run"][1:])])
+    ev = json.loads((out / "08_delta" / "iter1_s42_eval.json").read_text())
+    assert evals["s8-iter1_s42"].data.metrics["AP50"] == pytest.approx(ev["AP50"], abs=1e-12)
+    got = pd.read_csv(c.download_artifacts(evals["s8-iter1_s42"].info.run_id, "slices.csv", str(out.parent)))
+    pd.testing.assert_frame_equal(got, pd.read_csv(out / "08_delta" / "iter1_s42_slices.csv"))
+    h = json.loads((out / "08_delta" / "headline.json").read_text())
+    assert evals["s8-iter0"].data.metrics["headline/delta"] == pytest.approx(h["delta"], abs=1e-12)
+    # registry.json's stages: a version per candidate (its stage a tag), aliases by the documented rule
+    reg = json.loads((out / "runs" / "registry.json").read_text())
+    versions = {v.tags["run"]: v for v in c.search_model_versions("name='bdd_engine-tiny'")}
+    assert {r: v.tags["stage"] for r, v in versions.items()} == {r: s["stage"] for r, s in reg["stages"].items()}
+    assert all(v.run_id == logged[r].info.run_id for r, v in versions.items())
+    rank = runs.set_index("run").loc[list(reg["stages"])].sort_values("worst_slice_AP50", ascending=False).index
+    want = {"promoted": reg["promoted"], **{a: next(r for r in rank if reg["stages"][r]["stage"] == a)
+                                             for a in ("deployable", "candidate")
+                                             if a in {s["stage"] for s in reg["stages"].values()}}}
+    aliases = c.get_registered_model("bdd_engine-tiny").aliases
+    assert {a: int(v) for a, v in aliases.items()} == {a: int(versions[r].version) for a, r in want.items()}
+    assert not (PROJECT_ROOT / "mlruns").exists() and not (PROJECT_ROOT / "runs" / "mlflow").exists()
 
 
 NOTE_FILE = re.compile(r"(?<![\w/.<>*-])([\w.<>*/-]+\.(?:json|csv|png|md|pdf|pt|txt|yaml|parquet))\b")
@@ -320,9 +374,11 @@ def test_timing_covers_training_and_case_study_states_the_rule_used(first_run):
 def test_second_run_recomputes_nothing(first_run, tiny_world, ingested):
     out, man = first_run
     t = finished(out)
+    logged = mlflow_state(out)
     p = run_notebook(tiny_world, out, ingested=ingested[0])
     assert p.returncode == 0, p.stderr[-2000:]
     assert manifests(out) == man and finished(out) == t
+    assert mlflow_state(out) == logged, "a fresh rerun logs nothing to MLflow"
     nb = (out / "notebook_tiny.ipynb").read_text()
     assert "computing" not in nb and nb.count("fresh checkpoint, loading") == 8
 
@@ -333,8 +389,10 @@ def test_rerun_from_6_in_fresh_kernel(first_run, tiny_world, ingested):
     t = finished(out)
     mined = (out / "06_mine" / "mined.csv").read_text()
     head = json.loads((out / "08_delta" / "headline.json").read_text())
+    logged = mlflow_state(out)
     p = run_notebook(tiny_world, out, "--from", "6", ingested=ingested[0])
     assert p.returncode == 0, p.stderr[-2000:]
+    assert mlflow_state(out) == logged, "recomputed sections with unchanged trainings and tables log nothing new"
     t2 = finished(out)
     for s in SECTIONS[:5]:
         assert t2[s] == t[s], f"{s} must not recompute"
@@ -447,6 +505,7 @@ def test_two_turns_train_on_the_imported_reviewed_labels(first_run, tiny_world, 
     src, _ = first_run
     out = tmp_path / "outputs"
     shutil.copytree(src, out, symlinks=True)
+    src_store = listing(src / "mlflow")
     queue = json.loads((out / "07_autolabel_retrain" / "labels_mined" / "label_studio_review.json").read_text())
     assert queue, "turn 1 sent nothing to review: the test needs a queue"
     export, edited = _review(queue, tmp_path / "export.json")
@@ -455,6 +514,7 @@ def test_two_turns_train_on_the_imported_reviewed_labels(first_run, tiny_world, 
                      ingested=ingested[0])  # the first run's data: turn 1 stays fresh
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "§5–§8 turn 2: done in" in p.stdout
+    assert listing(src / "mlflow") == src_store, "the copy logged into the original outputs' MLflow store"
     t1, t2 = out, out / "turn2"
     assert json.loads((t2 / "TURN.json").read_text())["params"] == {"turn": 2}
     for s in SECTIONS:  # turn 1 was loaded, not recomputed
