@@ -825,16 +825,17 @@ def _golden_run(cfg: Config, pools: pd.DataFrame, arms: pd.DataFrame, turn: int)
     gt = [gt_by[n] for n in gold["name"]]
     paths = list(gold["image_path"])
     labelled = {}
-    name = str(cfg.label_labeler)
+    name, where = str(cfg.label_labeler), _executor(cfg)
     if name == "teacher" and not _model_labels_next_turn(cfg):  # a fixed, shipped teacher: its own entry
-        labelled["teacher"] = autolabel.get_labeler(cfg).label(gt, paths, progress=False).frames
+        labelled["teacher"] = autolabel.get_labeler(cfg).label(gt, paths, progress=False, executor=where).frames
     elif name == "teacher":
         cands = arms[arms["arm"] == "iter1"]
         for tag, wts in (("teacher_iter0", artifacts.start_weights(cfg.out, turn)),
                          *((f"teacher_{r}", cfg.out / w) for r, w in zip(cands["run"], cands["weights"]))):
-            labelled[tag] = autolabel.get_labeler(cfg, start_weights=wts).label(gt, paths, progress=False).frames
+            labelled[tag] = autolabel.get_labeler(cfg, start_weights=wts).label(gt, paths, progress=False,
+                                                                                executor=where).frames
     elif name == "gsam2":
-        labelled["gsam2"] = autolabel.get_labeler(cfg).label(gt, paths, progress=False).frames
+        labelled["gsam2"] = autolabel.get_labeler(cfg).label(gt, paths, progress=False, executor=where).frames
     run_id = f"{cfg.profile}-{cfg.hash()}-{Section(cfg, 6, turn).manifest_hash()}"  # config + mined set = one iteration
     history = artifacts.turn_dir(cfg.out, turn) / "golden_qa.json"
     if turn > 1:  # this turn's history starts as the previous turn's (rewritten on every recompute: deterministic)
