@@ -177,6 +177,7 @@ def _run_ray(stage: Callable, batches: list[Batch], ex: Executor, kwargs: Mappin
         batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=min(ex.workers, len(items))),
         num_cpus=ex.cpus_per_actor, num_gpus=ex.gpus_per_actor or None,
         max_restarts=ex.max_restarts, max_task_retries=ex.max_restarts,
+        scheduling_strategy="SPREAD",  # actors on as many nodes as possible: a lost node takes fewer down
         runtime_env={"env_vars": dict(ex.env)} if ex.env else None)
     return _in_order(out.iter_rows(), len(items))
 

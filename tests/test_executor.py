@@ -13,6 +13,7 @@ nothing, only their identity across executors does.
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +29,9 @@ from bdd_engine.config import load_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _tiny_models import build_tiny_gdino, build_tiny_sam2, build_tiny_yolo  # noqa: E402
-from test_embed import build_tiny_dinov2  # noqa: E402
 
 RAY = ex.Executor("ray", workers=2, max_restarts=3)
+RAY1 = ex.Executor("ray", workers=1, max_restarts=3)  # the heavy-import stages: one actor (process start-up is most of a job here)
 N_FRAMES = 10
 
 
@@ -80,8 +81,8 @@ def yolo(tmp_path_factory) -> Path:
     return build_tiny_yolo(tmp_path_factory.mktemp("yolo") / "tiny-random-yolo.pt")
 
 
-def _local_and_ray(fn):
-    return fn(ex.LOCAL), fn(RAY)
+def _local_and_ray(fn, on=RAY):
+    return fn(ex.LOCAL), fn(on)
 
 
 # ----------------------------------------------------------------------------- the executor alone (no Ray)
@@ -153,9 +154,9 @@ def test_embed_on_ray_is_byte_identical_and_counts_the_corrupt_frame(cluster, co
 
 def test_predict_on_ray_is_identical_and_a_corrupt_frame_is_one_counted_failure(cluster, corrupt, yolo):
     stage = {"weights": yolo, "conf": 0.0001, "device": "cpu", "imgsz": 64, "batch": 2, "max_det": 20}
-    batches = [ex.take({"path": corrupt}, r) for r in ex.chunks(len(corrupt), 4)]  # 3 batches over both nodes
+    batches = [ex.take({"path": corrupt}, r) for r in ex.chunks(len(corrupt), 4)]  # 3 batches of 2 forwards
     local, out = _local_and_ray(lambda e: ex.concat(ex.run(train.PredictBatch, batches, executor=e,
-                                                           stage_kwargs=stage)))
+                                                           stage_kwargs=stage)), RAY1)
     assert list(out["frame"]) == list(local["frame"]) and list(out["error"]) == list(local["error"])
     assert sum(len(f["labels"]) for f in local["frame"]) > 0
     # the Ultralytics exception on the corrupt frame failed its batch; redone frame by frame, it is one row
@@ -179,7 +180,7 @@ def test_auto_label_on_ray_is_identical(cluster, corrupt, yolo, tmp_path, monkey
         lab = make_labeler("gsam2", device="cpu", gdino_dir=build_tiny_gdino(tmp_path / "tiny-random-gdino"),
                            sam_dir=build_tiny_sam2(tmp_path / "tiny-random-sam2"), prompt="car . person . bike",
                            box_threshold=0.0, text_threshold=0.0, max_dets=5, gsam2_batch_size=2)
-    a, b = _local_and_ray(lambda e: lab.label(_bdd_frames(corrupt), corrupt, progress=False, executor=e))
+    a, b = _local_and_ray(lambda e: lab.label(_bdd_frames(corrupt), corrupt, progress=False, executor=e), RAY1)
     assert a.n_labels > 0
     assert a.frames == b.frames and a.failures == b.failures and a.stats == b.stats
     assert list(b.failures) == ["synthetic-corrupt.jpg"]  # counted per frame on Ray too
@@ -192,7 +193,7 @@ def test_predicted_attributes_on_ray_are_identical(cluster):
                            "timeofday": np.where(X[:, 1] > 0, "daytime", "night")})
     probes = attributes.fit_probes(X[:30], labels[:30], attrs=["weather", "timeofday"])
     whole = attributes.predict_rows(X, probes=probes)  # one batch: what the demo's pools are
-    on_ray = attributes.predict_rows(X, probes=probes, executor=RAY, batch=7)
+    on_ray = attributes.predict_rows(X, probes=probes, executor=RAY1, batch=7)
     pd.testing.assert_frame_equal(whole, on_ray)
     assert set(whole.columns) == {"weather", "weather_conf", "timeofday", "timeofday_conf", "attr_source"}
     text = {"weather": (["clear", "rainy"], rng.normal(size=(2, 16)).astype(np.float32))}  # zero-shot, in chunks
@@ -201,17 +202,35 @@ def test_predicted_attributes_on_ray_are_identical(cluster):
 
 
 # ----------------------------------------------------------------------------- a node dies mid-job
-def test_a_worker_node_killed_mid_job_still_gives_the_identical_result(cluster, frames, tmp_path):
-    dino = {"name": "dinov2", "device": "cpu", "imgsz": 56, "clip_arch": "ViT-B-32", "clip_weights": None,
-            "dinov2_dir": str(build_tiny_dinov2(tmp_path))}
-    paths = frames * 4  # 40 frames in 20 batches: enough that the worker node holds some when it dies
+class _SlowEmbed(embed.EmbedBatch):
+    """EmbedBatch that takes 0.3 s a batch (so the job is still running when the node dies) and
+    says which node ran it."""
+
+    def __call__(self, batch):
+        import ray
+
+        time.sleep(0.3)
+        out = super().__call__(batch)
+        return {**out, "node": np.full(len(out["error"]), ray.get_runtime_context().get_node_id(), dtype=object)}
+
+
+def test_a_worker_node_killed_mid_job_still_gives_the_identical_result(cluster, frames):
+    import ray
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actors cannot import this test module
+    gradhist = {"name": "gradhist", "device": "cpu", "imgsz": 64, "clip_arch": "ViT-B-32", "clip_weights": None,
+                "dinov2_dir": None}
+    paths = frames * 2  # 20 frames in 10 batches of 2, 0.3 s each, over 2 actors (one per node: SPREAD)
     batches = [ex.take({"path": paths}, r) for r in ex.chunks(len(paths), 2)]
-    want = ex.concat(ex.run(embed.EmbedBatch, batches, stage_kwargs=dino))
+    want = ex.concat(ex.run(embed.EmbedBatch, batches, stage_kwargs=gradhist))
     worker = next(n for n in cluster.list_all_nodes() if n is not cluster.head_node)
-    it = ex.run(embed.EmbedBatch, batches, executor=RAY, stage_kwargs=dino)
+    half = ex.Executor("ray", workers=2, cpus_per_actor=0.5, max_restarts=3)  # the head can host the restarted actor
+    it = ex.run(_SlowEmbed, batches, executor=half, stage_kwargs=gradhist)
     got = [next(it)]
-    cluster.remove_node(worker)  # the raylet and its actor die, with the blocks it held
-    cluster.add_node(num_cpus=1, object_store_memory=150 * 2**20)  # a replacement node (an autoscaler's job)
-    got += list(it)  # the actor is restarted there and its batches retried
+    cluster.remove_node(worker)  # its raylet, its actor and the blocks in its object store are gone
+    got += list(it)  # the actor is restarted on the head, its batches retried (the module's last Ray test)
     out = ex.concat(got)
+    alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    assert worker.unique_id not in alive and set(out["node"]) - {worker.unique_id}  # it died; others carried on
     assert ex.n_errors(out) == 0 and out["emb"].tobytes() == want["emb"].tobytes()
