@@ -121,20 +121,27 @@ def _wall(stage, kwargs, batches, executor: ex.Executor) -> tuple[float, int]:
     return time.perf_counter() - t0, errors
 
 
-def measure(stage, kwargs, batches, n: int, executor: ex.Executor, reps: int = 2) -> dict:
-    """Two runs, each the best of ``reps``: the first batch alone (start-up + one batch) and all
-    batches. Per-frame cost = the difference over the extra frames (start-up cancels); start-up =
-    what is left of the first. (Seconds to the first result would not do: Ray streams, more batches
-    finish meanwhile.)"""
-    n1 = len(next(iter(batches[0].values()))) if "job" not in batches[0] else None
-    t1 = min(_wall(stage, kwargs, batches[:1], executor)[0] for _ in range(reps))
-    runs = [_wall(stage, kwargs, batches, executor) for _ in range(reps)]
-    t, errors = min(r[0] for r in runs), max(r[1] for r in runs)
-    n1 = n / len(batches) if n1 is None else n1  # ingest: a batch is a video of n / videos frames
-    per = (t - t1) / (n - n1)
-    return {"wall_s": round(t, 3), "one_batch_s": round(t1, 3), "startup_s": round(t1 - n1 * per, 3),
-            "fps": round(n / t, 3), "steady_fps": round(1 / per, 3) if per > 0 else float("nan"),
-            "s_per_frame": round(per, 6), "errors": errors}
+def measure(stage, kwargs, batches, n: int, executors: dict[str, ex.Executor], reps: int = 2) -> dict:
+    """Per executor, two runs, each the best of ``reps``: the first batch alone (start-up + one
+    batch) and all batches. Per-frame cost = the difference over the extra frames (start-up
+    cancels); start-up = what is left of the first. (Seconds to the first result would not do:
+    Ray streams, more batches finish meanwhile.) The executors take turns within each rep, so a
+    burst of other jobs on the shared cores hits them alike."""
+    n1 = len(next(iter(batches[0].values()))) if "job" not in batches[0] else n / len(batches)  # ingest: a video
+    one: dict[str, list[float]] = {k: [] for k in executors}
+    full: dict[str, list[tuple[float, int]]] = {k: [] for k in executors}
+    for _ in range(reps):
+        for k, e in executors.items():
+            one[k].append(_wall(stage, kwargs, batches[:1], e)[0])
+            full[k].append(_wall(stage, kwargs, batches, e))
+    out = {}
+    for k in executors:
+        t1, t = min(one[k]), min(w for w, _ in full[k])
+        per = (t - t1) / (n - n1)
+        out[k] = {"wall_s": round(t, 3), "one_batch_s": round(t1, 3), "startup_s": round(t1 - n1 * per, 3),
+                  "fps": round(n / t, 3), "steady_fps": round(1 / per, 3) if per > 0 else float("nan"),
+                  "s_per_frame": round(per, 6), "errors": max(e for _, e in full[k])}
+    return out
 
 
 def project(res: dict) -> dict:
@@ -197,14 +204,12 @@ def main() -> None:
         inputs = make_inputs(tmp, args.videos, args.seconds)
         todo = stages(inputs, args.batch)
         todo = {k: v for k, v in todo.items() if not args.only or k in args.only}
-        res = {name: {"frames": n, "batches": len(b), "local": measure(stage, kw, b, n, ex.LOCAL, args.reps)}
-               for name, (stage, kw, b, n) in todo.items()}  # before Ray starts: its driver threads stay out
         ray.init(num_cpus=2, logging_level="ERROR", log_to_driver=False, include_dashboard=False,
                  configure_logging=False)
+        executors = {"local": ex.LOCAL, **{f"ray_{w}": ex.Executor("ray", workers=w, env=ONE_THREAD) for w in (1, 2)}}
+        res = {}
         for name, (stage, kw, batches, n) in todo.items():
-            r = res[name]
-            for w in (1, 2):
-                r[f"ray_{w}"] = measure(stage, kw, batches, n, ex.Executor("ray", workers=w, env=ONE_THREAD), args.reps)
+            r = res[name] = {"frames": n, "batches": len(batches), **measure(stage, kw, batches, n, executors, args.reps)}
             r["ratio_2_over_1"] = round(r["ray_1"]["s_per_frame"] / r["ray_2"]["s_per_frame"], 3)
             r["ray_overhead_s_per_frame"] = round(r["ray_1"]["s_per_frame"] - r["local"]["s_per_frame"], 6)
             print(f"{name:10s} frames {n:6d} | local {r['local']['steady_fps']:9.2f} f/s | ray 1 {r['ray_1']['steady_fps']:9.2f} "
