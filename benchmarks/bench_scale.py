@@ -144,6 +144,13 @@ def measure(stage, kwargs, batches, n: int, executors: dict[str, ex.Executor], r
     return out
 
 
+def ratio(r: dict) -> float:
+    """Steady frames/s of 2 actors over 1; NaN when a per-frame cost came out <= 0 (the stage is
+    so cheap that noise from the shared cores exceeds it)."""
+    a, b = r["ray_1"]["s_per_frame"], r["ray_2"]["s_per_frame"]
+    return round(a / b, 3) if a > 0 and b > 0 else float("nan")
+
+
 def project(res: dict) -> dict:
     """Wall hours over the fleet per stage on 1, 8, 64 GPU nodes, at the parallel efficiency measured
     here and at 1.0 (see ASSUMPTIONS)."""
@@ -210,7 +217,7 @@ def main() -> None:
         res = {}
         for name, (stage, kw, batches, n) in todo.items():
             r = res[name] = {"frames": n, "batches": len(batches), **measure(stage, kw, batches, n, executors, args.reps)}
-            r["ratio_2_over_1"] = round(r["ray_1"]["s_per_frame"] / r["ray_2"]["s_per_frame"], 3)
+            r["ratio_2_over_1"] = ratio(r)
             r["ray_overhead_s_per_frame"] = round(r["ray_1"]["s_per_frame"] - r["local"]["s_per_frame"], 6)
             print(f"{name:10s} frames {n:6d} | local {r['local']['steady_fps']:9.2f} f/s | ray 1 {r['ray_1']['steady_fps']:9.2f} "
                   f"| ray 2 {r['ray_2']['steady_fps']:9.2f} | 2/1 {r['ratio_2_over_1']:.2f} | ray overhead "
