@@ -122,6 +122,13 @@ def test_a_stage_without_failed_lets_the_error_through_and_bad_settings_are_refu
         ex.Executor("ray", workers=0)
 
 
+def test_the_demo_stays_local_and_the_full_profile_runs_on_ray():
+    for profile in ("demo", "tiny"):
+        assert load_config(profile, env=False)["executor"] == "local"
+    full = load_config("full", env=False)
+    assert full["executor"] == "ray" and full["ray_gpus_per_actor"] == 1.0 and full["ray_address"] is None
+
+
 # ----------------------------------------------------------------------------- every stage: local == Ray
 # One Ray job per stage (each job starts its actors: seconds on this machine). CLIP and DINOv2 share
 # EmbedBatch and _TorchEmbedder with each other: DINOv2 runs on Ray in the killed-node test below.
@@ -196,6 +203,8 @@ def test_predicted_attributes_on_ray_are_identical(cluster):
     on_ray = attributes.predict_rows(X, probes=probes, executor=RAY1, batch=7)
     pd.testing.assert_frame_equal(whole, on_ray)
     assert set(whole.columns) == {"weather", "weather_conf", "timeofday", "timeofday_conf", "attr_source"}
+    with pytest.raises(ValueError, match="ray_gpus_per_actor is 1 but the Ray cluster has 0 GPUs"):
+        attributes.predict_rows(X, probes=probes, executor=ex.Executor("ray", gpus_per_actor=1.0))  # not a hang
     text = {"weather": (["clear", "rainy"], rng.normal(size=(2, 16)).astype(np.float32))}  # zero-shot, in chunks
     pd.testing.assert_frame_equal(attributes.predict_rows(X, text_emb=text),
                                   attributes.predict_rows(X, text_emb=text, batch=7))
