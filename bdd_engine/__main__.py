@@ -27,7 +27,7 @@ import os
 import sys
 from pathlib import Path
 
-from bdd_engine import checkpoint, flywheel, ingest, runner, synth, synthvideo
+from bdd_engine import checkpoint, executor, flywheel, ingest, runner, synth, synthvideo
 from bdd_engine.evaluate import main_evaluate
 from bdd_engine.explorer import main_app
 from bdd_engine.config import ConfigError, load_config, parse_overrides
@@ -62,7 +62,8 @@ def cmd_synth_videos(args: argparse.Namespace, cfg, root: Path) -> None:
 def cmd_ingest(args: argparse.Namespace) -> int:
     res = ingest.ingest(args.src, args.out, fps=args.fps, scene_threshold=args.scene_threshold,
                         max_frames_per_video=args.max_frames_per_video, decoder=args.decoder, method=args.method,
-                        workers=args.workers)
+                        workers=args.workers,
+                        executor=executor.Executor(args.executor, address=args.ray_address, workers=args.workers))
     print(res.summary())
     for r in res.skipped.itertuples(index=False):
         print(f"skipped: {r.source_path}: {r.reason}", file=sys.stderr)
@@ -287,7 +288,12 @@ def _parser() -> argparse.ArgumentParser:
     ing.add_argument("--decoder", choices=ingest.DECODERS, default="pyav")
     ing.add_argument("--method", choices=ingest.METHODS, default="seek",
                      help="seek = jump to the keyframe before a sample when that skips frames; seq = decode all")
-    ing.add_argument("--workers", type=int, default=1, help="videos decoded in parallel processes (2 on 2 cores)")
+    ing.add_argument("--workers", type=int, default=1,
+                     help="videos decoded in parallel processes (2 on 2 cores); with --executor ray: Ray actors")
+    ing.add_argument("--executor", choices=executor.EXECUTORS, default="local",
+                     help="ray: decode the videos on a Ray actor pool (every node sees --src and --out)")
+    ing.add_argument("--ray-address", default=None,
+                     help="with --executor ray: a running cluster (auto, HOST:6379); default: start a local Ray")
     ing.set_defaults(fn=cmd_ingest)
     sub.add_parser("evaluate", help="python -m bdd_engine evaluate --gt GT.json --pred PRED.json [--by ...] [--json OUT]")
     sub.add_parser("app", help="python -m bdd_engine app --profile P [--port N] [--set key=value]")

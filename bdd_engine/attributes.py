@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bdd_engine import executor as executors
 from bdd_engine.bdd import SLICE_ATTRS
 from bdd_engine.viz import heatmaps
 
@@ -104,6 +105,37 @@ def zero_shot(image_emb: np.ndarray, text_emb: Mapping[str, tuple[Sequence[str],
     return df
 
 
+class AttributeBatch:
+    """The predicted-attributes stage as a batch callable: fitted ``probes`` (:func:`fit_probes`)
+    or CLIP ``text_emb`` (:func:`zero_shot`), given once; a batch ``{"x": (N, D) embeddings}`` in,
+    :func:`predict_attributes`' columns (+ ``error``) out."""
+
+    def __init__(self, probes: Mapping[str, Any] | None = None,
+                 text_emb: Mapping[str, tuple[Sequence[str], np.ndarray]] | None = None):
+        if (probes is None) == (text_emb is None):
+            raise ValueError("AttributeBatch needs exactly one of probes= or text_emb=")
+        self.probes, self.text_emb = probes, text_emb
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        x = np.asarray(batch["x"], np.float32)
+        df = predict_attributes(self.probes, x) if self.probes is not None else zero_shot(x, self.text_emb)
+        return {**{c: df[c].to_numpy() for c in df.columns}, "error": np.full(len(df), "", dtype=object)}
+
+
+ATTR_BATCH = 65536  # rows per batch of AttributeBatch (a pool below it is one batch, as before the executor)
+
+
+def predict_rows(X: np.ndarray, *, probes: Mapping[str, Any] | None = None,
+                 text_emb: Mapping[str, tuple[Sequence[str], np.ndarray]] | None = None,
+                 executor: executors.Executor = executors.LOCAL, batch: int = ATTR_BATCH) -> pd.DataFrame:
+    """:class:`AttributeBatch` over ``X`` (N, D) in batches of ``batch`` rows on ``executor``:
+    :func:`predict_attributes` / :func:`zero_shot`'s columns, row i ↔ ``X[i]``."""
+    spans = executors.chunks(len(X), batch) or [range(0, 0)]  # no rows: one empty batch, as one call was
+    outs = executors.run(AttributeBatch, [{"x": np.asarray(X[r.start:r.stop])} for r in spans], executor=executor,
+                         stage_kwargs={"probes": probes, "text_emb": text_emb}, name="attributes")
+    return pd.DataFrame(executors.concat(outs)).drop(columns="error")
+
+
 def clip_text_embeddings(model: Any, tokenizer: Any, prompts: Mapping[str, Mapping[str, str]] = PROMPTS,
                          device: str = "cpu") -> dict[str, tuple[list[str], np.ndarray]]:
     """attr → (values, (K, D) L2-normalised text embeddings) from an open_clip ``model`` and its ``tokenizer``."""
@@ -176,8 +208,8 @@ PREDICTORS = ("probe", "zero_shot")
 
 def pool_attributes(pool: pd.DataFrame, X_pool: np.ndarray, fit_frames: pd.DataFrame, X_fit: np.ndarray, *,
                     method: str, text_emb: Mapping[str, tuple[Sequence[str], np.ndarray]] | None = None,
-                    attrs: Sequence[str] = SLICE_ATTRS, seed: int = 42,
-                    C: float = 0.1) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, pd.DataFrame]]:
+                    attrs: Sequence[str] = SLICE_ATTRS, seed: int = 42, C: float = 0.1,
+                    executor: executors.Executor = executors.LOCAL) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, pd.DataFrame]]:
     """Predicted attributes for the pool frames that have none, scored on those that have them.
 
     ``pool``: frame table (name + ``attrs``) with ``X_pool`` (P, D) embeddings row-aligned;
@@ -187,7 +219,8 @@ def pool_attributes(pool: pd.DataFrame, X_pool: np.ndarray, fit_frames: pd.DataF
     ``attr_source = "predicted"``; every other frame keeps its labels (``attr_source =
     "labels"``, confidence NaN). ``slice`` is recomputed from the filled attributes.
     Returns (pool with those columns, accuracy table, confusions) — scored on the pool's
-    labelled frames, none of which the probe saw (§3 splits by drive group)."""
+    labelled frames, none of which the probe saw (§3 splits by drive group). ``executor``: where
+    the per-frame prediction (:class:`AttributeBatch`) runs; the probe is fitted here."""
     from bdd_engine.slices import key
 
     if method not in PREDICTORS:
@@ -197,13 +230,13 @@ def pool_attributes(pool: pd.DataFrame, X_pool: np.ndarray, fit_frames: pd.DataF
         if set(probes) != set(attrs):
             raise ValueError(f"attribute probe: the labelled frames hold fewer than two values of "
                              f"{sorted(set(attrs) - set(probes))}; nothing to learn from")
-        pred = predict_attributes(probes, X_pool)
+        pred = predict_rows(X_pool, probes=probes, executor=executor)
         n_fit = {a: int(_known(fit_frames[a].to_numpy(object)).sum()) for a in attrs}
         classes = {a: list(clf.classes_) for a, clf in probes.items()}
     else:
         if text_emb is None:
             raise ValueError("mine_attr_predictor zero_shot needs CLIP text embeddings (embed_model: clip)")
-        pred = zero_shot(np.asarray(X_pool, np.float32), text_emb)
+        pred = predict_rows(np.asarray(X_pool, np.float32), text_emb=text_emb, executor=executor)
         n_fit, classes = {a: 0 for a in attrs}, {a: list(text_emb[a][0]) for a in attrs}
     out = pool.reset_index(drop=True).copy()
     none = out[list(attrs)].isna().all(axis=1).to_numpy()

@@ -42,7 +42,8 @@ RESERVED_ENV: dict[str, str] = {
 }
 
 # Keys that never change results (where things go, how loud they are).
-NON_RESULT_KEYS = ("profile", "outputs_dir", "device", "workers", "fiftyone_dataset", "mlflow_tracking_uri")
+NON_RESULT_KEYS = ("profile", "outputs_dir", "device", "workers", "fiftyone_dataset", "mlflow_tracking_uri",
+                   "executor", "ray_address", "ray_workers", "ray_cpus_per_actor", "ray_gpus_per_actor", "ray_max_restarts")  # where, not what
 
 
 class ConfigError(ValueError):

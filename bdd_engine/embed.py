@@ -46,11 +46,12 @@ import time
 import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
 
+from bdd_engine import executor as executors
 from bdd_engine import weights
 from bdd_engine.checkpoint import atomic_write_json, sha256_file
 from bdd_engine.env import PROJECT_ROOT, setup_env
@@ -77,6 +78,7 @@ class Embedder(ABC):
     name: str
     dim: int
     weights_hash: str
+    spec: dict[str, Any] | None = None  # get_embedder's keywords that rebuild it (set by get_embedder)
 
     @abstractmethod
     def preprocess(self, image: Image.Image) -> np.ndarray: ...
@@ -264,12 +266,17 @@ def get_embedder(name: str, *, device: str, imgsz: int, clip_arch: str, clip_wei
     """
     setup_env()  # offline-safe hub settings before open_clip/transformers are imported
     if name == "gradhist":
-        return GradHistEmbedder(imgsz=imgsz)
-    if name == "clip":
-        return ClipEmbedder(clip_arch, _weights_path(clip_weights, "clip"), torch_device(device))
-    if name == "dinov2":
-        return Dinov2Embedder(_weights_path(dinov2_dir, "dinov2"), imgsz=imgsz, device=torch_device(device))
-    raise ValueError(f"unknown embed_model {name!r}; choose one of {EMBEDDERS}")
+        emb: Embedder = GradHistEmbedder(imgsz=imgsz)
+    elif name == "clip":
+        emb = ClipEmbedder(clip_arch, _weights_path(clip_weights, "clip"), torch_device(device))
+    elif name == "dinov2":
+        emb = Dinov2Embedder(_weights_path(dinov2_dir, "dinov2"), imgsz=imgsz, device=torch_device(device))
+    else:
+        raise ValueError(f"unknown embed_model {name!r}; choose one of {EMBEDDERS}")
+    # how to build it again in another process (a Ray actor), instead of shipping its weights
+    emb.spec = {"name": name, "device": device, "imgsz": imgsz, "clip_arch": clip_arch,
+                "clip_weights": clip_weights, "dinov2_dir": dinov2_dir}
+    return emb
 
 
 def _weights_path(path: str | os.PathLike | None, registry_name: str) -> Path:
@@ -282,28 +289,59 @@ def _weights_path(path: str | os.PathLike | None, registry_name: str) -> Path:
 
 
 # ----------------------------------------------------------------------------- store
+class EmbedBatch:
+    """The embedding stage, a batch callable: image paths in, L2-normalised rows out.
+
+    Built once per process (or Ray actor) from an :class:`Embedder` or from
+    :func:`get_embedder`'s keywords (``spec``). ``__call__({"path": ...})`` → ``{"emb": (N, D)
+    float32, "error": str per frame}``: a missing or undecodable image gets an all-zero row and
+    ``error`` "unreadable image" (counted, never raised). Its two halves, :meth:`load` (decode +
+    preprocess one image) and :meth:`finish` (forward + normalise a stacked batch), are what
+    :func:`embed_frames`' local path runs in its DataLoader workers and main process.
+    """
+
+    def __init__(self, embedder: Embedder | None = None, **spec: Any):
+        self.embedder = embedder if embedder is not None else get_embedder(**spec)
+        self.blank = np.zeros_like(self.embedder.preprocess(Image.new("RGB", (64, 36))))
+
+    def load(self, path: str) -> tuple[np.ndarray, bool]:
+        """(preprocessed array, ok); a bad image → (zeros, False), never an exception."""
+        try:
+            with Image.open(path) as im:
+                return self.embedder.preprocess(im.convert("RGB")), True
+        # Exception, not just OSError: Ultralytics' PIL hook turns an undecodable file into an
+        # ImportError (it tries the optional pi_heif) once ultralytics has been imported.
+        except Exception:  # missing / truncated / not an image
+            return self.blank, False
+
+    def finish(self, x: np.ndarray, ok: np.ndarray) -> np.ndarray:
+        """Stacked preprocessed batch → (N, D) float32 L2-normalised, rows of bad images zero."""
+        emb = l2_normalize(self.embedder.forward(x))
+        emb[~ok] = 0.0
+        if emb.shape != (len(ok), self.embedder.dim):
+            raise RuntimeError(f"embedder {self.embedder.name} returned {emb.shape}, expected ({len(ok)}, {self.embedder.dim})")
+        return emb
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        loaded = [self.load(p) for p in batch["path"]]
+        ok = np.array([o for _, o in loaded], bool)
+        emb = self.finish(np.stack([x for x, _ in loaded]), ok)
+        return {"emb": emb, "error": np.array(["" if o else "unreadable image" for o in ok], dtype=object)}
+
+
 class _Frames:
-    """torch Dataset over image paths [start, n): (row, preprocessed array, ok flag).
+    """torch Dataset over image paths [start, n): (row, preprocessed array, ok flag) from
+    :meth:`EmbedBatch.load` (a bad image: zeros and ok=False; it never raises mid-run)."""
 
-    A missing or undecodable image yields a zero array and ok=False (the row is
-    zeroed, counted and reported; it never raises mid-run)."""
-
-    def __init__(self, paths: Sequence[str], preprocess: Callable[[Image.Image], np.ndarray], start: int):
-        self.paths, self.pre, self.start = list(paths), preprocess, start
-        self.blank = np.zeros_like(preprocess(Image.new("RGB", (64, 36))))
+    def __init__(self, paths: Sequence[str], load: Callable[[str], tuple[np.ndarray, bool]], start: int):
+        self.paths, self.load, self.start = list(paths), load, start
 
     def __len__(self) -> int:
         return len(self.paths) - self.start
 
     def __getitem__(self, i: int) -> tuple[int, np.ndarray, bool]:
         row = self.start + i
-        try:
-            with Image.open(self.paths[row]) as im:
-                return row, self.pre(im.convert("RGB")), True
-        # Exception, not just OSError: Ultralytics' PIL hook turns an undecodable file into an
-        # ImportError (it tries the optional pi_heif) once ultralytics has been imported.
-        except Exception:  # missing / truncated / not an image
-            return row, self.blank, False
+        return (row, *self.load(self.paths[row]))
 
 
 def frameset_hash(names: Sequence[str], image_paths: Sequence[str | os.PathLike]) -> str:
@@ -329,7 +367,8 @@ def cache_key(embedder: Embedder, fset_hash: str, dtype: str = "float32") -> str
 
 def embed_frames(embedder: Embedder, image_paths: Sequence[str | os.PathLike], names: Sequence[str],
                  cache_dir: str | os.PathLike, *, batch_size: int, workers: int, flush_every: int = 8,
-                 progress: bool = True, dtype: str = "float32") -> tuple[np.memmap, list[str]]:
+                 progress: bool = True, dtype: str = "float32",
+                 executor: executors.Executor = executors.LOCAL) -> tuple[np.memmap, list[str]]:
     """Embed every image; return ((N, D) read-only memmap of L2-normalised rows, names).
 
     ``image_paths``/``names``: one per frame (names unique); ``batch_size``: images per
@@ -344,7 +383,9 @@ def embed_frames(embedder: Embedder, image_paths: Sequence[str | os.PathLike], n
     Unreadable or missing images get an all-zero row, are listed in ``meta.json``
     ("unreadable") and warned about; consumers skip zero rows. ``dtype`` (:data:`DTYPES`): the
     file's row type; rows are computed in float32 and stored as ``dtype`` batch by batch, so
-    at most one batch is in RAM (float16: half the disk, cosines within ~1e-3).
+    at most one batch is in RAM (float16: half the disk, cosines within ~1e-3). ``executor``:
+    where :class:`EmbedBatch` runs (``local``: this process, ``workers`` decoding; ``ray``: an
+    actor pool built from the embedder's ``spec``); the same batches give the same rows.
     """
     names = [str(n) for n in names]
     paths = [str(p) for p in image_paths]
@@ -366,7 +407,7 @@ def embed_frames(embedder: Embedder, image_paths: Sequence[str | os.PathLike], n
     arr, start, batch_size, unreadable = _open_partial(partial, prog, n, d, batch_size, dtype)
     if start < n:
         _fill(arr, embedder, paths, names, start, unreadable, prog, batch_size=batch_size, workers=workers,
-              flush_every=flush_every, progress=progress)
+              flush_every=flush_every, progress=progress, executor=executor)
     arr.flush()
     del arr
     if unreadable:
@@ -396,22 +437,17 @@ def _open_partial(partial: Path, prog: Path, n: int, d: int, batch_size: int,
 
 
 def _fill(arr: np.memmap, embedder: Embedder, paths: list[str], names: list[str], start: int, unreadable: list[str],
-          prog: Path, *, batch_size: int, workers: int, flush_every: int, progress: bool) -> None:
+          prog: Path, *, batch_size: int, workers: int, flush_every: int, progress: bool,
+          executor: executors.Executor = executors.LOCAL) -> None:
     """Embed rows ``start..n`` into ``arr`` (appending unreadable names), recording progress
     every ``flush_every`` batches and on any exception."""
     from tqdm.auto import tqdm
 
     n, d = arr.shape
     done = start
-    loader = _loader(_Frames(paths, embedder.preprocess, start), batch_size, workers)
     bar = tqdm(total=n, initial=start, unit="img", desc=f"embed {embedder.name}", disable=not progress)
     try:
-        for i, (rows, x, ok) in enumerate(loader):
-            rows, ok = rows.numpy(), ok.numpy().astype(bool)
-            emb = l2_normalize(embedder.forward(x.numpy()))
-            emb[~ok] = 0.0
-            if emb.shape != (len(rows), d):
-                raise RuntimeError(f"embedder {embedder.name} returned {emb.shape}, expected ({len(rows)}, {d})")
+        for i, (rows, emb, ok) in enumerate(_batches(embedder, paths, start, batch_size, workers, executor)):
             arr[rows[0]: rows[-1] + 1] = emb  # cast to the file's dtype on the way
             unreadable += [names[r] for r in rows[~ok]]
             done = int(rows[-1]) + 1
@@ -421,6 +457,26 @@ def _fill(arr: np.memmap, embedder: Embedder, paths: list[str], names: list[str]
     finally:
         bar.close()
         _write_progress(prog, arr, done, batch_size, unreadable, n, d)  # Ctrl-C keeps finished rows
+
+
+def _batches(embedder: Embedder, paths: list[str], start: int, batch_size: int, workers: int,
+             executor: executors.Executor) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(row numbers, normalised rows, ok flags) per batch of ``batch_size`` rows from ``start``:
+    locally :class:`EmbedBatch`'s halves around a DataLoader (``workers`` decode), on Ray the
+    whole callable per batch in an actor built from ``embedder.spec``."""
+    if executor.is_local:
+        stage = EmbedBatch(embedder)
+        for rows, x, ok in _loader(_Frames(paths, stage.load, start), batch_size, workers):
+            ok = ok.numpy().astype(bool)
+            yield rows.numpy(), stage.finish(x.numpy(), ok), ok
+        return
+    spans = executors.chunks(len(paths), batch_size, start)
+    spec = getattr(embedder, "spec", None)
+    kwargs = spec if spec is not None else {"embedder": embedder}  # a hand-built embedder travels pickled
+    outs = executors.run(EmbedBatch, [executors.take({"path": paths}, r) for r in spans], executor=executor,
+                         stage_kwargs=kwargs, name=f"embed-{embedder.name}")
+    for r, out in zip(spans, outs):
+        yield np.arange(r.start, r.stop), out["emb"], out["error"] == ""
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:

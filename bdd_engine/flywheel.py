@@ -23,6 +23,7 @@ import pandas as pd
 
 from bdd_engine import (artifacts, attributes, autolabel, bdd, casestudy, collect, confusion, curate, embed, evaluate,
                         experiment, figures, images, mine, report, slices, synth, tracking, train)
+from bdd_engine import executor as executors
 from bdd_engine.checkpoint import (Section, acquire_lock, atomic_path, atomic_write_json, claim_folder,
                                    df_to_markdown, input_row, release_lock, reset_peak_rss)
 from bdd_engine.config import Config, ConfigError
@@ -166,6 +167,13 @@ def s1_collect(cfg: Config) -> Result:
 
 
 # ----------------------------------------------------------------------------- §2
+def _executor(cfg: Config) -> executors.Executor:
+    """Where the per-frame stages run (``executor``, ``ray_*`` keys): results do not depend on it."""
+    return executors.Executor(str(cfg.executor), address=cfg.ray_address, workers=int(cfg.ray_workers),
+                              cpus_per_actor=float(cfg.ray_cpus_per_actor),
+                              gpus_per_actor=float(cfg.ray_gpus_per_actor), max_restarts=int(cfg.ray_max_restarts))
+
+
 def _embedder(cfg: Config) -> embed.Embedder:
     """The profile's embedder (``embed_*`` keys)."""
     return embed.get_embedder(str(cfg.embed_model), device=str(cfg.device), imgsz=int(cfg.embed_imgsz),
@@ -178,7 +186,7 @@ def _embeddings(cfg: Config, frames: pd.DataFrame) -> tuple[Any, list[str], Any]
     emb_model = _embedder(cfg)
     arr, names = embed.embed_frames(emb_model, list(frames["image_path"]), list(frames["name"]),
                                     cfg.out / ".cache" / "embeddings", batch_size=int(cfg.embed_batch),
-                                    workers=int(cfg.workers), dtype=str(cfg.embed_dtype))
+                                    workers=int(cfg.workers), dtype=str(cfg.embed_dtype), executor=_executor(cfg))
     return arr, names, emb_model
 
 
@@ -282,7 +290,8 @@ def s4_train(cfg: Config) -> Result:
 # ----------------------------------------------------------------------------- §5 / §8 shared
 def _predict(cfg: Config, weights: Path, frames: pd.DataFrame) -> list[dict[str, Any]]:
     """One inference pass over ``frames`` at the eval threshold; BDD frames with scores."""
-    return train.predict(weights, list(frames["image_path"]), conf=float(cfg.eval_conf), device=str(cfg.device))
+    return train.predict(weights, list(frames["image_path"]), conf=float(cfg.eval_conf), device=str(cfg.device),
+                         executor=_executor(cfg))
 
 
 def _evaluate(cfg: Config, preds: Any) -> evaluate.EvalResult:
@@ -490,7 +499,7 @@ def _pool_attributes(cfg: Config, pool: pd.DataFrame, pools: pd.DataFrame, emb: 
     method = str(cfg.mine_attr_predictor)
     texts = attributes.clip_embedder_texts(_embedder(cfg), str(cfg.embed_clip_arch)) if method == "zero_shot" else None
     return attributes.pool_attributes(pool, X(pool), fit, X(fit), method=method, text_emb=texts,
-                                      attrs=list(cfg.eval_by), seed=int(cfg.seed))
+                                      attrs=list(cfg.eval_by), seed=int(cfg.seed), executor=_executor(cfg))
 
 
 # ----------------------------------------------------------------------------- §7
@@ -505,7 +514,7 @@ def _label_sets(cfg: Config, w: Any, labeler: Any, sets: Mapping[str, list[str]]
     for which, names in sets.items():
         frames = [gt_pool.get(n) or {"name": n, "attributes": {}, "labels": []} for n in names]  # ingested: no GT
         gt = [f for f in frames if f["name"] in gt_pool]  # label quality only where ground truth exists
-        run = labeler.label(frames, [paths[n] for n in names])
+        run = labeler.label(frames, [paths[n] for n in names], executor=_executor(cfg))
         t = autolabel.write_outputs(w.path(f"labels_{which}"), run, gt, paths, accept=accept, review=review,
                                     spot_check=int(cfg.label_spot_check), seed=int(cfg.seed), train_accept=train_accept)
         extra[which] = gt if run.is_oracle else autolabel.accepted_frames(run, train_accept)
@@ -855,16 +864,17 @@ def _golden_run(cfg: Config, pools: pd.DataFrame, arms: pd.DataFrame, turn: int)
     gt = [gt_by[n] for n in gold["name"]]
     paths = list(gold["image_path"])
     labelled = {}
-    name = str(cfg.label_labeler)
+    name, where = str(cfg.label_labeler), _executor(cfg)
     if name == "teacher" and not _model_labels_next_turn(cfg):  # a fixed, shipped teacher: its own entry
-        labelled["teacher"] = autolabel.get_labeler(cfg).label(gt, paths, progress=False).frames
+        labelled["teacher"] = autolabel.get_labeler(cfg).label(gt, paths, progress=False, executor=where).frames
     elif name == "teacher":
         cands = arms[arms["arm"] == "iter1"]
         for tag, wts in (("teacher_iter0", artifacts.start_weights(cfg.out, turn)),
                          *((f"teacher_{r}", cfg.out / w) for r, w in zip(cands["run"], cands["weights"]))):
-            labelled[tag] = autolabel.get_labeler(cfg, start_weights=wts).label(gt, paths, progress=False).frames
+            labelled[tag] = autolabel.get_labeler(cfg, start_weights=wts).label(gt, paths, progress=False,
+                                                                                executor=where).frames
     elif name == "gsam2":
-        labelled["gsam2"] = autolabel.get_labeler(cfg).label(gt, paths, progress=False).frames
+        labelled["gsam2"] = autolabel.get_labeler(cfg).label(gt, paths, progress=False, executor=where).frames
     run_id = f"{cfg.profile}-{cfg.hash()}-{Section(cfg, 6, turn).manifest_hash()}"  # config + mined set = one iteration
     history = artifacts.turn_dir(cfg.out, turn) / "golden_qa.json"
     if turn > 1:  # this turn's history starts as the previous turn's (rewritten on every recompute: deterministic)

@@ -48,6 +48,7 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
+from bdd_engine import executor as executors
 from bdd_engine.bdd import group_of, video_of
 from bdd_engine.checkpoint import (FolderRefused, acquire_lock, atomic_path, atomic_write_df, claim_folder,
                                    release_lock)
@@ -363,9 +364,12 @@ def unique(paths: Sequence[Path], key: Callable[[Path], str], skipped: list[dict
 
 def ingest(src: str | os.PathLike, out: str | os.PathLike, *, fps: float = 1.0, scene_threshold: float | None = None,
            max_frames_per_video: int | None = None, decoder: str = "pyav", method: str = "seek", workers: int = 1,
-           jpeg_quality: int = 90, progress: bool = True) -> IngestResult:
+           jpeg_quality: int = 90, progress: bool = True,
+           executor: executors.Executor = executors.LOCAL) -> IngestResult:
     """Ingest every video and image under ``src`` into ``out`` (see the module doc). ``workers``:
-    videos decoded in parallel processes (the frames do not depend on it). Resumable;
+    videos decoded in parallel processes (the frames do not depend on it); ``executor`` ``ray``:
+    the videos are decoded by a Ray actor pool instead (:func:`ingest_batch`; every node must
+    see ``src`` and ``out`` at the same paths, e.g. a shared file system). Resumable;
     refuses (:class:`checkpoint.FolderRefused`) an ``out`` it did not create, made from another
     ``src`` or with other ``fps``/``scene_threshold``/``max_frames_per_video``/``jpeg_quality``."""
     src, out = Path(src).resolve(), Path(out).resolve()
@@ -391,7 +395,8 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, fps: float = 1.0, 
     try:
         parts, counts = _ingest_videos(videos, out, skipped, fps=fps, scene_threshold=scene_threshold,
                                        max_frames=max_frames_per_video, decoder=decoder, method=method,
-                                       jpeg_quality=jpeg_quality, workers=workers, progress=progress)
+                                       jpeg_quality=jpeg_quality, workers=workers, progress=progress,
+                                       executor=executor)
         parts.append(image_rows(unique(images, lambda p: p.name, skipped), skipped, progress))
         frames = pd.concat([p for p in parts if len(p)] or [pd.DataFrame(columns=FRAME_COLUMNS)], ignore_index=True)
         frames = frames[FRAME_COLUMNS].astype({"frame_index": "Int64", "timestamp_ms": "Int64"})
@@ -433,9 +438,10 @@ def _refuse_other_src(out: Path, src: Path) -> str | None:
 
 
 def _ingest_videos(videos: Sequence[Path], out: Path, skipped: list[dict], *, workers: int, progress: bool,
-                   **kw: Any) -> tuple[list[pd.DataFrame], dict]:
+                   executor: executors.Executor = executors.LOCAL, **kw: Any) -> tuple[list[pd.DataFrame], dict]:
     """Each video once: a finished one (``done/<video>.csv``) is read back, the others sampled
-    (``workers`` > 1: that many processes, one video each at a time, one decoder thread each)."""
+    (``workers`` > 1: that many processes, one video each at a time, one decoder thread each;
+    ``executor`` ray: Ray actors, one video per batch)."""
     frames_dir, done_dir = out / "frames", out / "done"
     frames_dir.mkdir(exist_ok=True)
     for tmp in done_dir.glob(".*.tmp.csv"):  # a done marker a kill caught mid-write: its video is redone
@@ -451,12 +457,18 @@ def _ingest_videos(videos: Sequence[Path], out: Path, skipped: list[dict], *, wo
         else:
             todo.append((p, frames_dir, done, {**kw, "progress": progress and workers <= 1,
                                                "threads": 1 if workers > 1 else kw.get("threads", 0)}))
-    if workers > 1 and len(todo) > 1:
+    ex = None
+    if not executor.is_local and todo:
+        todo = [(*j[:3], {**j[3], "progress": False, "threads": 1}) for j in todo]
+        outs = executors.run(ingest_batch, [executors.take({"job": todo}, [k]) for k in range(len(todo))],
+                             executor=executor, name="ingest")
+        results = ((o["rows"][0], o["error"][0] or None) for o in outs)
+    elif workers > 1 and len(todo) > 1:
         # spawn, not fork: a forked child would inherit the run lock's file and hold it after a kill
         ex = ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"))
         results = ex.map(_video_job, todo)
     else:
-        ex, results = None, map(_video_job, todo)
+        results = map(_video_job, todo)
     try:
         for (p, *_), (rows, err) in zip(todo, tqdm(results, total=len(todo), desc="ingest videos", unit="video",
                                                   disable=not progress or not todo)):
@@ -483,6 +495,17 @@ def _video_job(job: tuple[Path, Path, Path, dict]) -> tuple[pd.DataFrame | None,
         return None, str(e)
     atomic_write_df(done, rows)  # the done marker, last: the video's frames are all on disk
     return rows, None
+
+
+def ingest_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The ingest stage as a batch function (Ray): ``{"job": video jobs}`` in (see
+    :func:`_video_job`, which the local path maps directly), ``{"rows": each video's frame rows or
+    None, "error": why a video was skipped, or ""}`` out."""
+    done = [_video_job(j) for j in batch["job"]]
+    rows = np.empty(len(done), dtype=object)
+    for k, (r, _) in enumerate(done):  # one by one: a DataFrame must not be broadcast into the array
+        rows[k] = r
+    return {"rows": rows, "error": np.array([e or "" for _, e in done], dtype=object)}
 
 
 def image_rows(images: Sequence[Path], skipped: list[dict], progress: bool) -> pd.DataFrame:

@@ -38,6 +38,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from bdd_engine import bdd
+from bdd_engine import executor as executors
 from bdd_engine.checkpoint import atomic_write_df, atomic_write_json, sha256_file
 from bdd_engine.env import PROJECT_ROOT, setup_env
 from bdd_engine import weights
@@ -489,9 +490,55 @@ def _torch_version() -> str:
 PREDICT_CHUNK_BATCHES = 16  # batches per Ultralytics predict call (see predict)
 
 
+class PredictBatch:
+    """The prediction stage, a batch callable: the detector loads once in ``__init__``; a batch of
+    image paths in, one BDD frame per image out (``{"frame": dict, "error": str}``; see
+    :func:`predict` for the arguments). One Ultralytics streaming call per batch: frames meet
+    the batch-mates of their ``batch``-sized forward passes, so give it whole multiples of
+    ``batch``. An unreadable image raises (the executor then redoes the batch frame by frame
+    and :meth:`failed` records the frame)."""
+
+    def __init__(self, weights: str | os.PathLike, *, conf: float, device: str, imgsz: int | None = None,
+                 batch: int = 16, iou: float = 0.7, max_det: int = 300):
+        setup_env()  # offline-safe Ultralytics settings before it is imported
+        from ultralytics import YOLO
+
+        model = YOLO(str(_weights_path(weights)))
+        class_names = dict(model.names)
+        unknown = sorted(set(class_names.values()) - set(bdd.CLASSES))
+        if unknown:
+            raise ValueError(f"model classes {unknown} are not BDD classes; was it trained on a BDD export?")
+        if imgsz is None:  # infer at the training resolution, not Ultralytics' 640 default
+            imgsz = int(((getattr(model, "ckpt", None) or {}).get("train_args") or {}).get("imgsz", 640))
+        self.model, self.class_names = model, class_names
+        self.kw = {"batch": batch, "conf": conf, "iou": iou, "imgsz": imgsz, "max_det": max_det,
+                   "device": resolve_device(device), "verbose": False}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        paths = [Path(p) for p in batch["path"]]
+        frames = np.empty(len(paths), dtype=object)
+        results = self.model.predict([str(p) for p in paths], stream=True, **self.kw)
+        for k, (path, r) in enumerate(zip(paths, results)):
+            if Path(r.path).name != path.name:  # results come back in input order; guard it
+                raise RuntimeError(f"prediction order mismatch: {r.path} vs {path}")
+            xyxy = r.boxes.xyxy.cpu().numpy().astype(float)
+            cls = r.boxes.cls.cpu().numpy().astype(int)
+            score = r.boxes.conf.cpu().numpy().astype(float)
+            labels = [{"id": str(j), "category": self.class_names[int(c)],
+                       "box2d": {"x1": b[0], "y1": b[1], "x2": b[2], "y2": b[3]}, "score": s}
+                      for j, (b, c, s) in enumerate(zip(xyxy.tolist(), cls, score.tolist()))]
+            frames[k] = {"name": path.name, "attributes": {}, "labels": labels}
+        return {"frame": frames, "error": np.full(len(paths), "", dtype=object)}
+
+    def failed(self, batch: dict[str, np.ndarray], message: str) -> dict[str, np.ndarray]:
+        frames = np.empty(len(batch["path"]), dtype=object)
+        frames[:] = [{"name": Path(p).name, "attributes": {}, "labels": []} for p in batch["path"]]
+        return {"frame": frames, "error": np.full(len(frames), message, dtype=object)}
+
+
 def predict(weights: str | os.PathLike, image_paths: Sequence[str | os.PathLike], *, conf: float, device: str,
             imgsz: int | None = None, batch: int = 16, iou: float = 0.7, max_det: int = 300,
-            progress: bool = True) -> list[dict[str, Any]]:
+            progress: bool = True, executor: executors.Executor = executors.LOCAL) -> list[dict[str, Any]]:
     """One inference pass → BDD frames ``{"name", "attributes": {}, "labels": [...]}``.
 
     Labels: ``category`` (the model's class name, must be a BDD class), ``box2d`` xyxy in
@@ -500,11 +547,11 @@ def predict(weights: str | os.PathLike, image_paths: Sequence[str | os.PathLike]
     detections; filter later for pictures). ``device``: ``auto`` | ``cpu`` | ``0``...
     (:func:`resolve_device`). ``batch``: images per forward pass. NMS IoU 0.7 and
     ``max_det`` 300 are Ultralytics' validation defaults. ``imgsz`` None = the size the
-    weights were trained at (from the checkpoint; 640 if unknown). Missing image files raise.
+    weights were trained at (from the checkpoint; 640 if unknown). Missing image files raise,
+    and so does an image the detector cannot read (naming it). ``executor``: where
+    :class:`PredictBatch` runs (the same chunks, so the same frames, on either).
     """
-    setup_env()  # offline-safe Ultralytics settings before it is imported
     from tqdm.auto import tqdm
-    from ultralytics import YOLO
 
     paths = [Path(p) for p in image_paths]
     missing = [p for p in paths if not p.is_file()]
@@ -513,32 +560,22 @@ def predict(weights: str | os.PathLike, image_paths: Sequence[str | os.PathLike]
     names = [p.name for p in paths]
     if len(set(names)) != len(names):
         raise ValueError("image file names must be unique (they are the BDD frame names)")
-    model = YOLO(str(_weights_path(weights)))
-    class_names = dict(model.names)
-    unknown = sorted(set(class_names.values()) - set(bdd.CLASSES))
-    if unknown:
-        raise ValueError(f"model classes {unknown} are not BDD classes; was it trained on a BDD export?")
-    if imgsz is None:  # infer at the training resolution, not Ultralytics' 640 default
-        imgsz = int(((getattr(model, "ckpt", None) or {}).get("train_args") or {}).get("imgsz", 640))
-    dev = resolve_device(device)
-    frames: list[dict[str, Any]] = []
-    # Streaming calls over chunks of PREDICT_CHUNK_BATCHES batches: one call over a whole list kept every
+    # Chunks of PREDICT_CHUNK_BATCHES batches, one streaming call each: one call over a whole list kept every
     # decoded frame alive until it returned (≈ 3.4 MB per 1280x720 frame: 7.1 GB for the demo's 1,853 pool
     # frames); chunks hold whole batches, so every frame meets the same batch-mates and results are unchanged.
-    step = batch * PREDICT_CHUNK_BATCHES
-    results = (r for i in range(0, len(paths), step)
-               for r in model.predict([str(p) for p in paths[i:i + step]], stream=True, batch=batch, conf=conf,
-                                      iou=iou, imgsz=imgsz, max_det=max_det, device=dev, verbose=False))
-    for path, r in zip(paths, tqdm(results, total=len(paths), desc="predict", unit="img", disable=not progress)):
-        if Path(r.path).name != path.name:  # results come back in input order; guard it
-            raise RuntimeError(f"prediction order mismatch: {r.path} vs {path}")
-        xyxy = r.boxes.xyxy.cpu().numpy().astype(float)
-        cls = r.boxes.cls.cpu().numpy().astype(int)
-        score = r.boxes.conf.cpu().numpy().astype(float)
-        labels = [{"id": str(j), "category": class_names[int(c)],
-                   "box2d": {"x1": b[0], "y1": b[1], "x2": b[2], "y2": b[3]}, "score": s}
-                  for j, (b, c, s) in enumerate(zip(xyxy.tolist(), cls, score.tolist()))]
-        frames.append({"name": path.name, "attributes": {}, "labels": labels})
+    spans = executors.chunks(len(paths), batch * PREDICT_CHUNK_BATCHES)
+    outs = executors.run(PredictBatch, (executors.take({"path": [str(p) for p in paths]}, r) for r in spans),
+                         executor=executor, name="predict",
+                         stage_kwargs={"weights": weights, "conf": conf, "device": device, "imgsz": imgsz,
+                                       "batch": batch, "iou": iou, "max_det": max_det})
+    frames: list[dict[str, Any]] = []
+    with tqdm(total=len(paths), desc="predict", unit="img", disable=not progress) as bar:
+        for out in outs:
+            bad = [(fr["name"], e) for fr, e in zip(out["frame"], out["error"]) if e]
+            if bad:
+                raise RuntimeError(f"predict: cannot read {len(bad)} image(s), e.g. {bad[0][0]}: {bad[0][1]}")
+            frames += list(out["frame"])
+            bar.update(len(out["frame"]))
     return frames
 
 

@@ -22,7 +22,7 @@ PKG = ROOT / "bdd_engine"
 
 # floor → modules (bottom first). One concept per module; a floor only imports downward.
 LAYERS: dict[str, tuple[str, ...]] = {
-    "0 foundations": ("env", "sections", "geometry", "weights", "config", "checkpoint"),
+    "0 foundations": ("env", "sections", "geometry", "weights", "config", "checkpoint", "executor"),
     "1 data": ("bdd", "images", "synth", "slices", "viz", "artifacts", "synthvideo", "ingest"),
     "2 models and metrics": ("evaluate", "confusion", "yolo", "train", "embed", "curate", "mine", "collect", "pretrain", "attributes"),
     "3 labelling and experiment": ("autolabel", "gates", "tracking", "experiment", "report", "figures", "explorer", "standin", "anyfolder", "trainfolder"),

@@ -7,7 +7,7 @@ one concept each (none of them imports this front or anything above the package)
 module         concept
 =============  =====================================================================
 ``base``       :class:`Labeler` (frames + image paths in), :class:`LabelRun` (labels,
-               failures, stats out), image decoding
+               failures, stats out), image decoding, :class:`LabelBatch` (the stage on Ray)
 ``prompts``    Grounding DINO prompt phrases -> BDD classes, prompt groups, token spans
 ``gsam2``      ``gsam2``: Grounding DINO boxes, SAM 2.1 masks, box tightening, rider rule
 ``teacher``    ``teacher``: any Ultralytics weights through ``train.predict``
@@ -26,7 +26,7 @@ module         concept
 Boxes are ``xyxy`` pixels of the original image everywhere (BDD ``box2d``); scores are in [0, 1].
 """
 
-from bdd_engine.autolabel.base import Labeler, LabelRun, WeightsMissingError, load_rgb
+from bdd_engine.autolabel.base import LabelBatch, Labeler, LabelRun, WeightsMissingError, load_rgb
 from bdd_engine.autolabel.exports import (LABEL_STUDIO_CONFIG, export_coco, export_label_studio, export_yolo_set,
                                           grey_uncertain,
                                           write_outputs)
@@ -47,7 +47,7 @@ from bdd_engine.autolabel.teacher import TeacherLabeler
 
 __all__ = [
     # base
-    "Labeler", "LabelRun", "WeightsMissingError", "load_rgb",
+    "Labeler", "LabelRun", "LabelBatch", "WeightsMissingError", "load_rgb",
     # labelers and how to build them
     "GroundedSam2Labeler", "TeacherLabeler", "OracleLabeler", "LABELERS", "PROFILE_KEYS", "make_labeler",
     "labeler_options", "get_labeler", "labeler_input_files", "teacher_weights",

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from bdd_engine import executor as executors
 from bdd_engine import weights
 from bdd_engine.env import PROJECT_ROOT
 
@@ -112,19 +113,43 @@ class Labeler(ABC):
     name: str = "labeler"
     is_oracle: bool = False
     batch_size: int = 4
+    make_args: dict[str, Any] | None = None  # make_labeler's keywords that rebuild it (a Ray actor); None: local only
+    CHUNK_BATCHES = 16  # a Ray task labels this many batches (a whole multiple: the same batch-mates as locally)
 
     def label(self, frames: Sequence[Mapping[str, Any]], image_paths: Sequence[str | os.PathLike],
-              progress: bool = True) -> LabelRun:
+              progress: bool = True, executor: executors.Executor = executors.LOCAL) -> LabelRun:
         """Label ``frames`` (only ``name``/``attributes``/``timestamp`` are read) from ``image_paths`` (aligned).
 
         Unreadable images and frames whose prediction raises are counted as failures;
         a batch that raises is retried frame by frame so one bad frame fails alone.
+        ``executor``: ``ray`` labels chunks of ``CHUNK_BATCHES`` batches in actors that rebuild this
+        labeler from ``make_args`` (:class:`LabelBatch`) and merges them in input order; a labeler
+        without ``make_args`` (the oracle) always runs here.
         """
         if len(frames) != len(image_paths):
             raise ValueError(f"{len(frames)} frames but {len(image_paths)} image paths")
         names = [fr["name"] for fr in frames]
         if len(set(names)) != len(names):
             raise ValueError("duplicate frame names in the input; a label run is keyed by name")
+        if executor.is_local or self.make_args is None:
+            return self._label(frames, image_paths, progress)
+        t0 = time.perf_counter()
+        run = LabelRun(labeler=self.name, frames=[], is_oracle=self.is_oracle, model_info=self.model_info())
+        spans = executors.chunks(len(frames), self.batch_size * self.CHUNK_BATCHES)
+        outs = executors.run(LabelBatch, [executors.take({"frame": frames, "path": [str(p) for p in image_paths]}, r)
+                                          for r in spans], executor=executor, stage_kwargs=self.make_args,
+                             name=f"label-{self.name}")
+        for out in tqdm(outs, total=len(spans), desc=f"label[{self.name}] on ray", disable=not progress, unit="chunk"):
+            run.frames += list(out["frame"])
+            run.failures.update({fr["name"]: e for fr, e in zip(out["frame"], out["error"]) if e})
+            for st in out["stats"]:
+                run.stats.update(st)
+        run.seconds = time.perf_counter() - t0
+        return run
+
+    def _label(self, frames: Sequence[Mapping[str, Any]], image_paths: Sequence[str | os.PathLike],
+               progress: bool) -> LabelRun:
+        """:meth:`label` in this process."""
         run = LabelRun(labeler=self.name, frames=[blank_frame(fr) for fr in frames], is_oracle=self.is_oracle,
                        model_info=self.model_info())
         t0 = time.perf_counter()
@@ -177,3 +202,23 @@ class Labeler(ABC):
     @abstractmethod
     def _predict(self, images: list, paths: list[Path], stats: Counter) -> list[list[tuple[str, np.ndarray, float]]]:
         """One list of (category, xyxy pixel box, score) per image."""
+
+
+class LabelBatch:
+    """The auto-label stage as a batch callable: the labeler is built once (``make_labeler``
+    keywords), a batch ``{"frame": BDD frames, "path": image paths}`` in, ``{"frame": labelled
+    frames, "error": failure reason or "", "stats": the batch's stage counts (first row)}`` out."""
+
+    def __init__(self, **make_args: Any):
+        from bdd_engine.autolabel.factory import make_labeler  # the factory imports this module
+
+        self.labeler = make_labeler(**make_args)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        run = self.labeler._label(list(batch["frame"]), list(batch["path"]), progress=False)
+        n = len(run.frames)
+        frames, stats = np.empty(n, dtype=object), np.empty(n, dtype=object)
+        frames[:] = run.frames
+        stats[:] = [dict(run.stats)] + [{}] * (n - 1)
+        errors = np.array([run.failures.get(fr["name"], "") for fr in run.frames], dtype=object)
+        return {"frame": frames, "error": errors, "stats": stats}

@@ -111,23 +111,27 @@ def make_labeler(
       pixels inside the box keeps the box as it is.
     * ``gsam2_batch_size``: images per Grounding DINO forward.
     """
+    make_args = {k: v for k, v in locals().items() if k != "gt_frames"}  # rebuilds it in a Ray actor
     setup_env()  # offline-safe hub/Ultralytics settings before transformers or ultralytics load
     if name == "gsam2":
-        return GroundedSam2Labeler(
+        labeler: Labeler = GroundedSam2Labeler(
             gdino_dir, sam_dir, prompt=prompt, class_prompts=class_prompts, negative_prompts=negative_prompts,
             phrase_map=phrase_map, prompt_mode=prompt_mode, box_threshold=box_threshold,
             text_threshold=text_threshold, nms_iou=nms_iou, max_dets=max_dets, rider_overlap=rider_overlap,
             refine=refine, min_mask_pixels=min_mask_pixels, batch_size=gsam2_batch_size, device=device)
-    if name == "teacher":
+    elif name == "teacher":
         if teacher_weights is None:
             raise ValueError("teacher labeler needs teacher_weights= (the iter0 best.pt from §4)")
-        return TeacherLabeler(teacher_weights, conf=teacher_conf, tta=teacher_tta, imgsz=teacher_imgsz,
-                              batch_size=teacher_batch_size, device=device)
-    if name == "oracle":
+        labeler = TeacherLabeler(teacher_weights, conf=teacher_conf, tta=teacher_tta, imgsz=teacher_imgsz,
+                                 batch_size=teacher_batch_size, device=device)
+    elif name == "oracle":
         if gt_frames is None:
             raise ValueError("oracle labeler needs gt_frames= (the mining pool's held-back labels)")
-        return OracleLabeler(gt_frames)
-    raise ValueError(f"unknown labeler {name!r}; choose gsam2 | teacher | oracle")
+        return OracleLabeler(gt_frames)  # held-back labels, no model: never shipped to Ray
+    else:
+        raise ValueError(f"unknown labeler {name!r}; choose gsam2 | teacher | oracle")
+    labeler.make_args = make_args
+    return labeler
 
 
 def labeler_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
