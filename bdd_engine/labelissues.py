@@ -34,7 +34,7 @@ import pandas as pd
 
 from bdd_engine import bdd
 from bdd_engine.checkpoint import atomic_path
-from bdd_engine.geometry import PIXEL_SHIFT, box_iou
+from bdd_engine.geometry import PIXEL_SHIFT, box_iou, iou_xywh, xyxy_to_xywh
 
 KINDS = ("wrong class", "badly placed", "spurious box", "missed object")
 MATCH_IOU = 0.5      # a prediction "sits on" a label (the evaluation's match IoU)
@@ -103,9 +103,8 @@ def _missed_rows(name: str, lxy: np.ndarray, regions: np.ndarray, pxy: np.ndarra
     keep = ps >= conf
     if len(lxy):
         keep &= box_iou(pxy, lxy, pixel_shift=PIXEL_SHIFT).max(axis=1, initial=0.0) < MATCH_IOU
-    if len(regions):  # a prediction mostly inside an ignore region is not a missed object
-        inter = box_iou(pxy, regions, pixel_shift=PIXEL_SHIFT)
-        keep &= inter.max(axis=1, initial=0.0) < SUPPORT_IOU
+    if len(regions):  # a prediction mostly inside a crowd/ignore region is not a missed object
+        keep &= _inside(pxy, regions).max(axis=1, initial=0.0) < MATCH_IOU
     idx = [int(i) for i in np.argsort(-ps) if keep[i]]
     chosen: list[int] = []
     for i in idx:
@@ -115,6 +114,12 @@ def _missed_rows(name: str, lxy: np.ndarray, regions: np.ndarray, pxy: np.ndarra
              **dict(zip(("x1", "y1", "x2", "y2"), pxy[i].tolist())), "wrong_class": 0.0, "badly_placed": 0.0,
              "spurious_box": 0.0, "missed_object": float(ps[i]), "suggested_category": str(pc[i]),
              "pred_score": float(ps[i]), "iou": 0.0} for i in chosen]
+
+
+def _inside(pxy: np.ndarray, regions: np.ndarray) -> np.ndarray:
+    """Share of each prediction's area inside each region (P, R): COCO's crowd IoU, intersection / prediction area."""
+    d, g = xyxy_to_xywh(pxy, pixel_shift=PIXEL_SHIFT).T, xyxy_to_xywh(regions, pixel_shift=PIXEL_SHIFT).T
+    return iou_xywh(tuple(v[:, None] for v in d), tuple(v[None, :] for v in g), crowd=True)
 
 
 def _calibrate_spurious(table: pd.DataFrame) -> pd.Series:
@@ -151,8 +156,9 @@ def score_labels(labels: Sequence[Mapping[str, Any]], predictions: Sequence[Mapp
     t["spurious_box"] = _calibrate_spurious(t)
     kinds = t[["wrong_class", "badly_placed", "spurious_box", "missed_object"]].to_numpy(float)
     t["score"] = kinds.max(axis=1).round(4)
-    t["reason"] = [_reason(KINDS[k], r) for k, r in zip(kinds.argmax(axis=1), t.itertuples(index=False))]
     t["flagged"] = t["score"] >= flag
+    t["reason"] = [_reason(KINDS[k], r) if r.flagged else f"no issue (highest: {KINDS[k]} {r.score:.2f})"
+                   for k, r in zip(kinds.argmax(axis=1), t.itertuples(index=False))]
     t = t.sort_values(["score", "name", "label_id"], ascending=[False, True, True], kind="mergesort")
     return t[COLUMNS].reset_index(drop=True)
 

@@ -72,3 +72,88 @@ def test_world_writes_the_sidecar_only_with_noise(tmp_path):
     assert side["label_noise"] == 0.3 and side["errors"]
     names = {f["name"] for s in ("train", "val") for f in json.loads((noisy / f"labels/det_20/det_{s}.json").read_text())}
     assert {e["name"] for e in side["errors"]} <= names
+
+
+# ----------------------------------------------------------------------------- the stage on hand-built cases
+def _lb(i, cat, box, score=None):
+    d = {"id": str(i), "category": cat, "attributes": {}, "box2d": dict(zip(("x1", "y1", "x2", "y2"), map(float, box)))}
+    return d if score is None else {**d, "score": score}
+
+
+@pytest.fixture(scope="module")
+def issues():
+    from bdd_engine import labelissues
+
+    labels = [{"name": "f.jpg", "labels": [
+        _lb("clean", "car", (100, 100, 200, 180)),
+        _lb("swap", "truck", (300, 100, 400, 180)),
+        _lb("loose", "car", (10, 10, 60, 50)),
+        _lb("ghost", "car", (500, 200, 560, 260)),
+        _lb("clean2", "car", (250, 250, 300, 290)),
+        _lb("crowd", "pedestrian", (0, 300, 100, 350)) | {"attributes": {"crowd": True}}]}]
+    preds = [{"name": "f.jpg", "labels": [
+        _lb(0, "car", (101, 100, 200, 181), 0.9), _lb(1, "car", (300, 100, 400, 180), 0.9),
+        _lb(2, "car", (10, 10, 60, 72), 0.9), _lb(3, "car", (250, 250, 300, 290), 0.9),
+        _lb(4, "pedestrian", (600, 20, 630, 90), 0.8), _lb(5, "pedestrian", (601, 21, 630, 90), 0.7),
+        _lb(6, "pedestrian", (10, 305, 40, 345), 0.9)]}]
+    return labelissues.score_labels(labels, preds)
+
+
+def test_each_mistake_kind_is_flagged_with_its_reason(issues):
+    t = issues.set_index(issues["label_id"].where(issues["row"] == "label", "missed"))
+    assert t.loc["swap", "reason"] == "wrong class: looks like car" and t.loc["swap", "wrong_class"] == pytest.approx(0.9)
+    assert t.loc["loose", "reason"].startswith("badly placed") and t.loc["loose", "badly_placed"] > 0.5
+    assert t.loc["ghost", "reason"].startswith("spurious box")
+    assert t.loc["ghost", "spurious_box"] == pytest.approx(2 / 3, abs=1e-3)  # 2 of the 3 boxes of its size band are supported
+    assert t.loc["missed", "reason"] == "missed object: unlabelled pedestrian (score 0.80)"
+    assert (issues["row"] == "missed").sum() == 1, "the duplicate and the prediction in the crowd region are not missed objects"
+    assert set(issues.loc[issues["flagged"], "label_id"]) == {"swap", "loose", "ghost", ""}
+    assert issues["label_id"].tolist()[-2:] in (["clean", "clean2"], ["clean2", "clean"]), "clean boxes rank last"
+    assert "crowd" not in set(issues["label_id"])
+
+
+def test_issues_csv_is_written_atomically(issues, tmp_path):
+    from bdd_engine import labelissues
+
+    path = labelissues.write_issues(issues, tmp_path / "labels.issues.csv")
+    back = __import__("pandas").read_csv(path, keep_default_na=False)
+    assert list(back.columns) == labelissues.COLUMNS and len(back) == len(issues)
+    assert not list(tmp_path.glob("*.tmp*"))
+
+
+# ----------------------------------------------------------------------------- the command
+@pytest.fixture
+def folder(tmp_path):
+    from PIL import Image
+
+    img = tmp_path / "imgs"
+    img.mkdir()
+    Image.new("RGB", (64, 48)).save(img / "a.jpg")
+    return tmp_path, img
+
+
+def _cli(*argv):
+    from bdd_engine.__main__ import main
+
+    return main(["label-issues", "--set", "device=cpu", *map(str, argv)])
+
+
+def test_cli_refuses_out_inside_images(folder, capsys):
+    tmp, img = folder
+    (tmp / "l.json").write_text(json.dumps([{"name": "a.jpg", "labels": [_lb(0, "car", (1, 1, 20, 20))]}]))
+    assert _cli("--labels", tmp / "l.json", "--images", img, "--weights", synth.__file__, "--out", img / "x") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --out") and "inside --images" in err and "\n" not in err
+    assert not (img / "x").exists()
+
+
+@pytest.mark.parametrize("labels, words", [
+    ([{"name": "gone.jpg", "labels": [_lb(0, "car", (1, 1, 20, 20))]}], "have no image"),
+    ([{"name": "a.jpg", "labels": [_lb(0, "spaceship", (1, 1, 20, 20))]}], "unknown classes 'spaceship'")])
+def test_cli_bad_labels_one_line(folder, capsys, labels, words):
+    tmp, img = folder
+    (tmp / "l.json").write_text(json.dumps(labels))
+    assert _cli("--labels", tmp / "l.json", "--images", img, "--weights", synth.__file__, "--out", tmp / "o") == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and str(tmp / "l.json") in err and "\n" not in err
+    assert not (tmp / "o").exists()
