@@ -6,8 +6,11 @@ score in [0, 1] (higher = more likely wrong), all boxes ``xyxy`` pixels:
 
 * ``wrong class`` — a confident prediction of another class sits on the box (IoU >= 0.5) and
   none of the labelled class does: ``s_other × (1 − s_same)``; the other class is suggested.
-* ``badly placed`` — the best same-class prediction overlaps the box but its edges disagree:
-  ``s × (1 − IoU)`` scaled so IoU 0.5 at score 1 gives 1 (:func:`_badloc`).
+* ``badly placed`` — the best same-class prediction (score ``s``) overlaps the box less than
+  predictions overlap this label set's boxes of the same size band: ``z`` = (band median IoU −
+  IoU) / band MAD (robust z, >= 0), score ``s × z / (z + 3)`` (so 3 MADs at score 1 gives 0.5).
+  Small boxes are matched loosely by any model; the band statistics keep them from crowding the
+  top (self-calibrated like the spurious score; bands with < 5 confident matches use all boxes).
 * ``spurious box`` — no prediction of any class supports the box (support = the best score
   among predictions with IoU >= 0.3): ``(1 − support) × detectability``, where detectability
   is the share of this label set's boxes of the same size band that ARE supported (so a tiny
@@ -69,11 +72,6 @@ def _preds(frame: Mapping[str, Any] | None) -> tuple[np.ndarray, np.ndarray, np.
     return xy, np.array([float(lb.get("score", 1.0)) for lb in labels]), np.array([lb["category"] for lb in labels])
 
 
-def _badloc(score: float, iou: float) -> float:
-    """How far a confident same-class prediction disagrees with the box: IoU 1 → 0, IoU 0.5 → ``score``."""
-    return float(score * min(1.0, 2.0 * (1.0 - iou)))
-
-
 def _label_rows(name: str, rows: list[dict[str, Any]], lxy: np.ndarray, pxy: np.ndarray, ps: np.ndarray,
                 pc: np.ndarray) -> list[dict[str, Any]]:
     """Kind scores of each label box of one frame (spurious before calibration)."""
@@ -91,7 +89,7 @@ def _label_rows(name: str, rows: list[dict[str, Any]], lxy: np.ndarray, pxy: np.
         out.append({"name": name, "label_id": r["label_id"], "row": "label", "category": r["category"],
                     **dict(zip(("x1", "y1", "x2", "y2"), lxy[i].tolist())),
                     "wrong_class": s_other * (1.0 - s_same), "suggested_category": suggest,
-                    "badly_placed": _badloc(ps[j], iou[i, j]) if j >= 0 else 0.0,
+                    "badly_placed": 0.0, "loc_score": float(ps[j]) if j >= 0 else 0.0,
                     "spurious_box": 1.0 - support, "missed_object": 0.0,
                     "pred_score": support, "iou": float(iou[i, j]) if j >= 0 else 0.0})
     return out
@@ -112,7 +110,7 @@ def _missed_rows(name: str, lxy: np.ndarray, regions: np.ndarray, pxy: np.ndarra
             chosen.append(i)
     return [{"name": name, "label_id": "", "row": "missed", "category": str(pc[i]),
              **dict(zip(("x1", "y1", "x2", "y2"), pxy[i].tolist())), "wrong_class": 0.0, "badly_placed": 0.0,
-             "spurious_box": 0.0, "missed_object": float(ps[i]), "suggested_category": str(pc[i]),
+             "spurious_box": 0.0, "missed_object": float(ps[i]), "loc_score": 0.0, "suggested_category": str(pc[i]),
              "pred_score": float(ps[i]), "iou": 0.0} for i in chosen]
 
 
@@ -122,11 +120,31 @@ def _inside(pxy: np.ndarray, regions: np.ndarray) -> np.ndarray:
     return iou_xywh(tuple(v[:, None] for v in d), tuple(v[None, :] for v in g), crowd=True)
 
 
+def _size_band(table: pd.DataFrame) -> pd.Series:
+    side = np.sqrt((table["x2"] - table["x1"]).clip(lower=0) * (table["y2"] - table["y1"]).clip(lower=0))
+    return pd.Series(pd.cut(side, SIZE_BANDS, right=False, labels=False), index=table.index)
+
+
+def _calibrate_badloc(table: pd.DataFrame) -> pd.Series:
+    """``loc_score × z / (z + 3)``, z = robust z of the box's IoU below its size band's confident matches."""
+    band = _size_band(table)
+    good = (table["row"] == "label") & (table["loc_score"] >= 0.5)
+    iou = table["iou"]
+    med_all = float(iou[good].median()) if good.any() else 1.0
+    mad_all = float((iou[good] - med_all).abs().median()) if good.any() else 0.0
+    med, mad = med_all + 0 * iou, mad_all + 0 * iou
+    for b, idx in iou[good].groupby(band[good]).groups.items():
+        if len(idx) >= 5:
+            m = float(iou[idx].median())
+            med[band == b], mad[band == b] = m, float((iou[idx] - m).abs().median())
+    z = ((med - iou) / mad.clip(lower=0.02)).clip(lower=0)
+    return (table["loc_score"] * z / (z + 3)).where(table["loc_score"] > 0, 0.0)
+
+
 def _calibrate_spurious(table: pd.DataFrame) -> pd.Series:
     """``spurious_box`` × the share of this label set's boxes of the same size band that a prediction supports."""
     lab = table["row"] == "label"
-    side = np.sqrt((table["x2"] - table["x1"]).clip(lower=0) * (table["y2"] - table["y1"]).clip(lower=0))
-    band = pd.cut(side, SIZE_BANDS, right=False, labels=False)
+    band = _size_band(table)
     supported = (table["pred_score"] >= 0.5) & lab
     detect = supported.groupby(band).sum() / lab.groupby(band).sum().clip(lower=1)
     return (table["spurious_box"] * band.map(detect).fillna(0.0)).where(lab, 0.0)
@@ -150,10 +168,11 @@ def score_labels(labels: Sequence[Mapping[str, Any]], predictions: Sequence[Mapp
         pxy, ps, pc = _preds(by_name.get(fr["name"]))
         out += _label_rows(fr["name"], rows, lxy, pxy, ps, pc)
         out += _missed_rows(fr["name"], lxy, regions, pxy, ps, pc, conf)
-    t = pd.DataFrame(out, columns=[c for c in COLUMNS if c not in ("score", "reason", "flagged")])
+    t = pd.DataFrame(out, columns=[c for c in COLUMNS if c not in ("score", "reason", "flagged")] + ["loc_score"])
     if not len(t):
         return pd.DataFrame(columns=COLUMNS)
     t["spurious_box"] = _calibrate_spurious(t)
+    t["badly_placed"] = _calibrate_badloc(t)
     kinds = t[["wrong_class", "badly_placed", "spurious_box", "missed_object"]].to_numpy(float)
     t["score"] = kinds.max(axis=1).round(4)
     t["flagged"] = t["score"] >= flag
