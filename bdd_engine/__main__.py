@@ -134,7 +134,8 @@ def cmd_label_issues(args: argparse.Namespace) -> int:
     cfg = _cfg(args)
     try:
         path, table = labelissues.label_issues_folder(args.labels, args.images, args.weights, args.out, conf=args.conf,
-                                                      flag=args.flag, device=cfg.device, imgsz=args.imgsz)
+                                                      flag=args.flag, device=cfg.device, imgsz=args.imgsz,
+                                                      queue=args.queue)
     except (trainfolder.TrainDataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -142,6 +143,7 @@ def cmd_label_issues(args: argparse.Namespace) -> int:
     print(f"label issues: {path} ({int(table['flagged'].sum())} flagged of {len(lab)} boxes + "
           f"{int((table['row'] == 'missed').sum())} possible missed objects; by reason: "
           f"{table[table['flagged']]['reason'].str.split(':').str[0].value_counts().to_dict()})")
+    print(f"review queue (Label Studio, {args.queue} most suspicious frames at most): {path.parent / labelissues.QUEUE_FILE}")
     return 0
 
 
@@ -276,6 +278,7 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--conf", type=float, default=0.25, help="a prediction's score to count as a missed object")
             sp.add_argument("--flag", type=float, default=0.5, help="rows scoring >= this are flagged")
             sp.add_argument("--imgsz", type=int, default=None, help="inference size, px (default: the weights')")
+            sp.add_argument("--queue", type=int, default=50, help="frames in the Label Studio review queue of suspects")
         if name == "run":
             sp.add_argument("--from", dest="from_section", type=int, default=None, choices=sorted(checkpoint.SECTIONS),
                             metavar="N", help="recompute section N (1-8) and every later one")

@@ -12,7 +12,7 @@ score in [0, 1] (higher = more likely wrong), all boxes ``xyxy`` pixels:
   Small boxes are matched loosely by any model; the band statistics keep them from crowding the
   top (self-calibrated like the spurious score; bands with < 5 confident matches use all boxes).
 * ``spurious box`` — no prediction of any class supports the box (support = the best score
-  among predictions with IoU >= 0.3): ``(1 − support) × detectability``, where detectability
+  among predictions with IoU >= 0.1): ``(1 − support) × detectability``, where detectability
   is the share of this label set's boxes of the same size band that ARE supported (so a tiny
   box the model cannot see anyway is not called spurious; self-calibrated, no constant).
 * ``missed object`` — a prediction (score >= ``conf``) that no label matches (IoU < 0.5 with
@@ -41,7 +41,8 @@ from bdd_engine.geometry import PIXEL_SHIFT, box_iou, iou_xywh, xyxy_to_xywh
 
 KINDS = ("wrong class", "badly placed", "spurious box", "missed object")
 MATCH_IOU = 0.5      # a prediction "sits on" a label (the evaluation's match IoU)
-SUPPORT_IOU = 0.3    # a prediction overlapping a label this much supports it / is not a missed object
+SUPPORT_IOU = 0.3    # a same-class prediction overlapping a label this much is its placement candidate
+SPURIOUS_IOU = 0.1   # any prediction overlapping a label this much supports it (0.1 beat 0.3/0.5 on the benchmark)
 SIZE_BANDS = (0, 16, 32, 64, 128, np.inf)  # sqrt(area) px bands for detectability (COCO's small/medium split at 32)
 COLUMNS = ["name", "label_id", "row", "category", "x1", "y1", "x2", "y2", "score", "reason", "flagged",
            "wrong_class", "badly_placed", "spurious_box", "missed_object", "suggested_category", "pred_score", "iou"]
@@ -85,7 +86,7 @@ def _label_rows(name: str, rows: list[dict[str, Any]], lxy: np.ndarray, pxy: np.
         suggest = str(pc[other][ps[other].argmax()]) if other.any() else ""
         cand = (pc == r["category"]) & (iou[i] >= SUPPORT_IOU)
         j = int(np.argmax(np.where(cand, ps * iou[i], -1.0))) if cand.any() else -1
-        support = float(ps[iou[i] >= SUPPORT_IOU].max(initial=0.0))
+        support = float(ps[iou[i] >= SPURIOUS_IOU].max(initial=0.0))
         out.append({"name": name, "label_id": r["label_id"], "row": "label", "category": r["category"],
                     **dict(zip(("x1", "y1", "x2", "y2"), lxy[i].tolist())),
                     "wrong_class": s_other * (1.0 - s_same), "suggested_category": suggest,
@@ -203,15 +204,25 @@ def write_issues(table: pd.DataFrame, path: str | os.PathLike) -> Path:
 # ----------------------------------------------------------------------------- the command
 ISSUES_FILE = "labels.issues.csv"
 ISSUES_MARKER = "LABEL_ISSUES.json"
+QUEUE_FILE = "label_studio_suspects.json"
+
+
+def suspect_frames(table: pd.DataFrame, n: int) -> list[str]:
+    """The ``n`` frames with the most suspicious flagged row, most suspicious first (the review queue's order)."""
+    flagged = table[table["flagged"]]
+    return flagged.groupby("name", sort=False)["score"].max().sort_values(ascending=False, kind="mergesort").index[:n].tolist()
 
 
 def label_issues_folder(labels: str | os.PathLike, images: str | os.PathLike, weights: str | os.PathLike,
                         out: str | os.PathLike, *, conf: float = 0.25, flag: float = 0.5, device: str = "auto",
-                        imgsz: int | None = None, progress: bool = True) -> tuple[Path, pd.DataFrame]:
+                        imgsz: int | None = None, queue: int = 50, progress: bool = True) -> tuple[Path, pd.DataFrame]:
     """The ``label-issues`` command: read ``labels`` (BDD JSON, COCO or YOLO, as ``train`` reads
     them, images under ``images``), predict every frame with ``weights`` (an Ultralytics .pt that
     never trained on these frames) at score >= 0.01, score the labels (:func:`score_labels` with
-    ``conf``/``flag``) and write ``out/labels.issues.csv`` + ``out/predictions.json``.
+    ``conf``/``flag``) and write ``out/labels.issues.csv`` + ``out/predictions.json`` + a Label
+    Studio review queue of the ``queue`` most suspicious frames with their current labels
+    (``label_studio_suspects.json`` by ``autolabel.export_label_studio``, the §7 queue's writer;
+    ``import-labels`` reads its export back).
 
     ``out`` is a folder this command creates and marks (``LABEL_ISSUES.json``); one inside
     ``images`` is refused (:class:`checkpoint.FolderRefused`). Bad input raises
@@ -219,6 +230,7 @@ def label_issues_folder(labels: str | os.PathLike, images: str | os.PathLike, we
     FileNotFoundError (no weights), each one line naming the file and the fix, before anything
     is written. Returns (the CSV's path, the table)."""
     from bdd_engine import train, trainfolder  # the detector stack, only for the command
+    from bdd_engine.autolabel import export_label_studio
     from bdd_engine.anyfolder import refuse_inside
     from bdd_engine.checkpoint import claim_folder
 
@@ -235,4 +247,10 @@ def label_issues_folder(labels: str | os.PathLike, images: str | os.PathLike, we
                           imgsz=imgsz, progress=progress)
     train.save_predictions(preds, out / "predictions.json")
     table = score_labels(frames, preds, conf=conf, flag=flag)
-    return write_issues(table, out / ISSUES_FILE), table
+    path = write_issues(table, out / ISSUES_FILE)
+    by_name = {f["name"]: f for f in frames}
+    names = suspect_frames(table, queue)
+    if names:
+        export_label_studio([by_name[n] for n in names], {n: paths[n] for n in names}, out / QUEUE_FILE,
+                            model_version="current labels (label-issues suspects)")
+    return path, table

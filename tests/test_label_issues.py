@@ -157,3 +157,13 @@ def test_cli_bad_labels_one_line(folder, capsys, labels, words):
     err = capsys.readouterr().err.strip()
     assert words in err and str(tmp / "l.json") in err and "\n" not in err
     assert not (tmp / "o").exists()
+
+
+def test_review_queue_takes_the_most_suspicious_frames_first(issues):
+    from bdd_engine import labelissues
+
+    other = issues.assign(name="g.jpg", score=issues["score"] / 2)  # the same rows, half as suspicious
+    both = __import__("pandas").concat([other, issues])
+    assert labelissues.suspect_frames(both, 5) == ["f.jpg", "g.jpg"]
+    assert labelissues.suspect_frames(both, 1) == ["f.jpg"]
+    assert labelissues.suspect_frames(both.assign(flagged=False), 5) == []
