@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from bdd_engine import (artifacts, attributes, autolabel, bdd, casestudy, collect, confusion, curate, embed, evaluate,
-                        experiment, figures, images, mine, report, slices, synth, train)
+                        experiment, figures, images, labelissues, mine, report, slices, synth, train)
 from bdd_engine.checkpoint import (Section, acquire_lock, atomic_path, atomic_write_json, claim_folder,
                                    df_to_markdown, input_row, release_lock, reset_peak_rss)
 from bdd_engine.config import Config, ConfigError
@@ -680,7 +680,29 @@ def s7_autolabel_retrain(cfg: Config, turn: int = 1) -> Result:
                 w.record_inputs(pd.DataFrame(inputs), **({"reviewed_labels": str(reviewed_file)} if reviewed_file else {}))
             w.write_json("labeling.json", labeling)
             w.counts.update({"runs": len(rows), "mined_labelled": len(mined)})
+            _label_issues(cfg, w, {"autolabels": extra.get("mined", []), "gt": mined_gt,
+                                   "reviewed": _reviewed_frames(cfg, turn - 1)[0] if turn > 1 else []}, paths)
     return Result(7, sec.dir, _label_tables(sec.dir), {"labeling": sec.load_json("labeling.json")})
+
+
+def _label_issues(cfg: Config, w: Any, sets: Mapping[str, list[dict[str, Any]]], paths: Mapping[str, str]) -> None:
+    """Issue 29: score the labels of this turn's mined frames (accepted auto-labels, their ground truth)
+    and the reviewed labels imported for it against iter0, which never trained on pool frames, into
+    ``label_issues/<set>.issues.csv`` + ``label_issues/summary.json``. Runs after the arms have
+    trained and writes only its own folder: nothing else of the section reads it."""
+    sets = {k: v for k, v in sets.items() if v}
+    names = sorted({f["name"] for v in sets.values() for f in v})
+    if not names:
+        return
+    preds = train.predict(artifacts.iter0_weights(cfg.out), [paths[n] for n in names], conf=0.01,
+                          device=str(cfg.device), progress=False)
+    out = {}
+    for which, frames in sets.items():
+        table = labelissues.score_labels(frames, preds)
+        labelissues.write_issues(table, w.path(f"label_issues/{which}.issues.csv"))
+        out[which] = labelissues.summary(table)
+    w.write_json("label_issues/summary.json", {"scored_against": "iter0 (never trained on pool frames)",
+                                               "synthetic": bool(cfg.synthetic), "sets": out})
 
 
 def _label_tables(folder: Path) -> dict[str, pd.DataFrame]:

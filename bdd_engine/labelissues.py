@@ -183,6 +183,19 @@ def score_labels(labels: Sequence[Mapping[str, Any]], predictions: Sequence[Mapp
     return t[COLUMNS].reset_index(drop=True)
 
 
+def summary(table: pd.DataFrame) -> dict[str, Any]:
+    """A label set's estimated error rate: the share of its boxes flagged (by reason) and the missed
+    objects per 100 boxes. An estimate: the stage's precision on planted errors is in docs/label_issues.md."""
+    lab = table[table["row"] == "label"]
+    flagged = table[table["flagged"]]
+    n = len(lab)
+    return {"boxes": n, "flagged_boxes": int(lab["flagged"].sum()),
+            "flagged_share": round(float(lab["flagged"].mean()), 4) if n else None,
+            "missed_objects": int((flagged["row"] == "missed").sum()),
+            "missed_per_100_boxes": round(100 * float((flagged["row"] == "missed").sum()) / n, 2) if n else None,
+            "by_reason": {k: int(v) for k, v in flagged["reason"].str.split(":").str[0].value_counts().sort_index().items()}}
+
+
 def _reason(kind: str, r: Any) -> str:
     if kind == "wrong class":
         return f"wrong class: looks like {r.suggested_category}"
