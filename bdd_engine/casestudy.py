@@ -653,15 +653,16 @@ def label_issues_fields(cfg: Any, turn: int) -> dict[str, Any]:
     """Issue 29: the estimated error rate of each label set §7 scored (``label_issues/summary.json``)."""
     p = artifacts.section_dir(cfg.out, 7, turn) / "label_issues" / "summary.json"
     sets = json.loads(p.read_text())["sets"] if p.is_file() else {}
-    what = {"gt": "ground truth of the mined frames", "autolabels": "accepted auto-labels",
+    what = {"train": "train labels", "gt": "ground truth of the mined frames", "autolabels": "accepted auto-labels",
             "reviewed": "imported reviewed labels"}
     parts = [f"{what.get(k, k)}: {fmt(v['flagged_share'])} of {v['boxes']} boxes flagged "
-             f"(+{v['missed_objects']} possible missed objects)" for k, v in sets.items() if v.get("boxes")]
+             f"(+{v['missed_objects']} possible missed objects; against {v['scored_against']})"
+             for k, v in sets.items() if v.get("boxes")]
     if not parts:
         return {"label_issues_sentence": "Label mistakes: no label set of this turn was scored."}
     return {"label_issues_sentence": (
-        "**Label mistakes** (estimated error rate = share of boxes flagged by `labelissues` against iter0, which "
-        "never trained on pool frames; its precision on planted errors is in docs/label_issues.md): "
+        "**Label mistakes** (estimated error rate = share of boxes flagged by `labelissues` against a model that "
+        "never trained on those frames; its precision on planted errors is in docs/label_issues.md): "
         + "; ".join(parts) + f". Suspects, with a reason per box: `{p.parent.relative_to(cfg.out)}/`.")}
 
 
