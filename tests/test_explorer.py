@@ -229,6 +229,8 @@ def test_mined_autolabels_and_saved_views(ds, world):
                            "x1": 1.0, "y1": 2.0, "x2": 30.0, "y2": 40.0, "score": [0.9, 0.7, 0.2],
                            "reason": ["wrong class: looks like truck", "spurious box: x", "no issue"],
                            "flagged": [True, True, False], "set": "autolabels"})
+    assert explorer.add_label_issues(ds, issues.assign(flagged=False)) == 0  # nothing flagged: no field, no view
+    assert not ds.has_sample_field("label_issue_score")
     assert explorer.add_label_issues(ds, issues) == 2
     made = explorer.save_views(ds, worst_slice=worst, eval_key="eval_iter0", compare_key="eval_iter1_s42")
     assert set(made) == set(explorer.SAVED_VIEWS)

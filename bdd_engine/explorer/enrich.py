@@ -279,6 +279,12 @@ def add_label_issues(ds, table: pd.DataFrame, field: str = ISSUES_FIELD) -> int:
     by_name = group_by_name(flagged.assign(crowd=False, ignore=False)) if len(flagged) else {}
     names, widths, heights = ds.values(["name", "metadata.width", "metadata.height"])
     extra = lambda r: {"reason": str(r.reason), "label_set": str(getattr(r, "set", ""))}  # noqa: E731
+    if not set(names) & set(by_name):  # nothing flagged here: FiftyOne cannot type a new all-None field
+        for f in (field, "label_issue_score"):
+            if ds.has_sample_field(f):
+                ds.delete_sample_field(f)
+        ds.save()
+        return 0
     ds.set_values(field, [detections(by_name.get(n), w, h, with_score=True, extra=extra) if n in by_name else None
                           for n, w, h in zip(names, widths, heights)])
     ds.set_values("label_issue_score", [float(by_name[n]["score"].max()) if n in by_name else None for n in names])
