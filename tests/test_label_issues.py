@@ -90,10 +90,12 @@ def issues():
         _lb("loose", "car", (10, 10, 60, 50)),
         _lb("ghost", "car", (500, 200, 560, 260)),
         _lb("clean2", "car", (250, 250, 300, 290)),
+        _lb("both", "car", (400, 300, 460, 340)),  # its own class wins over a weaker other class: not a swap
         _lb("crowd", "pedestrian", (0, 300, 100, 350)) | {"attributes": {"crowd": True}}]}]
     preds = [{"name": "f.jpg", "labels": [
         _lb(0, "car", (101, 100, 200, 181), 0.9), _lb(1, "car", (300, 100, 400, 180), 0.9),
         _lb(2, "car", (10, 10, 60, 72), 0.9), _lb(3, "car", (250, 250, 300, 290), 0.9),
+        _lb(7, "car", (400, 300, 460, 340), 0.9), _lb(8, "truck", (400, 300, 460, 340), 0.6),
         _lb(4, "pedestrian", (600, 20, 630, 90), 0.8), _lb(5, "pedestrian", (601, 21, 630, 90), 0.7),
         _lb(6, "pedestrian", (10, 305, 40, 345), 0.9)]}]
     return labelissues.score_labels(labels, preds)
@@ -104,11 +106,12 @@ def test_each_mistake_kind_is_flagged_with_its_reason(issues):
     assert t.loc["swap", "reason"] == "wrong class: looks like car" and t.loc["swap", "wrong_class"] == pytest.approx(0.9)
     assert t.loc["loose", "reason"].startswith("badly placed") and t.loc["loose", "badly_placed"] > 0.5
     assert t.loc["ghost", "reason"].startswith("spurious box")
-    assert t.loc["ghost", "spurious_box"] == pytest.approx(2 / 3, abs=1e-3)  # 2 of the 3 boxes of its size band are supported
+    assert t.loc["ghost", "spurious_box"] == pytest.approx(3 / 4, abs=1e-3)  # 3 of the 4 boxes of its size band are supported
+    assert t.loc["both", "wrong_class"] == pytest.approx(0.6 * (1 - 0.9)) and not t.loc["both", "flagged"]
     assert t.loc["missed", "reason"] == "missed object: unlabelled pedestrian (score 0.80)"
     assert (issues["row"] == "missed").sum() == 1, "the duplicate and the prediction in the crowd region are not missed objects"
     assert set(issues.loc[issues["flagged"], "label_id"]) == {"swap", "loose", "ghost", ""}
-    assert issues["label_id"].tolist()[-2:] in (["clean", "clean2"], ["clean2", "clean"]), "clean boxes rank last"
+    assert set(issues["label_id"].tolist()[-3:]) == {"clean", "clean2", "both"}, "clean boxes rank last"
     assert "crowd" not in set(issues["label_id"])
 
 
