@@ -6,6 +6,8 @@
     label     label any folder of images/videos (gsam2 | teacher): BDD, COCO, Label Studio, YOLO, router
     predict   a detector's predictions on a folder of images as BDD JSON (for evaluate)
     train     train the profile's detector on any labelled folder (BDD JSON, COCO or YOLO layout), as §4 does
+    label-issues  rank the probable mistakes of a label set against a model that never trained on it
+              (--labels BDD_JSON --images DIR --weights PT --out DIR): labels.issues.csv
     run       execute notebook.py headless (jupytext + nbclient), optionally --from N
     status    which sections are fresh, and why the others are not
     evaluate  BDD-official detection eval of any GT/prediction JSON pair, per slice
@@ -126,6 +128,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_label_issues(args: argparse.Namespace) -> int:
+    """Score a label set (bdd_engine.labelissues): bad input is one line and exit 2."""
+    from bdd_engine import labelissues, trainfolder
+
+    cfg = _cfg(args)
+    try:
+        path, table = labelissues.label_issues_folder(args.labels, args.images, args.weights, args.out, conf=args.conf,
+                                                      flag=args.flag, device=cfg.device, imgsz=args.imgsz,
+                                                      queue=args.queue)
+    except (trainfolder.TrainDataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    lab = table[table["row"] == "label"]
+    print(f"label issues: {path} ({int(table['flagged'].sum())} flagged of {len(lab)} boxes + "
+          f"{int((table['row'] == 'missed').sum())} possible missed objects; by reason: "
+          f"{table[table['flagged']]['reason'].str.split(':').str[0].value_counts().to_dict()})")
+    print(f"review queue (Label Studio, {args.queue} most suspicious frames at most): {path.parent / labelissues.QUEUE_FILE}")
+    return 0
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """Generate the pretrain world, train on it, install bdd_engine/models/<name>.pt + its run card."""
     from bdd_engine import pretrain
@@ -237,7 +259,8 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     for name, fn in (("synth", cmd_synth), ("run", cmd_run), ("status", cmd_status), ("pretrain", cmd_pretrain),
-                     ("label", cmd_label), ("predict", cmd_predict), ("train", cmd_train)):
+                     ("label", cmd_label), ("predict", cmd_predict), ("train", cmd_train),
+                     ("label-issues", cmd_label_issues)):
         sp = sub.add_parser(name)
         sp.add_argument("--profile", default=os.environ.get("BDD_PROFILE", "demo"))
         sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
@@ -275,6 +298,16 @@ def _parser() -> argparse.ArgumentParser:
                             help="where the JSON's images are (default: the JSON's folder, searched recursively)")
             sp.add_argument("--val-fraction", type=float, default=0.2,
                             help="share of drive (or name) groups held out for val, whole groups only")
+        if name == "label-issues":
+            sp.add_argument("--labels", type=Path, required=True, help="the label set: BDD/COCO JSON or a YOLO folder")
+            sp.add_argument("--images", type=Path, required=True, help="folder of the labelled images")
+            sp.add_argument("--weights", type=Path, required=True,
+                            help="an Ultralytics .pt that never trained on these frames (out-of-sample)")
+            sp.add_argument("--out", type=Path, required=True, help="new folder (label-issues creates and marks it)")
+            sp.add_argument("--conf", type=float, default=0.25, help="a prediction's score to count as a missed object")
+            sp.add_argument("--flag", type=float, default=0.5, help="rows scoring >= this are flagged")
+            sp.add_argument("--imgsz", type=int, default=None, help="inference size, px (default: the weights')")
+            sp.add_argument("--queue", type=int, default=50, help="frames in the Label Studio review queue of suspects")
         if name == "run":
             sp.add_argument("--from", dest="from_section", type=int, default=None, choices=sorted(checkpoint.SECTIONS),
                             metavar="N", help="recompute section N (1-8) and every later one")

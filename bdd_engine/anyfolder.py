@@ -85,13 +85,15 @@ def predict_folder(weights: str | os.PathLike, src: str | os.PathLike, out_json:
     return path, frames, skipped
 
 
-def refuse_inside(src: str | os.PathLike, out: str | os.PathLike, command: str, example: str) -> None:
+def refuse_inside(src: str | os.PathLike, out: str | os.PathLike, command: str, example: str,
+                  src_flag: str = "--src") -> None:
     """Raise :class:`checkpoint.FolderRefused` when ``out`` is ``src`` or lies inside it: the command
     would write among its inputs (an input overwritten, or its outputs read as inputs next time),
-    ``--force`` or not. ``example``: a name for the suggested path beside ``src``."""
+    ``--force`` or not. ``example``: a name for the suggested path beside ``src``; ``src_flag``: the
+    command's flag for ``src``."""
     s, o = Path(src).resolve(), Path(out).resolve()
     if o == s or s in o.parents:
-        raise FolderRefused(f"--out {out} is inside --src {src}: {command} never writes among its inputs "
+        raise FolderRefused(f"--out {out} is inside {src_flag} {src}: {command} never writes among its inputs "
                             f"(--force or not); pass a path outside it, e.g. {s.parent / (s.name + example)}")
 
 

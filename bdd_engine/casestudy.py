@@ -633,6 +633,7 @@ def fields(cfg: Any, headline: Mapping[str, Any], head: pd.DataFrame, runs: pd.D
     rows = stage.pop("_stage_rows")
     f.update(stage)
     f.update(provenance_fields(cfg, r.inputs1, r.card0))
+    f.update(label_issues_fields(cfg, turn))
     share = r.cost.loc[r.cost["option"].str.contains("review queue"), "share_human_skipped"].dropna()
     f["scale_text"] = scale_text(int(r.imb["n_frames"]), rows, int(r.emb_meta["dim"]),
                                  int((r.pools["pool"] == "pool").sum()), int((r.pools["pool"] == "train").sum()),
@@ -646,6 +647,23 @@ def fields(cfg: Any, headline: Mapping[str, Any], head: pd.DataFrame, runs: pd.D
                        "iter0 and §5–§8 repeat on the new worst slice; on real data, switch the labeler to gsam2 and the "
                        "embedder to clip (`full` profile).")
     return f
+
+
+def label_issues_fields(cfg: Any, turn: int) -> dict[str, Any]:
+    """Issue 29: the estimated error rate of each label set §7 scored (``label_issues/summary.json``)."""
+    p = artifacts.section_dir(cfg.out, 7, turn) / "label_issues" / "summary.json"
+    sets = json.loads(p.read_text())["sets"] if p.is_file() else {}
+    what = {"train": "train labels", "gt": "ground truth of the mined frames", "autolabels": "accepted auto-labels",
+            "reviewed": "imported reviewed labels"}
+    parts = [f"{what.get(k, k)}: {fmt(v['flagged_share'])} of {v['boxes']} boxes flagged "
+             f"(+{v['missed_objects']} possible missed objects; against {v['scored_against']})"
+             for k, v in sets.items() if v.get("boxes")]
+    if not parts:
+        return {"label_issues_sentence": "Label mistakes: no label set of this turn was scored."}
+    return {"label_issues_sentence": (
+        "**Label mistakes** (estimated error rate = share of boxes flagged by `labelissues` against a model that "
+        "never trained on those frames; its precision on planted errors is in docs/label_issues.md): "
+        + "; ".join(parts) + f". Suspects, with a reason per box: `{p.parent.relative_to(cfg.out)}/`.")}
 
 
 BENCH_DIR = "benchmarks"  # outputs/benchmarks/<name>.json: what benchmarks/bench_recipe.py and bench_assay.py measured

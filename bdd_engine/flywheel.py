@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from bdd_engine import (artifacts, attributes, autolabel, bdd, casestudy, collect, confusion, curate, embed, evaluate,
-                        experiment, figures, images, mine, report, slices, synth, tracking, train)
+                        experiment, figures, images, labelissues, mine, report, slices, synth, tracking, train)
 from bdd_engine import executor as executors
 from bdd_engine.checkpoint import (Section, acquire_lock, atomic_path, atomic_write_json, claim_folder,
                                    df_to_markdown, input_row, release_lock, reset_peak_rss)
@@ -728,7 +728,36 @@ def s7_autolabel_retrain(cfg: Config, turn: int = 1) -> Result:
                 w.record_inputs(pd.DataFrame(inputs), **({"reviewed_labels": str(reviewed_file)} if reviewed_file else {}))
             w.write_json("labeling.json", labeling)
             w.counts.update({"runs": len(rows), "mined_labelled": len(mined)})
+            _label_issues(cfg, w, {"autolabels": extra.get("mined", []), "gt": mined_gt,
+                                   "reviewed": _reviewed_frames(cfg, turn - 1)[0] if turn > 1 else []}, paths, gt_train)
     return Result(7, sec.dir, _label_tables(sec.dir), {"labeling": sec.load_json("labeling.json")})
+
+
+def _label_issues(cfg: Config, w: Any, sets: Mapping[str, list[dict[str, Any]]], paths: Mapping[str, str],
+                  train_frames: list[dict[str, Any]]) -> None:
+    """Issue 29: score this turn's label sets against a model that never trained on their frames, into
+    ``label_issues/<set>.issues.csv`` + ``label_issues/summary.json``: the mined frames' accepted
+    auto-labels and ground truth, and the imported reviewed labels, against iter0 (trained on the train
+    pool only); the train pool's labels against the profile's teacher .pt when it has one (trained on a
+    disjoint world; iter0 trained on them, so without a teacher they are not scored: a K-fold cross-fit
+    is not built). Runs after the arms have trained and writes only its own folder."""
+    jobs = [(artifacts.iter0_weights(cfg.out), "iter0 (never trained on pool frames)",
+             {k: v for k, v in sets.items() if v})]
+    teacher = autolabel.labeler_input_files(cfg)
+    if teacher and train_frames:
+        jobs.append((teacher[0], f"the teacher {teacher[0].name} (trained on a disjoint world)", {"train": train_frames}))
+    out = {}
+    for weights, about, todo in jobs:
+        names = sorted({f["name"] for v in todo.values() for f in v})
+        if not names:
+            continue
+        preds = train.predict(weights, [paths[n] for n in names], conf=0.01, device=str(cfg.device), progress=False)
+        for which, frames in todo.items():
+            table = labelissues.score_labels(frames, preds)
+            labelissues.write_issues(table, w.path(f"label_issues/{which}.issues.csv"))
+            out[which] = {"scored_against": about, **labelissues.summary(table)}
+    if out:
+        w.write_json("label_issues/summary.json", {"synthetic": bool(cfg.synthetic), "sets": out})
 
 
 def _label_tables(folder: Path) -> dict[str, pd.DataFrame]:

@@ -136,6 +136,56 @@ def plan_world(cfg: Any) -> list[FrameSpec]:
     return specs
 
 
+
+# ----------------------------------------------------------------------------- planted label errors
+# Confusions a hurried annotator makes (car/truck, pedestrian/rider, two-wheelers, the two signal classes).
+SWAP = {"car": "truck", "truck": "car", "bus": "truck", "train": "bus", "pedestrian": "rider", "rider": "pedestrian",
+        "bicycle": "motorcycle", "motorcycle": "bicycle", "traffic light": "traffic sign", "traffic sign": "traffic light"}
+NOISE_KINDS = ("dropped", "shifted", "swapped", "spurious")
+PLANTED_FILE = "planted_errors.json"  # sidecar at the world root, written only when synth_label_noise > 0
+
+
+def _noise_kind(rng: np.random.Generator) -> str:
+    return NOISE_KINDS[int(rng.integers(len(NOISE_KINDS)))]
+
+
+def _shift(rng: np.random.Generator, box: list[float], W: int, H: int) -> list[float] | None:
+    """Every edge moved by up to ±15% of the box's width/height, clipped; None if it collapses."""
+    x1, y1, x2, y2 = box
+    j = rng.uniform(-0.15, 0.15, 4) * np.array([x2 - x1, y2 - y1, x2 - x1, y2 - y1])
+    out = [float(np.clip(x1 + j[0], 0, W - 1)), float(np.clip(y1 + j[1], 0, H - 1)),
+           float(np.clip(x2 + j[2], 0, W - 1)), float(np.clip(y2 + j[3], 0, H - 1))]
+    return out if out[2] - out[0] >= 1 and out[3] - out[1] >= 1 else None
+
+
+def _spurious_box(rng: np.random.Generator, box: list[float], real: list[list[float]], W: int,
+                  H: int) -> list[float] | None:
+    """A box of ``box``'s size at a random place that overlaps no real box (None after 10 tries)."""
+    w, h = box[2] - box[0], box[3] - box[1]
+    if w >= W - 2 or h >= H - 2:
+        return None
+    for _ in range(10):
+        x1, y1 = rng.uniform(0, W - 1 - w), rng.uniform(0, H - 1 - h)
+        if all(x1 + w <= r[0] or r[2] <= x1 or y1 + h <= r[1] or r[3] <= y1 for r in real):
+            return [float(x1), float(y1), float(x1 + w), float(y1 + h)]
+    return None
+
+
+def _xyxy(label: dict[str, Any]) -> list[float]:
+    b = label["box2d"]
+    return [b["x1"], b["y1"], b["x2"], b["y2"]]
+
+
+def _plant(planted: list[dict[str, Any]], spec: FrameSpec, kind: str, label_id: str | None, true_cat: str | None,
+           noisy_cat: str, true_box: list[float] | None, noisy_box: list[float] | None) -> None:
+    """One planted error: ``label_id`` = the id of the written (wrong) label, None for a dropped box;
+    ``true_*`` = what the label should be (None for a spurious box: nothing is there), boxes xyxy px."""
+    planted.append({"name": spec.name, "split": spec.split, "kind": kind, "label_id": label_id,
+                    "true_category": true_cat, "category": noisy_cat,
+                    "true_box": None if true_box is None else [round(float(v), 3) for v in true_box],
+                    "box": noisy_box})
+
+
 # ----------------------------------------------------------------------------- rendering
 class _Cam:
     """Pinhole camera: ground point (x lateral m, z depth m) → pixel (u, v)."""
@@ -461,8 +511,14 @@ def _effects(rng, img: np.ndarray, spec: FrameSpec, cam: _Cam, lamps: list[tuple
 
 
 # Long on purpose: the frame's generation order (camera, background, objects, effects, labels) is one seeded RNG stream; splitting it risks reordering draws and changing every world.
-def render_frame(spec: FrameSpec) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """Render one frame → (uint8 RGB image (H, W, 3), det_20 labels with box2d in pixels)."""
+def render_frame(spec: FrameSpec, planted: list[dict[str, Any]] | None = None) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Render one frame → (uint8 RGB image (H, W, 3), det_20 labels with box2d in pixels).
+
+    With ``spec.label_noise`` > 0, each non-crowd box of the 10 classes is, with that
+    probability, dropped, shifted/scaled, class-swapped or joined by a spurious box
+    (:data:`NOISE_KINDS`, equally likely); ``planted`` (if given) receives one record per
+    planted error (:func:`_plant`). With noise 0 no extra random number is drawn."""
+    planted = [] if planted is None else planted
     rng = np.random.default_rng(spec.seed)
     W, H = spec.width, spec.height
     cam = _Cam(W, H, horizon=H * rng.uniform(0.40, 0.50), yaw_px=rng.uniform(-0.06, 0.06) * W)
@@ -536,33 +592,45 @@ def render_frame(spec: FrameSpec) -> tuple[np.ndarray, list[dict[str, Any]]]:
             if iw > 0 and ih > 0:
                 cover += iw * ih
         cat, box = lb["category"], list(lb["box"])
-        if spec.label_noise > 0 and rng.random() < spec.label_noise:  # realistic annotation noise
-            mode = rng.integers(3)
-            if mode == 0:
-                continue  # missed box
-            if mode == 1:
-                j = rng.uniform(-0.15, 0.15, 4) * np.array([x2 - x1, y2 - y1, x2 - x1, y2 - y1])
-                box = [float(np.clip(box[0] + j[0], 0, W - 1)), float(np.clip(box[1] + j[1], 0, H - 1)),
-                       float(np.clip(box[2] + j[2], 0, W - 1)), float(np.clip(box[3] + j[3], 0, H - 1))]
-                if box[2] - box[0] < 1 or box[3] - box[1] < 1:
-                    continue
-            else:
-                cat = {"car": "truck", "truck": "car", "pedestrian": "rider", "rider": "pedestrian"}.get(cat, cat)
-        out.append({
+        noisy = spec.label_noise > 0 and not lb["crowd"] and cat in SWAP and rng.random() < spec.label_noise
+        kind = _noise_kind(rng) if noisy else None  # no draw at all when clean: noise 0 keeps every world
+        if kind == "dropped":
+            _plant(planted, spec, kind, None, cat, cat, lb["box"], None)
+            continue  # missed box
+        if kind == "shifted":
+            box = _shift(rng, box, W, H)
+            if box is None:
+                _plant(planted, spec, "dropped", None, cat, cat, lb["box"], None)
+                continue
+        if kind == "swapped":
+            cat = SWAP[cat]
+        label = {
             "id": str(len(out)),
             "category": cat,
             "attributes": {"occluded": bool(cover > 0.3 * area), "truncated": bool(lb["truncated"]), "crowd": bool(lb["crowd"])},
             "box2d": {k: round(float(v), 3) for k, v in zip(("x1", "y1", "x2", "y2"), box)},
-        })
+        }
+        out.append(label)
+        if kind in ("shifted", "swapped"):
+            _plant(planted, spec, kind, label["id"], lb["category"], cat, lb["box"], _xyxy(label))
+        if kind == "spurious":  # the true box stays; the annotator also drew one where nothing is
+            fake = _spurious_box(rng, box, [lb2["box"] for lb2 in labels], W, H)
+            if fake is not None:
+                out.append({"id": str(len(out)), "category": cat,
+                            "attributes": {"occluded": False, "truncated": False, "crowd": False},
+                            "box2d": {k: round(float(v), 3) for k, v in zip(("x1", "y1", "x2", "y2"), fake)}})
+                _plant(planted, spec, kind, out[-1]["id"], None, cat, None, _xyxy(out[-1]))
     return img, out
 
 
-def _render_and_write(args: tuple[FrameSpec, str]) -> dict[str, Any]:
+def _render_and_write(args: tuple[FrameSpec, str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(the frame's det_20 entry, its planted label errors)."""
     spec, path = args
-    img, labels = render_frame(spec)
+    planted: list[dict[str, Any]] = []
+    img, labels = render_frame(spec, planted)
     Image.fromarray(img).save(path, quality=spec.jpeg_quality)
-    return {"name": spec.name, "attributes": {"weather": spec.weather, "timeofday": spec.timeofday, "scene": spec.scene},
-            "timestamp": 10000, "labels": labels}
+    return ({"name": spec.name, "attributes": {"weather": spec.weather, "timeofday": spec.timeofday, "scene": spec.scene},
+             "timestamp": 10000, "labels": labels}, planted)
 
 
 # ----------------------------------------------------------------------------- world
@@ -703,9 +771,14 @@ def generate(cfg: Any, out_root: str | os.PathLike | None = None, workers: int |
     workers = workers if workers is not None else min(os.cpu_count() or 1, 4)
     if workers > 1:
         with ProcessPoolExecutor(workers) as ex:
-            frames = list(tqdm(ex.map(_render_and_write, jobs, chunksize=16), total=len(jobs), desc="synth world", mininterval=2))
+            done = list(tqdm(ex.map(_render_and_write, jobs, chunksize=16), total=len(jobs), desc="synth world", mininterval=2))
     else:
-        frames = [_render_and_write(j) for j in tqdm(jobs, desc="synth world", mininterval=2)]
+        done = [_render_and_write(j) for j in tqdm(jobs, desc="synth world", mininterval=2)]
+    frames = [f for f, _ in done]
+    if float(cfg.synth_label_noise) > 0:  # the answer key of the noise; a clean world has no such file
+        (tmp / PLANTED_FILE).write_text(json.dumps({"synthetic": True, "label_noise": float(cfg.synth_label_noise),
+                                                    "kinds": list(NOISE_KINDS),
+                                                    "errors": [e for _, p in done for e in p]}) + "\n")
     for split in ("train", "val"):
         sel = [fr for fr, sp in zip(frames, specs) if sp.split == split]
         with open(tmp / "labels" / "det_20" / f"det_{split}.json", "w") as fh:

@@ -225,8 +225,18 @@ def test_mined_autolabels_and_saved_views(ds, world):
     if "eval_iter0" not in ds.list_evaluations():
         explorer.add_predictions(ds, _fake_predictions(frames), eval_on="eval")
     explorer.add_predictions(ds, _fake_predictions(frames, seed=9), "predictions_iter1_s42", "eval_iter1_s42", eval_on="eval")
+    issues = pd.DataFrame({"name": [mined["name"][1], mined["name"][0], mined["name"][1]], "category": "car",
+                           "x1": 1.0, "y1": 2.0, "x2": 30.0, "y2": 40.0, "score": [0.9, 0.7, 0.2],
+                           "reason": ["wrong class: looks like truck", "spurious box: x", "no issue"],
+                           "flagged": [True, True, False], "set": "autolabels"})
+    assert explorer.add_label_issues(ds, issues.assign(flagged=False)) == 0  # nothing flagged: no field, no view
+    assert not ds.has_sample_field("label_issue_score")
+    assert explorer.add_label_issues(ds, issues) == 2
     made = explorer.save_views(ds, worst_slice=worst, eval_key="eval_iter0", compare_key="eval_iter1_s42")
     assert set(made) == set(explorer.SAVED_VIEWS)
+    li = ds.load_saved_view("label_issues")  # issue 29: flagged frames, most suspicious first, with the reason
+    assert li.values("name") == [mined["name"][1], mined["name"][0]] and li.values("label_issue_score") == [0.9, 0.7]
+    assert li.values("label_issues.detections.reason") == [["wrong class: looks like truck"], ["spurious box: x"]]
     n_worst = int(((ft["slice"] == worst) & ft["name"].isin(pools["eval"])).sum())
     assert len(ds.load_saved_view("worst_slice")) == n_worst
     fails = ds.load_saved_view("worst_slice_failures")

@@ -190,6 +190,22 @@ NOTE_FILE = re.compile(r"(?<![\w/.<>*-])([\w.<>*/-]+\.(?:json|csv|png|md|pdf|pt|
 NOTE_FOLDER = re.compile(r"\b(0[1-8]_[a-z0-9_]+(?:/[\w.-]+)*)")
 
 
+def test_label_issues_of_the_mined_frames(first_run):
+    """Issue 29: §7 scores the mined frames' accepted auto-labels and ground truth against iter0."""
+    from bdd_engine import labelissues
+
+    out, _ = first_run
+    d = out / "07_autolabel_retrain" / "label_issues"
+    sets = json.loads((d / "summary.json").read_text())["sets"]
+    gt = {f["name"]: f for f in bdd.load_frames(out / "03_pools" / "gt_pool.json")}
+    mined = pd.read_csv(out / "06_mine" / "mined.csv")["name"]
+    assert sets["gt"]["boxes"] == len(bdd.boxes_table([gt[n] for n in mined if n in gt]).query("not crowd and not ignore"))
+    for which, summ in sets.items():
+        t = pd.read_csv(d / f"{which}.issues.csv", keep_default_na=False)
+        assert list(t.columns) == labelissues.COLUMNS and (t["row"] == "label").sum() == summ["boxes"]
+        assert summ["flagged_boxes"] == int((t["flagged"].astype(str) == "True")[t["row"] == "label"].sum())
+
+
 def test_every_file_a_checkpoint_note_names_exists(first_run):
     """What each section's checkpoint note tells the user to open exists after the run (a note
     named 06_mine/mining.json; the file is mining_summary.json)."""
@@ -538,6 +554,10 @@ def test_two_turns_train_on_the_imported_reviewed_labels(first_run, tiny_world, 
     want = sorted(bdd.CLASSES.index(c) for c in [lb["category"] for lb in reviewed[edited]["labels"]])
     assert set(want) == {bdd.CLASSES.index("bus"), bdd.CLASSES.index("motorcycle")}
     assert [lb["category"] for lb in carried[edited]["labels"]] == [lb["category"] for lb in reviewed[edited]["labels"]]
+    # issue 29: the imported reviews are scored too, against iter0 (never trained on pool frames)
+    li = json.loads((t2 / "07_autolabel_retrain" / "label_issues" / "summary.json").read_text())["sets"]
+    assert li["reviewed"]["boxes"] == sum(len(bdd.boxes_table([f]).query("not crowd and not ignore"))
+                                          for f in reviewed.values())
     # ... and reach every arm's YOLO training set on disk
     arms = pd.read_csv(t2 / "07_autolabel_retrain" / "arms.csv")
     gt_train = bdd.load_frames(t1 / "03_pools" / "gt_train.json")

@@ -21,7 +21,8 @@ from bdd_engine.explorer.dataset import GT_FIELD, aligned_view, ids_by_name
 log = logging.getLogger(__name__)
 
 SAVED_VIEWS = ("worst_slice", "worst_slice_failures", "fixed_by_iter1", "broken_by_iter1", "mined", "autolabel_review",
-               "golden_qa")
+               "golden_qa", "label_issues")
+ISSUES_FIELD = "label_issues"  # flagged rows of labelissues.score_labels tables (issue 29)
 
 
 # ---------------------------------------------------------------- embeddings
@@ -268,6 +269,29 @@ def add_autolabels(
     return {str(k): int(v) for k, v in table["bucket"].value_counts().sort_index().items()}
 
 
+# ---------------------------------------------------------------- label issues
+def add_label_issues(ds, table: pd.DataFrame, field: str = ISSUES_FIELD) -> int:
+    """Flagged rows of ``labelissues.score_labels`` tables (xyxy px; a ``set`` column names the label
+    set, e.g. autolabels / gt / reviewed) → Detections with ``confidence`` = the issue score and the
+    attributes ``reason`` and ``label_set``; the sample field ``label_issue_score`` is the frame's
+    highest score (None without a flagged row). Replaces what it set before; returns the rows added."""
+    flagged = table[table["flagged"].astype(bool)] if len(table) else table
+    by_name = group_by_name(flagged.assign(crowd=False, ignore=False)) if len(flagged) else {}
+    names, widths, heights = ds.values(["name", "metadata.width", "metadata.height"])
+    extra = lambda r: {"reason": str(r.reason), "label_set": str(getattr(r, "set", ""))}  # noqa: E731
+    if not set(names) & set(by_name):  # nothing flagged here: FiftyOne cannot type a new all-None field
+        for f in (field, "label_issue_score"):
+            if ds.has_sample_field(f):
+                ds.delete_sample_field(f)
+        ds.save()
+        return 0
+    ds.set_values(field, [detections(by_name.get(n), w, h, with_score=True, extra=extra) if n in by_name else None
+                          for n, w, h in zip(names, widths, heights)])
+    ds.set_values("label_issue_score", [float(by_name[n]["score"].max()) if n in by_name else None for n in names])
+    ds.save()
+    return int(sum(len(by_name[n]) for n in names if n in by_name))
+
+
 # ---------------------------------------------------------------- saved views
 def save_views(
     ds,
@@ -284,7 +308,8 @@ def save_views(
     worst-slice frames with fewer / more errors (FN + FP at the operating threshold) under
     ``compare_key`` (the retrained model's eval run) than under ``eval_key``, most changed
     first; mined: tag ``mined`` by rank;
-    autolabel_review: auto-labels routed to human review; golden_qa: tag ``golden``.
+    autolabel_review: auto-labels routed to human review; golden_qa: tag ``golden``;
+    label_issues: frames with a flagged label issue (:func:`add_label_issues`), highest score first.
     """
     from fiftyone import ViewField as F  # heavy optional dependency: imported on use
 
@@ -304,6 +329,8 @@ def save_views(
         views["autolabel_review"] = ds.filter_labels(autolabel_field, F("bucket") == "review")
     if ds.count_sample_tags().get(golden_tag):
         views["golden_qa"] = ds.match_tags(golden_tag)
+    if ds.has_sample_field("label_issue_score"):
+        views["label_issues"] = ds.match(F("label_issue_score") != None).sort_by("label_issue_score", reverse=True)  # noqa: E711
     for name, view in views.items():
         if ds.has_saved_view(name):
             ds.delete_saved_view(name)

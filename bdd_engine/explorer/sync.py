@@ -14,6 +14,7 @@ import logging
 from typing import Any, Callable, Mapping
 
 import numpy as np
+import pandas as pd
 
 from bdd_engine import bdd
 from bdd_engine.artifacts import load_embeddings
@@ -21,7 +22,7 @@ from bdd_engine.autolabel import bucket_of
 from bdd_engine.checkpoint import Section
 from bdd_engine.explorer.dataset import build_dataset, dataset_name, ids_by_name, pool_map
 from bdd_engine.explorer.db import connect_for, db_location
-from bdd_engine.explorer.enrich import (add_autolabels, add_embeddings, add_predictions, save_views,
+from bdd_engine.explorer.enrich import (add_autolabels, add_embeddings, add_label_issues, add_predictions, save_views,
                                        set_predicted_attributes, tag_mined, tag_pools)
 from bdd_engine.explorer.errors import ExplorerError
 from bdd_engine.sections import SPECS, TURN_SECTIONS
@@ -110,6 +111,14 @@ def _apply_autolabels(cfg: Any, ds, sec: Section) -> None:
         add_autolabels(ds, bdd.load_frames(f), route=lambda sc: bucket_of(sc, acc, rev))
 
 
+def _apply_label_issues(ds, sec: Section) -> None:
+    """§7 ``label_issues/<set>.issues.csv`` (issue 29): flagged rows → the ``label_issues`` field and view."""
+    files = sorted((sec.dir / "label_issues").glob("*.issues.csv"))
+    if files:
+        add_label_issues(ds, pd.concat([pd.read_csv(f, keep_default_na=False).assign(set=f.name.split(".")[0])
+                                        for f in files], ignore_index=True))
+
+
 def _sync_section(cfg: Any, ds, n: int, turn: int = 1) -> None:
     """Apply section ``n`` (of flywheel ``turn``)'s checkpoint to the dataset (idempotent: replaces what it set before)."""
     sec = Section(cfg, n, turn)
@@ -128,6 +137,7 @@ def _sync_section(cfg: Any, ds, n: int, turn: int = 1) -> None:
         set_predicted_attributes(ds, sec.read_df("pool_attributes.csv"), list(cfg["eval_by"]))
     elif n == 7:
         _apply_autolabels(cfg, ds, sec)
+        _apply_label_issues(ds, sec)
 
 
 def _mirrored_sections(cfg: Any) -> list[Section]:
