@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from bdd_engine import bdd
+from bdd_engine import backends, bdd
 from bdd_engine.checkpoint import atomic_write_df, atomic_write_json, sha256_file
 from bdd_engine.env import PROJECT_ROOT, setup_env
 from bdd_engine import weights
@@ -491,7 +491,7 @@ PREDICT_CHUNK_BATCHES = 16  # batches per Ultralytics predict call (see predict)
 
 def predict(weights: str | os.PathLike, image_paths: Sequence[str | os.PathLike], *, conf: float, device: str,
             imgsz: int | None = None, batch: int = 16, iou: float = 0.7, max_det: int = 300,
-            progress: bool = True) -> list[dict[str, Any]]:
+            progress: bool = True, backend: str = "torch", precision: str = "fp32") -> list[dict[str, Any]]:
     """One inference pass → BDD frames ``{"name", "attributes": {}, "labels": [...]}``.
 
     Labels: ``category`` (the model's class name, must be a BDD class), ``box2d`` xyxy in
@@ -500,11 +500,12 @@ def predict(weights: str | os.PathLike, image_paths: Sequence[str | os.PathLike]
     detections; filter later for pictures). ``device``: ``auto`` | ``cpu`` | ``0``...
     (:func:`resolve_device`). ``batch``: images per forward pass. NMS IoU 0.7 and
     ``max_det`` 300 are Ultralytics' validation defaults. ``imgsz`` None = the size the
-    weights were trained at (from the checkpoint; 640 if unknown). Missing image files raise.
+    weights were trained at (from the checkpoint; 640 if unknown). ``backend`` / ``precision``:
+    :func:`bdd_engine.backends.load_detector` (``torch`` | ``onnx`` | ``openvino`` | ``auto``;
+    ``fp32`` | ``bf16``). Missing image files raise.
     """
     setup_env()  # offline-safe Ultralytics settings before it is imported
     from tqdm.auto import tqdm
-    from ultralytics import YOLO
 
     paths = [Path(p) for p in image_paths]
     missing = [p for p in paths if not p.is_file()]
@@ -513,13 +514,13 @@ def predict(weights: str | os.PathLike, image_paths: Sequence[str | os.PathLike]
     names = [p.name for p in paths]
     if len(set(names)) != len(names):
         raise ValueError("image file names must be unique (they are the BDD frame names)")
-    model = YOLO(str(_weights_path(weights)))
-    class_names = dict(model.names)
+    det = backends.load_detector(_weights_path(weights), backend, imgsz=imgsz, precision=precision)
+    model, class_names = det.model, det.names
     unknown = sorted(set(class_names.values()) - set(bdd.CLASSES))
     if unknown:
         raise ValueError(f"model classes {unknown} are not BDD classes; was it trained on a BDD export?")
     if imgsz is None:  # infer at the training resolution, not Ultralytics' 640 default
-        imgsz = int(((getattr(model, "ckpt", None) or {}).get("train_args") or {}).get("imgsz", 640))
+        imgsz = det.train_imgsz or 640
     dev = resolve_device(device)
     frames: list[dict[str, Any]] = []
     # Streaming calls over chunks of PREDICT_CHUNK_BATCHES batches: one call over a whole list kept every
