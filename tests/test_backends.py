@@ -121,7 +121,7 @@ def test_a_missing_runtime_is_one_line_and_only_auto_falls_back(monkeypatch, yol
     assert backends.resolve_backend("auto") == "torch"
     code = main(["predict", "--profile", "tiny", "--weights", str(yolo), "--src", str(images[0].parent),
                  "--out", str(tmp_path / "p.json"), "--backend", "onnx", "--set", "device=cpu"])
-    err = [ln for ln in capsys.readouterr().err.splitlines() if "check images" not in ln]  # the progress bar
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip() and "check images" not in ln]  # progress bar
     assert code == 2 and len(err) == 1 and err[0].startswith("error: infer_backend onnx needs the onnxruntime")
     with pytest.raises(backends.BackendError, match="offered by the openvino backend only"):
         backends.check_precision("onnx", "bf16")
