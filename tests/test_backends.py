@@ -8,6 +8,7 @@ is checked to run at bf16, and measured against torch by benchmarks/bench_infer.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 from PIL import Image
 
 from bdd_engine import backends, train
+from bdd_engine.checkpoint import sha256_file
 from bdd_engine.__main__ import main
 from bdd_engine.config import load_config
 
@@ -86,14 +88,15 @@ def test_backend_predictions_match_torch(exports, yolo, images, torch_preds, bac
     assert sorted(p.name for p in yolo.parent.iterdir()) == [yolo.name]
 
 
-@pytest.mark.parametrize("precision,want", [("fp32", "f32"), ("bf16", "bf16")])
-def test_openvino_runs_at_the_asked_precision(exports, yolo, images, precision, want):
+def test_openvino_runs_at_the_asked_precision(exports, yolo, images):
+    """OpenVINO's CPU plugin would pick bf16 by itself on AMX: fp32 must be asked for, and is."""
     import openvino as ov
 
-    det = backends.load_detector(yolo, "openvino", imgsz=128, precision=precision)
-    det.model.predict(str(images[0]), imgsz=128, device="cpu", verbose=False)
-    compiled = det.model.predictor.model.backend.ov_compiled_model
-    assert compiled.get_property("INFERENCE_PRECISION_HINT") == getattr(ov.Type, want)
+    asked = (("fp32", ov.Type.f32), ("bf16", ov.Type.bf16)) if train.cpu_has_bf16() else (("fp32", ov.Type.f32),)
+    for precision, want in asked:  # without native bf16 the plugin runs f32 whatever is asked
+        det = backends.load_detector(yolo, "openvino", imgsz=128, precision=precision)
+        det.model.predict(str(images[0]), imgsz=128, device="cpu", verbose=False)
+        assert det.model.predictor.model.backend.ov_compiled_model.get_property("INFERENCE_PRECISION_HINT") == want
 
 
 def test_a_stale_export_is_rebuilt_after_the_weights_change(exports, yolo, images, tmp_path):
@@ -103,11 +106,12 @@ def test_a_stale_export_is_rebuilt_after_the_weights_change(exports, yolo, image
     assert first == backends.ensure_export(yolo, "onnx", imgsz=128)
     build_tiny_yolo(w, seed=1)  # new weights at the same path
     second = backends.ensure_export(w, "onnx", imgsz=128)
-    assert second != first and second.is_file()
-    new_torch, new_onnx = _pred(w, images, "torch"), _pred(w, images, "onnx")
-    for (b0, s0, _), (b1, s1, _) in zip(_arrays(new_torch), _arrays(new_onnx)):  # the new weights' outputs
-        assert b1.shape == b0.shape and np.abs(s1 - s0).max(initial=0) <= SCORE_TOL
-    assert not list(second.parent.parent.glob(".onnx.tmp-*"))  # built in a temp folder, renamed
+    assert second != first and second.is_file() and second.read_bytes() != first.read_bytes()
+    marker = json.loads((second.parent / backends.EXPORT_MARKER).read_text())
+    assert marker["weights_sha256"] == sha256_file(w)  # built from the new weights
+    det = backends.load_detector(w, "onnx", imgsz=128)  # and the loader picks it
+    assert det.source == second and det.backend == "onnx"
+    assert not list(exports.glob("*/.onnx.tmp-*"))  # built in a temp folder, renamed
 
 
 def test_a_missing_runtime_is_one_line_and_only_auto_falls_back(monkeypatch, yolo, images, tmp_path, capsys):
