@@ -80,12 +80,15 @@ def runtime_error(backend: str) -> str | None:
     return None
 
 
-def resolve_backend(backend: str) -> str:
-    """``torch`` | ``onnx`` | ``openvino`` that will run. ``auto``: the first of
-    :data:`AUTO_ORDER` whose runtime imports, else torch (one log line). An explicit backend
-    whose runtime is missing raises :class:`MissingRuntimeError`: no silent fallback."""
+def resolve_backend(backend: str, device: str = "cpu") -> str:
+    """``torch`` | ``onnx`` | ``openvino`` that will run. ``auto``: torch on a GPU (``device`` not
+    ``cpu``: these runtimes run here on the CPU), else the first of :data:`AUTO_ORDER` whose runtime
+    imports, else torch (one log line). An explicit backend whose runtime is missing raises
+    :class:`MissingRuntimeError`: no silent fallback."""
     if backend not in BACKENDS:
         raise BackendError(f"infer_backend {backend!r}: choose one of {' | '.join(BACKENDS)}")
+    if backend == "auto" and str(device) != "cpu":
+        return "torch"
     if backend == "auto":
         for b in AUTO_ORDER:
             if runtime_error(b) is None:
@@ -108,6 +111,15 @@ def check_precision(backend: str, precision: str) -> None:
     if precision == "bf16" and backend != "openvino":
         raise BackendError(f"infer_precision bf16 is offered by the openvino backend only (infer_backend is {backend}); "
                          f"set infer_precision: fp32 or infer_backend: openvino")
+
+
+def effective_precision(backend: str, run: str, precision: str) -> str:
+    """The precision that runs: ``auto`` asked for the best available, so a runtime without bf16
+    (torch, onnx) runs fp32; an explicit backend is checked (:func:`check_precision`)."""
+    if backend == "auto" and run != "openvino":
+        precision = "fp32"
+    check_precision(run, precision)
+    return precision
 
 
 def export_dir(weights: str | os.PathLike, fmt: str, cache_dir: str | os.PathLike | None = None) -> Path:
@@ -157,20 +169,19 @@ def ensure_export(weights: str | os.PathLike, fmt: str, *, imgsz: int,
 
 
 def load_detector(weights: str | os.PathLike, backend: str = "torch", *, imgsz: int | None = None,
-                  precision: str = "fp32", cache_dir: str | os.PathLike | None = None) -> Detector:
+                  precision: str = "fp32", device: str = "cpu", cache_dir: str | os.PathLike | None = None) -> Detector:
     """Load an Ultralytics ``.pt`` for inference on ``backend`` (:data:`BACKENDS`).
 
     ``imgsz``: px, the export's tracing size (None = the training size, else 640);
-    ``precision``: :data:`PRECISIONS` (:func:`check_precision`); ``cache_dir``: where exports
-    live (default ``.cache/exports``). Missing runtime: :class:`MissingRuntimeError`, or torch
-    when ``backend`` is ``auto``."""
+    ``precision``: :data:`PRECISIONS` (:func:`check_precision`; with ``auto`` a runtime without
+    bf16 runs fp32); ``device``: Ultralytics' spelling, resolved (``auto`` is torch on a GPU);
+    ``cache_dir``: where exports live (default ``.cache/exports``). Missing runtime:
+    :class:`MissingRuntimeError`, or torch when ``backend`` is ``auto``."""
     setup_env()
     from ultralytics import YOLO
 
-    run = resolve_backend(backend)
-    if backend == "auto" and run == "torch":
-        precision = "fp32"
-    check_precision(run, precision)
+    run = resolve_backend(backend, device)
+    precision = effective_precision(backend, run, precision)
     pt = YOLO(str(weights))
     names = dict(pt.names)
     train_imgsz = ((getattr(pt, "ckpt", None) or {}).get("train_args") or {}).get("imgsz")
@@ -217,7 +228,7 @@ def export_info(detector: Detector) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- plain torch modules (embedders)
 def module_runner(module: Any, example: Any, backend: str, *, key: str, precision: str = "fp32",
-                  cache_dir: str | os.PathLike | None = None):
+                  device: str = "cpu", cache_dir: str | os.PathLike | None = None):
     """``module`` (a torch module, one (N, ...) float32 tensor in, one (N, D) out) as a numpy callable
     on ``backend``, or None for torch (the caller keeps its own forward).
 
@@ -225,10 +236,8 @@ def module_runner(module: Any, example: Any, backend: str, *, key: str, precisio
     ``openvino.convert_model`` + ``save_model``) is traced on ``example`` and cached under
     ``<cache_dir>/<key[:16]>/<backend>-module/`` (``key``: a content hash of the weights and
     preprocessing), built atomically like :func:`ensure_export`."""
-    run = resolve_backend(backend)
-    if backend == "auto" and run == "torch":
-        precision = "fp32"
-    check_precision(run, precision)
+    run = resolve_backend(backend, device)
+    precision = effective_precision(backend, run, precision)
     if run == "torch":
         return None
     final = Path(cache_dir or EXPORT_DIR) / key[:16] / f"{run}-module"

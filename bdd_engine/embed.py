@@ -212,10 +212,13 @@ class _TorchEmbedder(Embedder):
 
         example = torch.from_numpy(self.preprocess(Image.new("RGB", (64, 36)))[None])
         key = _hash_json({"weights": self.weights_hash, "name": self.name})
-        self._runner = backends.module_runner(_Encode(self), example, backend, key=key, precision=precision)
+        device = "cpu" if str(self.device) == "cpu" else "gpu"
+        self._runner = backends.module_runner(_Encode(self), example, backend, key=key, precision=precision,
+                                              device=device)
         if self._runner is not None:
-            run = backends.resolve_backend(backend)
-            self.weights_hash = _hash_json({"weights": self.weights_hash, "backend": run, "precision": precision})
+            run = backends.resolve_backend(backend, device)
+            self.weights_hash = _hash_json({"weights": self.weights_hash, "backend": run,
+                                            "precision": backends.effective_precision(backend, run, precision)})
         return self
 
 

@@ -514,14 +514,14 @@ def predict(weights: str | os.PathLike, image_paths: Sequence[str | os.PathLike]
     names = [p.name for p in paths]
     if len(set(names)) != len(names):
         raise ValueError("image file names must be unique (they are the BDD frame names)")
-    det = backends.load_detector(_weights_path(weights), backend, imgsz=imgsz, precision=precision)
+    dev = resolve_device(device)
+    det = backends.load_detector(_weights_path(weights), backend, imgsz=imgsz, precision=precision, device=dev)
     model, class_names = det.model, det.names
     unknown = sorted(set(class_names.values()) - set(bdd.CLASSES))
     if unknown:
         raise ValueError(f"model classes {unknown} are not BDD classes; was it trained on a BDD export?")
     if imgsz is None:  # infer at the training resolution, not Ultralytics' 640 default
         imgsz = det.train_imgsz or 640
-    dev = resolve_device(device)
     frames: list[dict[str, Any]] = []
     # Streaming calls over chunks of PREDICT_CHUNK_BATCHES batches: one call over a whole list kept every
     # decoded frame alive until it returned (≈ 3.4 MB per 1280x720 frame: 7.1 GB for the demo's 1,853 pool

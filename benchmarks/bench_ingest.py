@@ -250,6 +250,11 @@ def main(argv: list[str] | None = None) -> dict:
               "best": {k: best[k] for k in ("clip", "decoder", "method", "workers", "ingest_realtime_x")},
               "goal_50x_met": best["ingest_realtime_x"] >= 50, "floor": floor,
               "floor_x2_cores_realtime_x": round(floor2, 1),
+              # per CPU second (load-independent): 2 workers' CPU (start-up included) vs the floor's
+              "ingest_2_workers_realtime_x_per_cpu_s": both["ingest_realtime_x_per_cpu_s"],
+              "floor_over_ingest_per_cpu_s": round(floor["floor_realtime_x_per_cpu_s"]
+                                                   / both["ingest_realtime_x_per_cpu_s"], 2),
+              "seek_overhead_cpu_s_per_video": round(floor["split_seek_decode_cpu_s"] - floor["floor_decode_cpu_s"], 3),
               "ingest_2_workers_realtime_x": both["ingest_realtime_x"],
               "floor_x2_over_ingest_2_workers": round(floor2 / both["ingest_realtime_x"], 2),
               "within_1_5x_of_floor": floor2 / both["ingest_realtime_x"] <= 1.5}

@@ -121,8 +121,10 @@ def test_a_missing_runtime_is_one_line_and_only_auto_falls_back(monkeypatch, yol
     msg = str(e.value)
     assert "\n" not in msg and "onnxruntime" in msg and "infer_backend: torch" in msg
     assert backends.resolve_backend("auto") == "openvino"
+    assert backends.resolve_backend("auto", device="0") == "torch"  # these runtimes run on the CPU: a GPU keeps torch
     monkeypatch.setitem(sys.modules, "openvino", None)
     assert backends.resolve_backend("auto") == "torch"
+    assert backends.effective_precision("auto", "torch", "bf16") == "fp32"  # auto: best available, never refused
     code = main(["predict", "--profile", "tiny", "--weights", str(yolo), "--src", str(images[0].parent),
                  "--out", str(tmp_path / "p.json"), "--backend", "onnx", "--set", "device=cpu"])
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip() and "check images" not in ln]  # progress bar
