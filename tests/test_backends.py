@@ -160,3 +160,20 @@ def test_module_runner_matches_torch_and_is_cached(exports):
         backends.module_runner(mod, x[:1], backend, key="0123456789abcdef-test")
         assert marker.stat().st_mtime_ns == mtime  # reused, not rebuilt
     assert backends.module_runner(mod, x[:1], "torch", key="k") is None
+
+
+def test_the_profile_backend_reaches_every_detector_call(monkeypatch, yolo, images):
+    """§5/§6/§8's predict and the teacher labeler pass infer_backend / infer_precision to train.predict."""
+    import pandas as pd
+
+    from bdd_engine import autolabel, flywheel
+
+    seen = []
+    monkeypatch.setattr(train, "predict", lambda weights, paths, **kw: seen.append(kw) or
+                        [{"name": Path(p).name, "attributes": {}, "labels": []} for p in paths])
+    cfg = load_config("tiny", {"infer_backend": "openvino", "infer_precision": "bf16", "device": "cpu"}, env=False)
+    flywheel._predict(cfg, yolo, pd.DataFrame({"image_path": [str(images[0])]}))
+    lab = autolabel.get_labeler(cfg, "teacher", teacher_weights=yolo)
+    lab.label([{"name": images[0].name, "attributes": {}, "labels": []}], [images[0]], progress=False)
+    assert [(kw["backend"], kw["precision"]) for kw in seen] == [("openvino", "bf16")] * 2
+    assert lab.model_info()["backend"] == "openvino"
