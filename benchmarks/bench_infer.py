@@ -151,6 +151,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--n-big", type=int, default=64, help="images timed at the profile batch (yolov8m, teacher)")
     ap.add_argument("--models", default="demo,teacher,yolov8m,clip")
     ap.add_argument("--reps", type=int, default=1, help="fresh-process runs per point; the fastest is kept")
+    ap.add_argument("--variants", default=",".join(f"{b}:{p}" for b, p in VARIANTS),
+                    help="backend:precision list (torch:fp32 first: the reference)")
     a = ap.parse_args(argv)
     if a.child:
         print("CHILD " + json.dumps(child(json.loads(a.child.read_text()))), flush=True)
@@ -177,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
         w, imgsz, n_big = models[name]
         kind = "embedder" if name == "clip" else "detector"
         preds: dict[tuple, object] = {}
-        for backend, precision in VARIANTS:
+        for backend, precision in (v.split(":") for v in a.variants.split(",")):
             for batch in (1, a.embed_batch if kind == "embedder" else a.batch):
                 n = a.n1 if batch == 1 else n_big
                 out = td / (f"{name}-{backend}-{precision}-{batch}" + (".npy" if kind == "embedder" else ".json"))
