@@ -29,7 +29,7 @@ import os
 import sys
 from pathlib import Path
 
-from bdd_engine import checkpoint, executor, flywheel, ingest, runner, synth, synthvideo
+from bdd_engine import backends, checkpoint, executor, flywheel, ingest, runner, synth, synthvideo
 from bdd_engine.evaluate import main_evaluate
 from bdd_engine.explorer import main_app
 from bdd_engine.config import ConfigError, load_config, parse_overrides
@@ -84,7 +84,10 @@ def cmd_label(args: argparse.Namespace) -> int:
         raise ConfigError("label --labeler gsam2 takes its model folders from the profile: "
                           "--set label_gsam2_gdino_dir=DIR --set label_gsam2_sam_dir=DIR (not --weights)")
     # as §7 builds it; an explicit --weights wins over the profile's label_teacher_weights
-    labeler = autolabel.get_labeler(cfg, args.labeler, **({"teacher_weights": args.weights} if args.weights else {}))
+    extra = {"teacher_weights": args.weights} if args.weights else {}
+    if args.backend:  # --backend wins over the profile's infer_backend
+        extra["backend"] = args.backend
+    labeler = autolabel.get_labeler(cfg, args.labeler, **extra)
     info = {"weights": str(Path(args.weights).resolve()) if args.weights else None, **labeler.model_info()}
     t = anyfolder.label_folder(args.src, args.out, labeler, accept=float(cfg.label_accept),
                                review=float(cfg.label_review), seed=int(cfg.seed), fps=args.fps, labeler_info=info)
@@ -101,7 +104,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     cfg = _cfg(args)
     conf = float(cfg.eval_conf if args.conf is None else args.conf)
     path, frames, skipped = anyfolder.predict_folder(args.weights, args.src, args.out, conf=conf, device=cfg.device,
-                                                     imgsz=args.imgsz, overwrite=args.force)
+                                                     imgsz=args.imgsz, overwrite=args.force,
+                                                     backend=args.backend or cfg.infer_backend,
+                                                     precision=cfg.infer_precision)
     for s in skipped:
         print(f"skipped: {s['source_path']}: {s['reason']}", file=sys.stderr)
     print(f"predictions: {path} ({len(frames)} frames, {sum(len(f['labels']) for f in frames)} boxes, "
@@ -282,6 +287,7 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--labeler", choices=("gsam2", "teacher"), required=True)
             sp.add_argument("--weights", type=Path, default=None, help="teacher: an Ultralytics .pt")
             sp.add_argument("--out", type=Path, required=True, help="new folder (label creates and marks it)")
+            _backend_flag(sp)
             _ingest_flags(sp)
         if name == "predict":
             sp.add_argument("--weights", type=Path, required=True, help="an Ultralytics .pt")
@@ -290,6 +296,7 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--conf", type=float, default=None, help="score threshold (default: the profile's eval_conf)")
             sp.add_argument("--imgsz", type=int, default=None, help="inference size, px (default: the weights')")
             sp.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+            _backend_flag(sp)
         if name == "train":
             sp.add_argument("--data", type=Path, required=True,
                             help="labelled folder (one BDD/COCO JSON, or YOLO labels/ + images/) or a BDD/COCO JSON file")
@@ -335,6 +342,11 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _backend_flag(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--backend", choices=backends.BACKENDS, default=None,
+                    help="detector inference runtime (default: the profile's infer_backend; docs/INFER.md)")
+
+
 def _own_parser_command(name: str):
     """(main, its refusal error) of a command that parses its own flags; imported only on use."""
     if name == "stand-in-weights":
@@ -373,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
         return args.fn(args)
     except (ConfigError, synth.WorldRefused, checkpoint.OutputsBusy, checkpoint.OutputsNotWritable,
-            checkpoint.FolderRefused, FileNotFoundError, FileExistsError) as e:
+            checkpoint.FolderRefused, FileNotFoundError, FileExistsError, backends.BackendError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -56,11 +56,12 @@ def label_folder(src: str | os.PathLike, out: str | os.PathLike, labeler: autola
 
 def predict_folder(weights: str | os.PathLike, src: str | os.PathLike, out_json: str | os.PathLike, *, conf: float,
                    device: str = "auto", imgsz: int | None = None, batch: int = 16, overwrite: bool = False,
-                   progress: bool = True) -> tuple[Path, list[dict[str, Any]], list[dict[str, str]]]:
+                   progress: bool = True, backend: str = "torch",
+                   precision: str = "fp32") -> tuple[Path, list[dict[str, Any]], list[dict[str, str]]]:
     """Predictions of Ultralytics ``weights`` on every image under ``src``, written as BDD JSON.
 
     ``conf``: score threshold in [0, 1] (keep it low, e.g. 0.001, for mAP). ``imgsz`` None =
-    the weights' training size. Unreadable images are skipped and returned as
+    the weights' training size. ``backend`` / ``precision``: :func:`train.predict`. Unreadable images are skipped and returned as
     ``[{"source_path", "reason"}]``. Raises FileExistsError for an existing ``out_json``
     unless ``overwrite``, :class:`checkpoint.FolderRefused` for an ``out_json`` inside ``src`` or
     that is a folder (:func:`refuse_out`), and ValueError if ``src`` holds videos (ingest them first).
@@ -80,7 +81,7 @@ def predict_folder(weights: str | os.PathLike, src: str | os.PathLike, out_json:
     skipped: list[dict[str, str]] = []
     rows = ingest.image_rows(ingest.unique(images, lambda p: p.name, skipped), skipped, progress)
     frames = train.predict(weights, rows["image_path"].tolist(), conf=conf, device=device, imgsz=imgsz,
-                           batch=batch, progress=progress)
+                           batch=batch, progress=progress, backend=backend, precision=precision)
     path, _ = train.save_predictions(frames, out_json)
     return path, frames, skipped
 

@@ -41,6 +41,11 @@ RESERVED_ENV: dict[str, str] = {
     "BDD_WEIGHTS_DIR": "model weights folder (weights.WEIGHTS_DIR; default <project>/weights)",
 }
 
+# Keys that enter a section hash only when they differ from this value (the behaviour every
+# existing checkpoint was computed with): outputs made before the key existed stay fresh.
+HASH_UNLESS: dict[str, Any] = {"infer_backend": "torch", "infer_precision": "fp32"}
+_ALWAYS = object()
+
 # Keys that never change results (where things go, how loud they are).
 NON_RESULT_KEYS = ("profile", "outputs_dir", "device", "workers", "fiftyone_dataset", "mlflow_tracking_uri",
                    "executor", "ray_address", "ray_workers", "ray_cpus_per_actor", "ray_gpus_per_actor", "ray_max_restarts")  # where, not what
@@ -84,7 +89,8 @@ class Config(dict):
         turn 2 on it also covers the turn number and the first ``turn - 1`` entries of the
         section's turn keys (turn 1's hash never includes them)."""
         prefixes = SECTION_PREFIXES[section]
-        sub = {k: v for k, v in self.items() if k in GLOBAL_KEYS or k.startswith(prefixes)}
+        sub = {k: v for k, v in self.items() if (k in GLOBAL_KEYS or k.startswith(prefixes))
+               and HASH_UNLESS.get(k, _ALWAYS) != v}
         if int(turn) > 1:
             sub["__turn__"] = int(turn)
             sub.update({k: list(self[k])[:int(turn) - 1] for k in SPECS[section].turn_keys})
@@ -93,7 +99,8 @@ class Config(dict):
     def hash(self) -> str:
         """Identifies a whole run: every key that can change a result (``flywheel_*`` keys
         never change turn 1; later turns' sections hash what they read of them)."""
-        return _hash({k: v for k, v in self.items() if k not in NON_RESULT_KEYS and not k.startswith("flywheel_")})
+        return _hash({k: v for k, v in self.items() if k not in NON_RESULT_KEYS and not k.startswith("flywheel_")
+                      and HASH_UNLESS.get(k, _ALWAYS) != v})
 
 
 def _hash(obj: Any) -> str:

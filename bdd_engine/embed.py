@@ -182,16 +182,46 @@ def _resize_short(image: Image.Image, short: int) -> Image.Image:
 class _TorchEmbedder(Embedder):
     model: Any
     device: str
+    _runner: Callable[[np.ndarray], np.ndarray] | None = None  # an ONNX Runtime / OpenVINO export (use_backend)
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
+        if self._runner is not None:
+            return np.asarray(self._runner(batch), np.float32)
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
             return self._encode(x).float().cpu().numpy()
 
     @abstractmethod
     def _encode(self, x: Any) -> Any: ...
+
+    def use_backend(self, backend: str, precision: str = "fp32") -> "_TorchEmbedder":
+        """Run ``forward`` on ``backend`` (:func:`bdd_engine.backends.module_runner`: an export of
+        ``_encode`` cached under the weights hash). A non-torch backend gives slightly different
+        vectors, so it joins ``weights_hash`` (the embedding cache key); torch/fp32 keep theirs."""
+        import torch
+
+        from bdd_engine import backends
+
+        class _Encode(torch.nn.Module):
+            def __init__(self, emb: "_TorchEmbedder"):
+                super().__init__()
+                self.emb, self.inner = emb, emb.model
+
+            def forward(self, x: Any) -> Any:
+                return self.emb._encode(x)
+
+        example = torch.from_numpy(self.preprocess(Image.new("RGB", (64, 36)))[None])
+        key = _hash_json({"weights": self.weights_hash, "name": self.name})
+        device = "cpu" if str(self.device) == "cpu" else "gpu"
+        self._runner = backends.module_runner(_Encode(self), example, backend, key=key, precision=precision,
+                                              device=device)
+        if self._runner is not None:
+            run = backends.resolve_backend(backend, device)
+            self.weights_hash = _hash_json({"weights": self.weights_hash, "backend": run,
+                                            "precision": backends.effective_precision(backend, run, precision)})
+        return self
 
 
 class ClipEmbedder(_TorchEmbedder):
@@ -254,7 +284,7 @@ class Dinov2Embedder(_TorchEmbedder):
 
 # ----------------------------------------------------------------------------- factory
 def get_embedder(name: str, *, device: str, imgsz: int, clip_arch: str, clip_weights: str | os.PathLike | None,
-                 dinov2_dir: str | os.PathLike | None) -> Embedder:
+                 dinov2_dir: str | os.PathLike | None, backend: str = "torch", precision: str = "fp32") -> Embedder:
     """Build the embedder ``name`` (one of :data:`EMBEDDERS`).
 
     ``device``: ``auto`` | ``cpu`` | ``0``... (``train.resolve_device``; used by clip and
@@ -262,20 +292,25 @@ def get_embedder(name: str, *, device: str, imgsz: int, clip_arch: str, clip_wei
     its own preprocessing). ``clip_arch``: open_clip architecture name (clip only).
     ``clip_weights`` (a weights file) / ``dinov2_dir`` (a ``save_pretrained`` folder):
     absolute or project-relative paths; None = the ``weights.REGISTRY`` path, which must
-    exist (``./setup.sh --weights``).
+    exist (``./setup.sh --weights``). ``backend`` / ``precision``: clip and dinov2 run on
+    ``torch`` | ``onnx`` | ``openvino`` | ``auto`` (:meth:`_TorchEmbedder.use_backend`); gradhist
+    has no model and ignores them.
     """
     setup_env()  # offline-safe hub settings before open_clip/transformers are imported
     if name == "gradhist":
         emb: Embedder = GradHistEmbedder(imgsz=imgsz)
     elif name == "clip":
-        emb = ClipEmbedder(clip_arch, _weights_path(clip_weights, "clip"), torch_device(device))
+        emb = ClipEmbedder(clip_arch, _weights_path(clip_weights, "clip"), torch_device(device)).use_backend(
+            backend, precision)
     elif name == "dinov2":
-        emb = Dinov2Embedder(_weights_path(dinov2_dir, "dinov2"), imgsz=imgsz, device=torch_device(device))
+        emb = Dinov2Embedder(_weights_path(dinov2_dir, "dinov2"), imgsz=imgsz, device=torch_device(device)).use_backend(
+            backend, precision)
     else:
         raise ValueError(f"unknown embed_model {name!r}; choose one of {EMBEDDERS}")
     # how to build it again in another process (a Ray actor), instead of shipping its weights
     emb.spec = {"name": name, "device": device, "imgsz": imgsz, "clip_arch": clip_arch,
-                "clip_weights": clip_weights, "dinov2_dir": dinov2_dir}
+                "clip_weights": clip_weights, "dinov2_dir": dinov2_dir, "backend": backend,
+                "precision": precision}
     return emb
 
 

@@ -178,7 +178,8 @@ def _embedder(cfg: Config) -> embed.Embedder:
     """The profile's embedder (``embed_*`` keys)."""
     return embed.get_embedder(str(cfg.embed_model), device=str(cfg.device), imgsz=int(cfg.embed_imgsz),
                               clip_arch=str(cfg.embed_clip_arch), clip_weights=cfg.embed_clip_weights,
-                              dinov2_dir=cfg.embed_dinov2_dir)
+                              dinov2_dir=cfg.embed_dinov2_dir, backend=str(cfg.infer_backend),
+                              precision=str(cfg.infer_precision))
 
 
 def _embeddings(cfg: Config, frames: pd.DataFrame) -> tuple[Any, list[str], Any]:
@@ -291,7 +292,8 @@ def s4_train(cfg: Config) -> Result:
 def _predict(cfg: Config, weights: Path, frames: pd.DataFrame) -> list[dict[str, Any]]:
     """One inference pass over ``frames`` at the eval threshold; BDD frames with scores."""
     return train.predict(weights, list(frames["image_path"]), conf=float(cfg.eval_conf), device=str(cfg.device),
-                         executor=_executor(cfg))
+                         executor=_executor(cfg), backend=str(cfg.infer_backend),
+                         precision=str(cfg.infer_precision))
 
 
 def _evaluate(cfg: Config, preds: Any) -> evaluate.EvalResult:

@@ -23,14 +23,14 @@ class SectionSpec:
 
 SPECS: dict[int, SectionSpec] = {s.number: s for s in (
     SectionSpec(1, "01_collect", (), ("synth_", "collect_")),  # confirm_label_files: a global key (config.GLOBAL_KEYS)
-    SectionSpec(2, "02_curate", (1,), ("embed_", "curate_")),
+    SectionSpec(2, "02_curate", (1,), ("embed_", "curate_", "infer_")),
     SectionSpec(3, "03_pools", (1,), ("pool_", "confirm_min_frames", "eval_min_pool_frames")),  # eligibility (issue 24)
     SectionSpec(4, "04_train", (3,), ("train_",)),
-    SectionSpec(5, "05_eval_iter0", (3, 4), ("eval_", "confirm_"), previous_turn=(8,)),
-    SectionSpec(6, "06_mine", (2, 3, 5), ("mine_",)),
-    SectionSpec(7, "07_autolabel_retrain", (3, 4, 6), ("label_", "retrain_"), previous_turn=(7, 8),
+    SectionSpec(5, "05_eval_iter0", (3, 4), ("eval_", "confirm_", "infer_"), previous_turn=(8,)),
+    SectionSpec(6, "06_mine", (2, 3, 5), ("mine_", "infer_")),
+    SectionSpec(7, "07_autolabel_retrain", (3, 4, 6), ("label_", "retrain_", "infer_"), previous_turn=(7, 8),
                 turn_keys=("flywheel_reviewed",)),
-    SectionSpec(8, "08_delta", (3, 5, 6, 7), ("report_", "control_")),
+    SectionSpec(8, "08_delta", (3, 5, 6, 7), ("report_", "control_", "infer_")),
 )}
 SECTIONS: dict[int, str] = {n: s.folder for n, s in SPECS.items()}
 UPSTREAM: dict[int, tuple[int, ...]] = {n: s.upstream for n, s in SPECS.items()}

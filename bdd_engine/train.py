@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from bdd_engine import bdd
+from bdd_engine import backends, bdd
 from bdd_engine import executor as executors
 from bdd_engine.checkpoint import atomic_write_df, atomic_write_json, sha256_file
 from bdd_engine.env import PROJECT_ROOT, setup_env
@@ -499,20 +499,19 @@ class PredictBatch:
     and :meth:`failed` records the frame)."""
 
     def __init__(self, weights: str | os.PathLike, *, conf: float, device: str, imgsz: int | None = None,
-                 batch: int = 16, iou: float = 0.7, max_det: int = 300):
-        setup_env()  # offline-safe Ultralytics settings before it is imported
-        from ultralytics import YOLO
-
-        model = YOLO(str(_weights_path(weights)))
-        class_names = dict(model.names)
+                 batch: int = 16, iou: float = 0.7, max_det: int = 300, backend: str = "torch",
+                 precision: str = "fp32"):
+        dev = resolve_device(device)
+        det = backends.load_detector(_weights_path(weights), backend, imgsz=imgsz, precision=precision, device=dev)
+        model, class_names = det.model, det.names
         unknown = sorted(set(class_names.values()) - set(bdd.CLASSES))
         if unknown:
             raise ValueError(f"model classes {unknown} are not BDD classes; was it trained on a BDD export?")
         if imgsz is None:  # infer at the training resolution, not Ultralytics' 640 default
-            imgsz = int(((getattr(model, "ckpt", None) or {}).get("train_args") or {}).get("imgsz", 640))
+            imgsz = det.train_imgsz or 640
         self.model, self.class_names = model, class_names
         self.kw = {"batch": batch, "conf": conf, "iou": iou, "imgsz": imgsz, "max_det": max_det,
-                   "device": resolve_device(device), "verbose": False}
+                   "device": dev, "verbose": False}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         paths = [Path(p) for p in batch["path"]]
@@ -538,7 +537,8 @@ class PredictBatch:
 
 def predict(weights: str | os.PathLike, image_paths: Sequence[str | os.PathLike], *, conf: float, device: str,
             imgsz: int | None = None, batch: int = 16, iou: float = 0.7, max_det: int = 300,
-            progress: bool = True, executor: executors.Executor = executors.LOCAL) -> list[dict[str, Any]]:
+            progress: bool = True, executor: executors.Executor = executors.LOCAL, backend: str = "torch",
+            precision: str = "fp32") -> list[dict[str, Any]]:
     """One inference pass → BDD frames ``{"name", "attributes": {}, "labels": [...]}``.
 
     Labels: ``category`` (the model's class name, must be a BDD class), ``box2d`` xyxy in
@@ -549,7 +549,9 @@ def predict(weights: str | os.PathLike, image_paths: Sequence[str | os.PathLike]
     ``max_det`` 300 are Ultralytics' validation defaults. ``imgsz`` None = the size the
     weights were trained at (from the checkpoint; 640 if unknown). Missing image files raise,
     and so does an image the detector cannot read (naming it). ``executor``: where
-    :class:`PredictBatch` runs (the same chunks, so the same frames, on either).
+    :class:`PredictBatch` runs (the same chunks, so the same frames, on either). ``backend`` /
+    ``precision``: :func:`bdd_engine.backends.load_detector` (``torch`` | ``onnx`` | ``openvino`` |
+    ``auto``; ``fp32`` | ``bf16``).
     """
     from tqdm.auto import tqdm
 
@@ -567,7 +569,8 @@ def predict(weights: str | os.PathLike, image_paths: Sequence[str | os.PathLike]
     outs = executors.run(PredictBatch, (executors.take({"path": [str(p) for p in paths]}, r) for r in spans),
                          executor=executor, name="predict",
                          stage_kwargs={"weights": weights, "conf": conf, "device": device, "imgsz": imgsz,
-                                       "batch": batch, "iou": iou, "max_det": max_det})
+                                       "batch": batch, "iou": iou, "max_det": max_det, "backend": backend,
+                                       "precision": precision})
     frames: list[dict[str, Any]] = []
     with tqdm(total=len(paths), desc="predict", unit="img", disable=not progress) as bar:
         for out in outs:

@@ -24,7 +24,7 @@ PKG = ROOT / "bdd_engine"
 LAYERS: dict[str, tuple[str, ...]] = {
     "0 foundations": ("env", "sections", "geometry", "weights", "config", "checkpoint", "executor"),
     "1 data": ("bdd", "images", "synth", "slices", "viz", "artifacts", "synthvideo", "ingest"),
-    "2 models and metrics": ("evaluate", "confusion", "yolo", "train", "embed", "curate", "mine", "collect", "pretrain", "attributes"),
+    "2 models and metrics": ("evaluate", "confusion", "yolo", "backends", "train", "embed", "curate", "mine", "collect", "pretrain", "attributes"),
     "3 labelling and experiment": ("autolabel", "gates", "tracking", "experiment", "report", "figures", "explorer", "standin", "anyfolder", "trainfolder", "labelissues"),
     "4 presentation": ("views", "casestudy"),
     "5 section runners": ("flywheel",),

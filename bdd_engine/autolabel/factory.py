@@ -26,6 +26,8 @@ LABELERS = ("gsam2", "teacher", "oracle")
 # make_labeler keyword -> profile key (profiles/default.yaml declares each key once, with its type).
 PROFILE_KEYS: dict[str, str] = {
     "device": "device",
+    "backend": "infer_backend",
+    "precision": "infer_precision",
     "teacher_conf": "label_teacher_conf",
     "teacher_tta": "label_teacher_tta",
     "teacher_batch_size": "train_batch",
@@ -49,6 +51,8 @@ PROFILE_KEYS: dict[str, str] = {
 def make_labeler(
     name: str, *,
     device: str = "auto",
+    backend: str = "torch",
+    precision: str = "fp32",
     # -- teacher
     teacher_weights: str | os.PathLike | None = None,
     teacher_conf: float = 0.35,
@@ -80,6 +84,8 @@ def make_labeler(
     and a ``score`` in [0, 1].
 
     * ``device``: ``auto`` (first CUDA GPU, else CPU) | ``cpu`` | ``0``, ``1``... (Ultralytics' spelling).
+    * ``backend`` / ``precision``: the teacher's inference runtime, ``torch`` | ``onnx`` | ``openvino`` |
+      ``auto`` and ``fp32`` | ``bf16`` (:func:`bdd_engine.backends.load_detector`).
 
     teacher (any Ultralytics detector through ``train.predict``):
 
@@ -123,7 +129,7 @@ def make_labeler(
         if teacher_weights is None:
             raise ValueError("teacher labeler needs teacher_weights= (the iter0 best.pt from §4)")
         labeler = TeacherLabeler(teacher_weights, conf=teacher_conf, tta=teacher_tta, imgsz=teacher_imgsz,
-                                 batch_size=teacher_batch_size, device=device)
+                                 batch_size=teacher_batch_size, device=device, backend=backend, precision=precision)
     elif name == "oracle":
         if gt_frames is None:
             raise ValueError("oracle labeler needs gt_frames= (the mining pool's held-back labels)")

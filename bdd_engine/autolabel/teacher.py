@@ -26,26 +26,30 @@ class TeacherLabeler(Labeler):
     confidence in [0, 1], stricter than evaluation's (labels, not a PR curve). ``tta``
     passes ``augment=True`` (flip + scales) when ``train.predict`` supports it. ``imgsz``:
     inference size in px (letterboxed long side); ``batch_size``: images per forward;
-    ``device``: ``auto`` | ``cpu`` | ``0``... (Ultralytics' spelling).
+    ``device``: ``auto`` | ``cpu`` | ``0``... (Ultralytics' spelling); ``backend`` / ``precision``:
+    :func:`bdd_engine.backends.load_detector` (``torch`` | ``onnx`` | ``openvino`` | ``auto``; ``fp32`` | ``bf16``).
     """
 
     name = "teacher"
 
     def __init__(self, weights: str | os.PathLike, conf: float = 0.35, tta: bool = False, imgsz: int = 480,
-                 batch_size: int = 16, device: str = "auto"):
+                 batch_size: int = 16, device: str = "auto", backend: str = "torch", precision: str = "fp32"):
         self.weights = project_path(weights)
         if not self.weights.exists():
             raise FileNotFoundError(
                 f"teacher weights not found: {self.weights} (default: the iter0 model from §4 — run it first, "
                 "or pass any Ultralytics .pt)")
         self.conf, self.tta, self.imgsz, self.batch_size = float(conf), bool(tta), int(imgsz), int(batch_size)
-        self.device = device
+        self.device, self.backend, self.precision = device, str(backend), str(precision)
         self._predict_fn = train.predict  # looked up now, so a test can swap train.predict
         if self.tta and "augment" not in inspect.signature(train.predict).parameters:
             raise ValueError("label_teacher_tta needs bdd_engine.train.predict(..., augment=...) — not available")
 
     def model_info(self) -> dict[str, str]:
-        return {"weights": str(self.weights), "conf": str(self.conf), "tta": str(self.tta)}
+        info = {"weights": str(self.weights), "conf": str(self.conf), "tta": str(self.tta)}
+        if (self.backend, self.precision) != ("torch", "fp32"):  # torch/fp32 runs keep the info (LABEL.json) they had
+            info.update(backend=self.backend, precision=self.precision)
+        return info
 
     def _run(self, run: LabelRun, paths: list[Path], progress: bool) -> None:
         """Check every image decodes (a corrupt file is a counted failure, not a crash inside
@@ -63,6 +67,8 @@ class TeacherLabeler(Labeler):
 
     def _predict(self, images, paths, stats):
         kw = {"augment": True} if self.tta else {}
+        if (self.backend, self.precision) != ("torch", "fp32"):  # a swapped-in train.predict need not know them
+            kw.update(backend=self.backend, precision=self.precision)
         frames = self._predict_fn(self.weights, [str(p) for p in paths], conf=self.conf, imgsz=self.imgsz,
                                   batch=self.batch_size, device=self.device,
                                   progress=getattr(self, "_progress", False) and len(paths) > 1, **kw)
