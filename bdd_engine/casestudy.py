@@ -683,6 +683,8 @@ def bench_source(name: str, res: Mapping[str, Any], where: str | None, world: st
         return f"Source: {path}; no provenance stamp (written before stamps existed): its world cannot be checked."
     head = (f"Source: {path}, measured {st.get('date')} at commit `{str(st.get('commit'))[:12]}` on world "
             f"`{st.get('world_hash')}`{' (SYNTHETIC)' if st.get('synthetic') else ''}.")
+    if res.get("transcribed"):
+        head += f" Transcribed {res['transcribed']}."
     why = benchstamp.mismatch(st, world, slice_ if name != "recipe" else None)
     if not why:
         return head + " Same world" + (" and slice" if name != "recipe" else "") + " as this run."
@@ -722,12 +724,12 @@ def design_card(cfg: Any, recipe: Mapping[str, Any] | None, assay: Mapping[str, 
              f"{cfg.confirm_min_frames} confirmation frames and >= {cfg.eval_min_pool_frames} mining-pool frames."]
     if recipe:
         t = pd.DataFrame([{"candidate": r["name"], "warm start": r.get("retrain_warm_start", True),
-                           "lr0": r.get("retrain_lr0", "iter0's"), "lrf": r.get("retrain_lrf", "iter0's"),
-                           "warm-up epochs": r.get("retrain_warmup_epochs", "iter0's"),
-                           "warm-up bias lr": r.get("retrain_warmup_bias_lr", "iter0's"), "seeds": len(r["seeds"]),
-                           "steps (epochs x frames)": r["cost_steps"], "train s / seed": r["train_s_per_seed"],
+                           **{col: f"{r[key]:g}" if key in r else "iter0's" for col, key in (  # :g keeps 1e-4 legible
+                               ("lr0", "retrain_lr0"), ("lrf", "retrain_lrf"), ("warm-up epochs", "retrain_warmup_epochs"),
+                               ("warm-up bias lr", "retrain_warmup_bias_lr"))}, "seeds": len(r["seeds"]),
+                           "steps (epochs x frames)": r["cost_steps"], "train s / seed": "–" if r.get("train_s_per_seed") is None else r["train_s_per_seed"],
                            "continue Δ, eval pool": _f4(r["pool_delta"]), "95% CI": _ci4(r["pool_ci"]),
-                           "per seed": ", ".join(_f4(v) for v in r["pool_delta_per_seed"])} for r in recipe["table"]])
+                           "per seed": ", ".join(_f4(v) for v in r.get("pool_delta_per_seed") or []) or "–"} for r in recipe["table"]])
         lines.append(f"Continuation recipe, measured on the eval pool (`continue` arm, never the confirmation set; "
                      f"chosen: **{recipe['chosen']}**, rule: {recipe['rule']}):\n\n" + df_to_markdown(t)
                      + ("\n\n" + src("recipe", recipe) if where.get("recipe") else ""))
