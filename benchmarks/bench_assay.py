@@ -12,7 +12,7 @@ A Slice-Tuner-style per-slice learning curve (Δ against frames added) is drawn 
 ``<out>/benchmarks/assay.png``; numbers to ``<out>/benchmarks/assay.json``, both also to the
 committed ``benchmarks/results/<profile>/`` with a provenance stamp (world hash, commit, date, slice,
 SYNTHETIC; ``bdd_engine.benchstamp``): the case study's design card shows them and says when the
-stamp is not its run's. Last line: ``RESULT {json}``.
+stamp is not its run's. A finished run shows it after ``python -m bdd_engine run --from 8`` (§8 writes the case study). Last line: ``RESULT {json}``.
 Run: ``.venv/bin/python benchmarks/bench_assay.py`` (needs §1–§5 in the outputs folder).
 """
 

@@ -10,7 +10,7 @@ highest Δ. The confirmation set is never read.
 Needs §1–§5 of the run in ``--out`` (``python -m bdd_engine run --profile demo`` up to §5, or
 any finished run). Trains in ``<out>/bench_recipe/<candidate>/``; writes
 ``<out>/benchmarks/recipe.json`` and, stamped (world hash, commit, date, SYNTHETIC), the committed
-``benchmarks/results/<profile>/recipe.json`` (the case study's design card shows it). Last line:
+``benchmarks/results/<profile>/recipe.json`` (the case study's design card shows it). A finished run shows it after ``python -m bdd_engine run --from 8`` (§8 writes the case study). Last line:
 ``RESULT {json}``. Run: ``.venv/bin/python benchmarks/bench_recipe.py [--candidates a,b,b2,c]``.
 """
 

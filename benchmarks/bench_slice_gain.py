@@ -10,7 +10,7 @@ rule takes the steepest (``experiment.pick_slice``), `worst` (the default) the l
 The confirmation set is never read. Cost: (eligible slices + 1) training runs per seed.
 
 Writes ``<out>/benchmarks/slice_gain.json`` + ``slice_gain.png`` and the stamped, committed copy
-in ``benchmarks/results/<profile>/`` (the case study reports both picks from it). Last line:
+in ``benchmarks/results/<profile>/`` (the case study reports both picks from it). A finished run shows it after ``python -m bdd_engine run --from 8`` (§8 writes the case study). Last line:
 ``RESULT {json}``. Run: ``.venv/bin/python benchmarks/bench_slice_gain.py [--set outputs_dir=...]``
 (needs §1–§5 in the outputs folder).
 """
