@@ -34,9 +34,10 @@ def test_slice_slopes_are_least_squares_slopes_ranked_steepest_first():
 
 
 def test_a_slice_with_one_dose_has_no_slope_and_ranks_last():
-    p = pd.concat([_points(), pd.DataFrame([{"slice": "z", "frames": 50, "delta": 0.9}])], ignore_index=True)
-    s = experiment.slice_slopes(p)
+    two_seeds_one_dose = pd.DataFrame([{"slice": "z", "frames": 50, "delta": 0.9}, {"slice": "z", "frames": 50, "delta": 0.7}])
+    s = experiment.slice_slopes(pd.concat([_points(), two_seeds_one_dose], ignore_index=True))
     assert s["slice"].iloc[-1] == "z" and s["slope"].isna().iloc[-1] and s["doses"].iloc[-1] == 1
+    assert s["points"].iloc[-1] == 2
 
 
 def test_pick_slice_worst_keeps_the_worst_and_gain_takes_the_steepest_eligible():
