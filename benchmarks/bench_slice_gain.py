@@ -80,13 +80,13 @@ def draw(slopes: pd.DataFrame, worst: str | None, gain: str, synthetic: bool, pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     d = slopes.iloc[::-1]
-    fig, ax = plt.subplots(figsize=(7.0, 0.32 * len(d) + 1.6))
+    fig, ax = plt.subplots(figsize=(8.0, 0.32 * len(d) + 1.8))
     colors = ["tab:red" if s == gain else "tab:blue" if s == worst else "tab:gray" for s in d["slice"]]
     ax.barh(d["slice"], d["slope_per_100"], color=colors)
     ax.axvline(0, color="black", lw=0.8)
-    ax.set_xlabel("learning-curve slope: Δ mAP@0.5 (eval pool) per 100 ground-truth frames of the slice")
-    ax.set_title(f"Slice rule gain picks {gain} (red); worst picks {worst} (blue)"
-                 + (" — SYNTHETIC" if synthetic else ""), fontsize=9)
+    ax.set_xlabel("learning-curve slope: Δ mAP@0.5 on the eval pool per 100 GT frames of the slice", fontsize=9)
+    ax.set_title(f"gain picks {gain} (red)\nworst picks {worst} (blue)" + (" — SYNTHETIC" if synthetic else ""),
+                 fontsize=9)
     ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
