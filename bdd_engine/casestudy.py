@@ -18,8 +18,8 @@ import json
 import re
 import time
 
-from bdd_engine import artifacts, evaluate, gates, report, views
-from bdd_engine.checkpoint import Section, atomic_write_text, df_to_markdown, tree_bytes
+from bdd_engine import artifacts, benchstamp, evaluate, gates, report, synth, views
+from bdd_engine.checkpoint import Section, atomic_write_bytes, atomic_write_text, df_to_markdown, tree_bytes
 from bdd_engine.env import PROJECT_ROOT
 from bdd_engine.report import fmt, fmt_ci
 from bdd_engine.sections import SECTIONS, TURN_SECTIONS
@@ -624,7 +624,9 @@ def fields(cfg: Any, headline: Mapping[str, Any], head: pd.DataFrame, runs: pd.D
     f["problem_statement"] = problem_statement(r.lab["labeler"], int(cfg.confirm_max_frames), int(cfg.confirm_min_frames),
                                                headline.get("seeds") or [cfg.seed], int(cfg.eval_n_boot),
                                                str(r.mining["strategy"]), turn)
-    f["design_card"] = design_card(cfg, _bench_json(cfg, "recipe"), _bench_json(cfg, "assay"))
+    b = _bench_fields(cfg, w, artifacts.turn_dir(cfg.out, turn), headline.get("worst_slice"))
+    f["design_card"] = design_card(cfg, b["recipe"], b["assay"], b["slice_gain"], world=b["world"], slice_=b["slice_"],
+                                   where=b["where"], figs=b["figs"])
     f["strategy_sentence"] = strategy_sentence(r.mining, float(cfg.mine_hybrid_targeted))
     f["config_table"] = df_to_markdown(config_table)
     carried = [None] + [artifacts.load_json(cfg.out, 7, "labeling.json", t).get("carried") for t in range(2, turn + 1)]
@@ -666,13 +668,46 @@ def label_issues_fields(cfg: Any, turn: int) -> dict[str, Any]:
         + "; ".join(parts) + f". Suspects, with a reason per box: `{p.parent.relative_to(cfg.out)}/`.")}
 
 
-BENCH_DIR = "benchmarks"  # outputs/benchmarks/<name>.json: what benchmarks/bench_recipe.py and bench_assay.py measured
+def _bench_fields(cfg: Any, w: Any, base: Path, slice_: str | None) -> dict[str, Any]:
+    """The design benchmarks' results for the design card (:mod:`benchstamp`: this outputs folder's
+    first, else the committed ones), with where each came from; each figure is copied into the turn's
+    ``figures/`` (``bench_<name>.png``) so the study embeds it."""
+    world = synth.world_hash(cfg) if cfg.synthetic else None
+    out: dict[str, Any] = {"world": world, "slice_": slice_, "where": {}, "figs": {}}
+    for name in BENCH_NAMES:
+        res, where = benchstamp.load(Path(cfg.out), str(cfg.profile), name)
+        out[name] = res
+        if res is None:
+            continue
+        out["where"][name] = where
+        png = benchstamp.png_of(Path(cfg.out), str(cfg.profile), name, where)
+        if png is not None:
+            fig = atomic_write_bytes(base / "figures" / f"bench_{name}.png", png.read_bytes())
+            w.add_external(fig)
+            out["figs"][name] = f"../figures/bench_{name}.png"
+    return out
 
 
-def _bench_json(cfg: Any, name: str) -> dict[str, Any] | None:
-    """A benchmark's RESULT written beside the run (``outputs/benchmarks/<name>.json``), or None."""
-    p = Path(cfg.out) / BENCH_DIR / f"{name}.json"
-    return json.loads(p.read_text()) if p.is_file() else None
+BENCH_NAMES = ("recipe", "assay", "slice_gain")  # benchmarks/bench_<name>.py
+
+
+def bench_source(name: str, res: Mapping[str, Any], where: str | None, world: str | None,
+                 slice_: str | None) -> str:
+    """Where a design benchmark's table came from and whether it is this run's measurement."""
+    path = f"`outputs/benchmarks/{name}.json`" if where == "this outputs folder" else \
+        f"`benchmarks/results/<profile>/{name}.json` (committed)"
+    st = res.get("stamp")
+    if not st:
+        return f"Source: {path}; no provenance stamp (written before stamps existed): its world cannot be checked."
+    head = (f"Source: {path}, measured {st.get('date')} at commit `{str(st.get('commit'))[:12]}` on world "
+            f"`{st.get('world_hash')}`{' (SYNTHETIC)' if st.get('synthetic') else ''}.")
+    if res.get("transcribed"):
+        head += f" Transcribed {res['transcribed']}."
+    why = benchstamp.mismatch(st, world, slice_ if name != "recipe" else None)
+    if not why:
+        return head + " Same world" + (" and slice" if name != "recipe" else "") + " as this run."
+    return (head + " **Not this run's measurement** (" + "; ".join(why) + "): shown for reference; run "
+            f"`benchmarks/bench_{name}.py` on this outputs folder to measure it here.")
 
 
 def _f4(v: Any) -> str:
@@ -684,11 +719,19 @@ def _ci4(ci: Sequence[Any] | None) -> str:
     return "–" if not ci or None in ci else f"[{_f4(ci[0])}, {_f4(ci[1])}]"
 
 
-def design_card(cfg: Any, recipe: Mapping[str, Any] | None, assay: Mapping[str, Any] | None) -> str:
+def design_card(cfg: Any, recipe: Mapping[str, Any] | None, assay: Mapping[str, Any] | None,
+                slice_gain: Mapping[str, Any] | None = None, *, world: str | None = None, slice_: str | None = None,
+                where: Mapping[str, str] | None = None, figs: Mapping[str, str] | None = None) -> str:
     """The pre-registered design (issue 24), from the settings, with the two measurements made
     before any arm was scored: the continuation recipe's table on the eval pool
     (benchmarks/bench_recipe.py) and the assay-sensitivity curve (benchmarks/bench_assay.py),
-    or where to get them when this outputs folder has none."""
+    or where to get them when this outputs folder has none; and both slice rules' picks
+    (benchmarks/bench_slice_gain.py). ``where``/``figs``: per benchmark, where its result came
+    from and its embedded figure; each table says whether its stamp is this run's world/slice."""
+    where, figs = where or {}, figs or {}
+
+    def src(name: str, res: Mapping[str, Any]) -> str:
+        return bench_source(name, res, where.get(name), world, slice_) if where.get(name) else ""
     lines = ["**Design card (pre-registered before any arm was scored).** Arms, each × seeds "
              f"{list(cfg.retrain_seeds)}: `iter1` (mined, auto-labels), `random` ({cfg.mine_k} unused pool frames drawn "
              "per seed, same labeler), `oracle` (mined, ground truth), `random_gt` (that seed's random frames, ground "
@@ -699,14 +742,15 @@ def design_card(cfg: Any, recipe: Mapping[str, Any] | None, assay: Mapping[str, 
              f"{cfg.confirm_min_frames} confirmation frames and >= {cfg.eval_min_pool_frames} mining-pool frames."]
     if recipe:
         t = pd.DataFrame([{"candidate": r["name"], "warm start": r.get("retrain_warm_start", True),
-                           "lr0": r.get("retrain_lr0", "iter0's"), "lrf": r.get("retrain_lrf", "iter0's"),
-                           "warm-up epochs": r.get("retrain_warmup_epochs", "iter0's"),
-                           "warm-up bias lr": r.get("retrain_warmup_bias_lr", "iter0's"), "seeds": len(r["seeds"]),
-                           "steps (epochs x frames)": r["cost_steps"], "train s / seed": r["train_s_per_seed"],
+                           **{col: f"{r[key]:g}" if key in r else "iter0's" for col, key in (  # :g keeps 1e-4 legible
+                               ("lr0", "retrain_lr0"), ("lrf", "retrain_lrf"), ("warm-up epochs", "retrain_warmup_epochs"),
+                               ("warm-up bias lr", "retrain_warmup_bias_lr"))}, "seeds": len(r["seeds"]),
+                           "steps (epochs x frames)": r["cost_steps"], "train s / seed": "–" if r.get("train_s_per_seed") is None else r["train_s_per_seed"],
                            "continue Δ, eval pool": _f4(r["pool_delta"]), "95% CI": _ci4(r["pool_ci"]),
-                           "per seed": ", ".join(_f4(v) for v in r["pool_delta_per_seed"])} for r in recipe["table"]])
+                           "per seed": ", ".join(_f4(v) for v in r.get("pool_delta_per_seed") or []) or "–"} for r in recipe["table"]])
         lines.append(f"Continuation recipe, measured on the eval pool (`continue` arm, never the confirmation set; "
-                     f"chosen: **{recipe['chosen']}**, rule: {recipe['rule']}):\n\n" + df_to_markdown(t))
+                     f"chosen: **{recipe['chosen']}**, rule: {recipe['rule']}):\n\n" + df_to_markdown(t)
+                     + ("\n\n" + src("recipe", recipe) if where.get("recipe") else ""))
     else:
         lines.append("Continuation recipe table: not in this outputs folder (run `benchmarks/bench_recipe.py`; "
                      "the choice is recorded in default.yaml's retrain_* comments).")
@@ -717,10 +761,31 @@ def design_card(cfg: Any, recipe: Mapping[str, Any] | None, assay: Mapping[str, 
                            "95% CI  ": _ci4(r["contrast_ci"])} for r in assay["table"]])
         lines.append(f"Assay sensitivity (before iter1 was scored; `benchmarks/bench_assay.py`, Δ vs iter0 on the "
                      f"confirmation set): {assay.get('sentence', '')}\n\n" + df_to_markdown(t)
-                     + "\n\nThe learning curve (Δ against ground-truth frames added): `outputs/benchmarks/assay_curve.png`.")
+                     + ("\n\n" + src("assay", assay) if where.get("assay") else "")
+                     + (f"\n\n![Assay sensitivity: Δ against ground-truth frames added]({figs['assay']})"
+                        if figs.get("assay") else ""))
     else:
         lines.append("Assay-sensitivity curve: not in this outputs folder (run `benchmarks/bench_assay.py`).")
+    lines.append(slice_rule_text(cfg, slice_gain, src, figs.get("slice_gain")))
     return "\n\n".join(lines)
+
+
+def slice_rule_text(cfg: Any, gain: Mapping[str, Any] | None, src: Any, fig: str | None) -> str:
+    """Both slice rules' picks: `worst` (this run's, the default) and `gain` (Slice Tuner)."""
+    head = (f"**Slice rule.** This run uses `eval_slice_rule: {cfg.eval_slice_rule}`. `worst` (the seed's rule, the default) targets the eligible "
+            "slice with the lowest iter0 mAP@0.5 on the eval pool; `gain` (Slice Tuner, Tae & Whang, SIGMOD 2021) the "
+            "eligible slice whose learning curve rises fastest: the slope of its Δ on the eval pool against ground-truth "
+            "frames of it added (`benchmarks/bench_slice_gain.py`; never the confirmation set).")
+    if not gain:
+        return head + " Per-slice learning curves: not measured for this outputs folder (run `benchmarks/bench_slice_gain.py`)."
+    t = pd.DataFrame([{"slice": r["slice"], "iter0 mAP@0.5 (eval)": "–" if r.get("iter0_AP50") is None
+                       else f"{float(r['iter0_AP50']):.3f}", "slope: Δ per 100 GT frames": _f4(r["slope_per_100"]),
+                       "doses": r["doses"]} for r in gain["table"]])
+    p = gain["picks"]
+    return (head + f" Picks: `worst` → **{p['worst']}**, `gain` → **{p['gain']}** ({gain['dose']} GT frames per slice, "
+            f"seeds {gain['seeds']}; one dose and the zero dose per slice, so each slope rests on few eval frames: "
+            "a noisy ranking).\n\n" + df_to_markdown(t) + ("\n\n" + src("slice_gain", gain) if src("slice_gain", gain) else "")
+            + (f"\n\n![Per-slice learning-curve slopes and both picks]({fig})" if fig else ""))
 
 
 def flowchart() -> str:

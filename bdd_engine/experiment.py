@@ -60,6 +60,44 @@ def choose_recipe(rows: Sequence[Mapping[str, Any]], tol: float) -> str | None:
     return min(ok, key=lambda r: (r["cost_steps"], -r["pool_delta"]))["name"]
 
 
+SLICE_RULES = ("worst", "gain")
+
+
+def slice_slopes(points: pd.DataFrame) -> pd.DataFrame:
+    """Slice Tuner's ranking quantity (Tae & Whang, SIGMOD 2021): per slice, the least-squares slope
+    of its learning curve, Δ of the slice's metric against the number of that slice's frames added.
+    ``points``: one row per (slice, frames, delta) — several seeds per dose allowed. A slice needs
+    >= 2 distinct doses, else its slope is NaN (it cannot be ranked). Returns slice, slope (Δ per
+    frame), slope_per_100, doses, points, sorted by slope (highest first; NaN last), ties by name."""
+    rows = []
+    for s, g in points.groupby("slice", sort=True):
+        x, y = g["frames"].astype(float).to_numpy(), g["delta"].astype(float).to_numpy()
+        ok = np.isfinite(y)
+        x, y = x[ok], y[ok]
+        slope = float(np.polyfit(x, y, 1)[0]) if len(np.unique(x)) >= 2 else float("nan")
+        rows.append({"slice": s, "slope": slope, "slope_per_100": slope * 100, "doses": int(len(np.unique(x))),
+                     "points": int(len(x))})
+    df = pd.DataFrame(rows, columns=["slice", "slope", "slope_per_100", "doses", "points"])
+    df["_nan"] = df["slope"].isna()
+    return df.sort_values(["_nan", "slope", "slice"], ascending=[True, False, True],
+                          kind="stable").drop(columns="_nan").reset_index(drop=True)
+
+
+def pick_slice(rule: str, worst: str, slopes: pd.DataFrame | None, eligible: Sequence[str]) -> str:
+    """The slice a turn targets: ``worst`` = the lowest-AP eligible slice (``worst``, the seed's rule);
+    ``gain`` = the eligible slice whose learning curve (:func:`slice_slopes`) rises fastest."""
+    if rule == "worst":
+        return worst
+    if rule != "gain":
+        raise ValueError(f"slice_rule must be one of {list(SLICE_RULES)}, got {rule!r}")
+    ranked = [] if slopes is None else [s for s, v in zip(slopes["slice"], slopes["slope"])
+                                        if s in set(eligible) and np.isfinite(v)]
+    if not ranked:
+        raise ValueError("slice_rule gain: no eligible slice has a learning curve with >= 2 doses "
+                         "(run benchmarks/bench_slice_gain.py on this outputs folder first)")
+    return ranked[0]
+
+
 def frames_hash(frames: list[dict[str, Any]]) -> str:
     """Content hash of a training set (names + labels): what makes two YOLO sets equal."""
     payload = json.dumps([[f["name"], f.get("labels") or []] for f in sorted(frames, key=lambda f: f["name"])],

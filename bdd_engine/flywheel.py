@@ -21,8 +21,8 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from bdd_engine import (artifacts, attributes, autolabel, bdd, casestudy, collect, confusion, curate, embed, evaluate,
-                        experiment, figures, images, labelissues, mine, report, slices, synth, tracking, train)
+from bdd_engine import (artifacts, attributes, autolabel, bdd, benchstamp, casestudy, collect, confusion, curate, embed,
+                        evaluate, experiment, figures, images, labelissues, mine, report, slices, synth, tracking, train)
 from bdd_engine import executor as executors
 from bdd_engine.checkpoint import (Section, acquire_lock, atomic_path, atomic_write_json, claim_folder,
                                    df_to_markdown, input_row, release_lock, reset_peak_rss)
@@ -371,6 +371,29 @@ def _worst_slice_info(res: evaluate.EvalResult, min_frames: int, confirm_n: Mapp
             "pool_frames": None if pool_n is None else int(pool_n.get(worst["slice"], 0))}
 
 
+def _apply_slice_rule(cfg: Config, info: dict[str, Any], res: evaluate.EvalResult, confirm_n: Mapping[str, int],
+                      pool_n: Mapping[str, int]) -> dict[str, Any]:
+    """``eval_slice_rule``: ``worst`` keeps the lowest-AP eligible slice; ``gain`` targets the eligible slice
+    with the steepest learning curve, read from bench_slice_gain.py's result in THIS outputs folder on
+    this world (``worst_by_ap`` keeps the other pick). Rerunning the benchmark needs ``run --from 5``."""
+    info = {**info, "slice_rule": str(cfg.eval_slice_rule)}
+    if cfg.eval_slice_rule == "worst":
+        return info
+    gain, where = benchstamp.load(cfg.out, str(cfg.profile), "slice_gain")
+    world = synth.world_hash(cfg) if cfg.synthetic else None
+    if gain is None or where != "this outputs folder" or benchstamp.mismatch(gain.get("stamp"), world, None):
+        raise ValueError(f"eval_slice_rule: gain needs {cfg.out / 'benchmarks' / 'slice_gain.json'} measured on this "
+                         "world: run `benchmarks/bench_slice_gain.py` on this outputs folder after §4, or use "
+                         "eval_slice_rule: worst")
+    eligible = slices.eligible(confirm_n, pool_n, int(cfg.confirm_min_frames), int(cfg.eval_min_pool_frames))
+    pick = experiment.pick_slice("gain", info["worst_slice"], pd.DataFrame(gain["table"]), eligible)
+    row = res.slices[(res.slices["level"] == "full") & (res.slices["slice"] == pick)].iloc[0]
+    return {**info, "worst_by_ap": info["worst_slice"], "worst_slice": pick, "n_eval": int(row["n_frames"]),
+            "AP50": float(row["AP50"]), "ci": [float(row["ci_lo"]), float(row["ci_hi"])],
+            "gap": float(info["best_AP50"] - row["AP50"]), "confirm_candidates": int(confirm_n.get(pick, 0)),
+            "pool_frames": int(pool_n.get(pick, 0))}
+
+
 def s5_eval(cfg: Config, turn: int = 1) -> Result:
     """Predict once on the eval pool; official mAP overall / per class / per slice / per frame; worst slice.
 
@@ -389,8 +412,10 @@ def s5_eval(cfg: Config, turn: int = 1) -> Result:
         res = _evaluate(cfg, preds)
         cand = artifacts.read_df(cfg.out, 1, "confirm_frames.csv")
         pool_n = _unused_pool(cfg, artifacts.read_df(cfg.out, 3, "pools.csv"), turn)["slice"].value_counts().to_dict()
-        info = _worst_slice_info(res, int(cfg.eval_min_frames), cand["slice"].value_counts().to_dict(),
-                                 int(cfg.confirm_min_frames), pool_n, int(cfg.eval_min_pool_frames))
+        confirm_n = cand["slice"].value_counts().to_dict()
+        info = _worst_slice_info(res, int(cfg.eval_min_frames), confirm_n, int(cfg.confirm_min_frames), pool_n,
+                                 int(cfg.eval_min_pool_frames))
+        info = _apply_slice_rule(cfg, info, res, confirm_n, pool_n)
         worst = info["worst_slice"]
         confirm = experiment.confirm_set(cand, worst, int(cfg.confirm_max_frames), int(cfg.seed))
         with sec.writer() as w:

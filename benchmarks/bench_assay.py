@@ -9,8 +9,10 @@ Every run takes the same number of steps (replay + max(mine_k, N) frames, topped
 train frames). Each is scored on the confirmation set (§5's frames, the same hierarchical
 bootstrap as §8): Δ vs iter0 per arm and, per dose, the contrast slice − random (G2's form).
 A Slice-Tuner-style per-slice learning curve (Δ against frames added) is drawn to
-``<out>/benchmarks/assay_curve.png``; numbers to ``<out>/benchmarks/assay.json`` (the case
-study's design card shows them). Last line: ``RESULT {json}``.
+``<out>/benchmarks/assay.png``; numbers to ``<out>/benchmarks/assay.json``, both also to the
+committed ``benchmarks/results/<profile>/`` with a provenance stamp (world hash, commit, date, slice,
+SYNTHETIC; ``bdd_engine.benchstamp``): the case study's design card shows them and says when the
+stamp is not its run's. A finished run shows it after ``python -m bdd_engine run --from 8`` (§8 writes the case study). Last line: ``RESULT {json}``.
 Run: ``.venv/bin/python benchmarks/bench_assay.py`` (needs §1–§5 in the outputs folder).
 """
 
@@ -28,9 +30,8 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bdd_engine import artifacts, experiment, figures  # noqa: E402
+from bdd_engine import artifacts, benchstamp, experiment, figures, synth, train  # noqa: E402
 from bdd_engine import flywheel as fw  # noqa: E402
-from bdd_engine.checkpoint import atomic_write_json  # noqa: E402
 from bdd_engine.config import load_config, parse_overrides  # noqa: E402
 
 
@@ -135,6 +136,12 @@ def draw(table: list[dict], meta: dict, synthetic: bool, path: Path) -> None:
     figures.close_all()
 
 
+def stamp_of(cfg, slice_: str | None) -> dict:
+    """This result's provenance (the world it was measured on, the commit, the date, the slice)."""
+    return benchstamp.stamp(str(cfg.profile), synth.world_hash(cfg) if cfg.synthetic else None, bool(cfg.synthetic),
+                            train.git_commit(), slice_)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--profile", default="demo")
@@ -148,7 +155,7 @@ def main() -> None:
     runs = run_arms(cfg, k, in_slice, labelled)
     table, meta = curve(cfg, runs, len(in_slice))
     out = cfg.out / "benchmarks"
-    draw(table, meta, bool(cfg.synthetic), out / "assay_curve.png")
+    draw(table, meta, bool(cfg.synthetic), out / "assay.png")
     top = table[-1]
     g2 = experiment.g2_selection({"delta": top["contrast"], "ci": top["contrast_ci"]})["pass"]
     fmt = lambda v: "n/a" if v is None else f"{v:+.3f}"  # noqa: E731
@@ -161,8 +168,9 @@ def main() -> None:
               "seeds": [int(s) for s in cfg.retrain_seeds], **meta,
               "table": [{k_: (round(v, 4) if isinstance(v, float) else v) for k_, v in r.items()} for r in table],
               "g2_all_pass": g2, "sentence": sentence, "runs": runs.drop(columns=["weights"]).to_dict("records"),
-              "minutes": round((time.time() - t0) / 60, 1), "synthetic": bool(cfg.synthetic)}
-    atomic_write_json(out / "assay.json", result)
+              "minutes": round((time.time() - t0) / 60, 1), "synthetic": bool(cfg.synthetic),
+              "stamp": stamp_of(cfg, worst)}
+    benchstamp.save(cfg.out, str(cfg.profile), "assay", result, out / "assay.png")
     print("RESULT " + json.dumps(result, default=str))
 
 

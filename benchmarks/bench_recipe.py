@@ -9,7 +9,8 @@ highest Δ. The confirmation set is never read.
 
 Needs §1–§5 of the run in ``--out`` (``python -m bdd_engine run --profile demo`` up to §5, or
 any finished run). Trains in ``<out>/bench_recipe/<candidate>/``; writes
-``<out>/benchmarks/recipe.json`` (the case study's design card shows it). Last line:
+``<out>/benchmarks/recipe.json`` and, stamped (world hash, commit, date, SYNTHETIC), the committed
+``benchmarks/results/<profile>/recipe.json`` (the case study's design card shows it). A finished run shows it after ``python -m bdd_engine run --from 8`` (§8 writes the case study). Last line:
 ``RESULT {json}``. Run: ``.venv/bin/python benchmarks/bench_recipe.py [--candidates a,b,b2,c]``.
 """
 
@@ -24,10 +25,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bdd_engine import artifacts, bdd, evaluate, experiment  # noqa: E402
+from bdd_engine import artifacts, bdd, benchstamp, evaluate, experiment  # noqa: E402
 from bdd_engine import flywheel as fw  # noqa: E402
-from bdd_engine.checkpoint import atomic_write_json  # noqa: E402
 from bdd_engine.config import load_config, parse_overrides  # noqa: E402
+from bench_assay import stamp_of  # noqa: E402
 
 # the pre-registered candidates (default.yaml, retrain_* comment); c: from the pretrained init at iter0's schedule
 CANDIDATES = {
@@ -91,8 +92,8 @@ def main() -> None:
     chosen = experiment.choose_recipe(rows, tol)
     result = {"chosen": chosen, "rule": experiment.RECIPE_RULE.replace("tol", f"{tol}"), "tol": tol,
               "table": [{k: v for k, v in r.items()} for r in rows], "minutes": round((time.time() - t0) / 60, 1),
-              "synthetic": bool(cfg0.synthetic)}
-    atomic_write_json(out, result)
+              "synthetic": bool(cfg0.synthetic), "stamp": stamp_of(cfg0, None)}
+    benchstamp.save(cfg0.out, str(cfg0.profile), "recipe", result)
     print("RESULT " + json.dumps(result))
 
 

@@ -25,7 +25,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "0 foundations": ("env", "sections", "geometry", "weights", "config", "checkpoint", "executor"),
     "1 data": ("bdd", "images", "synth", "slices", "viz", "artifacts", "synthvideo", "ingest"),
     "2 models and metrics": ("evaluate", "confusion", "yolo", "backends", "train", "embed", "curate", "mine", "collect", "pretrain", "attributes"),
-    "3 labelling and experiment": ("autolabel", "gates", "tracking", "experiment", "report", "figures", "explorer", "standin", "anyfolder", "trainfolder", "labelissues"),
+    "3 labelling and experiment": ("autolabel", "gates", "tracking", "experiment", "benchstamp", "report", "figures", "explorer", "standin", "anyfolder", "trainfolder", "labelissues"),
     "4 presentation": ("views", "casestudy"),
     "5 section runners": ("flywheel",),
     "6 entry points": ("runner", "__main__"),

@@ -167,3 +167,22 @@ def test_config_overrides_and_section_hashes(monkeypatch):
         load_config("nope", env=False)
     for p in ("tiny", "demo", "full"):
         assert set(load_config(p, env=False)) == set(base)  # every profile defines every key
+
+
+@pytest.mark.slow
+def test_demo_world_holds_a_full_dose_of_every_eligible_slice_and_keeps_the_tail_in_reach():
+    """Counts only (no image, no model): the demo world's plan, §1's collect and §3's pools."""
+    cfg = load_config("demo", env=False)
+    df = pd.DataFrame([{"name": s.name, "split": s.split, "weather": s.weather, "timeofday": s.timeofday,
+                        "scene": s.scene} for s in synth.plan_world(cfg)])
+    df["group"], df["image_path"] = [bdd.group_of(n) for n in df["name"]], "x"
+    tr, va = df[df["split"] == "train"].reset_index(drop=True), df[df["split"] == "val"]
+    confirm_n = slices.key(va[~va["group"].isin(tr["group"])]).value_counts().to_dict()
+    coll, _ = slices.collect(tr, cfg.collect_total, cfg.collect_min_floor, cfg.seed)
+    pools = slices.make_pools(coll.assign(origin="labels"), cfg.pool_train_size, cfg.pool_eval_size,
+                              cfg.pool_eval_max_slices, cfg.pool_golden_size, cfg.seed, confirm_n=confirm_n,
+                              min_confirm=cfg.confirm_min_frames, min_pool=cfg.eval_min_pool_frames)
+    el = slices.eligibility_table(pools, confirm_n, cfg.confirm_min_frames, cfg.eval_min_pool_frames)
+    el = el[el["eligible"]]
+    assert len(el) == 15 and el["n_pool"].min() >= int(cfg.mine_k)
+    assert {"snowy | night | city street", "rainy | night | city street"} <= set(el["slice"])
